@@ -1,0 +1,143 @@
+"""Where the local backend's workers get their cgroups: v1 (one tree per controller) or v2.
+
+Each worker gets a base cgroup it owns (``rlfleet/<tag>``); inside it, the worker creates and
+removes one ``run`` cgroup per execution. This module only finds the hierarchy and makes or
+removes the bases; limits and accounting are the worker's business.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+V1_CONTROLLERS = ("memory", "pids", "cpuacct")
+V2_CONTROLLERS = ("memory", "pids", "cpu")
+
+
+class CgroupError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hierarchy:
+    version: int
+    roots: dict[str, Path]
+    """v1: controller -> mount point; v2: {"unified": mount point}."""
+
+    def spec(self, tag: str) -> dict[str, object]:
+        """The worker's view of its base cgroup, as sent in its setup frame."""
+        if self.version == 2:
+            return {"version": 2, "path": str(self.roots["unified"] / "rlfleet" / tag)}
+        return {
+            "version": 1,
+            "paths": {c: str(r / "rlfleet" / tag) for c, r in self.roots.items()},
+        }
+
+    def base_dirs(self, tag: str) -> list[Path]:
+        return [root / "rlfleet" / tag for root in self.roots.values()]
+
+
+def _mounts() -> list[tuple[str, str, list[str]]]:
+    """(mount point, fs type, super options) from /proc/self/mountinfo."""
+    out = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) >= 5 and len(tail) >= 3:
+            out.append((fields[4], tail[0], tail[2].split(",")))
+    return out
+
+
+def detect() -> Hierarchy:
+    """Find a usable hierarchy: v2 when it has memory and pids, else v1's controllers."""
+    mounts = _mounts()
+    for point, fstype, _ in mounts:
+        if fstype != "cgroup2":
+            continue
+        controllers = (Path(point) / "cgroup.controllers").read_text().split()
+        if all(c in controllers for c in V2_CONTROLLERS):
+            return Hierarchy(version=2, roots={"unified": Path(point)})
+    roots: dict[str, Path] = {}
+    for point, fstype, opts in mounts:
+        if fstype == "cgroup":
+            for c in V1_CONTROLLERS:
+                if c in opts and c not in roots:
+                    roots[c] = Path(point)
+    missing = [c for c in V1_CONTROLLERS if c not in roots]
+    if missing:
+        raise CgroupError(
+            "no usable cgroup hierarchy: need cgroup v2 with memory, pids and cpu "
+            f"controllers, or cgroup v1 with {', '.join(V1_CONTROLLERS)} "
+            f"(missing: {', '.join(missing)})"
+        )
+    return Hierarchy(version=1, roots=roots)
+
+
+def _enable_v2_controllers(path: Path) -> None:
+    control = path / "cgroup.subtree_control"
+    wanted = " ".join(f"+{c}" for c in V2_CONTROLLERS)
+    try:
+        control.write_text(wanted)
+    except OSError as e:
+        raise CgroupError(f"cannot enable {wanted} in {control}: {e.strerror}") from e
+
+
+def create_base(h: Hierarchy, tag: str) -> None:
+    for root in h.roots.values():
+        parent = root / "rlfleet"
+        try:
+            parent.mkdir(exist_ok=True)
+            if h.version == 2:
+                _enable_v2_controllers(root)
+                _enable_v2_controllers(parent)
+            base = parent / tag
+            base.mkdir(exist_ok=True)
+            if h.version == 2:
+                _enable_v2_controllers(base)
+        except PermissionError as e:
+            raise CgroupError(f"cannot create cgroup under {parent}: permission denied") from e
+
+
+def _kill_tree(path: Path) -> None:
+    for procs in path.rglob("cgroup.procs"):
+        with contextlib.suppress(OSError):
+            for pid in procs.read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+
+
+def remove_base(h: Hierarchy, tag: str, timeout_s: float = 5.0) -> bool:
+    """Kill anything left in the worker's cgroups and remove them (children first)."""
+    ok = True
+    for base in h.base_dirs(tag):
+        if not base.exists():
+            continue
+        deadline = time.monotonic() + timeout_s
+        while True:
+            _kill_tree(base)
+            dirs = sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+            try:
+                for d in [*dirs, base]:
+                    d.rmdir()
+                break
+            except OSError as e:
+                if e.errno not in (errno.EBUSY, errno.ENOTEMPTY) or time.monotonic() > deadline:
+                    ok = False
+                    break
+                time.sleep(0.01)
+    return ok
+
+
+def leftover_bases(h: Hierarchy) -> list[Path]:
+    """Worker cgroups still present (for leak checks and cleanup)."""
+    out = []
+    for root in h.roots.values():
+        parent = root / "rlfleet"
+        if parent.is_dir():
+            out.extend(p for p in parent.iterdir() if p.is_dir())
+    return out

@@ -1,0 +1,234 @@
+"""Host side of one sandbox worker (``worker/zygote.py``): start it, send runs, read facts.
+
+A ``WorkerProcess`` speaks the worker's frame protocol over a pair of file descriptors;
+``LocalWorker`` starts the worker as a host process with its own cgroup base. (The docker
+backend starts the same worker inside a container.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import subprocess
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlfleet.sandbox import cgroups
+from rlfleet.sandbox.worker import zygote
+
+WORKER_SCRIPT = Path(zygote.__file__).resolve()
+
+
+class WorkerError(RuntimeError):
+    """The worker failed (crashed, hung, broke protocol): a system error, never the program's."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunLimits:
+    cpu_s: float = 2.0
+    """CPU time (user + system) of the whole run's cgroup."""
+    wall_s: float = 6.0
+    """Wall time from fork to exit; the run is killed after it."""
+    memory_mb: int = 256
+    """cgroup memory limit (includes tmpfs files written and output buffers)."""
+    pids: int = 64
+    """Tasks (processes and threads) at once in the run's cgroup."""
+    output_bytes: int = 16 << 20
+    """stdout beyond this is an output-limit verdict."""
+    fsize_bytes: int = 32 << 20
+    """RLIMIT_FSIZE: largest file the program may write (stdout included)."""
+    stderr_bytes: int = 8192
+    """stderr bytes returned (the rest is dropped)."""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "cpu_s": self.cpu_s,
+            "wall_s": self.wall_s,
+            "memory_bytes": self.memory_mb << 20,
+            "pids": self.pids,
+            "output_bytes": self.output_bytes,
+            "fsize_bytes": max(self.fsize_bytes, self.output_bytes + 1),
+            "stderr_bytes": self.stderr_bytes,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRequest:
+    kind: str
+    """``python`` (run in the forked interpreter) or ``exec`` (execve ``argv``)."""
+    limits: RunLimits
+    stdin: bytes = b""
+    code: str = ""
+    mode: str = "stdio"
+    """python: ``stdio``, ``call`` (JSON args on stdin, JSON result on stdout) or ``syntax``."""
+    fn_name: str = ""
+    argv: tuple[str, ...] = ()
+    files: tuple[tuple[str, bytes, int], ...] = ()
+    """(path under /tmp, content, mode) placed before the run."""
+    artifact: str = ""
+    """A captured artifact id to place at ``artifact_path`` before the run."""
+    artifact_path: str = ""
+    capture: str = ""
+    """A path under /tmp to keep as an artifact when the run exits 0 (a compiled binary)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunFacts:
+    """What happened, as measured by the worker; verdicts are decided from these."""
+
+    exit_code: int | None
+    signal: int | None
+    cpu_s: float
+    wall_s: float
+    peak_bytes: int
+    oom_kills: int
+    wall_timeout: bool
+    stdout: bytes
+    stdout_size: int
+    stderr: bytes
+    artifact: str = ""
+    system_error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class WorkerProcess:
+    """One worker reached over (read fd, write fd). Not thread-safe: one run at a time."""
+
+    def __init__(self) -> None:
+        self._rfd = -1
+        self._wfd = -1
+        self.runs = 0
+        self._lock = threading.Lock()
+
+    def _handshake(self, setup: dict[str, Any], timeout_s: float) -> None:
+        zygote.write_frame(self._wfd, setup)
+        reply, _ = self._read_reply(timeout_s)
+        if not reply.get("ok"):
+            raise WorkerError(reply.get("error", "worker setup failed"))
+
+    def _read_reply(self, timeout_s: float) -> tuple[dict[str, Any], list[bytes]]:
+        ready, _, _ = select.select([self._rfd], [], [], timeout_s)
+        if not ready:
+            raise WorkerError(f"worker did not answer within {timeout_s:.1f}s")
+        try:
+            return zygote.read_frame(self._rfd)
+        except (EOFError, ValueError, OSError) as e:
+            raise WorkerError(f"worker channel broke: {e!r}") from e
+
+    def run(self, req: RunRequest) -> RunFacts:
+        header: dict[str, Any] = {
+            "op": "run",
+            "kind": req.kind,
+            "limits": req.limits.to_wire(),
+            "mode": req.mode,
+        }
+        blobs = [req.stdin]
+        if req.kind == "python":
+            header["code"] = req.code
+            header["fn_name"] = req.fn_name
+        else:
+            header["argv"] = list(req.argv)
+        if req.files:
+            header["files"] = [(path, mode) for path, _, mode in req.files]
+            blobs.extend(content for _, content, _ in req.files)
+        if req.artifact:
+            header["artifact"] = req.artifact
+            header["artifact_path"] = req.artifact_path
+        if req.capture:
+            header["capture"] = req.capture
+        with self._lock:
+            try:
+                zygote.write_frame(self._wfd, header, blobs)
+            except OSError as e:
+                raise WorkerError(f"worker channel broke: {e!r}") from e
+            # The worker kills the run at wall_s; allow it time to report before giving up.
+            reply, out = self._read_reply(req.limits.wall_s + 10.0)
+            self.runs += 1
+        if not reply.get("ok", False):
+            raise WorkerError(reply.get("error", "run failed"))
+        stdout, stderr = (out + [b"", b""])[:2]
+        known = {f for f in RunFacts.__dataclass_fields__ if f not in ("stdout", "stderr", "extra")}
+        facts = {k: v for k, v in reply.items() if k in known}
+        extra = {k: v for k, v in reply.items() if k not in known and k != "ok"}
+        facts.setdefault("artifact", "")
+        facts.setdefault("system_error", "")
+        return RunFacts(stdout=stdout, stderr=stderr, extra=extra, **facts)
+
+    def drop_artifact(self, artifact: str) -> None:
+        with self._lock:
+            zygote.write_frame(self._wfd, {"op": "drop", "artifact": artifact})
+            self._read_reply(10.0)
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalWorkerConfig:
+    python: str = "/usr/bin/python3"
+    """Interpreter for the worker and for Python submissions (an absolute path: no shims)."""
+    tmp_mb: int = 64
+    """Size of the run's private /tmp."""
+
+
+class LocalWorker(WorkerProcess):
+    """The worker as a host process (needs root: namespaces, cgroups, setuid)."""
+
+    def __init__(self, tag: str, hierarchy: cgroups.Hierarchy, config: LocalWorkerConfig) -> None:
+        super().__init__()
+        self.tag = tag
+        self._hierarchy = hierarchy
+        cgroups.remove_base(hierarchy, tag)
+        cgroups.create_base(hierarchy, tag)
+        self._proc = subprocess.Popen(
+            [config.python, "-I", "-S", "-B", str(WORKER_SCRIPT)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env={},
+            close_fds=True,
+            start_new_session=True,
+        )
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._wfd = self._proc.stdin.fileno()
+        self._rfd = self._proc.stdout.fileno()
+        try:
+            self._handshake({"cgroup": hierarchy.spec(tag), "tmp_mb": config.tmp_mb}, 30.0)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def close(self) -> None:
+        """Stop the worker and everything it started; safe to call twice."""
+        with contextlib.suppress(OSError):
+            if self._proc.stdin:
+                self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        if self._proc.stdout:
+            self._proc.stdout.close()
+        cgroups.remove_base(self._hierarchy, self.tag)
+
+
+def worker_tag(index: int) -> str:
+    return f"{os.getpid()}-{index}"
+
+
+def facts_as_dict(facts: RunFacts) -> dict[str, Any]:
+    d = asdict(facts)
+    d["stdout"] = facts.stdout[:200]
+    d["stderr"] = facts.stderr[:200]
+    return d
