@@ -141,3 +141,13 @@ def leftover_bases(h: Hierarchy) -> list[Path]:
         if parent.is_dir():
             out.extend(p for p in parent.iterdir() if p.is_dir())
     return out
+
+
+def remove_stale_bases(h: Hierarchy) -> int:
+    """Remove worker cgroups whose owning process (the tag's pid) is gone; returns how many."""
+    removed = 0
+    for base in leftover_bases(h):
+        owner = base.name.split("-", 1)[0]
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            removed += remove_base(h, base.name)
+    return removed

@@ -68,11 +68,8 @@ class RunRequest:
     argv: tuple[str, ...] = ()
     files: tuple[tuple[str, bytes, int], ...] = ()
     """(path under /tmp, content, mode) placed before the run."""
-    artifact: str = ""
-    """A captured artifact id to place at ``artifact_path`` before the run."""
-    artifact_path: str = ""
     capture: str = ""
-    """A path under /tmp to keep as an artifact when the run exits 0 (a compiled binary)."""
+    """A path under /tmp returned as ``artifact`` when the run exits 0 (a compiled binary)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,7 +86,9 @@ class RunFacts:
     stdout: bytes
     stdout_size: int
     stderr: bytes
-    artifact: str = ""
+    artifact: bytes = b""
+    cpu_timeout: bool = False
+    """Killed by the worker for going over the CPU-time limit."""
     system_error: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -110,7 +109,10 @@ class WorkerProcess:
             raise WorkerError(reply.get("error", "worker setup failed"))
 
     def _read_reply(self, timeout_s: float) -> tuple[dict[str, Any], list[bytes]]:
-        ready, _, _ = select.select([self._rfd], [], [], timeout_s)
+        try:
+            ready, _, _ = select.select([self._rfd], [], [], timeout_s)
+        except (OSError, ValueError) as e:
+            raise WorkerError(f"worker channel broke: {e!r}") from e
         if not ready:
             raise WorkerError(f"worker did not answer within {timeout_s:.1f}s")
         try:
@@ -134,9 +136,6 @@ class WorkerProcess:
         if req.files:
             header["files"] = [(path, mode) for path, _, mode in req.files]
             blobs.extend(content for _, content, _ in req.files)
-        if req.artifact:
-            header["artifact"] = req.artifact
-            header["artifact_path"] = req.artifact_path
         if req.capture:
             header["capture"] = req.capture
         with self._lock:
@@ -149,20 +148,20 @@ class WorkerProcess:
             self.runs += 1
         if not reply.get("ok", False):
             raise WorkerError(reply.get("error", "run failed"))
-        stdout, stderr = (out + [b"", b""])[:2]
-        known = {f for f in RunFacts.__dataclass_fields__ if f not in ("stdout", "stderr", "extra")}
+        stdout, stderr, artifact = (out + [b"", b"", b""])[:3]
+        blobs = ("stdout", "stderr", "artifact", "extra")
+        known = {f for f in RunFacts.__dataclass_fields__ if f not in blobs}
         facts = {k: v for k, v in reply.items() if k in known}
         extra = {k: v for k, v in reply.items() if k not in known and k != "ok"}
-        facts.setdefault("artifact", "")
         facts.setdefault("system_error", "")
-        return RunFacts(stdout=stdout, stderr=stderr, extra=extra, **facts)
-
-    def drop_artifact(self, artifact: str) -> None:
-        with self._lock:
-            zygote.write_frame(self._wfd, {"op": "drop", "artifact": artifact})
-            self._read_reply(10.0)
+        return RunFacts(stdout=stdout, stderr=stderr, artifact=artifact, extra=extra, **facts)
 
     def close(self) -> None:
+        """Stop the worker gracefully and everything it started; safe to call twice."""
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        """Stop the worker now, even mid-run, and everything it started."""
         raise NotImplementedError
 
 
@@ -208,18 +207,27 @@ class LocalWorker(WorkerProcess):
     def alive(self) -> bool:
         return self._proc.poll() is None
 
-    def close(self) -> None:
-        """Stop the worker and everything it started; safe to call twice."""
+    def close(self, grace_s: float = 0.5) -> None:
         with contextlib.suppress(OSError):
             if self._proc.stdin:
                 self._proc.stdin.close()
         try:
-            self._proc.wait(timeout=0.5)
+            self._proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
-        if self._proc.stdout:
-            self._proc.stdout.close()
+        with contextlib.suppress(OSError):
+            if self._proc.stdout:
+                self._proc.stdout.close()
+        # The run's init and program sit in the worker's cgroups: killing them there
+        # reaches everything, even when the worker itself died first.
+        cgroups.remove_base(self._hierarchy, self.tag)
+
+    def kill(self) -> None:
+        # Pipes stay open: a thread may be reading the reply; it sees EOF and gives up.
+        with contextlib.suppress(ProcessLookupError):
+            self._proc.kill()
+        self._proc.wait()
         cgroups.remove_base(self._hierarchy, self.tag)
 
 

@@ -60,7 +60,6 @@ SECCOMP_MODE_FILTER = 2
 FRAME = struct.Struct(">I")
 REPORT = struct.Struct("=iqqq")  # wait status, utime us, stime us, maxrss kB
 MAX_FRAME = 1 << 30
-ARTIFACT_SLOTS = 8
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -287,13 +286,16 @@ class Cgroups:
             d = self.run_dirs["unified"]
             peak = int(self._read(d, "memory.peak") or 0)
             ooms = self._field(self._read(d, "memory.events"), "oom_kill")
-            cpu = self._field(self._read(d, "cpu.stat"), "usage_usec") / 1e6
         else:
             d = self.run_dirs["memory"]
             peak = int(self._read(d, "memory.max_usage_in_bytes") or 0)
             ooms = self._field(self._read(d, "memory.oom_control"), "oom_kill")
-            cpu = int(self._read(self.run_dirs["cpuacct"], "cpuacct.usage") or 0) / 1e9
-        return peak, ooms, cpu
+        return peak, ooms, self.cpu_s()
+
+    def cpu_s(self):
+        if self.version == 2:
+            return self._field(self._read(self.run_dirs["unified"], "cpu.stat"), "usage_usec") / 1e6
+        return int(self._read(self.run_dirs["cpuacct"], "cpuacct.usage") or 0) / 1e9
 
     def kill_all(self):
         """Kill whatever is still inside (nothing should be: the PID namespace is gone)."""
@@ -634,17 +636,11 @@ class Worker:
         # needs per run, which an unprivileged program cannot use anyway.
         bpf = build_seccomp_filter()
         load_seccomp(ctypes.create_string_buffer(bpf, len(bpf)), len(bpf) // 8)
-        self.artifacts = {}  # id -> memfd of a compiled program, most recent last
 
     def handle(self, header, blobs):
         op = header["op"]
         if op == "ping":
             return {"ok": True, "pid": os.getpid()}, []
-        if op == "drop":
-            fd = self.artifacts.pop(header["artifact"], None)
-            if fd is not None:
-                os.close(fd)
-            return {"ok": True}, []
         if op == "run":
             return self.run(header, blobs)
         raise ValueError(f"unknown op {op!r}")
@@ -657,11 +653,6 @@ class Worker:
         try:
             for i, (path, mode) in enumerate(job.get("files", [])):
                 self._place(path, blobs[1 + i], mode)
-            if "artifact" in job:
-                path, mode = job["artifact_path"], 0o755
-                fd = self.artifacts[job["artifact"]]
-                os.lseek(fd, 0, os.SEEK_SET)
-                self._place(path, _read_all(fd), mode)
             facts = self._run_isolated(job, lim, (stdin_fd, out_fd, err_fd))
             stdout, stdout_size = read_capped(out_fd, lim["output_bytes"])
             stderr, _ = read_capped(err_fd, lim.get("stderr_bytes", 8192))
@@ -669,7 +660,7 @@ class Worker:
             result_blobs = [stdout, stderr]
             capture = job.get("capture")
             if capture and facts["exit_code"] == 0:
-                facts["artifact"] = self._capture(capture)
+                result_blobs.append(self._capture(capture, lim["fsize_bytes"]))
             return facts, result_blobs
         finally:
             for fd in (stdin_fd, out_fd, err_fd):
@@ -686,21 +677,16 @@ class Worker:
         finally:
             os.close(fd)
 
-    def _capture(self, path):
-        """Keep a file the program produced (a compiled binary) for later runs."""
+    def _capture(self, path, cap):
+        """Return a file the program produced (a compiled binary) for later runs."""
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         try:
             if not _is_regular(fd):
                 raise ValueError("artifact is not a regular file")
-            data = _read_all(fd)
+            data, _ = read_capped(fd, cap)
         finally:
             os.close(fd)
-        artifact_id = f"a{time.monotonic_ns()}"
-        self.artifacts[artifact_id] = memfd("artifact", data)
-        while len(self.artifacts) > ARTIFACT_SLOTS:
-            old = next(iter(self.artifacts))
-            os.close(self.artifacts.pop(old))
-        return artifact_id
+        return data
 
     def _run_isolated(self, job, lim, stdio_fds):
         cg_fds = self.cgroups.create(lim["memory_bytes"], lim["pids"])
@@ -725,8 +711,10 @@ class Worker:
         for fd in cg_fds:
             os.close(fd)
         os.close(report_w)
-        timed_out = not _wait_pid(init, lim["wall_s"])
-        if timed_out:
+        cpu_budget = lim["cpu_s"] + 0.05
+        exited = _wait_pid(init, lim["wall_s"], lambda: self.cgroups.cpu_s() > cpu_budget)
+        timed_out = not exited and time.monotonic() - t0 >= lim["wall_s"]
+        if not exited:
             os.kill(init, signal.SIGKILL)
         _, init_status = os.waitpid(init, 0)
         wall = time.monotonic() - t0
@@ -742,6 +730,7 @@ class Worker:
             "peak_bytes": peak,
             "oom_kills": ooms,
             "wall_timeout": timed_out,
+            "cpu_timeout": not exited and not timed_out,
             "clean": clean,
             "exit_code": None,
             "signal": None,
@@ -755,7 +744,7 @@ class Worker:
                 facts["signal"] = os.WTERMSIG(status)
             else:
                 facts["exit_code"] = os.WEXITSTATUS(status)
-        elif not timed_out:
+        elif exited:
             facts["system_error"] = f"init ended without a report (status {init_status})"
         return facts
 
@@ -773,19 +762,26 @@ def _read_all(fd):
     return data
 
 
-def _wait_pid(pid, timeout):
-    """Wait for pid to exit for at most timeout seconds; True when it did."""
+def _wait_pid(pid, timeout, over_budget=None):
+    """Wait for pid to exit; False when `timeout` passed or `over_budget()` said so first.
+
+    Short runs are woken by the exit itself; longer ones are checked a few times a second.
+    """
     pidfd = os.pidfd_open(pid)
     try:
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
         deadline = time.monotonic() + timeout
+        step = 0.02
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            if poller.poll(left * 1000):
+            if poller.poll(min(left, step) * 1000):
                 return True
+            if over_budget is not None and over_budget():
+                return False
+            step = min(step * 2, 0.1)
     finally:
         os.close(pidfd)
 

@@ -1,0 +1,182 @@
+"""The verifier engine: one object that takes any case and returns its result.
+
+Code cases go to the judge over a pool of sandbox workers (``local`` or ``docker``
+backend); math cases go to the math checker's process pool. The CLI and the gRPC service
+both drive this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from rlfleet.sandbox.judge import Judge, JudgeConfig
+from rlfleet.sandbox.pool import PoolConfig, WorkerFactory, WorkerPool
+from rlfleet.sandbox.records import Case, CaseResult, CodeCase, MathCase, Verdict
+from rlfleet.sandbox.worker_proc import RunFacts, RunRequest
+
+if TYPE_CHECKING:
+    from rlfleet.sandbox.mathcheck import MathChecker
+
+BACKENDS = ("local", "docker")
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    backend: str = "local"
+    """Where programs run: ``local`` (namespaces on this host) or ``docker`` (containers)."""
+    workers: int = 2
+    """Programs run at once."""
+    math_workers: int = 1
+    """Processes for math checks."""
+    math_timeout_s: float = 2.0
+    """Wall-time bound of one math check."""
+    recycle_after: int = 5000
+    """Replace a sandbox worker after this many runs."""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend: unknown {self.backend!r} (one of {', '.join(BACKENDS)})")
+        if self.workers < 1:
+            raise ValueError("workers must be >= 1")
+
+
+class EngineMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.executions = Counter(
+            "rlfleet_sandbox_executions",
+            "Test executions by language and verdict",
+            ["language", "verdict"],
+            registry=registry,
+        )
+        self.execution_seconds = Histogram(
+            "rlfleet_sandbox_execution_seconds",
+            "Wall time of one sandboxed run (compile, test or checker)",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.busy = Gauge(
+            "rlfleet_sandbox_busy_workers", "Sandbox workers running a program", registry=registry
+        )
+        self.workers = Gauge(
+            "rlfleet_sandbox_workers", "Sandbox workers configured", registry=registry
+        )
+        self.restarts = Counter(
+            "rlfleet_sandbox_worker_restarts",
+            "Sandbox workers replaced (failure, anomaly, recycling or cancellation)",
+            registry=registry,
+        )
+        self.math_checks = Counter(
+            "rlfleet_math_checks", "Math checks by result", ["result"], registry=registry
+        )
+        self.math_seconds = Histogram(
+            "rlfleet_math_check_seconds", "Wall time of one math check", buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+
+def make_worker_factory(config: EngineConfig) -> WorkerFactory:
+    if config.backend == "docker":
+        from rlfleet.sandbox.docker_backend import DockerWorkerFactory
+
+        return DockerWorkerFactory()
+    from rlfleet.sandbox import cgroups
+    from rlfleet.sandbox.worker_proc import LocalWorker, LocalWorkerConfig, worker_tag
+
+    hierarchy = cgroups.detect()
+    cgroups.remove_stale_bases(hierarchy)
+    local = LocalWorkerConfig()
+    return lambda i: LocalWorker(worker_tag(i), hierarchy, local)
+
+
+class Engine:
+    def __init__(
+        self,
+        config: EngineConfig,
+        pool: WorkerPool,
+        math: MathChecker,
+        registry: CollectorRegistry,
+    ) -> None:
+        self.config = config
+        self._pool = pool
+        self._math = math
+        self.metrics = EngineMetrics(registry)
+        self.metrics.workers.set(config.workers)
+        self.metrics.busy.set_function(lambda: pool.stats.busy)
+        self._restarts_seen = 0
+        self.judge = Judge(self._run, config.judge)
+
+    @classmethod
+    async def start(
+        cls, config: EngineConfig, registry: CollectorRegistry | None = None
+    ) -> Engine:
+        from rlfleet.sandbox.mathcheck import MathCheckConfig, MathChecker
+
+        pool = WorkerPool(
+            make_worker_factory(config),
+            PoolConfig(workers=config.workers, recycle_after=config.recycle_after),
+        )
+        await pool.start()
+        try:
+            math = MathChecker(
+                MathCheckConfig(timeout_s=config.math_timeout_s, workers=config.math_workers)
+            )
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(config, pool, math, registry or CollectorRegistry())
+
+    @property
+    def capacity(self) -> int:
+        return self._pool.capacity
+
+    async def _run(self, req: RunRequest) -> RunFacts:
+        t0 = time.perf_counter()
+        try:
+            return await self._pool.run(req)
+        finally:
+            stage = "compile" if req.capture or req.mode == "syntax" else "run"
+            self.metrics.execution_seconds.labels(stage).observe(time.perf_counter() - t0)
+            restarts = self._pool.stats.restarts
+            if restarts > self._restarts_seen:
+                self.metrics.restarts.inc(restarts - self._restarts_seen)
+                self._restarts_seen = restarts
+
+    async def verify(self, case: Case) -> CaseResult:
+        if isinstance(case, MathCase):
+            return await self._verify_math(case)
+        result = await self.judge.judge(case)
+        self._count(case, result)
+        return result
+
+    def _count(self, case: CodeCase, result: CaseResult) -> None:
+        if not result.tests:  # CE or SE before any test ran
+            self.metrics.executions.labels(case.language, result.verdict.value).inc()
+        for t in result.tests:
+            self.metrics.executions.labels(case.language, t.verdict.value).inc()
+
+    async def _verify_math(self, case: MathCase) -> CaseResult:
+        t0 = time.perf_counter()
+        res = await self._math.check_async(case.completion, case.gold)
+        self.metrics.math_seconds.observe(time.perf_counter() - t0)
+        self.metrics.math_checks.labels(res.reason).inc()
+        return CaseResult(
+            id=case.id,
+            verdict=Verdict.AC if res.correct else Verdict.WA,
+            passed=int(res.correct),
+            total=1,
+            reward=1.0 if res.correct else 0.0,
+            extracted=res.extracted,
+            message="" if res.correct else res.reason,
+        )
+
+    async def close(self) -> None:
+        await self._pool.close()
+        await asyncio.to_thread(self._math.close)

@@ -1,0 +1,276 @@
+"""Judge a code submission: compile (or syntax-check) once, run every test, decide verdicts.
+
+Verdicts are decided here, from the facts the worker measured, with the expected output in
+this process only. Order of precedence follows what was actually hit: our own failure (SE)
+first, then the kernel's OOM kill (MLE), the time limits (TLE), the output cap (OLE), an
+abnormal exit (RE), and only for a clean exit the comparison (AC/WA).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from rlfleet.sandbox import checkers
+from rlfleet.sandbox.languages import Language, get_language
+from rlfleet.sandbox.records import (
+    CallTest,
+    CaseResult,
+    CheckerKind,
+    CodeCase,
+    StdioTest,
+    TestResult,
+    Verdict,
+)
+from rlfleet.sandbox.worker_proc import RunFacts, RunLimits, RunRequest
+
+RunFn = Callable[[RunRequest], Awaitable[RunFacts]]
+SYNTAX_ERROR_EXIT = 3  # the worker's syntax-check mode exits 3 on a SyntaxError
+MEMORY_ERROR_MARKERS = ("MemoryError", "std::bad_alloc")
+
+
+@dataclass(frozen=True, kw_only=True)
+class JudgeConfig:
+    wall_factor: float = 2.0
+    """Wall-time limit = time limit x this + ``wall_extra_s`` (sleeping programs are TLE)."""
+    wall_extra_s: float = 1.0
+    output_mb: int = 16
+    """stdout cap per test; beyond it the verdict is OLE."""
+    pids: int = 64
+    """Processes and threads a test may have at once."""
+    tmp_file_mb: int = 32
+    """Largest file a program may write in its /tmp."""
+    se_retries: int = 2
+    """A system error is retried this many times before it is reported."""
+    partial_reward: bool = False
+    """Reward for a non-AC case: fraction of tests passed (else 0)."""
+    message_bytes: int = 2000
+    """Compiler / runtime messages are truncated to this."""
+    checker_time_s: float = 10.0
+    """Time limit for a custom checker program."""
+
+    def __post_init__(self) -> None:
+        if self.wall_factor < 1.0:
+            raise ValueError("wall_factor must be >= 1")
+        if self.se_retries < 0:
+            raise ValueError("se_retries must be >= 0")
+
+
+class Judge:
+    def __init__(self, run: RunFn, config: JudgeConfig = JudgeConfig()) -> None:
+        self._run = run
+        self.config = config
+
+    def _limits(self, time_s: float, memory_mb: int) -> RunLimits:
+        c = self.config
+        return RunLimits(
+            cpu_s=time_s,
+            wall_s=time_s * c.wall_factor + c.wall_extra_s,
+            memory_mb=memory_mb,
+            pids=c.pids,
+            output_bytes=c.output_mb << 20,
+            fsize_bytes=c.tmp_file_mb << 20,
+        )
+
+    async def _run_retrying(self, req: RunRequest) -> RunFacts:
+        facts = await self._run(req)
+        for _ in range(self.config.se_retries):
+            if not facts.system_error:
+                break
+            facts = await self._run(req)
+        return facts
+
+    def _truncate(self, data: bytes) -> str:
+        return data[: self.config.message_bytes].decode("utf-8", "replace")
+
+    async def judge(self, case: CodeCase) -> CaseResult:
+        lang = get_language(case.language)
+        if lang is None:
+            raise ValueError(f"language: unknown {case.language!r}")
+        prepared = await self._prepare(case, lang)
+        if isinstance(prepared, CaseResult):
+            return prepared
+        results = await self._run_tests(case, lang, prepared)
+        return self._summarise(case, results)
+
+    async def _prepare(self, case: CodeCase, lang: Language) -> bytes | CaseResult:
+        """Compile or syntax-check once per submission; CE/SE ends the case here."""
+        if lang.in_process_python:
+            req = RunRequest(
+                kind="python",
+                code=case.code,
+                mode="syntax",
+                limits=self._limits(lang.compile_time_s, lang.compile_memory_mb),
+            )
+            facts = await self._run_retrying(req)
+            if facts.system_error:
+                return self._case_error(case, Verdict.SE, facts.system_error)
+            if facts.exit_code == 0:
+                return b""
+            return self._case_error(case, Verdict.CE, self._compile_message(facts))
+        req = RunRequest(
+            kind="exec",
+            argv=lang.compile_argv,
+            files=((lang.source_path, case.code.encode(), 0o644),),
+            capture=lang.artifact_path,
+            limits=self._limits(lang.compile_time_s, lang.compile_memory_mb),
+        )
+        facts = await self._run_retrying(req)
+        if facts.system_error:
+            return self._case_error(case, Verdict.SE, facts.system_error)
+        if facts.exit_code == 0 and facts.artifact:
+            return facts.artifact
+        return self._case_error(case, Verdict.CE, self._compile_message(facts))
+
+    def _compile_message(self, facts: RunFacts) -> str:
+        if facts.oom_kills:
+            reason = "compilation exceeded its memory limit"
+        elif facts.wall_timeout or facts.signal == signal.SIGXCPU:
+            reason = "compilation timed out"
+        elif facts.signal is not None:
+            reason = f"compiler killed by signal {facts.signal}"
+        else:
+            reason = ""
+        text = self._truncate(facts.stderr)
+        return "\n".join(x for x in (reason, text) if x)
+
+    def _case_error(self, case: CodeCase, verdict: Verdict, message: str) -> CaseResult:
+        return CaseResult(
+            id=case.id,
+            verdict=verdict,
+            passed=0,
+            total=len(case.tests),
+            reward=0.0,
+            message=message[: self.config.message_bytes],
+        )
+
+    def _request(self, case: CodeCase, lang: Language, artifact: bytes, test: object) -> RunRequest:
+        limits = self._limits(case.time_limit_s, case.memory_limit_mb)
+        if isinstance(test, CallTest):
+            payload = json.dumps({"args": test.args, "kwargs": test.kwargs}).encode()
+            return RunRequest(
+                kind="python",
+                code=case.code,
+                mode="call",
+                fn_name=case.fn_name or "",
+                stdin=payload,
+                limits=limits,
+            )
+        assert isinstance(test, StdioTest)
+        if lang.in_process_python:
+            return RunRequest(kind="python", code=case.code, stdin=test.stdin.encode(), limits=limits)
+        return RunRequest(
+            kind="exec",
+            argv=lang.run_argv,
+            files=((lang.artifact_path, artifact, 0o755),),
+            stdin=test.stdin.encode(),
+            limits=limits,
+        )
+
+    async def _run_tests(
+        self, case: CodeCase, lang: Language, artifact: bytes
+    ) -> list[tuple[TestResult, bytes]]:
+        async def one(test: object) -> tuple[TestResult, bytes]:
+            req = self._request(case, lang, artifact, test)
+            facts = await self._run_retrying(req)
+            verdict = await self._verdict(case, test, req.limits, facts)
+            result = TestResult(
+                verdict=verdict,
+                time_s=facts.cpu_s,
+                memory_mb=facts.peak_bytes / (1 << 20),
+                wall_s=facts.wall_s,
+                message=facts.system_error or self._truncate(facts.stderr)
+                if verdict is not Verdict.AC
+                else "",
+            )
+            return result, facts.stderr
+
+        if not case.early_stop:
+            return list(await asyncio.gather(*(one(t) for t in case.tests)))
+        results = []
+        for test in case.tests:
+            results.append(await one(test))
+            if results[-1][0].verdict is not Verdict.AC:
+                break
+        return results
+
+    async def _verdict(
+        self, case: CodeCase, test: object, limits: RunLimits, facts: RunFacts
+    ) -> Verdict:
+        if facts.system_error:
+            return Verdict.SE
+        if facts.oom_kills:
+            return Verdict.MLE
+        over_cpu = facts.cpu_timeout or facts.cpu_s > limits.cpu_s or facts.signal == signal.SIGXCPU
+        if facts.wall_timeout or over_cpu:
+            return Verdict.TLE
+        if facts.stdout_size > limits.output_bytes or facts.signal == signal.SIGXFSZ:
+            return Verdict.OLE
+        if facts.signal is not None or facts.exit_code != 0:
+            # An allocation refused outright (far above the limit) never reaches the OOM
+            # killer; the runtime reports it instead. Faking it gains nothing (still 0).
+            tail = facts.stderr[-512:]
+            if any(m.encode() in tail for m in MEMORY_ERROR_MARKERS):
+                return Verdict.MLE
+            return Verdict.RE
+        stdout = facts.stdout.decode("utf-8", "replace")
+        if isinstance(test, CallTest):
+            ok = checkers.call_output_match(test.expected, stdout, case.checker)
+        else:
+            assert isinstance(test, StdioTest)
+            if case.checker.kind is CheckerKind.CUSTOM:
+                return await self._custom_check(case, test, stdout)
+            ok = checkers.stdio_match(case.checker, test.stdout, stdout)
+        return Verdict.AC if ok else Verdict.WA
+
+    async def _custom_check(self, case: CodeCase, test: StdioTest, stdout: str) -> Verdict:
+        """Run the dataset's checker program, sandboxed too, on input/expected/actual.
+
+        It reads one JSON object ``{"input", "expected", "output"}`` on stdin and prints
+        ``AC`` (or ``1``/``true``/``ok``) when the output is right. A checker that fails is
+        our problem (SE), never the submission's.
+        """
+        payload = json.dumps({"input": test.stdin, "expected": test.stdout, "output": stdout})
+        req = RunRequest(
+            kind="python",
+            code=case.checker.custom_code,
+            stdin=payload.encode(),
+            limits=self._limits(self.config.checker_time_s, 512),
+        )
+        facts = await self._run_retrying(req)
+        if facts.system_error or facts.exit_code != 0 or facts.signal is not None:
+            return Verdict.SE
+        words = facts.stdout.decode("utf-8", "replace").split()
+        first = words[0].lower() if words else ""
+        return Verdict.AC if first in ("ac", "1", "true", "ok", "yes") else Verdict.WA
+
+    def _summarise(self, case: CodeCase, results: list[tuple[TestResult, bytes]]) -> CaseResult:
+        tests = tuple(r for r, _ in results)
+        passed = sum(t.verdict is Verdict.AC for t in tests)
+        total = len(case.tests)
+        failures = [t for t in tests if t.verdict is not Verdict.AC]
+        if any(t.verdict is Verdict.SE for t in tests):
+            verdict = Verdict.SE
+        elif failures:
+            verdict = failures[0].verdict
+        else:
+            verdict = Verdict.AC
+        if verdict is Verdict.AC and passed == total:
+            reward = 1.0
+        elif self.config.partial_reward and total:
+            reward = passed / total
+        else:
+            reward = 0.0
+        message = failures[0].message if failures else ""
+        return CaseResult(
+            id=case.id,
+            verdict=verdict,
+            passed=passed,
+            total=total,
+            reward=reward,
+            tests=tests,
+            message=message,
+        )
