@@ -87,8 +87,17 @@ def _enable_v2_controllers(path: Path) -> None:
         raise CgroupError(f"cannot enable {wanted} in {control}: {e.strerror}") from e
 
 
-def create_base(h: Hierarchy, tag: str) -> None:
-    for root in h.roots.values():
+@dataclass(frozen=True, kw_only=True)
+class BaseLimits:
+    """Caps on a whole worker (itself and all its runs), whatever the per-run limits say."""
+
+    memory_mb: int = 8192
+    pids: int = 1024
+
+
+def create_base(h: Hierarchy, tag: str, limits: BaseLimits) -> None:
+    """Make ``rlfleet/<tag>`` with its caps, and the ``worker`` leaf the worker process joins."""
+    for name, root in h.roots.items():
         parent = root / "rlfleet"
         try:
             parent.mkdir(exist_ok=True)
@@ -99,8 +108,30 @@ def create_base(h: Hierarchy, tag: str) -> None:
             base.mkdir(exist_ok=True)
             if h.version == 2:
                 _enable_v2_controllers(base)
+                (base / "memory.max").write_text(str(limits.memory_mb << 20))
+                (base / "pids.max").write_text(str(limits.pids))
+            elif name == "memory":
+                (base / "memory.limit_in_bytes").write_text(str(limits.memory_mb << 20))
+            elif name == "pids":
+                (base / "pids.max").write_text(str(limits.pids))
+            (base / "worker").mkdir(exist_ok=True)
         except PermissionError as e:
             raise CgroupError(f"cannot create cgroup under {parent}: permission denied") from e
+
+
+def join_worker_leaf(h: Hierarchy, tag: str, pid: int) -> None:
+    for root in h.roots.values():
+        (root / "rlfleet" / tag / "worker" / "cgroup.procs").write_text(str(pid))
+
+
+def procs_in_base(h: Hierarchy, tag: str) -> set[int]:
+    """Every process in a worker's cgroups (worker and runs)."""
+    pids: set[int] = set()
+    for base in h.base_dirs(tag):
+        for procs in base.rglob("cgroup.procs"):
+            with contextlib.suppress(OSError):
+                pids.update(int(p) for p in procs.read_text().split())
+    return pids
 
 
 def _kill_tree(path: Path) -> None:

@@ -171,6 +171,8 @@ class LocalWorkerConfig:
     """Interpreter for the worker and for Python submissions (an absolute path: no shims)."""
     tmp_mb: int = 64
     """Size of the run's private /tmp."""
+    caps: cgroups.BaseLimits = field(default_factory=cgroups.BaseLimits)
+    """Caps on the worker and all its runs together (a second wall behind per-run limits)."""
 
 
 class LocalWorker(WorkerProcess):
@@ -181,7 +183,7 @@ class LocalWorker(WorkerProcess):
         self.tag = tag
         self._hierarchy = hierarchy
         cgroups.remove_base(hierarchy, tag)
-        cgroups.create_base(hierarchy, tag)
+        cgroups.create_base(hierarchy, tag, config.caps)
         self._proc = subprocess.Popen(
             [config.python, "-I", "-S", "-B", str(WORKER_SCRIPT)],
             stdin=subprocess.PIPE,
@@ -195,6 +197,9 @@ class LocalWorker(WorkerProcess):
         self._wfd = self._proc.stdin.fileno()
         self._rfd = self._proc.stdout.fileno()
         try:
+            # The worker waits for its setup frame before doing anything, so it (and all it
+            # will start) is inside its capped cgroup before any run.
+            cgroups.join_worker_leaf(hierarchy, tag, self._proc.pid)
             self._handshake({"cgroup": hierarchy.spec(tag), "tmp_mb": config.tmp_mb}, 30.0)
         except BaseException:
             self.close()

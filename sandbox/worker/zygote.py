@@ -544,10 +544,17 @@ def _print_exception(err, exc):
 
 
 _JSON_SCALARS = (str, int, float, bool, type(None))
+# Bound now, before any submission runs: patching builtins or json does not reach these.
+_type, _sorted, _dumps = type, sorted, json.dumps
 
 
 def to_json(value):
-    """Serialise exact built-in types only: subclasses (a list whose __eq__ lies) are refused."""
+    """Serialise exact built-in types only: subclasses (a list whose __eq__ lies) are refused.
+
+    Whatever the submission patches, the comparison happens in the judge's process against
+    an expected value this process never had: a forged result can only be wrong.
+    """
+    type, sorted, dumps = _type, _sorted, _dumps  # noqa: A001
 
     def norm(v, depth=0):
         if depth > 100:
@@ -561,17 +568,17 @@ def to_json(value):
             return {_key(k): norm(x, depth + 1) for k, x in v.items()}
         if t is set or t is frozenset:
             items = [norm(x, depth + 1) for x in v]
-            return sorted(items, key=lambda x: json.dumps(x, sort_keys=True))
+            return sorted(items, key=lambda x: dumps(x, sort_keys=True))
         raise TypeError(f"result of type {t.__name__} is not JSON-serialisable")
 
     def _key(k):
         if type(k) is str:
             return k
         if type(k) in (int, float, bool) or k is None:
-            return json.dumps(k)
+            return dumps(k)
         raise TypeError(f"dict key of type {type(k).__name__}")
 
-    return json.dumps(norm(value), allow_nan=True) + "\n"
+    return dumps(norm(value), allow_nan=True) + "\n"
 
 
 def run_exec(job):
@@ -786,6 +793,29 @@ def _wait_pid(pid, timeout, over_budget=None):
         os.close(pidfd)
 
 
+def become_pid1(channel_fds):
+    """Continue as PID 1 of a new namespace, tied to the launching process.
+
+    When the launcher dies (killed by the host, say), the kernel kills this process and with
+    it every run still alive: nothing the worker started can outlive it.
+    """
+    unshare(CLONE_NEWPID)
+    child = os.fork()
+    if child:
+        for fd in channel_fds:
+            os.close(fd)
+        while True:
+            try:
+                _, status = os.waitpid(child, 0)
+                break
+            except InterruptedError:
+                continue
+        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    # (Should the launcher die before this line, the host still kills this process through
+    # the worker's cgroup: it only kills the launcher when it tears the whole worker down.)
+    _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
+
+
 def main():
     # Frames travel on private copies of stdin/stdout; fds 0-2 then point at /dev/null so
     # that nothing a run inherits by accident can reach the channel.
@@ -799,6 +829,7 @@ def main():
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         header, _ = read_frame(rfd)
+        become_pid1((rfd, wfd))
         worker = Worker(header)
     except BaseException as e:
         write_frame(wfd, {"ok": False, "error": f"worker setup failed: {e!r}"})

@@ -1,0 +1,98 @@
+"""A synchronous front for tests: a real worker pool + judge on a private event loop.
+
+Hostile programs run with the workers' caps lowered (memory, tasks), and every worker is
+PID 1 of its own namespace: a broken sandbox still cannot take the machine down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rlfleet.sandbox import cgroups
+from rlfleet.sandbox.cases import parse_case
+from rlfleet.sandbox.judge import Judge, JudgeConfig
+from rlfleet.sandbox.pool import PoolConfig, WorkerPool
+from rlfleet.sandbox.records import CaseResult, CodeCase
+from rlfleet.sandbox.worker_proc import LocalWorker, LocalWorkerConfig, WorkerProcess
+
+T = TypeVar("T")
+TEST_CAPS = cgroups.BaseLimits(memory_mb=1536, pids=256)
+NOBODY = 65534
+
+
+class Harness:
+    def __init__(self, backend: str, workers: int = 2, judge: JudgeConfig | None = None) -> None:
+        self.backend = backend
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self.hierarchy = cgroups.detect() if backend == "local" else None
+        self.tags: list[str] = []
+        self.pool = WorkerPool(self._factory(), PoolConfig(workers=workers))
+        self.call(self.pool.start())
+        self.judge_impl = Judge(self.pool.run, judge or JudgeConfig())
+
+    def _factory(self):  # type: ignore[no-untyped-def]
+        if self.backend == "docker":
+            from rlfleet.sandbox.docker_backend import DockerWorkerFactory
+
+            return DockerWorkerFactory()
+        hierarchy = self.hierarchy
+        assert hierarchy is not None
+
+        def make(i: int) -> WorkerProcess:
+            tag = f"{os.getpid()}-test{i}"
+            if tag not in self.tags:
+                self.tags.append(tag)
+            return LocalWorker(tag, hierarchy, LocalWorkerConfig(caps=TEST_CAPS))
+
+        return make
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 120.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def judge(self, case: dict[str, Any] | CodeCase) -> CaseResult:
+        if isinstance(case, dict):
+            case = dict({"id": "t", "kind": "code", "language": "python"}, **case)
+            parsed = parse_case(case)
+            assert isinstance(parsed, CodeCase)
+            case = parsed
+        return self.call(self.judge_impl.judge(case))
+
+    def run_procs(self) -> set[int]:
+        """Processes inside run cgroups (should be none between runs)."""
+        if self.hierarchy is None:
+            return set()
+        pids: set[int] = set()
+        for tag in self.tags:
+            for base in self.hierarchy.base_dirs(tag):
+                run = base / "run"
+                if run.is_dir():
+                    pids.update(int(p) for p in (run / "cgroup.procs").read_text().split())
+        return pids
+
+    def close(self) -> None:
+        self.call(self.pool.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+def nobody_processes() -> list[int]:
+    """Processes on this machine running as the sandbox's uid (should be none between runs)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("Uid:") and int(line.split()[1]) == NOBODY:
+                out.append(int(entry.name))
+    return out

@@ -1,0 +1,441 @@
+"""Hostile programs: each is contained with its honest verdict, nothing is left running,
+and the pool keeps working. Workers run with lowered caps and as PID 1 of their own
+namespaces, so a broken sandbox cannot take the machine down with it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import Harness
+
+from rlfleet.sandbox.records import Verdict
+
+pytestmark = pytest.mark.usefixtures("clean_after")
+
+SECRET = "rlfleet-test-secret-4242"
+
+
+def py(code: str, **kw: object) -> dict[str, object]:
+    return {"language": "python", "code": code, "tests": kw.pop("tests", [{"stdin": "", "stdout": "ok"}]), **kw}
+
+
+def cpp(code: str, **kw: object) -> dict[str, object]:
+    return {"language": "cpp", "code": code, "tests": kw.pop("tests", [{"stdin": "", "stdout": "ok"}]), **kw}
+
+
+def assert_pool_works(h: Harness) -> None:
+    r = h.judge(py("print(input())", tests=[{"stdin": "alive\n", "stdout": "alive\n"}]))
+    assert r.verdict is Verdict.AC, r
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[int, list[object]]]:
+    """A loopback TCP listener that records any connection it accepts."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(0.2)
+    accepted: list[object] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                conn, addr = srv.accept()
+            except OSError:
+                continue
+            accepted.append(addr)
+            conn.close()
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    yield srv.getsockname()[1], accepted
+    stop.set()
+    t.join(2)
+    srv.close()
+
+
+@pytest.fixture
+def host_secret_file() -> Iterator[Path]:
+    path = Path("/root/rlfleet-test-secret.txt")
+    path.write_text(SECRET)
+    try:
+        yield path
+    finally:
+        path.unlink()
+
+
+# ------------------------------------------------------------------------- Python
+
+
+def test_fork_bomb(sandbox: Harness) -> None:
+    r = sandbox.judge(py("import os\nwhile True:\n    os.fork()\n", time_limit_s=1))
+    assert r.verdict in (Verdict.RE, Verdict.TLE), r
+    assert_pool_works(sandbox)
+
+
+def test_fork_bomb_that_swallows_errors(sandbox: Harness) -> None:
+    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    r = sandbox.judge(py(code, time_limit_s=1))
+    assert r.verdict is Verdict.TLE, r
+    assert_pool_works(sandbox)
+
+
+def test_memory_bomb(sandbox: Harness) -> None:
+    r = sandbox.judge(py("x = []\nwhile True:\n    x.append(bytearray(1 << 20))\n", memory_limit_mb=64))
+    assert r.verdict is Verdict.MLE, r
+    assert r.tests[0].memory_mb >= 60
+    assert_pool_works(sandbox)
+
+
+def test_huge_single_allocation_is_mle(sandbox: Harness) -> None:
+    r = sandbox.judge(py("x = [0] * (1 << 40)\n", memory_limit_mb=64))
+    assert r.verdict is Verdict.MLE, r
+
+
+def test_busy_loop(sandbox: Harness) -> None:
+    r = sandbox.judge(py("while True:\n    pass\n", time_limit_s=0.5))
+    assert r.verdict is Verdict.TLE, r
+    assert r.tests[0].time_s >= 0.5
+
+
+def test_sleep_is_wall_time_tle(sandbox: Harness) -> None:
+    r = sandbox.judge(py("import time\ntime.sleep(60)\n", time_limit_s=0.5))
+    assert r.verdict is Verdict.TLE, r
+    assert r.tests[0].time_s < 0.5  # it used no CPU: the wall clock caught it
+
+
+def test_network_is_unreachable(sandbox: Harness, listener: tuple[int, list[object]]) -> None:
+    port, accepted = listener
+    code = (
+        "import socket\n"
+        f"s = socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+        "print('ok')\n"
+    )
+    r = sandbox.judge(py(code))
+    assert r.verdict is Verdict.RE, r
+    assert accepted == []
+    # Raw sockets and other families are refused too.
+    r = sandbox.judge(py("import socket\nsocket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\nprint('ok')\n"))
+    assert r.verdict is Verdict.RE, r
+
+
+def test_host_files_invisible(sandbox: Harness, host_secret_file: Path) -> None:
+    code = (
+        "import os\n"
+        "seen = []\n"
+        f"for p in ['{host_secret_file}', '/etc/shadow', '/proc/1/environ', '/work', '/home', '/root', '/sys']:\n"
+        "    try:\n"
+        "        seen.append(p + ':' + (open(p).read() if os.path.isfile(p) else str(os.listdir(p))))\n"
+        "    except OSError as e:\n"
+        "        seen.append(p + ':' + type(e).__name__)\n"
+        "print('\\n'.join(seen))\n"
+    )
+    r = sandbox.judge(py(code, tests=[{"stdin": "", "stdout": "x"}]))
+    assert r.verdict is Verdict.WA, r  # ran to the end, printed only errors
+    assert SECRET not in r.message
+
+
+def test_host_files_not_writable(sandbox: Harness) -> None:
+    marker = f"rlfleet-hostile-{os.getpid()}"
+    code = (
+        "import os\n"
+        f"for p in ['/usr/{marker}', '/etc/{marker}', '/{marker}', '/dev/{marker}']:\n"
+        "    try:\n"
+        "        open(p, 'w').write('x')\n"
+        "        print('wrote', p)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        f"open('/tmp/{marker}', 'w').write('private tmp is fine')\n"
+        "print('ok')\n"
+    )
+    r = sandbox.judge(py(code))
+    assert r.verdict is Verdict.AC, r
+    for p in (f"/usr/{marker}", f"/etc/{marker}", f"/{marker}", f"/tmp/{marker}"):
+        assert not Path(p).exists(), p
+
+
+def test_host_environment_hidden(sandbox: Harness) -> None:
+    os.environ["RLFLEET_TEST_SECRET"] = SECRET
+    try:
+        r = sandbox.judge(py("import os\nprint(sorted(os.environ.items()))\n"))
+    finally:
+        del os.environ["RLFLEET_TEST_SECRET"]
+    assert r.verdict is Verdict.WA
+    assert SECRET not in r.message
+
+
+def test_daemonised_grandchild_is_killed(sandbox: Harness) -> None:
+    code = (
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        time.sleep(30)\n"
+        "    os._exit(0)\n"
+        "print('ok')\n"
+    )
+    r = sandbox.judge(py(code))
+    assert r.verdict is Verdict.AC, r
+    # clean_after checks that the grandchild is gone.
+
+
+def test_killing_the_parent(sandbox: Harness) -> None:
+    code = (
+        "import os, signal\n"
+        "for pid in (os.getppid(), 1, -1):\n"
+        "    try:\n"
+        "        os.kill(pid, signal.SIGKILL)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "print('ok')\n"
+    )
+    r = sandbox.judge(py(code))
+    assert r.verdict is Verdict.AC, r
+    assert_pool_works(sandbox)
+
+
+def test_output_flood(sandbox: Harness) -> None:
+    r = sandbox.judge(py("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n"))
+    assert r.verdict is Verdict.OLE, r
+    assert_pool_works(sandbox)
+
+
+def test_disk_fill(sandbox: Harness) -> None:
+    code = (
+        "i = 0\n"
+        "while True:\n"
+        "    with open(f'/tmp/f{i}', 'wb') as f:\n"
+        "        f.write(b'x' * (8 << 20))\n"
+        "    i += 1\n"
+    )
+    r = sandbox.judge(py(code, memory_limit_mb=512))
+    assert r.verdict in (Verdict.RE, Verdict.MLE), r
+    assert_pool_works(sandbox)
+
+
+def test_thread_bomb(sandbox: Harness) -> None:
+    code = (
+        "import threading, time\n"
+        "while True:\n"
+        "    threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+    )
+    r = sandbox.judge(py(code))
+    assert r.verdict is Verdict.RE, r
+    assert "can't start new thread" in r.message
+    assert_pool_works(sandbox)
+
+
+def test_ignored_signals(sandbox: Harness) -> None:
+    code = (
+        "import signal\n"
+        "for s in (signal.SIGTERM, signal.SIGINT, signal.SIGXCPU, signal.SIGHUP):\n"
+        "    signal.signal(s, signal.SIG_IGN)\n"
+        "while True:\n"
+        "    pass\n"
+    )
+    r = sandbox.judge(py(code, time_limit_s=0.5))
+    assert r.verdict is Verdict.TLE, r
+
+
+def test_escape_syscalls_refused(sandbox: Harness) -> None:
+    code = (
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "print(libc.unshare(0x10000000), libc.unshare(0x40000000), libc.mount(b'none', b'/tmp', b'tmpfs', 0, None))\n"
+        "print(os.getuid(), os.geteuid(), os.getgid())\n"
+    )
+    r = sandbox.judge(py(code, tests=[{"stdin": "", "stdout": "-1 -1 -1\n65534 65534 65534\n"}]))
+    assert r.verdict is Verdict.AC, r
+
+
+# ------------------------------------------------------------------ reward hacks
+
+
+def call_case(code: str, expected: object = [0, 1]) -> dict[str, object]:
+    return {
+        "language": "python",
+        "fn_name": "solve",
+        "code": code,
+        "tests": [{"args": [[2, 7, 11, 15], 9], "expected": expected}],
+    }
+
+
+def test_always_equal_object(sandbox: Harness) -> None:
+    code = (
+        "class Liar(list):\n"
+        "    def __eq__(self, other): return True\n"
+        "    def __ne__(self, other): return False\n"
+        "def solve(nums, target):\n"
+        "    return Liar()\n"
+    )
+    r = sandbox.judge(call_case(code))
+    assert r.verdict in (Verdict.RE, Verdict.WA), r
+    assert r.reward == 0.0
+
+
+def test_patched_serialiser(sandbox: Harness) -> None:
+    # Serialisers and builtins patched to claim success: the judge compares out of process.
+    code = (
+        "import json, builtins\n"
+        "json.dumps = lambda *a, **k: 'true'\n"
+        "json.JSONEncoder.encode = lambda self, o: '\"AC\"'\n"
+        "builtins.type = lambda x: list\n"
+        "builtins.isinstance = lambda *a: True\n"
+        "def solve(nums, target):\n"
+        "    return 'not the answer'\n"
+    )
+    r = sandbox.judge(call_case(code))
+    assert r.verdict is Verdict.WA, r
+    assert r.reward == 0.0
+
+
+def test_stray_file_descriptors(sandbox: Harness) -> None:
+    code = (
+        "import os\n"
+        "for fd in range(3, 1024):\n"
+        "    try:\n"
+        "        os.write(fd, b'AC [0, 1]\\n')\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "def solve(nums, target):\n"
+        "    return None\n"
+    )
+    r = sandbox.judge(call_case(code))
+    assert r.verdict is Verdict.WA, r
+
+
+def test_early_exit(sandbox: Harness) -> None:
+    r = sandbox.judge(call_case("import os\nos._exit(0)\n"))
+    assert r.verdict is Verdict.WA, r
+    r = sandbox.judge(call_case("def solve(nums, target):\n    raise SystemExit(0)\n"))
+    assert r.verdict is Verdict.WA, r
+
+
+def test_expected_output_never_reaches_the_program(sandbox: Harness) -> None:
+    marker = "EXPECTED-MARKER-9d1c"
+    code = (
+        "import gc, sys\n"
+        "needle = ''.join(['EXPECTED-', 'MARKER-', '9d1c'])\n"
+        "def hits(o):\n"
+        "    if isinstance(o, dict):\n"
+        "        items = [*o.keys(), *o.values()]\n"
+        "    elif isinstance(o, (list, tuple, set, frozenset)):\n"
+        "        items = list(o)\n"
+        "    else:\n"
+        "        return False\n"
+        "    return any(x is not needle and isinstance(x, (str, bytes))\n"
+        "               and needle in (x if isinstance(x, str) else x.decode('latin-1')) for x in items)\n"
+        "found = any(hits(o) for o in gc.get_objects() if o is not globals())\n"
+        "print('found' if found else 'clean', file=sys.stderr)\n"
+        "print('x')\n"
+    )
+    r = sandbox.judge(py(code, tests=[{"stdin": "", "stdout": marker}]))
+    assert r.verdict is Verdict.WA, r
+    assert r.message.strip() == "clean"
+
+
+# ---------------------------------------------------------------------------- C++
+
+
+def test_cpp_fork_bomb(sandbox: Harness) -> None:
+    r = sandbox.judge(cpp("#include <unistd.h>\nint main() { while (1) fork(); }\n", time_limit_s=1))
+    assert r.verdict is Verdict.TLE, r
+    assert_pool_works(sandbox)
+
+
+def test_cpp_memory_bomb(sandbox: Harness) -> None:
+    code = (
+        "#include <vector>\n#include <cstring>\n#include <cstdlib>\n"
+        "int main() { std::vector<char*> v; while (1) { char* p = (char*)malloc(1 << 20);"
+        " memset(p, 1, 1 << 20); v.push_back(p); } }\n"
+    )
+    r = sandbox.judge(cpp(code, memory_limit_mb=64))
+    assert r.verdict is Verdict.MLE, r
+
+
+def test_cpp_busy_loop_and_ignored_signals(sandbox: Harness) -> None:
+    code = (
+        "#include <csignal>\nint main() { for (int s = 1; s < 32; s++) signal(s, SIG_IGN);"
+        " volatile unsigned long x = 0; while (1) x++; }\n"
+    )
+    r = sandbox.judge(cpp(code, time_limit_s=0.5))
+    assert r.verdict is Verdict.TLE, r
+
+
+def test_cpp_network(sandbox: Harness, listener: tuple[int, list[object]]) -> None:
+    port, accepted = listener
+    code = (
+        "#include <sys/socket.h>\n#include <netinet/in.h>\n#include <arpa/inet.h>\n#include <cstdio>\n"
+        "int main() { int s = socket(AF_INET, SOCK_STREAM, 0); if (s < 0) { perror(\"socket\"); return 1; }\n"
+        f" sockaddr_in a{{}}; a.sin_family = AF_INET; a.sin_port = htons({port});"
+        " inet_pton(AF_INET, \"127.0.0.1\", &a.sin_addr);\n"
+        " if (connect(s, (sockaddr*)&a, sizeof a) < 0) { perror(\"connect\"); return 1; } puts(\"ok\"); }\n"
+    )
+    r = sandbox.judge(cpp(code))
+    assert r.verdict is Verdict.RE, r
+    assert accepted == []
+
+
+def test_cpp_host_file_and_env(sandbox: Harness, host_secret_file: Path) -> None:
+    os.environ["RLFLEET_TEST_SECRET"] = SECRET
+    code = (
+        "#include <cstdio>\n#include <cstdlib>\n"
+        f"int main() {{ FILE* f = fopen(\"{host_secret_file}\", \"r\"); const char* e = getenv(\"RLFLEET_TEST_SECRET\");\n"
+        " fprintf(stderr, \"%s %s\\n\", f ? \"open\" : \"closed\", e ? e : \"noenv\"); puts(\"ok\"); }\n"
+    )
+    try:
+        r = sandbox.judge(cpp(code, tests=[{"stdin": "", "stdout": "x"}]))
+    finally:
+        del os.environ["RLFLEET_TEST_SECRET"]
+    assert r.verdict is Verdict.WA, r
+    assert r.message.strip() == "closed noenv"
+
+
+def test_cpp_daemon_and_parent_kill(sandbox: Harness) -> None:
+    code = (
+        "#include <unistd.h>\n#include <csignal>\n#include <cstdio>\n"
+        "int main() { if (fork() == 0) { setsid(); if (fork() == 0) sleep(30); _exit(0); }\n"
+        " kill(getppid(), SIGKILL); kill(-1, SIGKILL); puts(\"ok\"); }\n"
+    )
+    r = sandbox.judge(cpp(code))
+    # kill(-1) reaches the program itself too (it shares its namespace): RE is honest.
+    assert r.verdict in (Verdict.AC, Verdict.RE), r
+    assert_pool_works(sandbox)
+
+
+def test_cpp_output_flood(sandbox: Harness) -> None:
+    r = sandbox.judge(cpp("#include <cstdio>\nint main() { while (1) fputs(\"xxxxxxxxxxxxxxxx\", stdout); }\n"))
+    assert r.verdict is Verdict.OLE, r
+
+
+def test_cpp_include_urandom_is_compile_timeout(sandbox: Harness) -> None:
+    r = sandbox.judge(cpp('#include "/dev/urandom"\nint main() {}\n'))
+    assert r.verdict is Verdict.CE, r
+    assert r.message
+
+
+def test_cpp_include_host_file_does_not_leak(sandbox: Harness, host_secret_file: Path) -> None:
+    for path in (host_secret_file, Path("/etc/shadow")):
+        r = sandbox.judge(cpp(f'#include "{path}"\nint main() {{}}\n'))
+        assert r.verdict is Verdict.CE, r
+        assert SECRET not in r.message
+        assert "No such file" in r.message
+
+
+def test_cpp_compile_memory_bomb(sandbox: Harness) -> None:
+    # Exponential template instantiation: the compiler itself runs out of time or memory.
+    code = (
+        "template<int N> struct F { static const long v = F<N-1>::v + F<N-2>::v; char pad[N]; };\n"
+        "template<> struct F<0> { static const long v = 0; };\ntemplate<> struct F<1> { static const long v = 1; };\n"
+        "#define A(n) F<n> a##n;\n"
+        "int main() { return F<100000>::v; }\n"
+    )
+    r = sandbox.judge(cpp(code))
+    assert r.verdict is Verdict.CE, r
+    assert_pool_works(sandbox)
