@@ -26,12 +26,20 @@ def _positive_int(text: str) -> int:
 
 
 def _add_engine_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=("local", "docker"), default="local",
-                   help="where programs run (default: local namespaces; docker: containers)")
-    p.add_argument("--workers", type=_positive_int, default=2,
-                   help="programs run at once (default: 2)")
-    p.add_argument("--partial-reward", action="store_true",
-                   help="reward non-AC code cases with the fraction of tests passed")
+    p.add_argument(
+        "--backend",
+        choices=("local", "docker"),
+        default="local",
+        help="where programs run (default: local namespaces; docker: containers)",
+    )
+    p.add_argument(
+        "--workers", type=_positive_int, default=2, help="programs run at once (default: 2)"
+    )
+    p.add_argument(
+        "--partial-reward",
+        action="store_true",
+        help="reward non-AC code cases with the fraction of tests passed",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,8 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("cases", type=Path, help="JSONL file, one case per line")
     _add_engine_flags(verify)
     verify.add_argument("--server", help="send the cases to a running `rlfleet serve sandbox`")
-    verify.add_argument("--concurrency", type=_positive_int, default=None,
-                        help="cases in flight at once (default: 4 x workers)")
+    verify.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=None,
+        help="cases in flight at once (default: 4 x workers)",
+    )
 
     serve = sub.add_parser("serve", help="run a service")
     serve_sub = serve.add_subparsers(dest="service", required=True)
@@ -54,12 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_flags(sandbox)
     sandbox.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     sandbox.add_argument("--port", type=int, default=50051, help="gRPC port (0: any free port)")
-    sandbox.add_argument("--metrics-port", type=int, default=None,
-                         help="serve Prometheus metrics on this port")
+    sandbox.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port"
+    )
     sandbox.add_argument("--tls-cert", type=Path, help="PEM certificate (enables TLS)")
     sandbox.add_argument("--tls-key", type=Path, help="PEM private key")
-    sandbox.add_argument("--max-pending", type=int, default=None,
-                         help="cases queued or running before RESOURCE_EXHAUSTED")
+    sandbox.add_argument(
+        "--max-pending",
+        type=int,
+        default=None,
+        help="cases queued or running before RESOURCE_EXHAUSTED",
+    )
 
     sb = sub.add_parser("sandbox", help="sandbox maintenance")
     sb_sub = sb.add_subparsers(dest="action", required=True)
@@ -71,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     bsand = bench_sub.add_parser("sandbox", help="sandbox and math-checker throughput")
     bsand.add_argument("--backends", default="local", help="comma-separated: local,docker")
     bsand.add_argument("--workers", type=_positive_int, default=2)
-    bsand.add_argument("--tests", type=_positive_int, default=400,
-                       help="trivial tests per measurement")
+    bsand.add_argument(
+        "--tests", type=_positive_int, default=400, help="trivial tests per measurement"
+    )
     bsand.add_argument("--math", type=int, default=None, help="math corpus size (default: all)")
     return parser
 

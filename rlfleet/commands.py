@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from rlfleet.errors import CommandError
 
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
-def _engine_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from rlfleet.sandbox.engine import Engine, EngineConfig
+
+
+def _engine_config(args: argparse.Namespace) -> EngineConfig:
     from rlfleet.sandbox.engine import EngineConfig
     from rlfleet.sandbox.judge import JudgeConfig
 
@@ -17,7 +23,9 @@ def _engine_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return EngineConfig(backend=args.backend, workers=args.workers, judge=judge)
 
 
-async def _start_engine(args: argparse.Namespace, registry=None):  # type: ignore[no-untyped-def]
+async def _start_engine(
+    args: argparse.Namespace, registry: CollectorRegistry | None = None
+) -> Engine:
     from rlfleet.sandbox.cgroups import CgroupError
     from rlfleet.sandbox.engine import Engine
 
@@ -26,9 +34,7 @@ async def _start_engine(args: argparse.Namespace, registry=None):  # type: ignor
     except CgroupError as e:
         raise CommandError(f"the local backend cannot start: {e}") from e
     except PermissionError as e:
-        raise CommandError(
-            f"the local backend needs root (namespaces, cgroups): {e}"
-        ) from e
+        raise CommandError(f"the local backend needs root (namespaces, cgroups): {e}") from e
 
 
 async def verify(args: argparse.Namespace) -> int:

@@ -37,8 +37,10 @@ def _require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where
     if key not in obj:
         raise CaseError(name, "missing")
     value = obj[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        expected = (
+            kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        )
         raise CaseError(name, f"expected {expected}, got {type(value).__name__}")
     return value
 
@@ -112,9 +114,7 @@ def parse_case(obj: Any) -> Case:
     case_id = str(case_id)
     kind = _require(obj, "kind", str)
     if kind == "math":
-        return MathCase(
-            id=case_id, completion=_require(obj, "completion", str), gold=_gold(obj)
-        )
+        return MathCase(id=case_id, completion=_require(obj, "completion", str), gold=_gold(obj))
     if kind != "code":
         raise CaseError("kind", f"unknown {kind!r} (one of code, math)")
     language = _require(obj, "language", str)

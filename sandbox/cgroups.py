@@ -166,7 +166,7 @@ def remove_base(h: Hierarchy, tag: str, timeout_s: float = 5.0) -> bool:
 
 def leftover_bases(h: Hierarchy) -> list[Path]:
     """Worker cgroups still present (for leak checks and cleanup)."""
-    out = []
+    out: list[Path] = []
     for root in h.roots.values():
         parent = root / "rlfleet"
         if parent.is_dir():

@@ -77,7 +77,9 @@ class EngineMetrics:
             "rlfleet_math_checks", "Math checks by result", ["result"], registry=registry
         )
         self.math_seconds = Histogram(
-            "rlfleet_math_check_seconds", "Wall time of one math check", buckets=LATENCY_BUCKETS,
+            "rlfleet_math_check_seconds",
+            "Wall time of one math check",
+            buckets=LATENCY_BUCKETS,
             registry=registry,
         )
 
@@ -114,9 +116,7 @@ class Engine:
         self.judge = Judge(self._run, config.judge)
 
     @classmethod
-    async def start(
-        cls, config: EngineConfig, registry: CollectorRegistry | None = None
-    ) -> Engine:
+    async def start(cls, config: EngineConfig, registry: CollectorRegistry | None = None) -> Engine:
         from rlfleet.sandbox.mathcheck import MathCheckConfig, MathChecker
 
         pool = WorkerPool(

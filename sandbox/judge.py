@@ -161,7 +161,9 @@ class Judge:
             )
         assert isinstance(test, StdioTest)
         if lang.in_process_python:
-            return RunRequest(kind="python", code=case.code, stdin=test.stdin.encode(), limits=limits)
+            return RunRequest(
+                kind="python", code=case.code, stdin=test.stdin.encode(), limits=limits
+            )
         return RunRequest(
             kind="exec",
             argv=lang.run_argv,

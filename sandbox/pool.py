@@ -146,4 +146,3 @@ def _system_error(message: str) -> RunFacts:
         stderr=b"",
         system_error=message,
     )
-

@@ -53,8 +53,9 @@ def read_lines(stream: IO[str]) -> Iterator[Line]:
 
 
 def _system_error(case: Case, message: str) -> CaseResult:
-    return CaseResult(id=case.id, verdict=Verdict.SE, passed=0, total=0, reward=0.0,
-                      message=message)
+    return CaseResult(
+        id=case.id, verdict=Verdict.SE, passed=0, total=0, reward=0.0, message=message
+    )
 
 
 async def verify_lines(

@@ -148,9 +148,9 @@ class WorkerProcess:
             self.runs += 1
         if not reply.get("ok", False):
             raise WorkerError(reply.get("error", "run failed"))
-        stdout, stderr, artifact = (out + [b"", b"", b""])[:3]
-        blobs = ("stdout", "stderr", "artifact", "extra")
-        known = {f for f in RunFacts.__dataclass_fields__ if f not in blobs}
+        stdout, stderr, artifact = [*out, b"", b"", b""][:3]
+        not_facts = ("stdout", "stderr", "artifact", "extra")
+        known = {f for f in RunFacts.__dataclass_fields__ if f not in not_facts}
         facts = {k: v for k, v in reply.items() if k in known}
         extra = {k: v for k, v in reply.items() if k not in known and k != "ok"}
         facts.setdefault("system_error", "")

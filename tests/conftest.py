@@ -9,11 +9,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import Harness, nobody_processes  # noqa: E402
+from harness import Harness, nobody_processes
 
 BACKENDS = ["local"]
-
-
 
 
 @pytest.fixture(scope="session")

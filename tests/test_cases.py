@@ -8,7 +8,10 @@ from rlfleet.sandbox.records import CallTest, CheckerKind, CodeCase, MathCase, S
 
 def code(**kw: object) -> dict[str, object]:
     base: dict[str, object] = {
-        "id": "c1", "kind": "code", "language": "python", "code": "print(1)",
+        "id": "c1",
+        "kind": "code",
+        "language": "python",
+        "code": "print(1)",
         "tests": [{"stdin": "", "stdout": "1"}],
     }
     base.update(kw)
@@ -39,32 +42,35 @@ def test_language_aliases() -> None:
     assert isinstance(c, CodeCase) and c.language == "cpp"
 
 
-@pytest.mark.parametrize(("case", "field"), [
-    ([1, 2], "case"),
-    ({"kind": "code"}, "id"),
-    (code(kind="essay"), "kind"),
-    (code(language="cobol"), "language"),
-    (code(code=None), "code"),
-    (code(tests=[]), "tests"),
-    (code(tests="x"), "tests"),
-    (code(tests=[{"stdin": ""}]), "tests[0].stdout"),
-    (code(tests=[{"stdout": "1"}, 3]), "tests[1]"),
-    (code(tests=[{"stdin": 5, "stdout": "1"}]), "tests[0].stdin"),
-    (code(fn_name="f", tests=[{"expected": 1}]), "tests[0].args"),
-    (code(fn_name="f", tests=[{"args": []}]), "tests[0].expected"),
-    (code(fn_name="not valid"), "fn_name"),
-    (code(language="cpp", fn_name="f", tests=[{"args": [], "expected": 1}]), "fn_name"),
-    (code(time_limit_s=0), "time_limit_s"),
-    (code(time_limit_s=1e9), "time_limit_s"),
-    (code(time_limit_s="2"), "time_limit_s"),
-    (code(memory_limit_mb=-1), "memory_limit_mb"),
-    (code(checker={"type": "fuzzy"}), "checker.type"),
-    (code(checker={"type": "float", "abs_tol": "x"}), "abs_tol"),
-    (code(checker={"type": "custom"}), "checker.code"),
-    (code(early_stop="yes"), "early_stop"),
-    ({"id": "m", "kind": "math", "completion": "x"}, "gold"),
-    ({"id": "m", "kind": "math", "gold": "1"}, "completion"),
-])
+@pytest.mark.parametrize(
+    ("case", "field"),
+    [
+        ([1, 2], "case"),
+        ({"kind": "code"}, "id"),
+        (code(kind="essay"), "kind"),
+        (code(language="cobol"), "language"),
+        (code(code=None), "code"),
+        (code(tests=[]), "tests"),
+        (code(tests="x"), "tests"),
+        (code(tests=[{"stdin": ""}]), "tests[0].stdout"),
+        (code(tests=[{"stdout": "1"}, 3]), "tests[1]"),
+        (code(tests=[{"stdin": 5, "stdout": "1"}]), "tests[0].stdin"),
+        (code(fn_name="f", tests=[{"expected": 1}]), "tests[0].args"),
+        (code(fn_name="f", tests=[{"args": []}]), "tests[0].expected"),
+        (code(fn_name="not valid"), "fn_name"),
+        (code(language="cpp", fn_name="f", tests=[{"args": [], "expected": 1}]), "fn_name"),
+        (code(time_limit_s=0), "time_limit_s"),
+        (code(time_limit_s=1e9), "time_limit_s"),
+        (code(time_limit_s="2"), "time_limit_s"),
+        (code(memory_limit_mb=-1), "memory_limit_mb"),
+        (code(checker={"type": "fuzzy"}), "checker.type"),
+        (code(checker={"type": "float", "abs_tol": "x"}), "abs_tol"),
+        (code(checker={"type": "custom"}), "checker.code"),
+        (code(early_stop="yes"), "early_stop"),
+        ({"id": "m", "kind": "math", "completion": "x"}, "gold"),
+        ({"id": "m", "kind": "math", "gold": "1"}, "completion"),
+    ],
+)
 def test_errors_name_the_field(case: object, field: str) -> None:
     with pytest.raises(CaseError) as err:
         parse_case(case)

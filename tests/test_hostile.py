@@ -21,11 +21,21 @@ SECRET = "rlfleet-test-secret-4242"
 
 
 def py(code: str, **kw: object) -> dict[str, object]:
-    return {"language": "python", "code": code, "tests": kw.pop("tests", [{"stdin": "", "stdout": "ok"}]), **kw}
+    return {
+        "language": "python",
+        "code": code,
+        "tests": kw.pop("tests", [{"stdin": "", "stdout": "ok"}]),
+        **kw,
+    }
 
 
 def cpp(code: str, **kw: object) -> dict[str, object]:
-    return {"language": "cpp", "code": code, "tests": kw.pop("tests", [{"stdin": "", "stdout": "ok"}]), **kw}
+    return {
+        "language": "cpp",
+        "code": code,
+        "tests": kw.pop("tests", [{"stdin": "", "stdout": "ok"}]),
+        **kw,
+    }
 
 
 def assert_pool_works(h: Harness) -> None:
@@ -80,14 +90,18 @@ def test_fork_bomb(sandbox: Harness) -> None:
 
 
 def test_fork_bomb_that_swallows_errors(sandbox: Harness) -> None:
-    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    code = (
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    )
     r = sandbox.judge(py(code, time_limit_s=1))
     assert r.verdict is Verdict.TLE, r
     assert_pool_works(sandbox)
 
 
 def test_memory_bomb(sandbox: Harness) -> None:
-    r = sandbox.judge(py("x = []\nwhile True:\n    x.append(bytearray(1 << 20))\n", memory_limit_mb=64))
+    r = sandbox.judge(
+        py("x = []\nwhile True:\n    x.append(bytearray(1 << 20))\n", memory_limit_mb=64)
+    )
     assert r.verdict is Verdict.MLE, r
     assert r.tests[0].memory_mb >= 60
     assert_pool_works(sandbox)
@@ -121,7 +135,9 @@ def test_network_is_unreachable(sandbox: Harness, listener: tuple[int, list[obje
     assert r.verdict is Verdict.RE, r
     assert accepted == []
     # Raw sockets and other families are refused too.
-    r = sandbox.judge(py("import socket\nsocket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\nprint('ok')\n"))
+    r = sandbox.judge(
+        py("import socket\nsocket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\nprint('ok')\n")
+    )
     assert r.verdict is Verdict.RE, r
 
 
@@ -344,7 +360,9 @@ def test_expected_output_never_reaches_the_program(sandbox: Harness) -> None:
 
 
 def test_cpp_fork_bomb(sandbox: Harness) -> None:
-    r = sandbox.judge(cpp("#include <unistd.h>\nint main() { while (1) fork(); }\n", time_limit_s=1))
+    r = sandbox.judge(
+        cpp("#include <unistd.h>\nint main() { while (1) fork(); }\n", time_limit_s=1)
+    )
     assert r.verdict is Verdict.TLE, r
     assert_pool_works(sandbox)
 
@@ -372,10 +390,10 @@ def test_cpp_network(sandbox: Harness, listener: tuple[int, list[object]]) -> No
     port, accepted = listener
     code = (
         "#include <sys/socket.h>\n#include <netinet/in.h>\n#include <arpa/inet.h>\n#include <cstdio>\n"
-        "int main() { int s = socket(AF_INET, SOCK_STREAM, 0); if (s < 0) { perror(\"socket\"); return 1; }\n"
+        'int main() { int s = socket(AF_INET, SOCK_STREAM, 0); if (s < 0) { perror("socket"); return 1; }\n'
         f" sockaddr_in a{{}}; a.sin_family = AF_INET; a.sin_port = htons({port});"
-        " inet_pton(AF_INET, \"127.0.0.1\", &a.sin_addr);\n"
-        " if (connect(s, (sockaddr*)&a, sizeof a) < 0) { perror(\"connect\"); return 1; } puts(\"ok\"); }\n"
+        ' inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);\n'
+        ' if (connect(s, (sockaddr*)&a, sizeof a) < 0) { perror("connect"); return 1; } puts("ok"); }\n'
     )
     r = sandbox.judge(cpp(code))
     assert r.verdict is Verdict.RE, r
@@ -386,8 +404,8 @@ def test_cpp_host_file_and_env(sandbox: Harness, host_secret_file: Path) -> None
     os.environ["RLFLEET_TEST_SECRET"] = SECRET
     code = (
         "#include <cstdio>\n#include <cstdlib>\n"
-        f"int main() {{ FILE* f = fopen(\"{host_secret_file}\", \"r\"); const char* e = getenv(\"RLFLEET_TEST_SECRET\");\n"
-        " fprintf(stderr, \"%s %s\\n\", f ? \"open\" : \"closed\", e ? e : \"noenv\"); puts(\"ok\"); }\n"
+        f'int main() {{ FILE* f = fopen("{host_secret_file}", "r"); const char* e = getenv("RLFLEET_TEST_SECRET");\n'
+        ' fprintf(stderr, "%s %s\\n", f ? "open" : "closed", e ? e : "noenv"); puts("ok"); }\n'
     )
     try:
         r = sandbox.judge(cpp(code, tests=[{"stdin": "", "stdout": "x"}]))
@@ -401,7 +419,7 @@ def test_cpp_daemon_and_parent_kill(sandbox: Harness) -> None:
     code = (
         "#include <unistd.h>\n#include <csignal>\n#include <cstdio>\n"
         "int main() { if (fork() == 0) { setsid(); if (fork() == 0) sleep(30); _exit(0); }\n"
-        " kill(getppid(), SIGKILL); kill(-1, SIGKILL); puts(\"ok\"); }\n"
+        ' kill(getppid(), SIGKILL); kill(-1, SIGKILL); puts("ok"); }\n'
     )
     r = sandbox.judge(cpp(code))
     # kill(-1) reaches the program itself too (it shares its namespace): RE is honest.
@@ -410,7 +428,9 @@ def test_cpp_daemon_and_parent_kill(sandbox: Harness) -> None:
 
 
 def test_cpp_output_flood(sandbox: Harness) -> None:
-    r = sandbox.judge(cpp("#include <cstdio>\nint main() { while (1) fputs(\"xxxxxxxxxxxxxxxx\", stdout); }\n"))
+    r = sandbox.judge(
+        cpp('#include <cstdio>\nint main() { while (1) fputs("xxxxxxxxxxxxxxxx", stdout); }\n')
+    )
     assert r.verdict is Verdict.OLE, r
 
 

@@ -11,13 +11,15 @@ pytestmark = pytest.mark.usefixtures("clean_after")
 
 ECHO_SUM_PY = "a, b = map(int, input().split())\nprint(a + b)\n"
 ECHO_SUM_CPP = (
-    "#include <cstdio>\nint main() { long long a, b; scanf(\"%lld %lld\", &a, &b);"
-    " printf(\"%lld\\n\", a + b); }\n"
+    '#include <cstdio>\nint main() { long long a, b; scanf("%lld %lld", &a, &b);'
+    ' printf("%lld\\n", a + b); }\n'
 )
 SUM_TESTS = [{"stdin": "1 2\n", "stdout": "3\n"}, {"stdin": "5 5\n", "stdout": "10"}]
 
 
-def code_case(language: str, code: str, tests: list[dict[str, object]], **kw: object) -> dict[str, object]:
+def code_case(
+    language: str, code: str, tests: list[dict[str, object]], **kw: object
+) -> dict[str, object]:
     return {"language": language, "code": code, "tests": tests, **kw}
 
 
@@ -31,10 +33,16 @@ def test_ac_with_per_test_time_and_memory(sandbox: Harness, language: str, code:
         assert 0 < t.memory_mb < 64
 
 
-@pytest.mark.parametrize(("language", "code"), [
-    ("python", "print(int(input().split()[0]) * 3)\n"),
-    ("cpp", "#include <cstdio>\nint main() { int a; scanf(\"%d\", &a); printf(\"%d\\n\", a * 3); }\n"),
-])
+@pytest.mark.parametrize(
+    ("language", "code"),
+    [
+        ("python", "print(int(input().split()[0]) * 3)\n"),
+        (
+            "cpp",
+            '#include <cstdio>\nint main() { int a; scanf("%d", &a); printf("%d\\n", a * 3); }\n',
+        ),
+    ],
+)
 def test_wa_and_partial_credit(sandbox: Harness, language: str, code: str) -> None:
     tests = [{"stdin": "1 2\n", "stdout": "3\n"}, {"stdin": "2 2\n", "stdout": "4\n"}]
     r = sandbox.judge(code_case(language, code, tests))
@@ -47,7 +55,11 @@ def test_partial_reward_option() -> None:
 
     h = Harness("local", workers=1, judge=JudgeConfig(partial_reward=True))
     try:
-        tests = [{"stdin": "", "stdout": "1"}, {"stdin": "", "stdout": "2"}, {"stdin": "", "stdout": "1"}]
+        tests = [
+            {"stdin": "", "stdout": "1"},
+            {"stdin": "", "stdout": "2"},
+            {"stdin": "", "stdout": "1"},
+        ]
         r = h.judge(code_case("python", "print(1)", tests))
         assert r.verdict is Verdict.WA
         assert r.reward == pytest.approx(2 / 3)
@@ -56,66 +68,95 @@ def test_partial_reward_option() -> None:
 
 
 def test_early_stop(sandbox: Harness) -> None:
-    tests = [{"stdin": "", "stdout": "2"}, {"stdin": "", "stdout": "1"}, {"stdin": "", "stdout": "1"}]
+    tests = [
+        {"stdin": "", "stdout": "2"},
+        {"stdin": "", "stdout": "1"},
+        {"stdin": "", "stdout": "1"},
+    ]
     r = sandbox.judge(code_case("python", "print(1)", tests, early_stop=True))
     assert (r.verdict, r.passed, r.total, len(r.tests)) == (Verdict.WA, 0, 3, 1)
 
 
-@pytest.mark.parametrize(("language", "code"), [
-    ("python", "while True:\n    pass\n"),
-    ("cpp", "int main() { volatile long x = 0; while (1) x++; }\n"),
-])
+@pytest.mark.parametrize(
+    ("language", "code"),
+    [
+        ("python", "while True:\n    pass\n"),
+        ("cpp", "int main() { volatile long x = 0; while (1) x++; }\n"),
+    ],
+)
 def test_tle(sandbox: Harness, language: str, code: str) -> None:
     r = sandbox.judge(code_case(language, code, [{"stdin": "", "stdout": ""}], time_limit_s=0.3))
     assert r.verdict is Verdict.TLE, r
 
 
-@pytest.mark.parametrize(("language", "code"), [
-    ("python", "b = bytearray(200 << 20)\nfor i in range(0, len(b), 4096):\n    b[i] = 1\n"),
-    ("cpp", "#include <cstdlib>\nint main() { volatile char* p = (volatile char*)malloc(200 << 20);"
-            " for (long i = 0; i < (200L << 20); i += 4096) p[i] = 1; return 0; }\n"),
-])
+@pytest.mark.parametrize(
+    ("language", "code"),
+    [
+        ("python", "b = bytearray(200 << 20)\nfor i in range(0, len(b), 4096):\n    b[i] = 1\n"),
+        (
+            "cpp",
+            "#include <cstdlib>\nint main() { volatile char* p = (volatile char*)malloc(200 << 20);"
+            " for (long i = 0; i < (200L << 20); i += 4096) p[i] = 1; return 0; }\n",
+        ),
+    ],
+)
 def test_mle(sandbox: Harness, language: str, code: str) -> None:
     r = sandbox.judge(code_case(language, code, [{"stdin": "", "stdout": ""}], memory_limit_mb=64))
     assert r.verdict is Verdict.MLE, r
 
 
-@pytest.mark.parametrize(("language", "code"), [
-    ("python", "raise ValueError('boom')\n"),
-    ("python", "import sys\nsys.exit(3)\n"),
-    ("cpp", "int main() { return 3; }\n"),
-    ("cpp", "#include <cstdlib>\nint main() { abort(); }\n"),
-    ("cpp", "int main() { volatile int* p = nullptr; return *p; }\n"),
-])
+@pytest.mark.parametrize(
+    ("language", "code"),
+    [
+        ("python", "raise ValueError('boom')\n"),
+        ("python", "import sys\nsys.exit(3)\n"),
+        ("cpp", "int main() { return 3; }\n"),
+        ("cpp", "#include <cstdlib>\nint main() { abort(); }\n"),
+        ("cpp", "int main() { volatile int* p = nullptr; return *p; }\n"),
+    ],
+)
 def test_re(sandbox: Harness, language: str, code: str) -> None:
     r = sandbox.judge(code_case(language, code, [{"stdin": "", "stdout": ""}]))
     assert r.verdict is Verdict.RE, r
 
 
 def test_re_message_is_the_traceback(sandbox: Harness) -> None:
-    r = sandbox.judge(code_case("python", "raise ValueError('boom')\n", [{"stdin": "", "stdout": ""}]))
+    r = sandbox.judge(
+        code_case("python", "raise ValueError('boom')\n", [{"stdin": "", "stdout": ""}])
+    )
     assert "ValueError: boom" in r.message
     assert 'File "main.py", line 1' in r.message
     assert "zygote" not in r.message
 
 
-@pytest.mark.parametrize(("language", "code", "needle"), [
-    ("python", "def f(:\n    pass\n", "SyntaxError"),
-    ("python", "x = (" * 300 + ")" * 300 + "\n", "too many nested parentheses"),
-    ("cpp", "int main() { return undefined_name; }\n", "undefined_name"),
-])
+@pytest.mark.parametrize(
+    ("language", "code", "needle"),
+    [
+        ("python", "def f(:\n    pass\n", "SyntaxError"),
+        ("python", "x = (" * 300 + ")" * 300 + "\n", "too many nested parentheses"),
+        ("cpp", "int main() { return undefined_name; }\n", "undefined_name"),
+    ],
+)
 def test_ce(sandbox: Harness, language: str, code: str, needle: str) -> None:
     r = sandbox.judge(code_case(language, code, [{"stdin": "", "stdout": ""}]))
     assert (r.verdict, r.passed, r.total, r.reward) == (Verdict.CE, 0, 1, 0.0), r
     assert needle in r.message
 
 
-@pytest.mark.parametrize(("language", "code"), [
-    ("python", "print('y' * (32 << 20))\n"),
-    ("cpp", "#include <cstdio>\nint main() { for (long i = 0; i < (40L << 20); i++) putchar('y'); }\n"),
-])
+@pytest.mark.parametrize(
+    ("language", "code"),
+    [
+        ("python", "print('y' * (32 << 20))\n"),
+        (
+            "cpp",
+            "#include <cstdio>\nint main() { for (long i = 0; i < (40L << 20); i++) putchar('y'); }\n",
+        ),
+    ],
+)
 def test_ole(sandbox: Harness, language: str, code: str) -> None:
-    r = sandbox.judge(code_case(language, code, [{"stdin": "", "stdout": "y"}], memory_limit_mb=512))
+    r = sandbox.judge(
+        code_case(language, code, [{"stdin": "", "stdout": "y"}], memory_limit_mb=512)
+    )
     assert r.verdict is Verdict.OLE, r
 
 
@@ -128,25 +169,52 @@ def test_se_is_retried_then_reported(sandbox: Harness) -> None:
     async def flaky(req: RunRequest) -> RunFacts:
         calls.append(req)
         if len(calls) <= 2:
-            return RunFacts(exit_code=None, signal=None, cpu_s=0, wall_s=0, peak_bytes=0,
-                            oom_kills=0, wall_timeout=False, stdout=b"", stdout_size=0,
-                            stderr=b"", system_error="worker crashed")
+            return RunFacts(
+                exit_code=None,
+                signal=None,
+                cpu_s=0,
+                wall_s=0,
+                peak_bytes=0,
+                oom_kills=0,
+                wall_timeout=False,
+                stdout=b"",
+                stdout_size=0,
+                stderr=b"",
+                system_error="worker crashed",
+            )
         return await sandbox.pool.run(req)
 
     judge = Judge(flaky, JudgeConfig(se_retries=2))
     from rlfleet.sandbox.cases import parse_case
 
-    case = parse_case({"id": "se", "kind": "code", "language": "python", "code": "print(1)",
-                       "tests": [{"stdin": "", "stdout": "1"}]})
+    case = parse_case(
+        {
+            "id": "se",
+            "kind": "code",
+            "language": "python",
+            "code": "print(1)",
+            "tests": [{"stdin": "", "stdout": "1"}],
+        }
+    )
     r = sandbox.call(judge.judge(case))  # type: ignore[arg-type]
     assert r.verdict is Verdict.AC  # two SEs on the syntax check, retried, then fine
     calls.clear()
 
     async def broken(req: RunRequest) -> RunFacts:
         calls.append(req)
-        return RunFacts(exit_code=None, signal=None, cpu_s=0, wall_s=0, peak_bytes=0,
-                        oom_kills=0, wall_timeout=False, stdout=b"", stdout_size=0,
-                        stderr=b"", system_error="worker crashed")
+        return RunFacts(
+            exit_code=None,
+            signal=None,
+            cpu_s=0,
+            wall_s=0,
+            peak_bytes=0,
+            oom_kills=0,
+            wall_timeout=False,
+            stdout=b"",
+            stdout_size=0,
+            stderr=b"",
+            system_error="worker crashed",
+        )
 
     r = sandbox.call(Judge(broken, JudgeConfig(se_retries=2)).judge(case))  # type: ignore[arg-type]
     assert (r.verdict, r.reward) == (Verdict.SE, 0.0)
@@ -174,10 +242,13 @@ def test_tokens_checker(sandbox: Harness) -> None:
     assert r.verdict is Verdict.AC
 
 
-@pytest.mark.parametrize(("language", "code"), [
-    ("python", "print(1 / 3, 2.0000001)\n"),
-    ("cpp", "#include <cstdio>\nint main() { printf(\"%.10f %.7f\\n\", 1.0 / 3, 2.0000001); }\n"),
-])
+@pytest.mark.parametrize(
+    ("language", "code"),
+    [
+        ("python", "print(1 / 3, 2.0000001)\n"),
+        ("cpp", '#include <cstdio>\nint main() { printf("%.10f %.7f\\n", 1.0 / 3, 2.0000001); }\n'),
+    ],
+)
 def test_float_checker(sandbox: Harness, language: str, code: str) -> None:
     tests = [{"stdin": "", "stdout": "0.333333 2"}]
     r = sandbox.judge(code_case(language, code, tests, checker={"type": "float", "abs_tol": 1e-5}))
@@ -194,11 +265,19 @@ def test_custom_checker(sandbox: Harness) -> None:
         "print('AC' if int(d['output']) in (a + b, -(a + b)) else 'WA')\n"
     )
     tests = [{"stdin": "2 3\n", "stdout": "5\n"}]
-    ok = sandbox.judge(code_case("python", "print(-5)", tests, checker={"type": "custom", "code": checker}))
+    ok = sandbox.judge(
+        code_case("python", "print(-5)", tests, checker={"type": "custom", "code": checker})
+    )
     assert ok.verdict is Verdict.AC, ok
-    bad = sandbox.judge(code_case("python", "print(4)", tests, checker={"type": "custom", "code": checker}))
+    bad = sandbox.judge(
+        code_case("python", "print(4)", tests, checker={"type": "custom", "code": checker})
+    )
     assert bad.verdict is Verdict.WA
-    broken = sandbox.judge(code_case("python", "print(5)", tests, checker={"type": "custom", "code": "raise SystemExit(1)"}))
+    broken = sandbox.judge(
+        code_case(
+            "python", "print(5)", tests, checker={"type": "custom", "code": "raise SystemExit(1)"}
+        )
+    )
     assert broken.verdict is Verdict.SE
 
 
@@ -218,7 +297,9 @@ def test_call_tuples_equal_lists_and_kwargs(sandbox: Harness) -> None:
 
 def test_call_solution_class_method(sandbox: Harness) -> None:
     code = "class Solution:\n    def solve(self, s):\n        return s[::-1]\n"
-    r = sandbox.judge(fn_case(code, [{"args": ["abc"], "expected": "cba"}, {"args": ["x"], "expected": "y"}]))
+    r = sandbox.judge(
+        fn_case(code, [{"args": ["abc"], "expected": "cba"}, {"args": ["x"], "expected": "y"}])
+    )
     assert (r.verdict, r.passed) == (Verdict.WA, 1), r
 
 
@@ -229,11 +310,31 @@ def test_call_prints_do_not_corrupt_result(sandbox: Harness) -> None:
 
 
 def test_call_type_strictness(sandbox: Harness) -> None:
-    assert sandbox.judge(fn_case("def solve():\n    return 1.0\n", [{"args": [], "expected": 1}])).verdict is Verdict.AC
-    assert sandbox.judge(fn_case("def solve():\n    return True\n", [{"args": [], "expected": 1}])).verdict is Verdict.WA
-    assert sandbox.judge(fn_case("def solve():\n    return '1'\n", [{"args": [], "expected": 1}])).verdict is Verdict.WA
-    r = sandbox.judge(fn_case("def solve():\n    return 0.1 + 0.2\n", [{"args": [], "expected": 0.3}],
-                              checker={"type": "float"}))
+    assert (
+        sandbox.judge(
+            fn_case("def solve():\n    return 1.0\n", [{"args": [], "expected": 1}])
+        ).verdict
+        is Verdict.AC
+    )
+    assert (
+        sandbox.judge(
+            fn_case("def solve():\n    return True\n", [{"args": [], "expected": 1}])
+        ).verdict
+        is Verdict.WA
+    )
+    assert (
+        sandbox.judge(
+            fn_case("def solve():\n    return '1'\n", [{"args": [], "expected": 1}])
+        ).verdict
+        is Verdict.WA
+    )
+    r = sandbox.judge(
+        fn_case(
+            "def solve():\n    return 0.1 + 0.2\n",
+            [{"args": [], "expected": 0.3}],
+            checker={"type": "float"},
+        )
+    )
     assert r.verdict is Verdict.AC
 
 
@@ -241,9 +342,23 @@ def test_call_missing_function_and_errors(sandbox: Harness) -> None:
     r = sandbox.judge(fn_case("def other():\n    pass\n", [{"args": [], "expected": None}]))
     assert r.verdict is Verdict.RE
     assert "solve" in r.message
-    r = sandbox.judge(fn_case("def solve():\n    return 1 // 0\n", [{"args": [], "expected": None}]))
+    r = sandbox.judge(
+        fn_case("def solve():\n    return 1 // 0\n", [{"args": [], "expected": None}])
+    )
     assert r.verdict is Verdict.RE
-    r = sandbox.judge(fn_case("def solve():\n    while True: pass\n", [{"args": [], "expected": None}], time_limit_s=0.3))
+    r = sandbox.judge(
+        fn_case(
+            "def solve():\n    while True: pass\n",
+            [{"args": [], "expected": None}],
+            time_limit_s=0.3,
+        )
+    )
     assert r.verdict is Verdict.TLE
-    r = sandbox.judge(fn_case("def solve():\n    return bytearray(300 << 20)\n", [{"args": [], "expected": None}], memory_limit_mb=64))
+    r = sandbox.judge(
+        fn_case(
+            "def solve():\n    return bytearray(300 << 20)\n",
+            [{"args": [], "expected": None}],
+            memory_limit_mb=64,
+        )
+    )
     assert r.verdict is Verdict.MLE

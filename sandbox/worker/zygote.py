@@ -24,8 +24,8 @@ caller, outside of any untrusted process.
 """
 
 import ctypes
-import gc
 import errno
+import gc
 import json
 import os
 import resource
@@ -124,17 +124,61 @@ def write_frame(fd, header, blobs=()):
 
 # Denied with EPERM: kernel surfaces a judged program never needs, and every way to make
 # namespaces, mounts or to reach other processes' memory.
-DENIED_SYSCALLS = (
-    "ptrace process_vm_readv process_vm_writev kcmp pidfd_getfd "
-    "mount umount2 pivot_root chroot mount_setattr move_mount open_tree "
-    "fsopen fsconfig fsmount fspick name_to_handle_at open_by_handle_at quotactl "
-    "keyctl add_key request_key bpf perf_event_open userfaultfd fanotify_init "
-    "kexec_load kexec_file_load init_module finit_module delete_module reboot "
-    "swapon swapoff acct settimeofday clock_settime clock_adjtime adjtimex "
-    "sethostname setdomainname ioperm iopl syslog uselib personality vhangup "
-    "io_uring_setup io_uring_enter io_uring_register migrate_pages move_pages "
-    "lookup_dcookie"
-).split()
+DENIED_SYSCALLS = [
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "kcmp",
+    "pidfd_getfd",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "mount_setattr",
+    "move_mount",
+    "open_tree",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "name_to_handle_at",
+    "open_by_handle_at",
+    "quotactl",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "fanotify_init",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "acct",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "sethostname",
+    "setdomainname",
+    "ioperm",
+    "iopl",
+    "syslog",
+    "uselib",
+    "personality",
+    "vhangup",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "migrate_pages",
+    "move_pages",
+    "lookup_dcookie",
+]
 
 
 class ScmpArgCmp(ctypes.Structure):
@@ -190,8 +234,15 @@ def build_seccomp_filter():
         # clone3 hides its flags in memory: refuse it so libc falls back to clone, whose
         # flags can be filtered for namespace creation.
         rule(enosys, "clone3")
-        for flag in (CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWPID, CLONE_NEWCGROUP,
-                     CLONE_NEWIPC, CLONE_NEWUTS):
+        for flag in (
+            CLONE_NEWUSER,
+            CLONE_NEWNS,
+            CLONE_NEWNET,
+            CLONE_NEWPID,
+            CLONE_NEWCGROUP,
+            CLONE_NEWIPC,
+            CLONE_NEWUTS,
+        ):
             rule(eperm, "clone", ScmpArgCmp(0, cmp_masked_eq, flag, flag))
         rfd, wfd = os.pipe()
         ret = lib.seccomp_export_bpf(ctx, wfd)
@@ -300,7 +351,7 @@ class Cgroups:
     def kill_all(self):
         """Kill whatever is still inside (nothing should be: the PID namespace is gone)."""
         for _ in range(100):
-            pids = set()
+            pids: set[int] = set()
             for d in self.run_dirs.values():
                 pids.update(int(p) for p in self._read(d, "cgroup.procs").split())
             if not pids:
@@ -350,7 +401,13 @@ def build_root(tmp_mb):
     mount("/usr", f"{new}/usr", None, MS_BIND | MS_REC)
     mount(None, f"{new}/usr", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     if os.path.isdir("/usr/local"):
-        mount("rlfleet-empty", f"{new}/usr/local", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k")
+        mount(
+            "rlfleet-empty",
+            f"{new}/usr/local",
+            "tmpfs",
+            MS_RDONLY | MS_NOSUID | MS_NODEV,
+            "size=4k",
+        )
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         path = f"/{name}"
         if os.path.islink(path):
@@ -358,7 +415,9 @@ def build_root(tmp_mb):
         elif os.path.isdir(path):
             os.mkdir(f"{new}/{name}")
             mount(path, f"{new}/{name}", None, MS_BIND | MS_REC)
-            mount(None, f"{new}/{name}", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+            mount(
+                None, f"{new}/{name}", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
+            )
     os.mkdir(f"{new}/etc")
     files = {
         "passwd": "root:x:0:0:root:/root:/bin/false\nnobody:x:65534:65534:nobody:/tmp:/bin/false\n",
@@ -474,7 +533,9 @@ def run_python(job):
 
     os.environ.clear()
     os.environ.update(CLEAN_ENV)
-    sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding="utf-8")
+    sys.stdin = io.TextIOWrapper(
+        io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding="utf-8"
+    )
     out = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)), encoding="utf-8")
     err = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", write_through=True)
     sys.stdout, sys.stderr = out, err
@@ -554,7 +615,7 @@ def to_json(value):
     Whatever the submission patches, the comparison happens in the judge's process against
     an expected value this process never had: a forged result can only be wrong.
     """
-    type, sorted, dumps = _type, _sorted, _dumps  # noqa: A001
+    type, sorted, dumps = _type, _sorted, _dumps
 
     def norm(v, depth=0):
         if depth > 100:
@@ -837,7 +898,7 @@ def main():
     write_frame(wfd, {"ok": True, "pid": os.getpid()})
     # What runs submitted code needs is imported now, once; freezing the heap keeps the
     # garbage collector of each forked run from touching (and copying) the worker's pages.
-    import builtins, io, threading, traceback, types  # noqa: E401, F401
+    import builtins  # noqa: F401
 
     compile("pass", "main.py", "exec")  # the first compile in a process is slow: pay it once
     gc.freeze()
