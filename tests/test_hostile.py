@@ -307,7 +307,8 @@ def test_patched_serialiser(sandbox: Harness) -> None:
         "    return 'not the answer'\n"
     )
     r = sandbox.judge(call_case(code))
-    assert r.verdict is Verdict.WA, r
+    # Patched builtins may also break the interpreter's own exit (RE): never AC.
+    assert r.verdict in (Verdict.WA, Verdict.RE), r
     assert r.reward == 0.0
 
 
