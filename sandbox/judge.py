@@ -2,8 +2,9 @@
 
 Verdicts are decided here, from the facts the worker measured, with the expected output in
 this process only. Order of precedence follows what was actually hit: our own failure (SE)
-first, then the kernel's OOM kill (MLE), the time limits (TLE), the output cap (OLE), an
-abnormal exit (RE), and only for a clean exit the comparison (AC/WA).
+first, then the kernel's OOM kill (MLE), the output cap (OLE: a program stuck writing past
+it may also run out of time), the time limits (TLE), an abnormal exit (RE), and only for a
+clean exit the comparison (AC/WA).
 """
 
 from __future__ import annotations
@@ -206,11 +207,11 @@ class Judge:
             return Verdict.SE
         if facts.oom_kills:
             return Verdict.MLE
+        if facts.stdout_size > limits.output_bytes or facts.signal == signal.SIGXFSZ:
+            return Verdict.OLE
         over_cpu = facts.cpu_timeout or facts.cpu_s > limits.cpu_s or facts.signal == signal.SIGXCPU
         if facts.wall_timeout or over_cpu:
             return Verdict.TLE
-        if facts.stdout_size > limits.output_bytes or facts.signal == signal.SIGXFSZ:
-            return Verdict.OLE
         if facts.signal is not None or facts.exit_code != 0:
             # An allocation refused outright (far above the limit) never reaches the OOM
             # killer; the runtime reports it instead. Faking it gains nothing (still 0).

@@ -362,3 +362,16 @@ def test_call_missing_function_and_errors(sandbox: Harness) -> None:
         )
     )
     assert r.verdict is Verdict.MLE
+
+
+def test_non_daemon_threads_finish_before_exit(sandbox: Harness) -> None:
+    code = (
+        "import threading, time\n"
+        "def late():\n"
+        "    time.sleep(0.1)\n"
+        "    print('late')\n"
+        "threading.Thread(target=late).start()\n"
+        "print('early')\n"
+    )
+    r = sandbox.judge(code_case("python", code, [{"stdin": "", "stdout": "early\nlate\n"}]))
+    assert r.verdict is Verdict.AC, r

@@ -58,7 +58,6 @@ PR_SET_SECCOMP = 22
 PR_SET_PDEATHSIG = 1
 SECCOMP_MODE_FILTER = 2
 FRAME = struct.Struct(">I")
-REPORT = struct.Struct("=iqqq")  # wait status, utime us, stime us, maxrss kB
 MAX_FRAME = 1 << 30
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -133,6 +132,8 @@ DENIED_SYSCALLS = [
     "mount",
     "umount2",
     "pivot_root",
+    "unshare",
+    "setns",
     "chroot",
     "mount_setattr",
     "move_mount",
@@ -227,8 +228,6 @@ def build_seccomp_filter():
     try:
         for name in DENIED_SYSCALLS:
             rule(eperm, name)
-        rule(eperm, "unshare", ScmpArgCmp(0, cmp_ne, CLONE_NEWPID, 0))
-        rule(eperm, "setns", ScmpArgCmp(1, cmp_ne, CLONE_NEWPID, 0))
         # Sockets: AF_UNIX only (socketpair for multiprocessing); no network families.
         rule(eperm, "socket", ScmpArgCmp(0, cmp_ne, 1, 0))
         # clone3 hides its flags in memory: refuse it so libc falls back to clone, whose
@@ -272,6 +271,13 @@ class Cgroups:
 
     def __init__(self, spec):
         self.version = spec["version"]
+        paths = [spec["path"]] if self.version == 2 else list(spec["paths"].values())
+        if spec.get("remount"):
+            # Inside a container the cgroup mounts are read-only views of its own cgroups.
+            for path in paths:
+                mount(None, path, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        if spec.get("nested"):
+            _make_root_delegable(spec["path"])
         # Directory fds stay open across pivot_root: cgroupfs is not mounted in the sandbox.
         if self.version == 2:
             self.dirs = {"unified": os.open(spec["path"], os.O_RDONLY | os.O_DIRECTORY)}
@@ -349,11 +355,15 @@ class Cgroups:
         return int(self._read(self.run_dirs["cpuacct"], "cpuacct.usage") or 0) / 1e9
 
     def kill_all(self):
-        """Kill whatever is still inside (nothing should be: the PID namespace is gone)."""
+        """Kill everything in the run's cgroup; True once it is empty.
+
+        A run joins every hierarchy at once, so one controller's list is the whole run.
+        """
+        d = self.run_dirs.get("pids", self.run_dirs.get("unified"))
+        if d is None:
+            return True
         for _ in range(100):
-            pids: set[int] = set()
-            for d in self.run_dirs.values():
-                pids.update(int(p) for p in self._read(d, "cgroup.procs").split())
+            pids = [int(p) for p in self._read(d, "cgroup.procs").split()]
             if not pids:
                 return True
             for pid in pids:
@@ -365,14 +375,10 @@ class Cgroups:
         return False
 
     def remove(self):
+        """Remove the run's cgroups (killing what is left, should anything be)."""
         clean = True
-        if self.run_dirs:
-            clean = self.kill_all()
-        for d in self.run_dirs.values():
-            os.close(d)
-        self.run_dirs = {}
-        for base in self.dirs.values():
-            for _ in range(200):
+        for ctl, base in self.dirs.items():
+            for attempt in range(200):
                 try:
                     os.rmdir(self.run_name, dir_fd=base)
                     break
@@ -381,10 +387,48 @@ class Cgroups:
                 except OSError as e:
                     if e.errno != errno.EBUSY:
                         raise
+                    if attempt == 0:
+                        clean = False
+                        self._kill_leftover(base)
                     time.sleep(0.001)
             else:
-                clean = False
+                raise OSError(errno.EBUSY, f"run cgroup ({ctl}) cannot be removed")
+        for d in self.run_dirs.values():
+            os.close(d)
+        self.run_dirs = {}
         return clean
+
+    def _kill_leftover(self, base):
+        try:
+            fd = os.open(f"{self.run_name}/cgroup.procs", os.O_RDONLY, dir_fd=base)
+        except FileNotFoundError:
+            return
+        try:
+            pids = os.read(fd, 1 << 20).split()
+        finally:
+            os.close(fd)
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _make_root_delegable(path):
+    """cgroup v2: move every process of `path` into a `worker` leaf, then enable the
+    controllers for children (a cgroup with processes cannot have controlled children)."""
+    leaf = os.path.join(path, "worker")
+    os.makedirs(leaf, exist_ok=True)
+    with open(os.path.join(path, "cgroup.procs")) as f:
+        pids = f.read().split()
+    for pid in pids:
+        try:
+            with open(os.path.join(leaf, "cgroup.procs"), "w") as f:
+                f.write(pid)
+        except OSError:
+            pass  # exited meanwhile, or a kernel thread
+    with open(os.path.join(path, "cgroup.subtree_control"), "w") as f:
+        f.write("+memory +pids +cpu")
 
 
 # ---------------------------------------------------------------------------- filesystem
@@ -506,12 +550,11 @@ def set_limits(lim):
 CLEAN_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
 
 
-def become_program(job, stdio_fds):
-    """In PID 2: drop everything the program must not have. Returns only on success."""
+def become_program(job, stdio_fds, ready_w):
+    """Drop everything the program must not have, then say so on `ready_w` and close it."""
     os.setsid()
     for target, fd in enumerate(stdio_fds):
         os.dup2(fd, target, inheritable=True)
-    os.closerange(3, 1 << 16)
     os.chdir("/tmp")
     set_limits(job["limits"])
     os.umask(0o077)
@@ -523,6 +566,8 @@ def become_program(job, stdio_fds):
         # (ignored dispositions survive execve).
         for signum in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(signum, signal.SIG_DFL)
+    os.write(ready_w, b"R")
+    os.closerange(3, 1 << 16)  # ready_w and every worker fd: only 0-2 reach the program
 
 
 def run_python(job):
@@ -583,7 +628,9 @@ def run_python(job):
     try:
         import threading
 
-        threading._shutdown()  # type: ignore[attr-defined]
+        # As at interpreter exit: wait for non-daemon threads (only when there are some).
+        if threading._shutdown_locks:  # type: ignore[attr-defined]
+            threading._shutdown()  # type: ignore[attr-defined]
         sys.stdout.flush()
         out.flush()
     except BaseException:
@@ -646,48 +693,23 @@ def run_exec(job):
     os.execve(job["argv"][0], job["argv"], CLEAN_ENV)
 
 
-def init_main(job, cg_fds, stdio_fds, report_w):
-    """PID 1 of the run's namespace: start the program, report its status, exit."""
-    for fd in cg_fds:
-        os.write(fd, b"0")
-        os.close(fd)
+def program_main(job, cg_fds, stdio_fds, ready_w):
+    """The forked run: join the run's cgroups, drop privileges, run the submission."""
     try:
-        pid = os.fork()
-    except OSError:
-        os._exit(71)
-    if pid == 0:
+        for fd in cg_fds:
+            os.write(fd, b"0")
+            os.close(fd)
+        become_program(job, stdio_fds, ready_w)
+    except BaseException as e:  # setup failed before any submitted code ran: ours (SE)
         try:
-            os.close(report_w)
-            become_program(job, stdio_fds)
-            if job["kind"] == "python":
-                run_python(job)
-            else:
-                run_exec(job)
-        except BaseException as e:  # setup failed before any submitted code ran
-            try:
-                os.write(2, f"sandbox setup failed: {e!r}\n".encode())
-            finally:
-                os._exit(72)
-        os._exit(73)
-    for fd in stdio_fds:
-        os.close(fd)
-    while True:
-        try:
-            wpid, status, ru = os.wait4(-1, 0)
-        except ChildProcessError:
-            os._exit(74)
-        if wpid == pid:
-            break
-    os.write(
-        report_w,
-        REPORT.pack(
-            status,
-            int(ru.ru_utime * 1e6),
-            int(ru.ru_stime * 1e6),
-            ru.ru_maxrss,
-        ),
-    )
-    os._exit(0)
+            os.write(2, f"sandbox setup failed: {e!r}\n".encode())
+        finally:
+            os._exit(72)
+    if job["kind"] == "python":
+        run_python(job)
+    else:
+        run_exec(job)
+    os._exit(73)
 
 
 class Worker:
@@ -695,13 +717,9 @@ class Worker:
         self.config = config
         self.cgroups = Cgroups(config["cgroup"])
         self.cgroups.remove()
-        # unshare(CLONE_NEWPID) only works while pid_for_children is our own namespace, so
-        # after each fork we return to it with setns on this fd.
-        self.own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY)
         build_root(config["tmp_mb"])
         # The filter is loaded here, once, and inherited by every run: loading it per run
-        # costs more than the fork. It leaves the worker only the two namespace calls it
-        # needs per run, which an unprivileged program cannot use anyway.
+        # costs more than the fork.
         bpf = build_seccomp_filter()
         load_seccomp(ctypes.create_string_buffer(bpf, len(bpf)), len(bpf) // 8)
 
@@ -758,40 +776,40 @@ class Worker:
 
     def _run_isolated(self, job, lim, stdio_fds):
         cg_fds = self.cgroups.create(lim["memory_bytes"], lim["pids"])
-        report_r, report_w = os.pipe()
+        ready_r, ready_w = os.pipe()
         t0 = time.monotonic()
-        unshare(CLONE_NEWPID)
         try:
-            init = os.fork()
+            pid = os.fork()
         except OSError:
-            init = -1
-        if init != 0:
-            _check(libc.setns(self.own_pid_ns, CLONE_NEWPID), "setns")
-            if init < 0:
-                raise OSError("fork failed")
-        else:
+            pid = -1
+        if pid == 0:
             try:
-                os.close(report_r)
-                os.close(self.own_pid_ns)
-                init_main(job, cg_fds, stdio_fds, report_w)
+                os.close(ready_r)
+                program_main(job, cg_fds, stdio_fds, ready_w)
             finally:
                 os._exit(75)
         for fd in cg_fds:
             os.close(fd)
-        os.close(report_w)
+        os.close(ready_w)
+        if pid < 0:
+            os.close(ready_r)
+            raise OSError("fork failed")
         cpu_budget = lim["cpu_s"] + 0.05
-        exited = _wait_pid(init, lim["wall_s"], lambda: self.cgroups.cpu_s() > cpu_budget)
+        exited = _wait_pid(pid, lim["wall_s"], lambda: self.cgroups.cpu_s() > cpu_budget)
         timed_out = not exited and time.monotonic() - t0 >= lim["wall_s"]
         if not exited:
-            os.kill(init, signal.SIGKILL)
-        _, init_status = os.waitpid(init, 0)
+            os.kill(pid, signal.SIGKILL)
+        _, status, ru = os.wait4(pid, 0)
         wall = time.monotonic() - t0
-        raw = b""
-        while chunk := os.read(report_r, REPORT.size):
-            raw += chunk
-        os.close(report_r)
+        # Whatever the program left behind (daemons, double forks) is still in the run's
+        # cgroup, which nothing unprivileged can leave: kill it there, then reap the
+        # orphans that were re-parented to this process (PID 1 of the worker's namespace).
+        clean = self.cgroups.kill_all()
+        _reap_orphans()
+        ready = os.read(ready_r, 1) == b"R"
+        os.close(ready_r)
         peak, ooms, cpu = self.cgroups.stats()
-        clean = self.cgroups.remove()
+        clean = self.cgroups.remove() and clean
         facts = {
             "wall_s": wall,
             "cpu_s": cpu,
@@ -802,19 +820,26 @@ class Worker:
             "clean": clean,
             "exit_code": None,
             "signal": None,
-            "init_status": init_status,
+            "rusage_cpu_s": ru.ru_utime + ru.ru_stime,
+            "maxrss_kb": ru.ru_maxrss,
         }
-        if len(raw) == REPORT.size:
-            status, utime, stime, maxrss = REPORT.unpack(raw)
-            facts["rusage_cpu_s"] = (utime + stime) / 1e6
-            facts["maxrss_kb"] = maxrss
-            if os.WIFSIGNALED(status):
-                facts["signal"] = os.WTERMSIG(status)
-            else:
-                facts["exit_code"] = os.WEXITSTATUS(status)
-        elif exited:
-            facts["system_error"] = f"init ended without a report (status {init_status})"
+        if os.WIFSIGNALED(status):
+            facts["signal"] = os.WTERMSIG(status)
+        else:
+            facts["exit_code"] = os.WEXITSTATUS(status)
+        if not ready and exited and not ooms:
+            facts["system_error"] = f"run setup failed (status {status})"
         return facts
+
+
+def _reap_orphans():
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def _is_regular(fd):

@@ -1,0 +1,153 @@
+"""``rlfleet bench sandbox``: sandbox speed against bare interpreter starts, measured together.
+
+For each backend: trivial Python tests (read a number, print it plus one) through the worker
+pool at parallelism P, and the same program as bare ``/usr/bin/python3 -c`` subprocesses at
+the same P, in the same run. Printed: per-test time of each and their ratio, tests/s through
+the pool and through the whole judge (syntax check + test + verdict), and the math checker
+against math-verify on the same corpus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from rlfleet.sandbox.engine import EngineConfig, make_worker_factory
+from rlfleet.sandbox.judge import Judge
+from rlfleet.sandbox.pool import PoolConfig, WorkerPool
+from rlfleet.sandbox.records import CodeCase, StdioTest, Verdict
+from rlfleet.sandbox.worker_proc import RunLimits, RunRequest
+
+PROGRAM = "print(int(input()) + 1)"
+BARE_PYTHON = "/usr/bin/python3"
+
+
+@dataclass(frozen=True)
+class Timing:
+    per_test_ms: float
+    tests_per_s: float
+
+
+def bare_python(n: int, parallel: int) -> Timing:
+    """n bare interpreter runs, `parallel` at a time (the baseline)."""
+
+    def one(i: int) -> None:
+        out = subprocess.run(
+            [BARE_PYTHON, "-c", PROGRAM],
+            input=f"{i}\n",
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert out.stdout == f"{i + 1}\n"
+
+    with ThreadPoolExecutor(parallel) as ex:
+        list(ex.map(one, range(min(parallel * 2, n))))  # warm the page cache
+        t0 = time.perf_counter()
+        list(ex.map(one, range(n)))
+        elapsed = time.perf_counter() - t0
+    return Timing(per_test_ms=elapsed * parallel / n * 1e3, tests_per_s=n / elapsed)
+
+
+async def pool_runs(pool: WorkerPool, n: int, parallel: int) -> Timing:
+    limits = RunLimits(cpu_s=2, wall_s=5)
+    sem = asyncio.Semaphore(parallel)
+
+    async def one(i: int) -> None:
+        async with sem:
+            facts = await pool.run(
+                RunRequest(kind="python", code=PROGRAM, stdin=f"{i}\n".encode(), limits=limits)
+            )
+        if facts.stdout != f"{i + 1}\n".encode():
+            raise RuntimeError(f"bench run {i} failed: {facts}")
+
+    await asyncio.gather(*(one(i) for i in range(parallel * 2)))
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    elapsed = time.perf_counter() - t0
+    return Timing(per_test_ms=elapsed * parallel / n * 1e3, tests_per_s=n / elapsed)
+
+
+async def judge_runs(pool: WorkerPool, n: int) -> float:
+    """Cases/s through the judge: one-test Python cases, all in flight."""
+    judge = Judge(pool.run)
+    cases = [
+        CodeCase(
+            id=str(i),
+            language="python",
+            code=PROGRAM,
+            tests=(StdioTest(stdin=f"{i}\n", stdout=f"{i + 1}\n"),),
+        )
+        for i in range(n)
+    ]
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(judge.judge(c) for c in cases))
+    elapsed = time.perf_counter() - t0
+    bad = [r for r in results if r.verdict is not Verdict.AC]
+    if bad:
+        raise RuntimeError(f"{len(bad)} bench cases not AC, e.g. {bad[0]}")
+    return n / elapsed
+
+
+async def bench_backend(backend: str, workers: int, n: int) -> dict[str, float]:
+    config = EngineConfig(backend=backend, workers=workers)
+    pool = WorkerPool(make_worker_factory(config), PoolConfig(workers=workers))
+    await pool.start()
+    try:
+        ours = await pool_runs(pool, n, workers)
+        judged = await judge_runs(pool, max(n // 2, 1))
+    finally:
+        await pool.close()
+    bare = await asyncio.to_thread(bare_python, n, workers)
+    return {
+        "per_test_ms": ours.per_test_ms,
+        "bare_per_test_ms": bare.per_test_ms,
+        "ratio": ours.per_test_ms / bare.per_test_ms,
+        "tests_per_s": ours.tests_per_s,
+        "bare_tests_per_s": bare.tests_per_s,
+        "judge_cases_per_s": judged,
+    }
+
+
+def print_table(rows: dict[str, dict[str, float]]) -> None:
+    print(
+        f"{'backend':8} {'ms/test':>9} {'bare ms':>9} {'ratio':>7} {'tests/s':>9} "
+        f"{'bare/s':>8} {'judged/s':>9}"
+    )
+    for name, r in rows.items():
+        print(
+            f"{name:8} {r['per_test_ms']:9.2f} {r['bare_per_test_ms']:9.2f} {r['ratio']:7.2f} "
+            f"{r['tests_per_s']:9.1f} {r['bare_tests_per_s']:8.1f} {r['judge_cases_per_s']:9.1f}"
+        )
+
+
+async def run_sandbox_bench(args: argparse.Namespace) -> int:
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    rows: dict[str, dict[str, float]] = {}
+    for backend in backends:
+        print(
+            f"bench: {backend} backend, {args.workers} workers, {args.tests} tests ...",
+            file=sys.stderr,
+        )
+        rows[backend] = await bench_backend(backend, args.workers, args.tests)
+    print(
+        f"# sandbox: trivial Python tests at parallelism {args.workers}, "
+        "ratio = per-test time / bare `python3 -c` per-test time (same run)"
+    )
+    print_table(rows)
+    if args.math != 0:
+        from rlfleet.bench.math_bench import run_math_bench
+
+        print("bench: math checker vs math-verify ...", file=sys.stderr)
+        # In this (main) thread: math-verify's own timeout relies on signal.alarm.
+        report = run_math_bench(args.math)
+        print("# math")
+        for key, value in report.items():
+            shown = f"{value:.4g}" if isinstance(value, float) else value
+            print(f"{key:32} {shown}")
+    return 0
