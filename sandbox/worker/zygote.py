@@ -6,17 +6,19 @@ over its stdin/stdout with length-prefixed frames (see ``read_frame``/``write_fr
 
 Isolation is set up in two layers so that a run pays only for a fork:
 
-* once, for the worker itself: private mount, network, IPC and UTS namespaces; a new root
-  built on a tmpfs holding read-only binds of ``/usr`` (and the merged-/usr links), a few
-  synthetic files in ``/etc``, a minimal ``/dev`` and a size-capped tmpfs ``/tmp``. No
-  ``/proc``, ``/sys``, ``/home`` or anything else of the host is visible. The network
-  namespace has no interface but a ``lo`` that stays down.
-* per run: a new PID namespace whose PID 1 is a small init forked from here; a fresh cgroup
-  (memory, pids, cpu accounting; v1 or v2) created by the worker, limits written before the
-  program starts; the program itself is PID 2: new session, rlimits, empty environment,
-  uid/gid 65534, no_new_privs, a seccomp filter, fds 0-2 only. When init exits the kernel
-  kills everything left in the namespace, so daemonised grandchildren cannot survive, and
-  the cgroup is checked empty and removed before the next run.
+* once, for the worker itself: it continues as PID 1 of a new PID namespace (killed by the
+  kernel, with everything it started, when its launcher dies); private mount, network, IPC
+  and UTS namespaces; a new root built on a tmpfs holding read-only binds of ``/usr`` (and
+  the merged-/usr links), a few synthetic files in ``/etc``, a minimal ``/dev`` and a
+  size-capped tmpfs ``/tmp``. No ``/proc``, ``/sys``, ``/home`` or anything else of the host
+  is visible; the network namespace has only a ``lo`` that stays down. A seccomp filter is
+  loaded here once and inherited by every run.
+* per run: a fresh cgroup (memory, pids, CPU accounting; v1 or v2) with the run's limits,
+  joined by the forked child before anything else; then a new session, rlimits, an empty
+  environment, uid/gid 65534, fds 0-2 only. The run cannot leave its cgroup, so when the
+  program exits everything it left (daemons, double forks) is killed there and reaped, and
+  the cgroup is removed before the next run. Runs of one worker never overlap, and a run
+  can signal nothing but its own processes (other uid, other namespace).
 
 The worker never receives expected outputs: only code, stdin and limits. It reports raw
 facts (exit status, CPU time, peak memory, OOM kills, output); verdicts are decided by the
