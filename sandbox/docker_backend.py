@@ -191,6 +191,7 @@ class DockerWorkerFactory:
 
     def __init__(self, config: DockerConfig | None = None) -> None:
         import docker
+
         from rlfleet.sandbox.image import image_tag
 
         self.config = config or DockerConfig()

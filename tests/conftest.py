@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import Harness, nobody_processes
 
-BACKENDS = ["local"]
+BACKENDS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +27,8 @@ def sandbox(request: pytest.FixtureRequest, require_root: None) -> Iterator[Harn
         yield h
     finally:
         h.close()
+    if request.param == "docker":
+        assert h.leftover_containers() == [], "sandbox containers left behind"
 
 
 @pytest.fixture

@@ -76,6 +76,13 @@ class Harness:
                     pids.update(int(p) for p in (run / "cgroup.procs").read_text().split())
         return pids
 
+    def leftover_containers(self) -> list[str]:
+        import docker
+
+        from rlfleet.sandbox.docker_backend import own_containers
+
+        return [c.name for c in own_containers(docker.from_env())]
+
     def close(self) -> None:
         self.call(self.pool.close())
         self._loop.call_soon_threadsafe(self._loop.stop)
