@@ -9,16 +9,19 @@ gone, deadline passed) kills its worker at once, which frees the slot.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from rlfleet.sandbox.worker_proc import RunFacts, RunRequest, WorkerError, WorkerProcess
 
 log = logging.getLogger(__name__)
 
+# Called with a serial number unique within the pool (not the slot: a replacement must not
+# collide with the worker it replaces while that one is still being torn down).
 WorkerFactory = Callable[[int], WorkerProcess]
 
 
@@ -54,6 +57,9 @@ class WorkerPool:
         self._idle: asyncio.Queue[int] = asyncio.Queue()
         self._workers: dict[int, WorkerProcess | None] = {}
         self._closed = False
+        self._dying: list[Future[None]] = []
+        self._serial = itertools.count()
+        self._starting: set[asyncio.Future[WorkerProcess]] = set()
 
     @property
     def capacity(self) -> int:
@@ -64,7 +70,10 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         slots = range(self.config.workers)
         started = await asyncio.gather(
-            *(loop.run_in_executor(self._executor, self._factory, i) for i in slots),
+            *(
+                loop.run_in_executor(self._executor, self._factory, next(self._serial))
+                for _ in slots
+            ),
             return_exceptions=True,
         )
         errors = [s for s in started if isinstance(s, BaseException)]
@@ -85,8 +94,7 @@ class WorkerPool:
         try:
             worker = self._workers[slot]
             if worker is None:
-                worker = await loop.run_in_executor(self._executor, self._factory, slot)
-                self._workers[slot] = worker
+                worker = await self._start_worker(slot)
             fut = loop.run_in_executor(self._executor, worker.run, req)
             try:
                 facts = await asyncio.shield(fut)
@@ -109,13 +117,30 @@ class WorkerPool:
             self.stats.busy -= 1
             self._idle.put_nowait(slot)
 
+    async def _start_worker(self, slot: int) -> WorkerProcess:
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._executor, self._factory, next(self._serial))
+        self._starting.add(fut)
+        fut.add_done_callback(self._starting.discard)
+        try:
+            worker = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            fut.add_done_callback(self._kill_orphan)  # still starting: stop it once it exists
+            raise
+        self._workers[slot] = worker
+        return worker
+
+    def _kill_orphan(self, fut: asyncio.Future[WorkerProcess]) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            self._dying.append(self._executor.submit(fut.result().kill))
+
     def _discard(self, slot: int, wait_for: asyncio.Future[RunFacts] | None = None) -> None:
         """Drop a worker: killed in the background; the slot starts a fresh one when next used."""
         worker = self._workers.get(slot)
         self._workers[slot] = None
         self.stats.add_restart()
         if worker is not None:
-            self._executor.submit(worker.kill)
+            self._dying.append(self._executor.submit(worker.kill))
         if wait_for is not None:
             # Its thread ends with a WorkerError once the worker is dead: consume it.
             wait_for.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -123,13 +148,17 @@ class WorkerPool:
     async def close(self) -> None:
         self._closed = True
         loop = asyncio.get_running_loop()
+        if self._starting:
+            await asyncio.gather(*self._starting, return_exceptions=True)
+            await asyncio.sleep(0)  # let their done-callbacks queue the kills
         workers = [w for w in self._workers.values() if w is not None]
         self._workers = {}
         await asyncio.gather(
             *(loop.run_in_executor(self._executor, w.close) for w in workers),
+            *(asyncio.wrap_future(f) for f in self._dying),
             return_exceptions=True,
         )
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.shutdown(wait=True)
 
 
 def _system_error(message: str) -> RunFacts:

@@ -1,0 +1,164 @@
+"""The `rlfleet verify` contract: one result per line, input order, clear errors, exit 2 on
+invalid lines, nothing left running afterwards (also when interrupted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from harness import nobody_processes
+
+from rlfleet.sandbox import cgroups
+
+RLFLEET = [sys.executable, "-m", "rlfleet.cli"]
+
+
+def write_cases(path: Path, lines: list[object]) -> Path:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    return path
+
+
+def code(case_id: str, program: str, stdout: str, **kw: object) -> dict[str, object]:
+    return {
+        "id": case_id,
+        "kind": "code",
+        "language": "python",
+        "code": program,
+        "tests": [{"stdin": "", "stdout": stdout}],
+        **kw,
+    }
+
+
+def run_cli(*args: str) -> tuple[int, str, str, int]:
+    """(exit code, stdout, stderr, pid) of one `rlfleet` run."""
+    proc = subprocess.Popen(
+        [*RLFLEET, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err, proc.pid
+
+
+def leftover_cgroups(pid: int) -> list[Path]:
+    h = cgroups.detect()
+    return [p for p in cgroups.leftover_bases(h) if p.name.startswith(f"{pid}-")]
+
+
+def test_results_in_input_order_with_errors(tmp_path: Path) -> None:
+    cases = write_cases(
+        tmp_path / "cases.jsonl",
+        [
+            code("slow", "import time\ntime.sleep(0.5)\nprint(1)", "1"),
+            code("fast", "print(2)", "2"),
+            "{not json",
+            {"id": "bad-lang", "kind": "code", "language": "cobol", "code": "", "tests": []},
+            {"kind": "code"},
+            code("wa", "print(3)", "4"),
+            {
+                "id": "cpp",
+                "kind": "code",
+                "language": "cpp",
+                "code": '#include <cstdio>\nint main() { puts("5"); }',
+                "tests": [{"stdout": "5"}],
+            },
+        ],
+    )
+    rc, stdout, stderr, pid = run_cli("verify", str(cases), "--workers", "2")
+    assert rc == 2, stderr
+    out = [json.loads(line) for line in stdout.splitlines()]
+    assert [o.get("id", o.get("line")) for o in out] == [
+        "slow",
+        "fast",
+        3,
+        "bad-lang",
+        5,
+        "wa",
+        "cpp",
+    ]
+    assert out[0]["verdict"] == "AC" and out[1]["verdict"] == "AC" and out[5]["verdict"] == "WA"
+    assert out[6] == {
+        "id": "cpp",
+        "verdict": "AC",
+        "passed": 1,
+        "total": 1,
+        "reward": 1.0,
+        "tests": out[6]["tests"],
+    }
+    assert set(out[6]["tests"][0]) == {"verdict", "time_s", "memory_mb"}
+    assert "invalid JSON" in out[2]["error"]
+    assert out[3]["error"].startswith("language: unknown 'cobol'")
+    assert out[4] == {"line": 5, "error": "id: missing"}
+    assert leftover_cgroups(pid) == []
+    assert nobody_processes() == []
+
+
+def test_all_valid_exits_zero(tmp_path: Path) -> None:
+    cases = write_cases(tmp_path / "ok.jsonl", [code("a", "print(1)", "1")])
+    proc = subprocess.run(
+        [*RLFLEET, "verify", str(cases)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["verdict"] == "AC"
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [*RLFLEET, "verify", str(tmp_path / "nope.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "no such file" in proc.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_leaves_nothing_running(tmp_path: Path, sig: signal.Signals) -> None:
+    sleepers = [
+        code(f"s{i}", "import os, time\nif os.fork() == 0:\n    os.setsid()\ntime.sleep(30)\n", "")
+        for i in range(6)
+    ]
+    cases = write_cases(tmp_path / "sleep.jsonl", sleepers)
+    proc = subprocess.Popen(
+        [*RLFLEET, "verify", str(cases), "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not nobody_processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert nobody_processes(), "the sleepers never started"
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=30)
+    assert proc.returncode != 0
+    deadline = time.monotonic() + 5
+    while nobody_processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert nobody_processes() == []
+    assert leftover_cgroups(proc.pid) == []
+
+
+def test_math_cases_carry_the_extracted_answer(tmp_path: Path) -> None:
+    cases = write_cases(
+        tmp_path / "math.jsonl",
+        [
+            {
+                "id": "m1",
+                "kind": "math",
+                "completion": "<answer>\\boxed{\\frac{1}{2}}</answer>",
+                "gold": "0.5",
+            },
+            {"id": "m2", "kind": "math", "completion": "\\boxed{1} or \\boxed{2}", "gold": "2"},
+        ],
+    )
+    code, stdout, stderr, _ = run_cli("verify", str(cases))
+    assert code == 0, stderr
+    m1, m2 = (json.loads(line) for line in stdout.splitlines())
+    assert (m1["verdict"], m1["reward"], m1["extracted"]) == ("AC", 1.0, "\\frac{1}{2}")
+    assert (m2["verdict"], m2["reward"]) == ("WA", 0.0)
