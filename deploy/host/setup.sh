@@ -1,18 +1,33 @@
 #!/usr/bin/env bash
-# Provision this host for rlfleet's tests and docker backend (Debian bookworm, as root):
-# system packages, a running Docker engine, and the local base image the sandbox image is
-# built FROM (no image registry needed: it is debootstrapped from apt's own mirror).
-# Idempotent: each step is skipped when already done.
+# Provision this host (Debian bookworm, as root) for rlfleet's tests and docker backend:
+#   1. system packages (Debian's Docker engine, debootstrap, g++, libseccomp2, prometheus),
+#   2. a running Docker engine (Debian's dockerd, started in the background if none answers),
+#   3. the base image rlfleet/bookworm-base:local, debootstrapped from apt's own mirror
+#      (no image registry needed),
+#   4. the sandbox image rlfleet/sandbox:<content hash>, built FROM that base.
+# Idempotent: each step is skipped when already done. Progress goes to stderr.
+#
+# Environment (all optional):
+#   DOCKER_HOST            unix:///path: the engine to use/start (default /var/run/docker.sock)
+#   RLFLEET_STATE_DIR      dockerd's pidfile and logs (default: the repo's ignored .state/)
+#   RLFLEET_DOCKERD_ARGS   extra dockerd flags (e.g. a second engine's --data-root/--exec-root)
+#   RLFLEET_DOCKERD_WAIT   seconds to wait for a started engine to answer (default 60)
 set -euo pipefail
 
-log() { echo "setup: $*" >&2; }
-STATE_DIR=${RLFLEET_STATE_DIR:-/var/lib/rlfleet}
-BASE_IMAGE=rlfleet/bookworm-base:local
-PACKAGES=(docker.io containerd runc iptables debootstrap prometheus g++ libseccomp2 python3-venv)
+cd "$(dirname "$0")/../.."
+REPO=$PWD
+log() { printf 'setup: %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+START=$SECONDS
 
-[ "$(id -u)" = 0 ] || { log "must run as root"; exit 1; }
+[ "$(id -u)" = 0 ] || die "run as root (installs packages, starts dockerd)"
+STATE_DIR=${RLFLEET_STATE_DIR:-$REPO/.state}
 mkdir -p "$STATE_DIR"
+BASE_IMAGE=rlfleet/bookworm-base:local
+DOCKERD=/usr/sbin/dockerd
+PACKAGES=(docker.io containerd runc iptables debootstrap prometheus g++ libseccomp2)
 
+# --- 1. packages ---------------------------------------------------------------------------
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,42 +35,94 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+    >"$STATE_DIR/apt.log" 2>&1 || { tail -n 20 "$STATE_DIR/apt.log" >&2; die "apt-get install failed"; }
+else
+  log "packages present"
 fi
 
-# The Docker engine: Debian's dockerd, started by hand when nothing answers.
-if ! docker info >/dev/null 2>&1; then
-  log "starting dockerd"
-  nohup /usr/sbin/dockerd --pidfile "$STATE_DIR/dockerd.pid" >"$STATE_DIR/dockerd.log" 2>&1 &
-  for _ in $(seq 1 120); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
-  docker info >/dev/null 2>&1 || { log "dockerd did not start; see $STATE_DIR/dockerd.log"; exit 1; }
+# --- 2. the engine -------------------------------------------------------------------------
+# This machine may ship another Docker CLI (fine: it talks API 1.41); the engine must be
+# Debian's docker.io dockerd, named by absolute path.
+dpkg-query -S "$DOCKERD" 2>/dev/null | grep -q '^docker.io:' || die "$DOCKERD is not docker.io's"
+engine_up() { timeout 10 docker info >/dev/null 2>&1; }
+if engine_up; then
+  log "Docker engine answers"
+else
+  pidfile=$STATE_DIR/dockerd.pid
+  pid=$(cat "$pidfile" 2>/dev/null || true)
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    log "dockerd (pid $pid) is starting; waiting"
+  else
+    host_flag=()
+    case "${DOCKER_HOST:-}" in
+      unix://*) host_flag=(-H "$DOCKER_HOST") ;;
+      "") ;;
+      *) die "DOCKER_HOST=$DOCKER_HOST does not answer and is not a local unix socket" ;;
+    esac
+    log "starting $DOCKERD (log: $STATE_DIR/dockerd.log)"
+    # shellcheck disable=SC2086  # RLFLEET_DOCKERD_ARGS is a list of flags
+    setsid nohup "$DOCKERD" --pidfile "$pidfile" "${host_flag[@]}" ${RLFLEET_DOCKERD_ARGS:-} \
+      </dev/null >>"$STATE_DIR/dockerd.log" 2>&1 &
+    pid=$!
+  fi
+  deadline=$((SECONDS + ${RLFLEET_DOCKERD_WAIT:-60}))
+  until engine_up; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 20 "$STATE_DIR/dockerd.log" >&2
+      die "dockerd exited; see $STATE_DIR/dockerd.log"
+    fi
+    [ $SECONDS -lt $deadline ] || die "dockerd (pid $pid) did not answer in time; see $STATE_DIR/dockerd.log"
+    sleep 0.5
+  done
+  log "Docker engine up (pid $pid)"
 fi
 
-# apt's own mirror for bookworm main (deb822 .sources first, then sources.list).
-apt_mirror() {
-  local f
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [ -e "$f" ] || continue
-    awk 'BEGIN{RS=""; FS="\n"}
-         /Suites:[^\n]*bookworm( |\n|$)/ && /Components:[^\n]*main/ && !/-security/ {
-           for (i = 1; i <= NF; i++) if ($i ~ /^URIs:/) { split($i, a, " "); print a[2]; exit } }' "$f"
-  done | head -n1
-  grep -hE '^deb [^ ]+ bookworm .*main' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
-    | awk '{print $2}' | head -n1
-}
-
-if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-  mirror=$(apt_mirror | head -n1)
-  [ -n "$mirror" ] || { log "no bookworm main mirror found in apt's sources"; exit 1; }
-  rootfs=$(mktemp -d)
+# --- 3. the base image, without a registry ---------------------------------------------------
+if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+  log "$BASE_IMAGE present"
+else
+  mirror=$(/usr/bin/python3 -I sandbox/image.py mirror) || die "no bookworm main source in apt's config"
+  rootfs=$(mktemp -d /var/tmp/rlfleet-rootfs.XXXXXX)
   trap 'rm -rf "$rootfs"' EXIT
-  log "debootstrapping $BASE_IMAGE from apt's mirror (about a minute)"
+  log "debootstrapping $BASE_IMAGE from apt's mirror (about a minute; log: $STATE_DIR/debootstrap.log)"
+  t0=$SECONDS
   debootstrap --variant=minbase --include=python3,libseccomp2 bookworm "$rootfs" "$mirror" \
-    >"$STATE_DIR/debootstrap.log" 2>&1 || { log "debootstrap failed; see $STATE_DIR/debootstrap.log"; exit 1; }
-  echo "deb $mirror bookworm main" >"$rootfs/etc/apt/sources.list"
-  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
-    "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/*
-  tar -C "$rootfs" -c . | docker import - "$BASE_IMAGE" >/dev/null
-  log "imported $BASE_IMAGE"
+    >"$STATE_DIR/debootstrap.log" 2>&1 \
+    || { tail -n 20 "$STATE_DIR/debootstrap.log" >&2; die "debootstrap failed"; }
+  # apt inside the image (docker build) uses the same mirror; no docs in later installs.
+  printf 'deb %s bookworm main\n' "$mirror" >"$rootfs/etc/apt/sources.list"
+  cat >"$rootfs/etc/dpkg/dpkg.cfg.d/01-rlfleet-nodoc" <<'EOF'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+EOF
+  printf 'APT::Install-Recommends "false";\n' >"$rootfs/etc/apt/apt.conf.d/01-rlfleet-norecommends"
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/*.bin \
+    "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/log/*.log \
+    "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* "$rootfs"/usr/share/locale/*
+  find "$rootfs/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+  : >"$rootfs/etc/hostname"
+  : >"$rootfs/etc/resolv.conf"
+  tar --numeric-owner -C "$rootfs" -c . \
+    | docker import -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        -c 'CMD ["/bin/bash"]' -m "debootstrap --variant=minbase bookworm" - "$BASE_IMAGE" >/dev/null
+  rm -rf "$rootfs"
+  trap - EXIT
+  log "imported $BASE_IMAGE ($((SECONDS - t0)) s)"
 fi
-log "host ready"
+
+# --- 4. the sandbox image --------------------------------------------------------------------
+# rlfleet.sandbox.image computes the tag and builds; the venv's docker SDK when there is one,
+# else (fresh machine, no venv yet) the same build through the docker CLI.
+py=/usr/bin/python3
+if [ -x .venv/bin/python ] && .venv/bin/python -c 'import docker' 2>/dev/null; then
+  py=.venv/bin/python
+fi
+t0=$SECONDS
+tag=$("$py" -I sandbox/image.py ensure --base "$BASE_IMAGE" 2> >(sed 's/^/setup:   /' >&2)) \
+  || die "building the sandbox image failed"
+log "sandbox image $tag ready ($((SECONDS - t0)) s)"
+log "host ready in $((SECONDS - START)) s"
