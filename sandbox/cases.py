@@ -21,6 +21,9 @@ from rlfleet.sandbox.records import (
 
 MAX_TIME_LIMIT_S = 60.0
 MAX_MEMORY_MB = 8192
+MAX_CODE_BYTES = 1 << 20
+MAX_COMPLETION_BYTES = 1 << 20
+MAX_TESTS = 100_000
 
 
 class CaseError(ValueError):
@@ -82,6 +85,8 @@ def _parse_tests(raw: Any, is_call: bool) -> tuple[StdioTest, ...] | tuple[CallT
         raise CaseError("tests", f"expected a list, got {type(raw).__name__}")
     if not raw:
         raise CaseError("tests", "empty")
+    if len(raw) > MAX_TESTS:
+        raise CaseError("tests", f"{len(raw)} tests, more than the {MAX_TESTS} allowed")
     stdio: list[StdioTest] = []
     calls: list[CallTest] = []
     for i, t in enumerate(raw):
@@ -133,7 +138,7 @@ def parse_case(obj: Any) -> Case:
     return CodeCase(
         id=case_id,
         language=lang.name,
-        code=_require(obj, "code", str),
+        code=_limited(_require(obj, "code", str), "code", MAX_CODE_BYTES),
         tests=_parse_tests(obj.get("tests"), fn_name is not None)
         if "tests" in obj
         else _missing("tests"),
@@ -145,9 +150,16 @@ def parse_case(obj: Any) -> Case:
     )
 
 
+def _limited(text: str, name: str, limit: int) -> str:
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise CaseError(name, f"{size} bytes, more than the {limit} allowed")
+    return text
+
+
 def _gold(obj: dict[str, Any]) -> str:
     gold = obj.get("gold")
-    if gold is None:
+    if gold is None or gold == "":
         raise CaseError("gold", "missing")
     if isinstance(gold, bool) or not isinstance(gold, str | int | float):
         raise CaseError("gold", f"expected a string or number, got {type(gold).__name__}")

@@ -10,8 +10,10 @@ clean exit the comparison (AC/WA).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import signal
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -52,6 +54,8 @@ class JudgeConfig:
     """Compiler / runtime messages are truncated to this."""
     checker_time_s: float = 10.0
     """Time limit for a custom checker program."""
+    compile_cache_entries: int = 256
+    """Compile / syntax-check outcomes kept, by source hash."""
 
     def __post_init__(self) -> None:
         if self.wall_factor < 1.0:
@@ -64,6 +68,7 @@ class Judge:
     def __init__(self, run: RunFn, config: JudgeConfig = JudgeConfig()) -> None:
         self._run = run
         self.config = config
+        self._compiled: OrderedDict[tuple[str, bytes], tuple[bool, bytes]] = OrderedDict()
 
     def _limits(self, time_s: float, memory_mb: int) -> RunLimits:
         c = self.config
@@ -98,7 +103,29 @@ class Judge:
         return self._summarise(case, results)
 
     async def _prepare(self, case: CodeCase, lang: Language) -> bytes | CaseResult:
-        """Compile or syntax-check once per submission; CE/SE ends the case here."""
+        """Compile or syntax-check once per submission; CE/SE ends the case here.
+
+        Outcomes are cached by source hash: identical samples (common in RL) compile once.
+        """
+        key = (lang.name, hashlib.sha256(case.code.encode("utf-8", "surrogatepass")).digest())
+        cached = self._compiled.get(key)
+        if cached is not None:
+            self._compiled.move_to_end(key)
+            ok, value = cached
+            return value if ok else self._case_error(case, Verdict.CE, value.decode())
+        prepared = await self._compile(case, lang)
+        if isinstance(prepared, bytes):
+            self._remember(key, (True, prepared))
+        elif prepared.verdict is Verdict.CE:
+            self._remember(key, (False, prepared.message.encode()))
+        return prepared
+
+    def _remember(self, key: tuple[str, bytes], value: tuple[bool, bytes]) -> None:
+        self._compiled[key] = value
+        while len(self._compiled) > self.config.compile_cache_entries:
+            self._compiled.popitem(last=False)
+
+    async def _compile(self, case: CodeCase, lang: Language) -> bytes | CaseResult:
         if lang.in_process_python:
             req = RunRequest(
                 kind="python",

@@ -1,0 +1,176 @@
+"""Proto messages <-> typed records, at the edge of the service and the client.
+
+Incoming requests become the same JSON-shaped dict the CLI reads and go through the same
+validation (``cases.parse_case``), so both front doors refuse the same inputs with the
+same field-naming messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from rlfleet.sandbox.cases import CaseError, parse_case
+from rlfleet.sandbox.records import (
+    CallTest,
+    Case,
+    CaseResult,
+    CodeCase,
+    MathCase,
+    TestResult,
+    Verdict,
+)
+from rlfleet.v1 import verifier_pb2 as pb
+
+
+def problem_ref(problem_pb: pb.Problem) -> str:
+    """Content hash of a problem (deterministic serialisation)."""
+    return hashlib.sha256(problem_pb.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _json_field(text: str, field: str, default: Any) -> Any:
+    if not text:
+        return default
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise CaseError(field, f"invalid JSON: {e}") from None
+
+
+def problem_to_dict(problem_pb: pb.Problem, where: str = "problem.") -> dict[str, Any]:
+    if problem_pb.stdio_tests and problem_pb.call_tests:
+        raise CaseError(f"{where}call_tests", "a problem has stdio tests or call tests, not both")
+    out: dict[str, Any] = {}
+    if problem_pb.call_tests:
+        out["fn_name"] = problem_pb.fn_name or None
+        out["tests"] = [
+            {
+                "args": _json_field(t.args_json, f"tests[{i}].args_json", None),
+                "kwargs": _json_field(t.kwargs_json, f"tests[{i}].kwargs_json", {}),
+                "expected": _json_field(t.expected_json, f"tests[{i}].expected_json", None),
+            }
+            for i, t in enumerate(problem_pb.call_tests)
+        ]
+        if out["fn_name"] is None:
+            raise CaseError("fn_name", "missing (required with call tests)")
+    else:
+        out["tests"] = [{"stdin": t.stdin, "stdout": t.stdout} for t in problem_pb.stdio_tests]
+    if problem_pb.HasField("checker") and problem_pb.checker.type:
+        c = problem_pb.checker
+        checker: dict[str, Any] = {"type": c.type, "code": c.code}
+        if c.HasField("abs_tol"):
+            checker["abs_tol"] = c.abs_tol
+        if c.HasField("rel_tol"):
+            checker["rel_tol"] = c.rel_tol
+        out["checker"] = checker
+    if problem_pb.HasField("time_limit_s"):
+        out["time_limit_s"] = problem_pb.time_limit_s
+    if problem_pb.HasField("memory_limit_mb"):
+        out["memory_limit_mb"] = problem_pb.memory_limit_mb
+    return out
+
+
+def request_to_case(req: pb.VerifyRequest, problems: Any) -> Case:
+    """Validate a request into a record; ``problems`` resolves ``problem_ref``s."""
+    kind = req.WhichOneof("case")
+    if kind == "math":
+        obj: dict[str, Any] = {
+            "id": req.id or None,
+            "kind": "math",
+            "completion": req.math.completion,
+            "gold": req.math.gold,
+        }
+        return parse_case(obj)
+    if kind != "code":
+        raise CaseError("case", "missing (set code or math)")
+    code = req.code
+    suite = code.WhichOneof("suite")
+    if suite == "problem_ref":
+        problem_pb = problems.get(code.problem_ref)
+    elif suite == "problem":
+        problem_pb = code.problem
+    else:
+        raise CaseError("suite", "missing (set problem or problem_ref)")
+    obj = {
+        "id": req.id or None,
+        "kind": "code",
+        "language": code.language or None,
+        "code": code.code,
+        "early_stop": code.early_stop,
+        **problem_to_dict(problem_pb),
+    }
+    return parse_case({k: v for k, v in obj.items() if v is not None})
+
+
+def problem_from_case(case: CodeCase) -> pb.Problem:
+    problem = pb.Problem(
+        time_limit_s=case.time_limit_s,
+        memory_limit_mb=case.memory_limit_mb,
+        checker=pb.Checker(
+            type=case.checker.kind.value,
+            abs_tol=case.checker.abs_tol,
+            rel_tol=case.checker.rel_tol,
+            code=case.checker.custom_code,
+        ),
+    )
+    if case.is_call:
+        problem.fn_name = case.fn_name or ""
+        for t in case.tests:
+            assert isinstance(t, CallTest)
+            problem.call_tests.add(
+                args_json=json.dumps(t.args),
+                kwargs_json=json.dumps(t.kwargs),
+                expected_json=json.dumps(t.expected),
+            )
+    else:
+        for t in case.tests:
+            problem.stdio_tests.add(stdin=t.stdin, stdout=t.stdout)  # type: ignore[union-attr]
+    return problem
+
+
+def case_to_request(case: Case, problem_ref: str | None = None) -> pb.VerifyRequest:
+    if isinstance(case, MathCase):
+        return pb.VerifyRequest(
+            id=case.id, math=pb.MathCase(completion=case.completion, gold=case.gold)
+        )
+    code = pb.CodeCase(language=case.language, code=case.code, early_stop=case.early_stop)
+    if problem_ref:
+        code.problem_ref = problem_ref
+    else:
+        code.problem.CopyFrom(problem_from_case(case))
+    return pb.VerifyRequest(id=case.id, code=code)
+
+
+def result_to_response(result: CaseResult) -> pb.VerifyResponse:
+    resp = pb.VerifyResponse(
+        id=result.id,
+        verdict=result.verdict.value,
+        passed=result.passed,
+        total=result.total,
+        reward=result.reward,
+        message=result.message,
+        tests=[
+            pb.TestResult(verdict=t.verdict.value, time_s=t.time_s, memory_mb=t.memory_mb)
+            for t in result.tests
+        ],
+    )
+    if result.extracted is not None:
+        resp.extracted = result.extracted
+    return resp
+
+
+def response_to_result(resp: pb.VerifyResponse) -> CaseResult:
+    return CaseResult(
+        id=resp.id,
+        verdict=Verdict(resp.verdict),
+        passed=resp.passed,
+        total=resp.total,
+        reward=resp.reward,
+        message=resp.message,
+        extracted=resp.extracted if resp.HasField("extracted") else None,
+        tests=tuple(
+            TestResult(verdict=Verdict(t.verdict), time_s=t.time_s, memory_mb=t.memory_mb)
+            for t in resp.tests
+        ),
+    )
