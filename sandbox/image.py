@@ -282,18 +282,31 @@ def _docker_socket() -> Path | None:
     return Path(host.removeprefix("unix://")) if host.startswith("unix://") else None
 
 
+def _group_name(gid: int) -> str:
+    import grp
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
 def prepare_docker() -> int:
     print("docker backend:")
     sock = _docker_socket()
     if sock is not None and not sock.exists():
-        _check(False, "a Docker engine", f"no engine running (no socket {sock}); {SETUP_HINT}")
+        _check(
+            False,
+            "a Docker engine",
+            f"no engine running (no socket {sock}); start one with {SETUP_HINT}",
+        )
         return 1
     if sock is not None and not os.access(sock, os.R_OK | os.W_OK):
         _check(
             False,
             "a Docker engine",
             f"no permission on {sock}: run as root or as a member of its group "
-            f"({sock.stat().st_gid})",
+            f"({_group_name(sock.stat().st_gid)})",
         )
         return 1
     try:
