@@ -3,33 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from rlfleet.sandbox.mathcheck.extract import extract_answer
-from rlfleet.sandbox.mathcheck.normalize import (
-    Norm,
-    is_hedge,
-    normalize,
-    numbers_equal,
-    parse_struct,
-    strip_assignment,
-    to_fraction,
-)
+from rlfleet.sandbox.mathcheck.compare import Algebra, Undecided, equal, is_candidate_list
+from rlfleet.sandbox.mathcheck.extract import extract
+from rlfleet.sandbox.mathcheck.normalize import alternatives_as_list, is_hedge, normalize
 from rlfleet.sandbox.mathcheck.pool import AlgebraPool
-from rlfleet.sandbox.mathcheck.screen import pathological
 
 
 @dataclass(frozen=True, kw_only=True)
 class MathCheckConfig:
     timeout_s: float = 2.0
-    """Wall-time bound of the algebra for one check."""
+    """Wall-time budget of the algebra of one check; past it the check is "timeout"."""
     workers: int = 2
-    """Processes doing algebra."""
+    """Worker processes doing algebra (each about 100 MB with sympy loaded)."""
+    max_wait_s: float = 30.0
+    """How long a check may wait for a free worker before it gives up as "timeout"."""
+    worker_memory_mb: int = 2048
+    """Address-space limit of each worker: a ballooning parse fails instead of swapping."""
 
     def __post_init__(self) -> None:
-        if self.timeout_s <= 0:
-            raise ValueError("timeout_s must be > 0")
+        if self.timeout_s <= 0 or self.max_wait_s <= 0:
+            raise ValueError("timeout_s and max_wait_s must be > 0")
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
 
@@ -37,22 +34,28 @@ class MathCheckConfig:
 @dataclass(frozen=True, kw_only=True)
 class MathResult:
     correct: bool
+    """Whether the completion's final answer equals the gold answer."""
     extracted: str | None
+    """The final answer as found in the completion; None when there was none."""
     reason: str
-    """match, mismatch, no_answer, hedged, timeout, rejected, parse_error."""
+    """One of "match", "mismatch", "no_answer", "hedged", "timeout", "rejected" (a
+    pathological answer refused before any algebra) and "parse_error"."""
 
 
-class _Verdict(Exception):
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
+def _needs_algebra(answer: str, gold: str) -> bool:
+    raise Undecided("needs_algebra")
 
 
 class MathChecker:
-    """Thread-safe; ``check_async`` for event loops. Close it (or use ``with``)."""
+    """Checks completions against gold answers; thread-safe, and ``await check_async`` from
+    event loops. Owns worker processes: close it (or use ``with``)."""
 
     def __init__(self, config: MathCheckConfig = MathCheckConfig()) -> None:
         self.config = config
-        self._pool = AlgebraPool(config.workers)
+        self._pool = AlgebraPool(
+            config.workers, memory_mb=config.worker_memory_mb, max_wait_s=config.max_wait_s
+        )
+        # Threads only wait on workers; a few per worker keep every worker busy.
         self._threads = ThreadPoolExecutor(config.workers * 4, thread_name_prefix="mathcheck")
 
     def __enter__(self) -> MathChecker:
@@ -62,77 +65,58 @@ class MathChecker:
         self.close()
 
     def close(self) -> None:
+        """Stop every worker process; the checker cannot be used afterwards."""
         self._threads.shutdown(wait=False, cancel_futures=True)
         self._pool.close()
 
     @property
     def worker_pids(self) -> list[int]:
+        """Process ids of the live workers (for tests and monitoring)."""
         return self._pool.pids()
 
     def check(self, completion: str, gold: str) -> MathResult:
-        ext = extract_answer(completion)
-        if ext.answer is None:
-            return MathResult(correct=False, extracted=None, reason="no_answer")
-        if ext.hedged or (is_hedge(ext.answer) and not is_hedge(gold)):
-            return MathResult(correct=False, extracted=ext.answer, reason="hedged")
-        try:
-            same = self._equal(normalize(ext.answer), normalize(gold))
-        except _Verdict as v:
-            return MathResult(correct=False, extracted=ext.answer, reason=v.reason)
-        return MathResult(
-            correct=same, extracted=ext.answer, reason="match" if same else "mismatch"
-        )
+        """Compare the completion's final answer with ``gold``; blocks at most about
+        ``timeout_s`` (plus ``max_wait_s`` when every worker is busy)."""
+        budget = [self.config.timeout_s]
+
+        def algebra(answer: str, gold_text: str) -> bool:
+            # One budget for the whole check, however many elements a tuple sends.
+            if budget[0] <= 0:
+                raise Undecided("timeout")
+            start = time.monotonic()
+            status, value = self._pool.check(answer, gold_text, budget[0])
+            budget[0] -= time.monotonic() - start
+            if status == "ok":
+                return bool(value)
+            raise Undecided("parse_error" if status == "error" else "timeout")
+
+        return self._check(completion, gold, algebra)
 
     async def check_async(self, completion: str, gold: str) -> MathResult:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, self.check, completion, gold)
+        """As ``check``; answers settled without algebra return without leaving the loop."""
+        try:
+            return self._check(completion, gold, _needs_algebra)
+        except Undecided:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._threads, self.check, completion, gold)
 
-    def _equal(self, a: Norm, g: Norm) -> bool:
-        if a.text == g.text and a.percent == g.percent:
-            return True
-        fa, fg = to_fraction(a.text), to_fraction(g.text)
-        if fa is not None and fg is not None:
-            return numbers_equal(a, g, fa, fg)
-        sa, sg = parse_struct(a.text), parse_struct(g.text)
-        if sa is not None or sg is not None:
-            return self._struct_equal(a, g)
-        a_text, g_text = a.text, g.text
-        if "=" not in g_text:
-            a_text = strip_assignment(a_text)
-            fa = to_fraction(a_text)
-            if fa is not None and fg is not None:
-                return numbers_equal(Norm(a_text, a.percent), g, fa, fg)
-        for text in (a_text, g_text):
-            why = pathological(text)
-            if why:
-                raise _Verdict("rejected")
-        status, value = self._pool.check(a_text, g_text, self.config.timeout_s)
-        if status == "timeout":
-            raise _Verdict("timeout")
-        if status == "error":
-            raise _Verdict("parse_error")
-        return bool(value)
-
-    def _struct_equal(self, a: Norm, g: Norm) -> bool:
-        sa, sg = parse_struct(a.text), parse_struct(g.text)
-        if sa is None or sg is None:
-            return False  # one is a single value, the other several: never equal
-        if len(sa.items) != len(sg.items):
-            return False
-        # Brackets of tuples and intervals matter; a bare list against a set is fine.
-        same_brackets = sa.open == sg.open and sa.close == sg.close
-        if not same_brackets and not (sa.unordered and sg.unordered):
-            return False
-        items_a = [Norm(x) for x in sa.items]
-        items_g = [Norm(x) for x in sg.items]
-        if not sa.unordered:
-            return all(self._equal(x, y) for x, y in zip(items_a, items_g, strict=True))
-        unmatched = list(items_g)
-        for x in items_a:
-            for i, y in enumerate(unmatched):
-                if self._equal(x, y):
-                    del unmatched[i]
-                    break
-            else:
-                return False
-        return True
+    def _check(self, completion: str, gold: str, algebra: Algebra) -> MathResult:
+        found = extract(completion)
+        answer = found.answer
+        if answer is None:
+            return MathResult(correct=False, extracted=None, reason="no_answer")
+        if found.hedged or (is_hedge(answer) and not is_hedge(gold)):
+            return MathResult(correct=False, extracted=answer, reason="hedged")
+        if is_hedge(gold):  # "x = 2 or x = 3" as gold: compare the alternatives as a set
+            a, g = normalize(alternatives_as_list(answer)), normalize(alternatives_as_list(gold))
+        else:
+            a, g = normalize(answer), normalize(gold)
+        if is_candidate_list(a, g):
+            return MathResult(correct=False, extracted=answer, reason="hedged")
+        try:
+            same = equal(a, g, algebra)
+        except Undecided as e:
+            if e.reason == "needs_algebra":
+                raise
+            return MathResult(correct=False, extracted=answer, reason=e.reason)
+        return MathResult(correct=same, extracted=answer, reason="match" if same else "mismatch")

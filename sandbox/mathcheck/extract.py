@@ -1,8 +1,12 @@
 """Take the final answer out of a completion.
 
-Order: R1 ``<answer>...</answer>`` tags (only their content counts; inside, a ``\\boxed{}``
-if there is one); else the last ``\\boxed{}`` / ``\\fbox{}``; else a final ``Answer:`` line.
-Several different boxed answers in the final region are hedging, not an answer.
+Order: R1 ``<answer>...</answer>`` tags (only the last tag's content counts; inside, a
+``\\boxed{}`` if there is one, else the whole content); else the last ``\\boxed{}`` /
+``\\fbox{}``; else a final ``Answer:`` line. Several different boxed answers in the final
+region are hedging, not an answer.
+
+All of it is linear in the completion (each box is scanned at most ``MAX_BOX_CHARS``), so a
+hostile completion cannot make extraction slow.
 """
 
 from __future__ import annotations
@@ -10,71 +14,109 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
-BOX_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_COLON = "[:\uff1a]"  # ASCII or full-width
-ANSWER_LINE = re.compile(
-    rf"(?:final\s+answer\s*(?:is)?\s*{_COLON}?|the\s+answer\s+is\s*{_COLON}?|answer\s*{_COLON})"
-    r"\s*(.+)$",
+MAX_BOX_CHARS = 10_000
+"""A box longer than this is not closed as far as we care (bounds the scan per box)."""
+MAX_BOXES = 64
+"""Boxes looked at, counted from the end: the answer is in the last ones."""
+
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_BOX_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_ANSWER_LINE = re.compile(
+    r"(?:final\s+answer\s*(?:is\b)?\s*[:\uff1a]?|the\s+answer\s+is\s*[:\uff1a]?|\banswer\s*[:\uff1a])\s*",
     re.IGNORECASE,
 )
+_MINERVA_TAIL = re.compile(r"\.?\s*I hope it is correct\.?\s*$", re.IGNORECASE)
+_SPACE = re.compile(r"\s+")
 
 
 @dataclass(frozen=True)
 class Extraction:
+    """The extracted answer (None: nothing found) and whether it came hedged among others."""
+
     answer: str | None
     hedged: bool = False
 
 
-def boxed_contents(text: str) -> list[str]:
-    """Contents of every ``\\boxed{...}`` with balanced braces, in order."""
-    out = []
-    for m in BOX_START.finditer(text):
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-            i += 1
-        if depth == 0:
-            out.append(text[m.end() : i - 1].strip())
-    return out
-
-
-def _answer_line(text: str) -> str | None:
-    for line in reversed([ln.strip() for ln in text.strip().splitlines() if ln.strip()]):
-        m = ANSWER_LINE.search(line)
-        if m:
-            value = m.group(1).strip().strip("*").strip()
-            value = value.rstrip(".").strip()
-            if value.startswith("$") and value.endswith("$") and len(value) > 1:
-                value = value.strip("$").strip()
-            return value or None
-        return None  # only the last non-empty line may carry the answer
+def _box_end(text: str, start: int) -> int | None:
+    """Index just past the brace closing the box whose content starts at ``start``."""
+    depth = 1
+    stop = min(len(text), start + MAX_BOX_CHARS)
+    i = start
+    while i < stop:
+        ch = text[i]
+        if ch == "\\":
+            i += 2  # an escape: \{ of a set or \\ does not open or close anything
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
     return None
 
 
-def _squash(s: str) -> str:
-    return re.sub(r"\s+", "", s)
+def _boxes(text: str) -> list[tuple[int, str]]:
+    """(start, content) of the last ``MAX_BOXES`` closed boxes, in order."""
+    starts = [m for m in _BOX_START.finditer(text)][-MAX_BOXES:]
+    out = []
+    for m in starts:
+        end = _box_end(text, m.end())
+        if end is not None:
+            out.append((m.start(), text[m.end() : end - 1].strip()))
+    return out
 
 
-def extract_answer(completion: str) -> Extraction:
-    tags = ANSWER_TAG.findall(completion)
+def boxed_contents(text: str) -> list[str]:
+    """Contents of the ``\\boxed{...}`` (balanced braces) in ``text``, in order."""
+    return [content for _, content in _boxes(text)]
+
+
+def _strip_math(value: str) -> str:
+    value = value.strip().strip("*").strip()
+    value = _MINERVA_TAIL.sub("", value).strip().rstrip(".").strip()
+    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if value.startswith(left) and value.endswith(right) and len(value) > len(left + right):
+            value = value[len(left) : len(value) - len(right)].strip()
+    return value
+
+
+def _answer_line(text: str) -> str | None:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return None
+    last = lines[-1]  # only the final line may carry the answer
+    matches = list(_ANSWER_LINE.finditer(last))
+    if not matches:
+        return None
+    # "Final Answer: The final answer is $42$." (Minerva style): the last marker wins.
+    return _strip_math(last[matches[-1].end() :]) or None
+
+
+def _distinct(values: list[str]) -> int:
+    return len({_SPACE.sub("", v) for v in values})
+
+
+def extract(completion: str) -> Extraction:
+    """The answer and whether it was hedged among different boxed answers."""
+    tags = _ANSWER_TAG.findall(completion)
     if tags:
         region = tags[-1]
         boxes = boxed_contents(region)
         if boxes:
-            return Extraction(boxes[-1], hedged=len({_squash(b) for b in boxes}) > 1)
-        content = region.strip()
-        return Extraction(content or None)
-    boxes = boxed_contents(completion)
-    if boxes:
-        # The final region: the last paragraph that holds a box.
-        last = (
-            completion.rfind("\\boxed") if "\\boxed" in completion else completion.rfind("\\fbox")
-        )
-        start = completion.rfind("\n\n", 0, last)
-        final = boxed_contents(completion[start + 1 :] if start >= 0 else completion)
-        return Extraction(boxes[-1], hedged=len({_squash(b) for b in final}) > 1)
+            return Extraction(boxes[-1], hedged=_distinct(boxes) > 1)
+        return Extraction(_strip_math(region) or None)
+    located = _boxes(completion)
+    if located:
+        # The final region: the paragraph holding the last box.
+        last_start, answer = located[-1]
+        region_start = completion.rfind("\n\n", 0, last_start)
+        final = [content for start, content in located if start > region_start]
+        return Extraction(answer, hedged=_distinct(final) > 1)
     return Extraction(_answer_line(completion))
+
+
+def extract_answer(completion: str) -> str | None:
+    """The final answer of a completion, or None when it gives none (pure, no side effects)."""
+    return extract(completion).answer

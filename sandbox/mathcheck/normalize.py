@@ -1,8 +1,12 @@
-"""Pure-string normalisation of answers and the cheap comparisons that need no algebra.
+"""Pure-string normalisation of answers and the exact number arithmetic that needs no algebra.
 
-Everything here is fast and bounded (no sympy): exact text after normalisation, exact
-rational arithmetic on plain numbers, and splitting of tuples / intervals / sets so their
-elements can be compared one by one.
+Everything here is fast and bounded (regexes and ``fractions``, no sympy), so it runs in the
+caller's process: most answers are settled here without a round trip to a worker.
+
+Percentages: ``p\\%`` equals ``p\\%``, the number ``p`` and the fraction ``p/100``; so ``50\\%``,
+``50`` and ``0.5`` all match a gold of ``50\\%`` (and a gold of ``0.5`` or ``50`` accepts
+``50\\%``). Models write the percent sign, drop it, or convert, and all three mean the same
+answer; what is never accepted is a number that is neither p nor p/100.
 """
 
 from __future__ import annotations
@@ -12,23 +16,36 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 _SPACING = re.compile(
-    r"\\(?:!|,|;|:|quad|qquad|displaystyle|textstyle|left|right|big|Big)(?![a-zA-Z])|~"
+    r"\\(?:!|,|;|:|quad|qquad|displaystyle|textstyle|left|right|bigl|bigr|Bigl|Bigr|big|Big)"
+    r"(?![a-zA-Z])|~"
 )
-_TEXT = re.compile(r"\\(?:text|textbf|textit|mbox|mathrm|mathbf|operatorname)\s*\{([^{}]*)\}")
+_TEXT = re.compile(
+    r"\\(?:text|textbf|textit|textrm|mbox|mathrm|mathbf|mathit|operatorname)\s*\{([^{}]*)\}"
+)
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
-_THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_DOLLARS = re.compile(r"^\\\$\s*|^\$(?=\d)")
+_THOUSANDS = re.compile(r"^-?\d{1,3}(?:(?:,|\{,\})\d{3})+(?:\.\d+)?$")
+# A number followed by words (units): "5 cm", "12 meters", "3 km/h", "4 cm^2".
 _UNIT_TAIL = re.compile(
     r"^(.*?\d)\s*(?:[a-zA-Z]{2,}\.?)(?:\s*(?:\^\s*\{?\d\}?|[a-zA-Z]{2,}\.?|/\s*[a-zA-Z]+))*\s*$"
 )
-_ASSIGN = re.compile(r"^[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?\s*=\s*([^=<>]+)$")
-_FRAC = re.compile(r"^(-?)\\frac\s*\{\s*(-?\d+)\s*\}\s*\{\s*(-?\d+)\s*\}$")
-_FRAC_SHORT = re.compile(r"^(-?)\\frac(\d)(\d)$")
-_HEDGE = re.compile(r"(?:\bor\b|\\lor|\\vee|\beither\b)")
-OPENERS = {"(": ")", "[": "]", "\\{": "\\}", "\\langle": "\\rangle"}
+_ASSIGN = re.compile(r"^[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?(?:\([a-z]\))?\s*=\s*([^=<>]+)$")
+_FRAC = re.compile(r"^([-+]?)\\frac\s*\{\s*([-+]?\d+)\s*\}\s*\{\s*([-+]?\d+)\s*\}$")
+_FRAC_SHORT = re.compile(r"^([-+]?)\\frac(\d)(\d)$")
+_DECIMAL = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d{1,3})?")
+_HEDGE = re.compile(r"\bor\b|\\lor\b|\\vee\b|\beither\b", re.IGNORECASE)
+_EITHER = re.compile(r"\\text\{\s*either\s*\}|\beither\b", re.IGNORECASE)
+_ALTERNATIVE = re.compile(
+    r"\s*(?:\\text\{\s*(?:or|and)\s*\}|\bor\b|\band\b|\\lor\b|\\vee\b)\s*", re.IGNORECASE
+)
+_SPACES = re.compile(r"(\\[a-zA-Z]+|(?<=\d))\s+(?=[a-zA-Z\d])|\s+")
+_LETTER_CHOICE = re.compile(r"^\(([A-Ea-e])\)$|^([A-E])$")
 
 
 @dataclass(frozen=True)
 class Norm:
+    """An answer after normalisation: LaTeX without spacing, units, ``$`` or ``%``."""
+
     text: str
     percent: bool = False
 
@@ -41,30 +58,53 @@ def normalize(raw: str) -> Norm:
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\dbinom", "\\binom")
     s = _SPACING.sub("", s)
     s = _DEGREES.sub("", s)
-    for _ in range(3):
+    for _ in range(3):  # \text{\textbf{...}}: a few levels, no more (bounded work)
         s = _TEXT.sub(lambda m: " " + m.group(1).strip() + " ", s)
     s = s.replace("\\ ", " ").replace("\\cdot", "*").replace("\\times", "*")
+    s = s.replace("\\lbrace", "\\{").replace("\\rbrace", "\\}")
     s = re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
+    s = _DOLLARS.sub("", s)
     percent = False
     if s.endswith("\\%") or s.endswith("%"):
         percent = True
         s = s[: -2 if s.endswith("\\%") else -1].strip()
     if _THOUSANDS.match(s):
-        s = s.replace(",", "")
+        s = s.replace("{,}", "").replace(",", "")
     m = _UNIT_TAIL.match(s)
     if m and to_fraction(m.group(1).strip()) is not None:
         s = m.group(1).strip()
-    return Norm(text=s.replace(" ", ""), percent=percent)
+    choice = _LETTER_CHOICE.match(s)
+    if choice:  # multiple choice: "(B)" and "B" are the same answer
+        s = (choice.group(1) or choice.group(2)).upper()
+    # Spaces go, except the one that ends a command before a letter ("\pi r", "\sin x")
+    # and the one between two digits ("\log_2 8" is not "\log_28").
+    s = _SPACES.sub(_keep_needed_space, s)
+    return Norm(text=s, percent=percent)
+
+
+def _keep_needed_space(m: re.Match[str]) -> str:
+    if m.group(1) is None:
+        return ""
+    if m.group(1) == "":  # after a digit: needed only before another digit
+        return " " if m.string[m.end() : m.end() + 1].isdigit() else ""
+    return m.group(1) + " "
 
 
 def strip_assignment(text: str) -> str:
-    """``x=3`` -> ``3`` (a single variable named on the left)."""
+    """``x=3`` -> ``3``, ``f(x)=2x`` -> ``2x``: a single name on the left is not the answer."""
     m = _ASSIGN.match(text)
     return m.group(1).strip() if m else text
 
 
 def is_hedge(text: str) -> bool:
+    """Whether the answer offers alternatives ("2 or 3", "either 2 or 3")."""
     return bool(_HEDGE.search(text))
+
+
+def alternatives_as_list(text: str) -> str:
+    """``2 or 3`` -> ``2, 3``: alternatives offered by a gold answer, as a list."""
+    text = _EITHER.sub("", text)
+    return _ALTERNATIVE.sub(", ", text)
 
 
 def to_fraction(text: str) -> Fraction | None:
@@ -78,53 +118,64 @@ def to_fraction(text: str) -> Fraction | None:
         if int(den) == 0:
             return None
         value = Fraction(int(num), int(den))
-        return -value if sign else value
+        return -value if sign == "-" else value
     if t.count("/") == 1:
         num, den = t.split("/")
         a, b = to_fraction(num), to_fraction(den)
         if a is None or b is None or b == 0:
             return None
         return a / b
-    if re.fullmatch(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d{1,3})?", t):
+    if _DECIMAL.fullmatch(t):
         return Fraction(t)
     return None
 
 
-def decimals_of(text: str) -> int:
+def _decimals(text: str) -> int:
     t = text.replace(" ", "")
     if re.fullmatch(r"[-+]?\d*\.\d+", t):
         return len(t.split(".")[1])
     return 0
 
 
+def _terminates(value: Fraction) -> bool:
+    """Whether the decimal expansion ends (the denominator has no prime but 2 and 5)."""
+    d = value.denominator
+    for p in (2, 5):
+        while d % p == 0:
+            d //= p
+    return d == 1
+
+
 def numbers_equal(answer: Norm, gold: Norm, a: Fraction, g: Fraction) -> bool:
-    """Exact equality; a percentage matches p or p/100; an answer given with >= 3 decimals
-    matches a gold that rounds to it (1/3 ~ 0.333)."""
+    """Exact equality, the percentage rule of the module docstring, and one rounding rule:
+    a gold with a repeating decimal expansion (1/3) accepts the answer written with >= 3
+    decimals rounded correctly (0.333), since no finite decimal can be exact."""
     candidates = [a]
     if answer.percent and not gold.percent:
         candidates.append(a / 100)
     if gold.percent and not answer.percent:
         candidates.append(a * 100)
-    for c in candidates:
-        if c == g:
-            return True
-    d = decimals_of(answer.text)
-    return d >= 3 and g.denominator != 1 and round(g, d) == a
+    if any(c == g for c in candidates):
+        return True
+    d = _decimals(answer.text)
+    return d >= 3 and not _terminates(g) and round(g, d) == a
 
 
 @dataclass(frozen=True)
 class Struct:
+    """A bracketed or bare list: tuple ``(1,2)``, interval ``[1,2)``, set ``\\{1,2\\}``."""
+
     open: str
     close: str
     items: tuple[str, ...]
 
     @property
     def unordered(self) -> bool:
-        return self.open == "\\{" or self.open == ""
+        return self.open in ("\\{", "")
 
 
 def split_top(text: str, sep: str = ",") -> list[str]:
-    """Split on `sep` outside brackets."""
+    """Split on ``sep`` outside brackets."""
     parts: list[str] = []
     cur: list[str] = []
     depth, i = 0, 0
@@ -149,21 +200,32 @@ def split_top(text: str, sep: str = ",") -> list[str]:
     return [p.strip() for p in parts]
 
 
+_OPENERS = ("\\{", "\\langle", "(", "[")
+_CLOSERS = ("\\}", "\\rangle", ")", "]")
+
+
 def parse_struct(text: str) -> Struct | None:
-    """Tuples ``(1,2)``, intervals ``[1,2)``, sets ``\\{1,2\\}`` and bare lists ``1,2``."""
-    for opener in OPENERS:
-        if text.startswith(opener):
-            for end in (")", "]", "\\}", "\\rangle"):
-                if text.endswith(end) and len(text) > len(opener) + len(end):
-                    inner = text[len(opener) : len(text) - len(end)]
-                    items = split_top(inner)
-                    several = len(items) > 1 or opener == "\\{"
-                    if len(split_top(text)) == 1 and several and _balanced(inner):
-                        return Struct(opener, end, tuple(items))
+    """Tuples, intervals, sets and bare comma lists; None for a single value."""
+    for opener in _OPENERS:
+        if not text.startswith(opener):
+            continue
+        for closer in _CLOSERS:
+            if text.endswith(closer) and len(text) > len(opener) + len(closer):
+                inner = text[len(opener) : len(text) - len(closer)]
+                items = split_top(inner)
+                whole = len(split_top(text)) == 1
+                if whole and _balanced(inner) and (len(items) > 1 or opener == "\\{"):
+                    return Struct(opener, closer, tuple(items))
     items = split_top(text)
     if len(items) > 1:
         return Struct("", "", tuple(items))
     return None
+
+
+def split_union(text: str) -> list[str] | None:
+    """The parts of a union of intervals or sets, or None when there is no top-level union."""
+    parts = split_top(text, "\\cup")
+    return parts if len(parts) > 1 else None
 
 
 def _balanced(text: str) -> bool:

@@ -1,8 +1,10 @@
-"""Worker processes for algebra, each check bounded in wall time from any thread.
+"""Worker processes for algebra, each request bounded in wall time from any thread.
 
-A check borrows an idle process, sends it the pair and waits at most the timeout; a process
-that overruns is killed and a replacement started in the background. No signals are used,
-so this works from any thread or event loop (unlike ``signal.alarm``).
+A request borrows an idle worker, sends it the pair and waits at most its time budget; a
+worker that overruns is killed and a replacement started in the background. No signals are
+used (``signal.alarm`` only works in the main thread), so this works from any thread or
+event loop. Workers are fresh interpreters (``python -m ...worker``), never forks of the
+caller, which is what makes them safe to start from threaded and asyncio servers.
 """
 
 from __future__ import annotations
@@ -15,22 +17,41 @@ import select
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 READY_TIMEOUT_S = 60.0
+"""How long a new worker may take to import sympy and say ready."""
 
 
-class _Proc:
-    def __init__(self) -> None:
+def _package_root() -> str:
+    """The directory holding the ``rlfleet`` package, so workers import the same code."""
+    import rlfleet
+
+    return str(Path(rlfleet.__file__).resolve().parent.parent)
+
+
+class _Worker:
+    def __init__(self, memory_mb: int) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (_package_root(), env.get("PYTHONPATH", "")) if p
+        )
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "rlfleet.sandbox.mathcheck.worker"],
+            [sys.executable, "-m", "rlfleet.sandbox.mathcheck.worker", str(memory_mb)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONHASHSEED": "0"},
+            env=env,
+            # Its own session: a Ctrl-C meant for the caller's terminal does not reach it.
             start_new_session=True,
         )
-        self._buf = b""
+        self._buffer = b""
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     def send(self, answer: str, gold: str) -> None:
         assert self.process.stdin is not None
@@ -38,107 +59,134 @@ class _Proc:
         self.process.stdin.flush()
 
     def receive(self, timeout: float) -> list[Any] | None:
-        """The next reply line, or None when none came in time."""
+        """The next reply, or None when none came in time. Raises EOFError if it died."""
         assert self.process.stdout is not None
         fd = self.process.stdout.fileno()
-        deadline = _now() + timeout
-        while b"\n" not in self._buf:
-            left = deadline - _now()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
                 return None
             chunk = os.read(fd, 65536)
             if not chunk:
                 raise EOFError("math worker exited")
-            self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
-        return json.loads(line)
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        reply = json.loads(line)
+        return reply if isinstance(reply, list) else None
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
         self.process.wait()
-        for f in (self.process.stdin, self.process.stdout):
+        for pipe in (self.process.stdin, self.process.stdout):
             with contextlib.suppress(OSError):
-                if f:
-                    f.close()
-
-
-def _now() -> float:
-    import time
-
-    return time.monotonic()
+                if pipe:
+                    pipe.close()
 
 
 class AlgebraPool:
-    def __init__(self, workers: int) -> None:
-        self._idle: queue.Queue[_Proc] = queue.Queue()
-        self._all: set[_Proc] = set()
+    """A fixed number of workers; ``check`` is thread-safe."""
+
+    def __init__(self, workers: int, *, memory_mb: int, max_wait_s: float) -> None:
+        self._memory_mb = memory_mb
+        self._max_wait_s = max_wait_s
+        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._all: set[_Worker] = set()
+        self._starters: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self._closed = False
         self.restarts = 0
-        started = [self._start() for _ in range(workers)]
-        for p in started:
-            if p.receive(READY_TIMEOUT_S) != ["ready", None]:
+        started = [self._spawn() for _ in range(workers)]
+        for w in started:
+            if w is None or not self._await_ready(w):
                 self.close()
                 raise RuntimeError("math worker did not start")
-            self._idle.put(p)
+            self._idle.put(w)
 
-    def _start(self) -> _Proc:
-        p = _Proc()
+    def _spawn(self) -> _Worker | None:
+        # Spawned under the lock that close() takes: a worker either exists in _all when
+        # close() runs (and is killed) or is never started.
         with self._lock:
-            self._all.add(p)
-        return p
+            if self._closed:
+                return None
+            w = _Worker(self._memory_mb)
+            self._all.add(w)
+            return w
+
+    def _await_ready(self, w: _Worker) -> bool:
+        try:
+            return w.receive(READY_TIMEOUT_S) == ["ready", None]
+        except (EOFError, OSError, ValueError):
+            return False
+
+    def _discard(self, w: _Worker) -> None:
+        with self._lock:
+            self._all.discard(w)
+        w.kill()
 
     def _replace(self) -> None:
         def start() -> None:
-            p = self._start()
             try:
-                ready = p.receive(READY_TIMEOUT_S) == ["ready", None]
-            except (EOFError, OSError, ValueError):
-                ready = False
-            if ready and not self._closed:
-                self._idle.put(p)
-            else:
+                w = self._spawn()
+                if w is None:
+                    return
+                if not self._await_ready(w):
+                    self._discard(w)
+                    return
                 with self._lock:
-                    self._all.discard(p)
-                p.kill()
+                    if not self._closed:
+                        self._idle.put(w)
+                        return
+                self._discard(w)
+            finally:
+                with self._lock:
+                    self._starters.discard(threading.current_thread())
 
-        threading.Thread(target=start, daemon=True, name="mathcheck-restart").start()
+        thread = threading.Thread(target=start, daemon=True, name="mathcheck-restart")
+        with self._lock:
+            if self._closed:
+                return
+            self._starters.add(thread)
+        thread.start()
 
     def check(self, answer: str, gold: str, timeout: float) -> tuple[str, Any]:
-        """("ok", bool), ("error", message) or ("timeout", None)."""
+        """("ok", bool), ("error", message) or ("timeout", None).
+
+        Waits up to ``max_wait_s`` for an idle worker (not counted in ``timeout``), then
+        gives the worker ``timeout`` seconds.
+        """
         if self._closed:
             raise RuntimeError("math checker is closed")
-        deadline = _now() + timeout
         try:
-            proc = self._idle.get(timeout=timeout)
+            w = self._idle.get(timeout=self._max_wait_s)
         except queue.Empty:
             return ("timeout", None)
         try:
-            proc.send(answer, gold)
-            reply = proc.receive(max(deadline - _now(), 0.001))
-            if reply is not None:
-                self._idle.put(proc)
-                return (reply[0], reply[1])
+            w.send(answer, gold)
+            reply = w.receive(max(timeout, 0.001))
+            if reply is not None and len(reply) == 2:
+                self._idle.put(w)
+                return (str(reply[0]), reply[1])
         except (EOFError, OSError, ValueError):
             pass
         # Overran (or died): kill it, start a replacement in the background.
-        with self._lock:
-            self._all.discard(proc)
-        proc.kill()
+        self._discard(w)
         self.restarts += 1
-        if not self._closed:
-            self._replace()
+        self._replace()
         return ("timeout", None)
 
     def close(self) -> None:
-        self._closed = True
         with self._lock:
-            procs = list(self._all)
+            self._closed = True
+            workers = list(self._all)
             self._all.clear()
-        for p in procs:
-            p.kill()
+            starters = list(self._starters)
+        for w in workers:
+            w.kill()
+        for t in starters:
+            t.join(READY_TIMEOUT_S)
 
     def pids(self) -> list[int]:
         with self._lock:
-            return [p.process.pid for p in self._all]
+            return [w.pid for w in self._all]

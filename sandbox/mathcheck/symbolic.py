@@ -1,117 +1,282 @@
 """Algebraic equivalence with sympy; runs only inside the checker's worker processes.
 
-Equal when the difference simplifies to zero, or, failing that, evaluates to zero at
-several random points with a tight tolerance (so 1-1/e never equals 1+1/e). Equations are
-equal only as the same relation: one side's (lhs - rhs) a non-zero constant multiple of the
-other's, so two different lines are never equal.
+The ladder, cheapest proof first:
+
+1. Exact: structurally equal, or the difference is an exact number (``1+10^{-12}`` is not
+   ``1``; ``1/2^{99}`` is not ``1/2^{98}``), or ``expand`` / ``cancel`` / ``simplify`` of the
+   difference is 0.
+2. Numeric disproof: the difference is clearly non-zero at one of several random points
+   (evaluated with 30 significant digits). This is a proof of inequality and cheap, so it
+   runs before ``simplify``: ``1-1/e`` against ``1+1/e`` never gets near a tolerance.
+3. Numeric agreement, only when simplification could not decide: equal at every point within
+   a relative tolerance of 1e-15 (Schwartz-Zippel style identity testing). Tight enough that
+   no human-written difference passes, loose enough for 30-digit rounding noise.
+
+Equations are equal only as the same relation: (lhs - rhs) of one is a constant non-zero
+multiple of the other's (positive for inequalities), so two different lines are never equal
+(Math-Verify #60).
 """
 
 from __future__ import annotations
 
 import functools
 import random
+import re
 from typing import Any
 
-TOLERANCE = 1e-9
+TOLERANCE = 1e-15
+"""Relative difference below which two numeric values count as equal."""
+DIGITS = 30
+"""Significant digits of numeric evaluation."""
+POINTS = 4
+"""Random points at which expressions with free symbols are evaluated."""
+
+# Plain (non-LaTeX) text that parse_expr may see: numbers, operators, brackets, and names
+# that are single letters (optionally with digits) or whitelisted functions. Nothing else
+# reaches parse_expr, which evaluates Python code (run only here, under the worker deadline).
+_PLAIN = re.compile(r"^[\w+\-*/^().,= ]+$")
+_NAME = re.compile(r"[A-Za-z_]\w*")
+_FUNCTIONS = ("sqrt", "sin", "cos", "tan", "log", "ln", "exp", "pi", "asin", "acos", "atan")
+_PLAIN_HINT = re.compile(r"\*\*|\b(?:" + "|".join(_FUNCTIONS) + r")\s*\(")
+
+
+def _plain_parse(text: str) -> Any:
+    import sympy
+    from sympy.parsing.sympy_parser import (
+        convert_xor,
+        implicit_multiplication_application,
+        standard_transformations,
+    )
+    from sympy.parsing.sympy_parser import parse_expr as sympy_parse_expr
+
+    if not _PLAIN.match(text) or "__" in text or re.search(r"\.(?!\d)|(?<!\d)\.", text):
+        raise ValueError("not a plain expression")
+    local: dict[str, Any] = {
+        "sqrt": sympy.sqrt,
+        "sin": sympy.sin,
+        "cos": sympy.cos,
+        "tan": sympy.tan,
+        "log": sympy.log,
+        "ln": sympy.log,
+        "exp": sympy.exp,
+        "pi": sympy.pi,
+        "asin": sympy.asin,
+        "acos": sympy.acos,
+        "atan": sympy.atan,
+        "e": sympy.E,
+    }
+    for name in _NAME.findall(text):
+        if name not in local:
+            if not re.fullmatch(r"[A-Za-z]\d*", name):
+                raise ValueError(f"unknown name {name!r}")
+            local[name] = sympy.Symbol(name)
+    transformations = (*standard_transformations, implicit_multiplication_application, convert_xor)
+    return sympy_parse_expr(text, local_dict=local, transformations=transformations)
+
+
+def _latex_parse(text: str) -> Any:
+    from latex2sympy2_extended import latex2sympy
+    from latex2sympy2_extended.latex2sympy2 import ConversionConfig
+
+    # Case matters in mathematics (X and x are different answers).
+    return latex2sympy(text, conversion_config=ConversionConfig(lowercase_symbols=False))
+
+
+def _top_level_equals(text: str) -> int | None:
+    """Index of the one "=" outside brackets (not part of <=, >=), or None."""
+    found, depth = [], 0
+    for i, ch in enumerate(text):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "=" and depth == 0:
+            found.append(i)
+    if len(found) != 1:
+        return None
+    i = found[0]
+    if (i and text[i - 1] in "<>!") or text[i + 1 : i + 2] in ("<", ">"):
+        return None
+    return i
 
 
 @functools.lru_cache(maxsize=4096)
 def parse(text: str) -> Any:
-    """LaTeX (or plain) to a sympy expression or equation; raises on failure.
+    """LaTeX (or plain) text to a sympy expression, set or relation; raises on failure.
 
     Cached: the samples of one problem share its gold answer (sympy objects are immutable).
     """
     import sympy
-    from latex2sympy2_extended import latex2sympy
 
-    if text.count("=") == 1:
-        left, right = text.split("=")
-        return sympy.Eq(parse(left), parse(right), evaluate=False)
+    split = _top_level_equals(text)
+    if split is not None:
+        return sympy.Eq(parse(text[:split]), parse(text[split + 1 :]), evaluate=False)
+    first, second = _latex_parse, _plain_parse
+    if "\\" not in text and _PLAIN_HINT.search(text):
+        first, second = _plain_parse, _latex_parse  # "sqrt(8)" is not s*q*r*t*8
     try:
-        return latex2sympy(text)
+        return first(text)
     except Exception:
-        from sympy.parsing.sympy_parser import (
-            convert_xor,
-            implicit_multiplication_application,
-            parse_expr,
-            standard_transformations,
-        )
-
-        transformations = (
-            *standard_transformations,
-            implicit_multiplication_application,
-            convert_xor,
-        )
-        return parse_expr(text, transformations=transformations, evaluate=True)
+        return second(text)
 
 
 def _points(symbols: list[Any], n: int) -> list[dict[Any, Any]]:
     import sympy
 
+    # Fixed seed: a verdict must not change from one run to the next. Positive points keep
+    # sqrt and log real; the irrational-looking values avoid accidental roots.
     rng = random.Random(1234)
-    return [{s: sympy.Float(rng.uniform(0.5, 2.5), 30) for s in symbols} for _ in range(n)]
+    return [{s: sympy.Float(rng.uniform(0.5, 2.5), DIGITS) for s in symbols} for _ in range(n)]
 
 
-def _value(expr: Any, subs: dict[Any, Any]) -> complex | None:
+def _value(expr: Any, subs: dict[Any, Any]) -> Any:
+    """A sympy number (mpmath precision: 1/2004! does not underflow to 0.0) or None."""
     try:
-        v = complex(expr.evalf(30, subs=subs))
+        v = expr.evalf(DIGITS, subs=subs)
     except (TypeError, ValueError, ZeroDivisionError, OverflowError, AttributeError):
         return None
-    if v != v or abs(v) == float("inf"):  # nan or inf: no verdict from this point
+    if not v.is_number or v.is_finite is not True:  # nan, zoo, inf: no verdict from here
         return None
     return v
 
 
-def numerically_zero(diff: Any, scale: Any) -> bool | None:
-    """Zero at every sample point (True), non-zero at one (False), or no verdict (None).
+def _close(a: Any, b: Any) -> bool:
+    try:
+        return bool(abs(a - b) <= TOLERANCE * max(abs(a), abs(b)))
+    except TypeError:
+        return False
 
-    Non-zero anywhere is proof of inequality; zero at random points of an expression is the
-    Schwartz-Zippel argument for identity, with a tolerance far below any rounding a
-    submitted answer could get away with.
-    """
-    symbols = sorted(diff.free_symbols | scale.free_symbols, key=str)
+
+def _numeric(a: Any, b: Any) -> bool | None:
+    """Equal at every sample point (True), different at one (False), or no verdict (None)."""
+    symbols = sorted(a.free_symbols | b.free_symbols, key=str)
     checked = 0
-    for subs in _points(symbols, 4 if symbols else 1):
-        d, ref = _value(diff, subs), _value(scale, subs)
-        if d is None or ref is None:
+    for subs in _points(symbols, POINTS if symbols else 1):
+        va, vb = _value(a, subs), _value(b, subs)
+        if va is None or vb is None:
             continue
-        if abs(d) > TOLERANCE * (1.0 + abs(ref)):
+        if not _close(va, vb):
             return False
         checked += 1
     return True if checked else None
 
 
+def _exactly_zero(diff: Any) -> bool:
+    import sympy
+
+    for step in (sympy.expand, sympy.cancel, sympy.simplify):
+        try:
+            if step(diff) == 0:
+                return True
+        except Exception:
+            continue
+    return False
+
+
 def expressions_equal(a: Any, b: Any) -> bool:
     import sympy
 
-    diff = a - b
+    if a == b:
+        return True
+    if isinstance(a, sympy.Set) or isinstance(b, sympy.Set):
+        return _sets_equal(a, b)
+    try:
+        diff = a - b
+    except TypeError:
+        return False  # booleans, tuples: no difference, and not structurally equal
     if diff == 0:
         return True
-    verdict = numerically_zero(diff, b)
-    if verdict is not None:
-        return verdict
+    if not diff.free_symbols:
+        try:
+            exact = diff.doit()  # 2004! as the integer it is
+        except Exception:
+            exact = diff
+        if exact.is_Rational:
+            return bool(exact == 0)  # an exact number: never "close enough"
+    numeric = _numeric(a, b)
+    if numeric is False:
+        return False
+    if _exactly_zero(diff):
+        return True
+    return bool(numeric)
+
+
+def _sets_equal(a: Any, b: Any) -> bool:
+    import sympy
+
+    if not (isinstance(a, sympy.Set) and isinstance(b, sympy.Set)):
+        return False
+    if isinstance(a, sympy.FiniteSet) and isinstance(b, sympy.FiniteSet):
+        if len(a) != len(b):
+            return False
+        left = list(b)
+        for x in a:
+            for i, y in enumerate(left):
+                if expressions_equal(x, y):
+                    del left[i]
+                    break
+            else:
+                return False
+        return True
     try:
-        return bool(sympy.simplify(diff) == 0)
+        return bool(a.symmetric_difference(b) == sympy.EmptySet)
     except Exception:
         return False
 
 
-def equations_equal(a: Any, b: Any) -> bool:
-    """Same relation: (lhs - rhs) of one is a constant non-zero multiple of the other's."""
-    fa, fb = a.lhs - a.rhs, b.lhs - b.rhs
+def _relation(r: Any) -> tuple[Any, str]:
+    """(f, kind) with the relation read as ``f = 0``, ``f > 0`` or ``f >= 0``."""
+    import sympy
+
+    if isinstance(r, sympy.Equality):
+        return r.lhs - r.rhs, "="
+    if isinstance(r, sympy.StrictGreaterThan | sympy.GreaterThan):
+        return r.lhs - r.rhs, ">" if isinstance(r, sympy.StrictGreaterThan) else ">="
+    if isinstance(r, sympy.StrictLessThan | sympy.LessThan):
+        return r.rhs - r.lhs, ">" if isinstance(r, sympy.StrictLessThan) else ">="
+    raise ValueError(f"not a relation: {r}")
+
+
+def relations_equal(a: Any, b: Any) -> bool:
+    """Same relation: (lhs - rhs) of one a constant non-zero multiple of the other's."""
+    import sympy
+
+    (fa, ka), (fb, kb) = _relation(a), _relation(b)
+    if ka != kb:
+        return False
     if fa == 0 or fb == 0:
         return bool(fa == fb)
+    try:
+        ratio = sympy.cancel(fa / fb)
+    except Exception:
+        ratio = None
+    if ratio is not None and ratio.is_number:
+        value = _value(ratio, {})
+        if value is None or value == 0:
+            return False
+        return ka == "=" or bool(value.is_extended_real and value > 0)
+    # The ratio did not cancel to a constant: compare it at several points.
     symbols = sorted(fa.free_symbols | fb.free_symbols, key=str)
     ratios = []
-    for subs in _points(symbols, 5):
+    for subs in _points(symbols, POINTS + 1):
         va, vb = _value(fa, subs), _value(fb, subs)
-        if va is None or vb is None or abs(vb) < 1e-12:
+        if va is None or vb is None or vb == 0:
             continue
         ratios.append(va / vb)
-    if len(ratios) < 2:
+    if len(ratios) < 2 or ratios[0] == 0:
         return False
-    first = ratios[0]
-    return abs(first) > 1e-12 and all(abs(r - first) <= TOLERANCE * abs(first) for r in ratios)
+    if ka != "=" and not (ratios[0].is_extended_real and ratios[0] > 0):
+        return False
+    return all(_close(r, ratios[0]) for r in ratios)
+
+
+def _is_name(expr: Any) -> bool:
+    """A symbol or an undefined function of symbols: the x of x = 3, the f(x) of f(x) = 2x."""
+    import sympy
+
+    if isinstance(expr, sympy.Symbol):
+        return True
+    return isinstance(expr, sympy.core.function.AppliedUndef)
 
 
 def equivalent(answer: str, gold: str) -> bool:
@@ -119,19 +284,21 @@ def equivalent(answer: str, gold: str) -> bool:
     import sympy
 
     a, g = parse(answer), parse(gold)
-    a_eq, g_eq = isinstance(a, sympy.Equality), isinstance(g, sympy.Equality)
-    if a_eq and g_eq:
-        return equations_equal(a, g)
-    if a_eq:  # "x = 3" against "3": the right-hand side of a solved form
-        if isinstance(a.lhs, sympy.Symbol):
-            a = a.rhs
-        else:
+    a_rel, g_rel = (
+        isinstance(a, sympy.core.relational.Relational),
+        isinstance(g, sympy.core.relational.Relational),
+    )
+    if a_rel and g_rel:
+        return relations_equal(a, g)
+    # "x = 3" against "3" (either way round): the right-hand side of a solved form.
+    if a_rel:
+        if not (isinstance(a, sympy.Equality) and _is_name(a.lhs)):
             return False
-    if g_eq:
-        if isinstance(g.lhs, sympy.Symbol) and not a_eq:
-            g = g.rhs
-        else:
+        a = a.rhs
+    if g_rel:
+        if not (isinstance(g, sympy.Equality) and _is_name(g.lhs)):
             return False
+        g = g.rhs
     if isinstance(a, sympy.Basic) and isinstance(g, sympy.Basic):
         return expressions_equal(a, g)
-    return a == g
+    return bool(a == g)

@@ -1,0 +1,94 @@
+"""Compare a normalised answer with a normalised gold: cheap rules in-process, algebra through
+a callback (the worker pool) only when the cheap rules cannot decide.
+
+Fast paths, none of which needs sympy or a round trip to a worker: the same normalised text;
+two plain numbers (exact rationals); ``x = 3`` against ``3``. Tuples, intervals, sets and
+unions are split here and compared element by element, so brackets (open/closed ends,
+tuple order) are decided by exact rules rather than by a parser's reading of ``(1,2)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from rlfleet.sandbox.mathcheck.normalize import (
+    Norm,
+    Struct,
+    numbers_equal,
+    parse_struct,
+    split_union,
+    strip_assignment,
+    to_fraction,
+)
+from rlfleet.sandbox.mathcheck.screen import pathological
+
+Algebra = Callable[[str, str], bool]
+"""Decides answer == gold by algebra; raises ``Undecided`` when it cannot."""
+
+
+class Undecided(Exception):
+    """No verdict: ``reason`` is "timeout", "rejected", "parse_error" or "needs_algebra"."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def is_candidate_list(answer: Norm, gold: Norm) -> bool:
+    """A set or bare list of values offered against a single-valued gold: hedging."""
+    struct = parse_struct(answer.text)
+    if struct is None or not struct.unordered or len(struct.items) < 2:
+        return False
+    return parse_struct(gold.text) is None and split_union(gold.text) is None
+
+
+def equal(answer: Norm, gold: Norm, algebra: Algebra) -> bool:
+    if answer.text == gold.text and answer.percent == gold.percent:
+        return True
+    fa, fg = to_fraction(answer.text), to_fraction(gold.text)
+    if fa is not None and fg is not None:
+        return numbers_equal(answer, gold, fa, fg)
+    ua, ug = split_union(answer.text), split_union(gold.text)
+    if ua is not None and ug is not None:
+        return _unordered_equal(ua, ug, algebra)
+    sa, sg = parse_struct(answer.text), parse_struct(gold.text)
+    if sa is not None or sg is not None:
+        return sa is not None and sg is not None and _struct_equal(sa, sg, algebra)
+    a_text, g_text = answer.text, gold.text
+    # "x = 3" against "3" (or the other way): the value of a single name is the answer.
+    if ("=" in a_text) != ("=" in g_text):
+        a_text, g_text = strip_assignment(a_text), strip_assignment(g_text)
+        if a_text == g_text:
+            return True
+        fa, fg = to_fraction(a_text), to_fraction(g_text)
+        if fa is not None and fg is not None:
+            return numbers_equal(Norm(a_text, answer.percent), Norm(g_text, gold.percent), fa, fg)
+    if pathological(a_text) or pathological(g_text):
+        raise Undecided("rejected")
+    return algebra(a_text, g_text)
+
+
+def _struct_equal(a: Struct, g: Struct, algebra: Algebra) -> bool:
+    if len(a.items) != len(g.items):
+        return False
+    if (a.open, a.close) != (g.open, g.close) and not (a.unordered and g.unordered):
+        # Brackets of tuples and intervals matter; a bare list against a set does not.
+        return False
+    if a.unordered:
+        return _unordered_equal(list(a.items), list(g.items), algebra)
+    return all(equal(Norm(x), Norm(y), algebra) for x, y in zip(a.items, g.items, strict=True))
+
+
+def _unordered_equal(a: list[str], g: list[str], algebra: Algebra) -> bool:
+    if len(a) != len(g):
+        return False
+    unmatched = [Norm(y) for y in g]
+    for x in a:
+        item = Norm(x)
+        for i, y in enumerate(unmatched):
+            if equal(item, y, algebra):
+                del unmatched[i]
+                break
+        else:
+            return False
+    return True
