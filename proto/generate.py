@@ -1,33 +1,47 @@
 """Regenerate the checked-in gRPC code from proto/ (``python proto/generate.py [OUT]``).
 
-tests/test_proto_fresh.py runs this into a temporary directory and fails when the
-checked-in files under rlfleet/v1 differ: the generated code can never go stale.
+Runs ``python -m grpc_tools.protoc`` (grpcio-tools is pinned in pyproject, so the output is
+reproducible) and writes ``rlfleet/v1/*_pb2.py``, ``*_pb2.pyi`` and ``*_pb2_grpc.py`` under
+OUT (default: the repository root). tests/test_proto_fresh.py regenerates into a temporary
+directory and fails when the checked-in files differ, so the generated code cannot go stale.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTOS = sorted((ROOT / "proto").rglob("*.proto"))
+PROTO_ROOT = ROOT / "proto"
+
+
+def protos() -> list[Path]:
+    return sorted(PROTO_ROOT.rglob("*.proto"))
 
 
 def generate(out: Path) -> None:
+    """Write the generated modules for every .proto under proto/ into ``out``."""
     from grpc_tools import protoc
 
+    # The well-known types (google/protobuf/*.proto) ship inside grpc_tools.
     include = Path(protoc.__file__).parent / "_proto"
-    args = [
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
         "grpc_tools.protoc",
-        f"-I{ROOT / 'proto'}",
+        f"-I{PROTO_ROOT}",
         f"-I{include}",
         f"--python_out={out}",
         f"--pyi_out={out}",
         f"--grpc_python_out={out}",
-        *(str(p) for p in PROTOS),
+        # Paths relative to -I, so generated imports read `from rlfleet.v1 import ...`.
+        *(str(p.relative_to(PROTO_ROOT)) for p in protos()),
     ]
-    if protoc.main(args) != 0:
-        raise SystemExit("protoc failed")
+    proc = subprocess.run(cmd, cwd=PROTO_ROOT, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"protoc failed:\n{proc.stderr}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
 """Conventions shared by every rlfleet gRPC service.
 
-``grpc.aio`` server on loopback by default, message sizes set deliberately, health and
-reflection services, optional TLS, one interceptor turning exceptions into status codes,
-graceful shutdown (health NOT_SERVING, then ``stop(grace)``), Prometheus on a side port.
+``grpc.aio`` server on loopback by default, message sizes set deliberately, the standard
+health and reflection services, optional TLS, one interceptor turning exceptions into status
+codes, graceful shutdown on SIGTERM/SIGINT (health NOT_SERVING, then ``stop(grace)``), and
+Prometheus metrics on a side port.
+
+Errors: servicers raise the exceptions below (or let bugs escape) and never build statuses
+themselves; ``ErrorInterceptor`` is the single place that maps them, for all four RPC shapes.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,29 +28,44 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 log = logging.getLogger(__name__)
 
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
 
 class BadRequest(ValueError):
-    """Invalid input: INVALID_ARGUMENT, the message names the field."""
+    """Invalid input: INVALID_ARGUMENT, with a message that starts with the field's name."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
 
 
-class Overloaded(RuntimeError):
-    """No room for more work now: RESOURCE_EXHAUSTED (retry later or elsewhere)."""
+class ResourceExhausted(RuntimeError):
+    """No room for this request now, or ever at this size: RESOURCE_EXHAUSTED."""
+
+
+class QueueFull(ResourceExhausted):
+    """Admission control refused the work: retry later, or on another server."""
 
 
 class NotFound(KeyError):
-    """A referenced object is unknown: NOT_FOUND."""
+    """A referenced object is unknown: NOT_FOUND.
 
-    def __str__(self) -> str:
+    Only this subclass maps to NOT_FOUND: a bare ``KeyError`` is a bug of ours and stays
+    INTERNAL instead of telling the client its reference was wrong.
+    """
+
+    def __str__(self) -> str:  # KeyError's own str() quotes the message
         return str(self.args[0]) if self.args else "not found"
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status code and message a failure is reported with."""
+    """The status code and message a failure is reported with (no internals for bugs)."""
+    if isinstance(exc, BadRequest):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, NotFound):
         return grpc.StatusCode.NOT_FOUND, str(exc)
-    if isinstance(exc, ValueError):  # BadRequest, CaseError and other validation errors
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, Overloaded):
+    if isinstance(exc, ResourceExhausted):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     return grpc.StatusCode.INTERNAL, "internal error"
 
@@ -55,26 +75,37 @@ class ServerConfig:
     host: str = "127.0.0.1"
     """Address to bind; loopback unless told otherwise."""
     port: int = 50051
-    """0 picks a free port."""
+    """gRPC port; 0 picks a free one (``Server.port`` says which)."""
     max_message_mb: int = 64
-    """Largest request or response (a test suite with big inputs fits; more is refused)."""
+    """Largest request or response: a big test suite fits, anything larger is refused
+    with RESOURCE_EXHAUSTED before it is buffered (gRPC's default is only 4 MiB)."""
     tls_cert: Path | None = None
     """PEM certificate chain; with ``tls_key`` the port speaks TLS only."""
     tls_key: Path | None = None
+    """PEM private key for ``tls_cert``."""
     grace_s: float = 30.0
-    """On shutdown, calls in flight get this long to finish."""
+    """On shutdown, calls in flight get this long to finish before they are cancelled."""
     metrics_port: int | None = None
-    """Serve Prometheus metrics over HTTP on this port (same host)."""
+    """Serve Prometheus metrics over HTTP on this port, on the same host; None: don't."""
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls: give both --tls-cert and --tls-key, or neither")
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps exceptions escaping a handler to status codes (one place for every service).
+class Undecodable:
+    """Stands in a request stream for an item that did not decode, so that the servicer
+    can answer that one item with an error and keep the stream open."""
 
-    Requests are decoded here too, so undecodable bytes are INVALID_ARGUMENT, not INTERNAL.
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps exceptions escaping a handler to status codes, for every method of every service.
+
+    It also takes over decoding requests, so undecodable bytes are INVALID_ARGUMENT rather
+    than the INTERNAL the default deserializer path gives, and the server stays healthy.
     """
 
     async def intercept_service(
@@ -85,6 +116,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
+        method = details.method
         decode = handler.request_deserializer
         encode = handler.response_serializer
 
@@ -94,70 +126,103 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             try:
                 return decode(raw)
             except Exception as e:
-                raise BadRequest(f"request: not a valid message for {details.method}") from e
+                raise BadRequest("request", f"not a valid message for {method}") from e
+
+        async def decoded(requests: AsyncIterator[bytes]) -> AsyncIterator[Any]:
+            async for raw in requests:
+                try:
+                    yield parse(raw)
+                except BadRequest as e:
+                    yield Undecodable(str(e))
+
+        async def unary_result(call: Callable[[], Any], context: grpc.aio.ServicerContext) -> Any:
+            try:
+                reply = call()
+                return await reply if inspect.isawaitable(reply) else reply
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as e:
+                await _abort(context, method, e)
+
+        async def stream_result(
+            replies: Callable[[], AsyncIterator[Any]], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            try:
+                out = replies()
+                if inspect.isawaitable(out):
+                    # A servicer that writes with ``context.write`` and returns nothing.
+                    await out
+                    return
+                async for item in out:
+                    yield item
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as e:
+                await _abort(context, method, e)
 
         if handler.unary_unary:
-            inner = handler.unary_unary
+            uu = handler.unary_unary
 
-            async def unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    reply = inner(parse(raw), context)
-                    return await reply if inspect.isawaitable(reply) else reply
-                except (asyncio.CancelledError, grpc.aio.AbortError):
-                    raise
-                except Exception as e:
-                    await _abort(context, details.method, e)
+            async def unary_unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+                return await unary_result(lambda: uu(parse(raw), context), context)
 
-            return grpc.unary_unary_rpc_method_handler(unary, None, encode)
-        if handler.stream_stream:
-            inner_stream = handler.stream_stream
+            return grpc.unary_unary_rpc_method_handler(unary_unary, None, encode)
+        if handler.stream_unary:
+            su = handler.stream_unary
 
-            async def stream(
+            async def stream_unary(
                 requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+            ) -> Any:
+                return await unary_result(lambda: su(decoded(requests), context), context)
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary, None, encode)
+        if handler.unary_stream:
+            us = handler.unary_stream
+
+            # Async generator functions: that is how grpc.aio recognises streaming handlers.
+            async def unary_stream(
+                raw: bytes, context: grpc.aio.ServicerContext
             ) -> AsyncIterator[Any]:
-                async def decoded() -> AsyncIterator[Any]:
-                    async for raw in requests:
-                        yield raw if decode is None else _try_decode(decode, raw)
+                async for item in stream_result(lambda: us(parse(raw), context), context):
+                    yield item
 
-                try:
-                    async for item in inner_stream(decoded(), context):
-                        yield item
-                except (asyncio.CancelledError, grpc.aio.AbortError):
-                    raise
-                except Exception as e:
-                    await _abort(context, details.method, e)
+            return grpc.unary_stream_rpc_method_handler(unary_stream, None, encode)
+        ss = handler.stream_stream
 
-            return grpc.stream_stream_rpc_method_handler(stream, None, encode)
-        return handler
+        async def stream_stream(
+            requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            async for item in stream_result(lambda: ss(decoded(requests), context), context):
+                yield item
 
-
-class Undecodable:
-    """Stands in a request stream for an item that did not decode (so the stream lives on)."""
-
-    def __init__(self, error: str) -> None:
-        self.error = error
-
-
-def _try_decode(decode: Callable[[bytes], Any], raw: bytes) -> Any:
-    try:
-        return decode(raw)
-    except Exception:
-        return Undecodable("request: not a valid message")
+        return grpc.stream_stream_rpc_method_handler(stream_stream, None, encode)
 
 
 async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
     code, message = status_for(exc)
     if code is grpc.StatusCode.INTERNAL:
-        log.exception("%s failed", method, exc_info=exc)
+        # The client sees "internal error" only; the traceback goes to our log.
+        log.error("%s failed", method, exc_info=exc)
     await context.abort(code, message)
 
 
 @dataclass
 class Server:
+    """A built server: ``start()`` it, or hand it to ``run_until_signalled``."""
+
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     port: int
     services: Sequence[str]
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self.set_serving(True)
+
+    async def stop(self, grace_s: float | None) -> None:
+        """Report NOT_SERVING first (load balancers drain us), then let calls finish."""
+        await self.set_serving(False)
+        await self.server.stop(grace_s)
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -172,27 +237,29 @@ class Server:
 def build_server(
     config: ServerConfig, register: Callable[[grpc.aio.Server], None], services: Sequence[str]
 ) -> Server:
-    """A server with health, reflection and the error interceptor; call ``start`` next."""
+    """A bound server with health, reflection and the error interceptor; ``start`` it next.
+
+    ``register`` adds the servicers (``add_XServicer_to_server``); ``services`` are their
+    full names, reported by health and listed by reflection.
+    """
     size = config.max_message_mb << 20
     server = grpc.aio.server(
         interceptors=[ErrorInterceptor()],
         options=[
             ("grpc.max_receive_message_length", size),
             ("grpc.max_send_message_length", size),
+            # Two servers must never share a port by accident (tests bind port 0 in parallel).
             ("grpc.so_reuseport", 0),
         ],
     )
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = (
-        *services,
-        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-        reflection.SERVICE_NAME,
+    reflection.enable_server_reflection(
+        (*services, HEALTH_SERVICE, reflection.SERVICE_NAME), server
     )
-    reflection.enable_server_reflection(names, server)
     address = f"{config.host}:{config.port}"
-    if config.tls_cert and config.tls_key:
+    if config.tls_cert is not None and config.tls_key is not None:
         creds = grpc.ssl_server_credentials(
             [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())]
         )
@@ -201,7 +268,18 @@ def build_server(
         port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {address}")
-    return Server(server=server, health=health_servicer, port=port, services=services)
+    return Server(server=server, health=health_servicer, port=port, services=tuple(services))
+
+
+def start_metrics(
+    port: int, host: str = "127.0.0.1", registry: CollectorRegistry | None = None
+) -> WSGIServer:
+    """Serve ``registry`` (default: a fresh empty one, never the global) at /metrics.
+
+    Runs in prometheus_client's own thread; returns its HTTP server (``.shutdown()``).
+    """
+    http_server, _ = start_http_server(port, addr=host, registry=registry or CollectorRegistry())
+    return http_server
 
 
 async def run_until_signalled(
@@ -210,26 +288,27 @@ async def run_until_signalled(
     registry: CollectorRegistry | None = None,
     announce: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT (or cancellation), then shut down gracefully."""
-    metrics_server = None
+    """Serve until SIGTERM/SIGINT (or cancellation), then shut down gracefully.
+
+    ``announce`` gets one line once the port accepts calls ("listening on HOST:PORT").
+    """
+    metrics = None
     if config.metrics_port is not None:
-        metrics_server, _ = start_http_server(
-            config.metrics_port, addr=config.host, registry=registry or CollectorRegistry()
-        )
-    await srv.server.start()
-    await srv.set_serving(True)
-    if announce:
-        announce(f"listening on {config.host}:{srv.port}")
+        metrics = start_metrics(config.metrics_port, config.host, registry)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    signals = (signal.SIGTERM, signal.SIGINT)
     try:
+        for sig in signals:
+            loop.add_signal_handler(sig, stop.set)
+        await srv.start()
+        if announce is not None:
+            announce(f"listening on {config.host}:{srv.port}")
         await stop.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in signals:
             loop.remove_signal_handler(sig)
-        await srv.set_serving(False)
-        await srv.server.stop(config.grace_s)
-        if metrics_server is not None:
-            metrics_server.shutdown()
+        # Shielded: a second Ctrl-C or the caller's cancellation must not cut the grace short.
+        await asyncio.shield(srv.stop(config.grace_s))
+        if metrics is not None:
+            metrics.shutdown()

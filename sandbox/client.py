@@ -1,19 +1,25 @@
 """Client of the verifier service, for the rollout and learner side.
 
-Spreads calls over several servers with gRPC's own ``round_robin`` (a ``dns:///`` name that
-resolves to many addresses, or a comma-separated list of ``ip:port``), retries what is not
-the program's fault (SE results, UNAVAILABLE, RESOURCE_EXHAUSTED) with backoff, so a retry
-lands on another server, and sends large test suites once: code cases with many tests are
-registered by content hash and referenced afterwards (re-registered transparently when a
-server has dropped or never seen them).
+Spreads calls over several servers with gRPC's own ``round_robin`` policy (a ``dns:///``
+name that resolves to many addresses, or a comma-separated list of ``ip:port``), and retries
+what is not the program's fault (SE results, UNAVAILABLE, RESOURCE_EXHAUSTED) with
+exponential backoff; round robin sends each retry to the next server.
+
+Large test suites travel once: a code case with many tests is sent as a reference (its
+content hash, computed the way the server does). A server that does not hold it (never saw
+it, or evicted it) answers NOT_FOUND; the client then registers the suite and sends that case
+inline (servers keep large inline suites too). Round robin puts the two calls on different
+servers, so the suite spreads over the fleet within a few cases. None of this is visible to
+the caller.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import random
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -30,48 +36,75 @@ from rlfleet.sandbox.records import Case, CaseResult, CodeCase, Verdict
 from rlfleet.v1 import verifier_pb2 as pb
 from rlfleet.v1 import verifier_pb2_grpc as pb_grpc
 
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+# Per-item errors in a stream carry the status name; these are retried through ``verify``.
+RETRYABLE_ITEM = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "NOT_FOUND"})
 
 
 @dataclass(frozen=True, kw_only=True)
 class ClientConfig:
     attempts: int = 4
-    """Tries per case (SE results and transient errors are retried)."""
+    """Tries per case: SE results and UNAVAILABLE / RESOURCE_EXHAUSTED are tried again."""
     backoff_s: float = 0.05
-    """First retry delay; doubles each time, with jitter."""
+    """Delay before the first retry; doubles each time, with up to 100% jitter."""
+    max_backoff_s: float = 2.0
+    """Ceiling of the retry delay."""
     register_min_tests: int = 8
-    """Code cases with at least this many tests send them by reference (inline once per
-    server)."""
+    """Code cases with at least this many tests send their suite by reference."""
     max_message_mb: int = 64
+    """Largest request or response (match the server's)."""
     tls_ca: Path | None = None
-    """PEM roots to verify the server with; enables TLS."""
+    """PEM roots to verify the servers with; enables TLS."""
     timeout_s: float | None = None
-    """Deadline per call."""
+    """Deadline per unary call (None: none)."""
+    stream_buffer: int = 256
+    """Results ``verify_many`` holds for a slow consumer before it stops reading the
+    stream (which in turn stops the server from taking more of our requests)."""
+    max_retries_in_flight: int = 64
+    """Concurrent retries ``verify_many`` runs for SE or refused items."""
 
 
 def channel_target(target: str) -> str:
-    """``host:port`` / ``dns:///name:port`` / ``ip:port,ip:port`` -> a gRPC target."""
+    """``host:port`` | ``dns:///name:port`` | ``ip:port,ip:port,...`` -> a gRPC target.
+
+    A list becomes gRPC's static resolver syntax (``ipv4:a:1,b:2``), so round robin has
+    one subchannel per server; it must be IP addresses (names: use ``dns:///``).
+    """
     target = target.strip()
-    if "," in target and ":///" not in target and not target.startswith("ipv"):
-        return "ipv4:" + target
-    return target
+    if "," not in target or target.startswith(("ipv4:", "ipv6:", "dns:", "unix:")):
+        return target
+    addrs = [a.strip() for a in target.split(",") if a.strip()]
+    hosts = [a.rsplit(":", 1)[0].strip("[]") for a in addrs]
+    try:
+        versions = {ipaddress.ip_address(h).version for h in hosts}
+    except ValueError:
+        raise ValueError(
+            f"target {target!r}: a list must be ip:port entries (for names use dns:///)"
+        ) from None
+    if versions == {4}:
+        return "ipv4:" + ",".join(addrs)
+    if versions == {6}:
+        return "ipv6:" + ",".join(addrs)
+    raise ValueError(f"target {target!r}: do not mix IPv4 and IPv6 addresses")
 
 
 class VerifierClient:
+    """Async client; use as ``async with VerifierClient("127.0.0.1:50051") as c: ...``."""
+
     def __init__(self, target: str, config: ClientConfig = ClientConfig()) -> None:
         self.config = config
         size = config.max_message_mb << 20
         options = [
-            ("grpc.lb_policy_name", "round_robin"),
             ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
             ("grpc.max_receive_message_length", size),
             ("grpc.max_send_message_length", size),
         ]
+        resolved = channel_target(target)
         if config.tls_ca is not None:
             creds = grpc.ssl_channel_credentials(config.tls_ca.read_bytes())
-            self._channel = grpc.aio.secure_channel(channel_target(target), creds, options)
+            self._channel = grpc.aio.secure_channel(resolved, creds, options)
         else:
-            self._channel = grpc.aio.insecure_channel(channel_target(target), options)
+            self._channel = grpc.aio.insecure_channel(resolved, options)
         self._stub = pb_grpc.VerifierStub(self._channel)
 
     async def __aenter__(self) -> VerifierClient:
@@ -88,73 +121,175 @@ class VerifierClient:
     async def close(self) -> None:
         await self._channel.close()
 
+    async def register(self, case: CodeCase) -> str:
+        """Store ``case``'s test suite on (one of) the servers; returns its reference."""
+        reply = await self._stub.RegisterProblem(
+            problem_from_case(case), timeout=self.config.timeout_s
+        )
+        return reply.sha256
+
+    def _by_ref(self, case: Case) -> bool:
+        return isinstance(case, CodeCase) and len(case.tests) >= self.config.register_min_tests
+
     def _request(self, case: Case, inline: bool = False) -> pb.VerifyRequest:
-        """Large suites go by reference (the hash is computed here, as the server does);
-        a server that does not hold the suite answers NOT_FOUND, gets it inline once, and
-        keeps it for the next samples of the same problem."""
-        big = isinstance(case, CodeCase) and len(case.tests) >= self.config.register_min_tests
-        if big and not inline:
-            assert isinstance(case, CodeCase)
+        if isinstance(case, CodeCase) and self._by_ref(case) and not inline:
             return case_to_request(case, problem_ref(problem_from_case(case)))
         return case_to_request(case)
 
+    def _delay(self, retry: int) -> float:
+        base = min(self.config.backoff_s * (2**retry), self.config.max_backoff_s)
+        return base * (1 + random.random())
+
     async def verify(self, case: Case) -> CaseResult:
-        """One case; retried on SE and transient errors. Invalid input raises ValueError."""
-        delay = self.config.backoff_s
+        """One case, retried on SE and transient errors.
+
+        Raises ValueError when the server refuses the case as invalid, and the last
+        ``grpc.aio.AioRpcError`` when the retries run out; returns the last SE result when
+        every attempt ended in SE.
+        """
         inline = False
+        retry = 0
         last: CaseResult | None = None
-        for attempt in range(self.config.attempts + 1):
-            if attempt and last is not None:
-                await asyncio.sleep(delay * (1 + random.random()))
-                delay *= 2
+        while True:
             try:
-                request = self._request(case, inline)
-                reply = await self._stub.Verify(request, timeout=self.config.timeout_s)
+                reply = await self._stub.Verify(
+                    self._request(case, inline), timeout=self.config.timeout_s
+                )
             except grpc.aio.AioRpcError as e:
-                if e.code() == grpc.StatusCode.NOT_FOUND and not inline:
-                    # A server lacks the suite: register it (on the next server) and send it
-                    # inline from now on (kept where it lands). Round robin thus spreads the
-                    # suite to the servers that miss it within a few calls.
+                code = e.code()
+                if code == grpc.StatusCode.NOT_FOUND and isinstance(case, CodeCase) and not inline:
+                    # Register, and send this case inline: round robin puts the two calls on
+                    # different servers, and both keep the suite for the next samples.
+                    await self.register(case)
                     inline = True
-                    if isinstance(case, CodeCase):
-                        await self._stub.RegisterProblem(
-                            problem_from_case(case), timeout=self.config.timeout_s
-                        )
                     continue
-                if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    raise ValueError(e.details()) from None
-                if e.code() in RETRYABLE and attempt < self.config.attempts:
+                if code == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise ValueError(f"case {case.id!r}: {e.details()}") from None
+                if code not in RETRYABLE or retry + 1 >= self.config.attempts:
+                    raise
+            else:
+                last = response_to_result(reply)
+                if last.verdict is not Verdict.SE or retry + 1 >= self.config.attempts:
+                    return last
+            await asyncio.sleep(self._delay(retry))
+            retry += 1
+
+    async def verify_many(
+        self, cases: Iterable[Case] | AsyncIterable[Case]
+    ) -> AsyncIterator[CaseResult]:
+        """Verify over one bidi stream; results come as they finish (any order, by id).
+
+        Cases are pulled from ``cases`` only as fast as the server takes them. SE results
+        and transiently refused items are retried through ``verify`` meanwhile; if the
+        stream itself fails (a server went away) the unanswered cases are sent again on a
+        new one. Raises ValueError for a case the server refuses as invalid.
+        """
+        out: asyncio.Queue[CaseResult] = asyncio.Queue(self.config.stream_buffer)
+        pump = asyncio.create_task(self._pump(_aiter(cases), out))
+        try:
+            while True:
+                get = asyncio.ensure_future(out.get())
+                await asyncio.wait({get, pump}, return_when=asyncio.FIRST_COMPLETED)
+                if get.done():
+                    yield get.result()
                     continue
-                raise
-            last = response_to_result(reply)
-            if last.verdict is not Verdict.SE:
-                return last
-        if last is None:
-            raise RuntimeError(f"case {case.id!r}: no answer after {self.config.attempts} tries")
-        return last
+                get.cancel()
+                while not out.empty():
+                    yield out.get_nowait()
+                pump.result()  # raises what ended the pump
+                return
+        finally:
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
 
-    async def verify_many(self, cases: Iterable[Case]) -> AsyncIterator[CaseResult]:
-        """Stream cases; results come back as they finish (any order). SE results and
-        per-item refusals that are transient are retried through ``verify``."""
-        by_id: dict[str, Case] = {}
+    async def _pump(self, source: AsyncIterator[Case], out: asyncio.Queue[CaseResult]) -> None:
+        retries: set[asyncio.Task[None]] = set()
+        room = asyncio.Semaphore(self.config.max_retries_in_flight)
 
-        async def requests() -> AsyncIterator[pb.VerifyRequest]:
-            for case in cases:
-                by_id[case.id] = case
-                yield self._request(case)
+        failed: list[BaseException] = []
 
-        retry: list[Case] = []
-        async for reply in self._stub.VerifyStream(requests()):
-            if reply.error:
-                case = by_id.get(reply.id)
-                if reply.error_code in ("NOT_FOUND", "RESOURCE_EXHAUSTED") and case is not None:
-                    retry.append(case)
+        async def retry(case: Case) -> None:
+            try:
+                await out.put(await self.verify(case))
+            except Exception as e:
+                failed.append(e)  # raised by the pump at its next step
+            finally:
+                room.release()
+
+        def retry_later(case: Case) -> None:
+            task = asyncio.create_task(retry(case))
+            retries.add(task)
+            task.add_done_callback(retries.discard)
+
+        resend: list[Case] = []
+        failures = 0
+        try:
+            while True:
+                # Sent and not answered yet, by id (a list: ids may repeat).
+                unanswered: dict[str, list[Case]] = {}
+
+                async def requests(
+                    first: list[Case], unanswered: dict[str, list[Case]] = unanswered
+                ) -> AsyncIterator[pb.VerifyRequest]:
+                    for case in first:
+                        unanswered.setdefault(case.id, []).append(case)
+                        yield self._request(case)
+                    async for case in source:
+                        unanswered.setdefault(case.id, []).append(case)
+                        yield self._request(case)
+
+                call = self._stub.VerifyStream(requests(resend))
+                try:
+                    async for reply in call:
+                        if failed:
+                            raise failed[0]
+                        waiting = unanswered.get(reply.id)
+                        if not waiting:
+                            raise RuntimeError(f"server answered an unknown id {reply.id!r}")
+                        case = waiting.pop(0)
+                        if not waiting:
+                            del unanswered[reply.id]
+                        if reply.error:
+                            if reply.error_code not in RETRYABLE_ITEM:
+                                raise ValueError(f"case {reply.id!r}: {reply.error}")
+                            await room.acquire()
+                            retry_later(case)
+                            continue
+                        result = response_to_result(reply)
+                        if result.verdict is Verdict.SE:
+                            await room.acquire()
+                            retry_later(case)
+                            continue
+                        await out.put(result)
+                except grpc.aio.AioRpcError as e:
+                    if e.code() not in RETRYABLE or failures + 1 >= self.config.attempts:
+                        raise
+                    await asyncio.sleep(self._delay(failures))
+                    failures += 1
+                    resend = [c for waiting in unanswered.values() for c in waiting]
                     continue
-                raise ValueError(f"case {reply.id!r}: {reply.error}")
-            result = response_to_result(reply)
-            if result.verdict is Verdict.SE and result.id in by_id:
-                retry.append(by_id[result.id])
-                continue
-            yield result
-        for case in retry:
-            yield await self.verify(case)
+                finally:
+                    call.cancel()
+                # The server closed the stream cleanly: anything unanswered goes by unary.
+                for waiting in unanswered.values():
+                    for case in waiting:
+                        await room.acquire()
+                        retry_later(case)
+                break
+            while retries:
+                await asyncio.gather(*retries)
+            if failed:
+                raise failed[0]  # e.g. a retried case the server refused as invalid
+        finally:
+            for task in retries:
+                task.cancel()
+            await asyncio.gather(*retries, return_exceptions=True)
+
+
+async def _aiter(cases: Iterable[Case] | AsyncIterable[Case]) -> AsyncIterator[Case]:
+    if isinstance(cases, AsyncIterable):
+        async for case in cases:
+            yield case
+    else:
+        for case in cases:
+            yield case

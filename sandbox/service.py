@@ -1,16 +1,21 @@
 """The verifier gRPC service: a thin servicer over the engine.
 
-Admission control lives here: at most ``max_pending`` cases are running or waiting at once.
-A unary call beyond that is refused (RESOURCE_EXHAUSTED: retry later or on another server);
-a stream is back-pressured instead: the server stops reading the client's requests until a
-result has been sent. Deadlines and client cancellation cancel the engine's work, which
-frees the sandbox worker at once.
+Requests become typed records at the edge (``convert.request_to_case``, the same validation
+as the CLI's JSONL, so errors name the field: ``tests[3].stdout: missing``), the engine
+judges them, results go back as protos.
+
+Admission control lives here: at most ``max_pending`` cases are running or waiting at once,
+over all calls. A unary call beyond that is refused (RESOURCE_EXHAUSTED: retry later or on
+another server). A stream is back-pressured instead of refused: while the budget is spent
+the server stops reading that stream's requests, so HTTP/2 flow control slows the client,
+and a case's slot is only given back once its response has been handed to gRPC, so a client
+that does not read its results cannot make us buffer them. Deadlines and client
+cancellation cancel the engine's work, which frees the sandbox worker at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -23,17 +28,29 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from rlfleet.sandbox.cases import CaseError
 from rlfleet.sandbox.convert import problem_ref, request_to_case, result_to_response
-from rlfleet.sandbox.records import Case, CaseResult
-from rlfleet.serving import NotFound, Overloaded, Undecodable, status_for
+from rlfleet.sandbox.records import Case, CaseResult, CodeCase
+from rlfleet.serving import (
+    BadRequest,
+    NotFound,
+    QueueFull,
+    ResourceExhausted,
+    Undecodable,
+    status_for,
+)
 from rlfleet.v1 import verifier_pb2 as pb
 from rlfleet.v1 import verifier_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
-KEEP_MIN_TESTS = 8
+
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Verifier"].full_name
+# Requests above this size are converted (JSON decoding, hashing) in a thread, so one big
+# suite does not stall every other call on the event loop.
+INLINE_CONVERT_BYTES = 256 << 10
 
 
 class Engine(Protocol):
+    """What the service needs from the sandbox engine (``sandbox.engine.Engine``)."""
+
     async def verify(self, case: Case) -> CaseResult: ...
 
     @property
@@ -43,9 +60,12 @@ class Engine(Protocol):
 @dataclass(frozen=True, kw_only=True)
 class ServiceConfig:
     max_pending: int | None = None
-    """Cases running or waiting at once (default: 4 x workers + 1024)."""
+    """Cases running or waiting at once, over all calls (None: 4 x workers + 1024)."""
     problem_store_mb: int = 512
-    """Registered problems kept (least recently used dropped first)."""
+    """Bytes of registered problems kept; the least recently used are dropped first."""
+    keep_inline_tests: int = 8
+    """Inline suites with at least this many tests are stored too, so that a client that
+    got NOT_FOUND for a ref and resent the suite inline can use the ref again."""
 
 
 class ProblemStore:
@@ -53,67 +73,83 @@ class ProblemStore:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._items: OrderedDict[str, pb.Problem] = OrderedDict()
-        self._sizes: dict[str, int] = {}
         self.bytes = 0
+        self._items: OrderedDict[str, tuple[pb.Problem, int]] = OrderedDict()
 
-    def put(self, problem: pb.Problem) -> str:
-        ref = problem_ref(problem)
-        size = problem.ByteSize()
-        if size > self.max_bytes:
-            raise Overloaded(f"problem: {size} bytes, more than the store holds")
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, ref: str, problem: pb.Problem) -> None:
+        """Keep ``problem`` under ``ref`` (its ``convert.problem_ref``)."""
         if ref in self._items:
             self._items.move_to_end(ref)
-            return ref
-        self._items[ref] = problem
-        self._sizes[ref] = size
+            return
+        size = problem.ByteSize()
+        if size > self.max_bytes:
+            raise ResourceExhausted(
+                f"problem: {size} bytes, more than the {self.max_bytes} the store holds"
+            )
+        self._items[ref] = (problem, size)
         self.bytes += size
         while self.bytes > self.max_bytes:
-            old, _ = self._items.popitem(last=False)
-            self.bytes -= self._sizes.pop(old)
-        return ref
+            _, (_, dropped) = self._items.popitem(last=False)
+            self.bytes -= dropped
 
     def get(self, ref: str) -> pb.Problem:
         try:
             self._items.move_to_end(ref)
-            return self._items[ref]
         except KeyError:
-            raise NotFound(f"problem_ref: unknown {ref!r} (register it first)") from None
+            raise NotFound(f"problem_ref: unknown {ref!r} (register it again)") from None
+        return self._items[ref][0]
 
 
 class ServiceMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter(
-            "rlfleet_verifier_requests",
-            "Cases received by outcome",
-            ["method", "outcome"],
-            registry=registry,
-        )
         self.cases = Counter(
             "rlfleet_verifier_cases",
-            "Cases verified by kind and verdict",
+            "Cases verified, by kind, language and verdict",
             ["kind", "language", "verdict"],
             registry=registry,
         )
         self.seconds = Histogram(
             "rlfleet_verifier_case_seconds",
             "Time from admission to result, per case",
-            buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30),
+            buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60),
             registry=registry,
         )
-        self.pending = Gauge(
+        self.queue_depth = Gauge(
             "rlfleet_verifier_queue_depth",
-            "Cases admitted and not finished (running or waiting)",
+            "Cases admitted and waiting for a worker",
+            registry=registry,
+        )
+        self.busy = Gauge(
+            "rlfleet_verifier_busy_workers",
+            "Workers occupied by cases this service admitted",
             registry=registry,
         )
         self.rejected = Counter(
-            "rlfleet_verifier_rejected", "Cases refused, by reason", ["reason"], registry=registry
+            "rlfleet_verifier_rejected",
+            "Requests refused, by reason",
+            ["reason"],
+            registry=registry,
         )
-        self.problems = Gauge(
+        self.problem_bytes = Gauge(
             "rlfleet_verifier_problem_store_bytes",
             "Bytes of registered problems held",
             registry=registry,
         )
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, QueueFull):
+        return "queue_full"
+    if isinstance(exc, ResourceExhausted):
+        return "too_large"
+    if isinstance(exc, NotFound):
+        return "unknown_problem"
+    if isinstance(exc, BadRequest):
+        return "invalid"
+    return "internal"
 
 
 class VerifierService(pb_grpc.VerifierServicer):
@@ -121,95 +157,151 @@ class VerifierService(pb_grpc.VerifierServicer):
         self, engine: Engine, registry: CollectorRegistry, config: ServiceConfig = ServiceConfig()
     ) -> None:
         self.engine = engine
+        self.config = config
         self.max_pending = config.max_pending or 4 * engine.capacity + 1024
         self.problems = ProblemStore(config.problem_store_mb << 20)
         self.metrics = ServiceMetrics(registry)
-        self._slots = asyncio.Semaphore(self.max_pending)
         self.pending = 0
+        """Cases handed to the engine and not finished."""
+        self._slots = asyncio.Semaphore(self.max_pending)
 
-    def _case(self, req: pb.VerifyRequest) -> Case:
-        case = request_to_case(req, self.problems)
-        # Keep large inline suites: later samples of the problem can then come by reference.
-        if req.WhichOneof("case") == "code" and req.code.WhichOneof("suite") == "problem":
-            problem = req.code.problem
-            if len(problem.stdio_tests) + len(problem.call_tests) >= KEEP_MIN_TESTS:
-                self.problems.put(problem)
-                self.metrics.problems.set(self.problems.bytes)
+    # -- edge: proto -> record --------------------------------------------------------------
+
+    async def _case(self, req: pb.VerifyRequest, keep: bool = True) -> Case:
+        """Validate a request into a record; refusals are counted and raised typed.
+
+        With ``keep``, large inline suites are stored as if registered.
+        """
+        try:
+            return await self._convert(req, keep)
+        except CaseError as e:
+            self.metrics.rejected.labels("invalid").inc()
+            raise BadRequest(e.field, e.message) from None
+        except Exception as e:
+            self.metrics.rejected.labels(_reason(e)).inc()
+            raise
+
+    async def _convert(self, req: pb.VerifyRequest, keep: bool) -> Case:
+        code = req.code if req.WhichOneof("case") == "code" else None
+        suite = code.WhichOneof("suite") if code is not None else None
+        # Refs are resolved here, on the loop thread: the store is not thread-safe.
+        problems: dict[str, pb.Problem] = {}
+        if code is not None and suite == "problem_ref":
+            problems[code.problem_ref] = self.problems.get(code.problem_ref)
+        if req.ByteSize() > INLINE_CONVERT_BYTES:
+            case = await asyncio.to_thread(request_to_case, req, problems)
+        else:
+            case = request_to_case(req, problems)
+        if code is not None and suite == "problem":
+            # proto3 tells "" from unset only when asked (convert.py does not ask).
+            for i, t in enumerate(code.problem.stdio_tests):
+                if not t.HasField("stdout"):
+                    raise CaseError(f"tests[{i}].stdout", "missing")
+        if (
+            keep
+            and code is not None
+            and suite == "problem"
+            and isinstance(case, CodeCase)
+            and len(case.tests) >= self.config.keep_inline_tests
+        ):
+            await self._store(code.problem)
         return case
 
+    async def _store(self, problem: pb.Problem) -> str:
+        if problem.ByteSize() > INLINE_CONVERT_BYTES:
+            ref = await asyncio.to_thread(problem_ref, problem)
+        else:
+            ref = problem_ref(problem)
+        self.problems.put(ref, problem)
+        self.metrics.problem_bytes.set(self.problems.bytes)
+        return ref
+
+    # -- running a case ---------------------------------------------------------------------
+
+    def _set_load_gauges(self) -> None:
+        busy = min(self.pending, self.engine.capacity)
+        self.metrics.busy.set(busy)
+        self.metrics.queue_depth.set(self.pending - busy)
+
     async def _verify(self, case: Case) -> CaseResult:
-        """Run one admitted case (its slot is held by the caller)."""
+        """Run one admitted case (the caller holds its slot)."""
         self.pending += 1
-        self.metrics.pending.set(self.pending)
+        self._set_load_gauges()
         t0 = time.perf_counter()
         try:
             result = await self.engine.verify(case)
         finally:
             self.pending -= 1
-            self.metrics.pending.set(self.pending)
+            self._set_load_gauges()
         self.metrics.seconds.observe(time.perf_counter() - t0)
-        kind = "math" if not hasattr(case, "language") else "code"
-        language = getattr(case, "language", "")
-        self.metrics.cases.labels(kind, language, result.verdict.value).inc()
+        if isinstance(case, CodeCase):
+            self.metrics.cases.labels("code", case.language, result.verdict.value).inc()
+        else:
+            self.metrics.cases.labels("math", "", result.verdict.value).inc()
         return result
 
+    # -- RPCs -------------------------------------------------------------------------------
+
     async def Verify(
-        self,
-        request: pb.VerifyRequest,  # noqa: N802 - gRPC method name
-        context: grpc.aio.ServicerContext,
+        self, request: pb.VerifyRequest, context: grpc.aio.ServicerContext
     ) -> pb.VerifyResponse:
-        case = self._case(request)
+        case = await self._case(request)
         if self._slots.locked():
             self.metrics.rejected.labels("queue_full").inc()
-            raise Overloaded(f"queue full ({self.max_pending} cases pending): retry later")
+            raise QueueFull(f"queue full ({self.max_pending} cases pending): retry later")
         async with self._slots:
-            self.metrics.requests.labels("Verify", "admitted").inc()
+            # gRPC cancels this handler when the client cancels; the deadline is enforced
+            # here as well so the engine's work stops even if the cancel arrives late.
             remaining = context.time_remaining()
-            if remaining is None:
-                result = await self._verify(case)
-            else:
-                try:
-                    result = await asyncio.wait_for(self._verify(case), remaining)
-                except TimeoutError:
-                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+            try:
+                result = await asyncio.wait_for(self._verify(case), remaining)
+            except TimeoutError:
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
         return result_to_response(result)
 
     async def VerifyStream(
         self,
-        request_iterator: AsyncIterator[pb.VerifyRequest | Undecodable],  # noqa: N802
+        request_iterator: AsyncIterator[pb.VerifyRequest | Undecodable],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.VerifyResponse]:
+        # Each request takes a slot before it is read further; the slot is given back after
+        # its response is yielded. ``held`` counts this stream's slots, so that whatever
+        # way the stream ends (client gone, deadline, error) they all return to the pool.
         out: asyncio.Queue[pb.VerifyResponse | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
+        held = 0
 
         async def run(case: Case) -> None:
             try:
                 resp = result_to_response(await self._verify(case))
-            except asyncio.CancelledError:
-                raise
             except Exception as e:
-                log.exception("case %s failed", case.id)
+                log.error("case %r failed", case.id, exc_info=e)
                 resp = _error_response(case.id, e)
             out.put_nowait(resp)
 
         async def read() -> None:
-            async for item in request_iterator:
-                # Back-pressure: no more requests are read while the budget is spent. A slot
-                # is given back when a response has been handed to gRPC, not before.
-                await self._slots.acquire()
-                try:
-                    if isinstance(item, Undecodable):
-                        raise CaseError("request", "not a valid VerifyRequest message")
-                    case = self._case(item)
-                except Exception as e:
-                    out.put_nowait(_error_response(getattr(item, "id", ""), e))
-                    self.metrics.requests.labels("VerifyStream", "invalid").inc()
-                    continue
-                self.metrics.requests.labels("VerifyStream", "admitted").inc()
-                task = asyncio.create_task(run(case))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            out.put_nowait(None)
+            nonlocal held
+            try:
+                async for item in request_iterator:
+                    await self._slots.acquire()
+                    held += 1
+                    try:
+                        if isinstance(item, Undecodable):
+                            self.metrics.rejected.labels("invalid").inc()
+                            raise BadRequest("request", "not a valid VerifyRequest message")
+                        case = await self._case(item)
+                    except Exception as e:
+                        # One bad item is answered with an error; the stream goes on.
+                        if status_for(e)[0] is grpc.StatusCode.INTERNAL:
+                            log.error("VerifyStream item failed", exc_info=e)
+                        out.put_nowait(_error_response(getattr(item, "id", ""), e))
+                        continue
+                    task = asyncio.create_task(run(case))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            finally:
+                # Also when the request stream breaks: ``await reader`` then re-raises.
+                out.put_nowait(None)
 
         reader = asyncio.create_task(read())
         reading = True
@@ -218,33 +310,32 @@ class VerifierService(pb_grpc.VerifierServicer):
                 item = await out.get()
                 if item is None:
                     reading = False
-                    await reader  # surfaces a broken request stream as an error
+                    await reader  # a broken request stream surfaces as the call's error
                     continue
-                try:
-                    yield item
-                finally:
-                    self._slots.release()
+                yield item
+                held -= 1
+                self._slots.release()
         finally:
             reader.cancel()
-            for t in list(tasks):
+            for t in tasks:
                 t.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
+            try:
+                await asyncio.gather(reader, *tasks, return_exceptions=True)
+            finally:
+                for _ in range(held):
+                    self._slots.release()
 
     async def RegisterProblem(
-        self,
-        request: pb.Problem,  # noqa: N802
-        context: grpc.aio.ServicerContext,
+        self, request: pb.Problem, context: grpc.aio.ServicerContext
     ) -> pb.ProblemRef:
-        if not request.stdio_tests and not request.call_tests:
-            raise CaseError("tests", "empty")
-        ref = self.problems.put(request)
-        self.metrics.problems.set(self.problems.bytes)
-        return pb.ProblemRef(sha256=ref)
+        # Validated like an inline suite, so that a ref always names a usable problem.
+        probe = pb.VerifyRequest(
+            id="register", code=pb.CodeCase(language="python", code="", problem=request)
+        )
+        await self._case(probe, keep=False)
+        return pb.ProblemRef(sha256=await self._store(request))
 
 
-def _error_response(case_id: str, exc: Exception) -> pb.VerifyResponse:
+def _error_response(case_id: str, exc: BaseException) -> pb.VerifyResponse:
     code, message = status_for(exc)
     return pb.VerifyResponse(id=case_id, error=message, error_code=code.name)

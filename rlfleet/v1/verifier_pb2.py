@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19rlfleet/v1/verifier.proto\x12\nrlfleet.v1\"*\n\tStdioTest\x12\r\n\x05stdin\x18\x01 \x01(\t\x12\x0e\n\x06stdout\x18\x02 \x01(\t\"I\n\x08\x43\x61llTest\x12\x11\n\targs_json\x18\x01 \x01(\t\x12\x13\n\x0bkwargs_json\x18\x02 \x01(\t\x12\x15\n\rexpected_json\x18\x03 \x01(\t\"i\n\x07\x43hecker\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x14\n\x07\x61\x62s_tol\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07rel_tol\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x0c\n\x04\x63ode\x18\x04 \x01(\tB\n\n\x08_abs_tolB\n\n\x08_rel_tol\"\xf4\x01\n\x07Problem\x12*\n\x0bstdio_tests\x18\x01 \x03(\x0b\x32\x15.rlfleet.v1.StdioTest\x12(\n\ncall_tests\x18\x02 \x03(\x0b\x32\x14.rlfleet.v1.CallTest\x12\x0f\n\x07\x66n_name\x18\x03 \x01(\t\x12$\n\x07\x63hecker\x18\x04 \x01(\x0b\x32\x13.rlfleet.v1.Checker\x12\x19\n\x0ctime_limit_s\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x0fmemory_limit_mb\x18\x06 \x01(\x05H\x01\x88\x01\x01\x42\x0f\n\r_time_limit_sB\x12\n\x10_memory_limit_mb\"\x1c\n\nProblemRef\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"\x86\x01\n\x08\x43odeCase\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12&\n\x07problem\x18\x03 \x01(\x0b\x32\x13.rlfleet.v1.ProblemH\x00\x12\x15\n\x0bproblem_ref\x18\x04 \x01(\tH\x00\x12\x12\n\nearly_stop\x18\x05 \x01(\x08\x42\x07\n\x05suite\",\n\x08MathCase\x12\x12\n\ncompletion\x18\x01 \x01(\t\x12\x0c\n\x04gold\x18\x02 \x01(\t\"o\n\rVerifyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x04\x63ode\x18\x02 \x01(\x0b\x32\x14.rlfleet.v1.CodeCaseH\x00\x12$\n\x04math\x18\x03 \x01(\x0b\x32\x14.rlfleet.v1.MathCaseH\x00\x42\x06\n\x04\x63\x61se\"@\n\nTestResult\x12\x0f\n\x07verdict\x18\x01 \x01(\t\x12\x0e\n\x06time_s\x18\x02 \x01(\x01\x12\x11\n\tmemory_mb\x18\x03 \x01(\x01\"\xdd\x01\n\x0eVerifyResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07verdict\x18\x02 \x01(\t\x12\x0e\n\x06passed\x18\x03 \x01(\x05\x12\r\n\x05total\x18\x04 \x01(\x05\x12\x0e\n\x06reward\x18\x05 \x01(\x01\x12%\n\x05tests\x18\x06 \x03(\x0b\x32\x16.rlfleet.v1.TestResult\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x16\n\textracted\x18\x08 \x01(\tH\x00\x88\x01\x01\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x12\n\nerror_code\x18\n \x01(\tB\x0c\n\n_extracted2\xd6\x01\n\x08Verifier\x12?\n\x06Verify\x12\x19.rlfleet.v1.VerifyRequest\x1a\x1a.rlfleet.v1.VerifyResponse\x12I\n\x0cVerifyStream\x12\x19.rlfleet.v1.VerifyRequest\x1a\x1a.rlfleet.v1.VerifyResponse(\x01\x30\x01\x12>\n\x0fRegisterProblem\x12\x13.rlfleet.v1.Problem\x1a\x16.rlfleet.v1.ProblemRefb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19rlfleet/v1/verifier.proto\x12\nrlfleet.v1\":\n\tStdioTest\x12\r\n\x05stdin\x18\x01 \x01(\t\x12\x13\n\x06stdout\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\t\n\x07_stdout\"I\n\x08\x43\x61llTest\x12\x11\n\targs_json\x18\x01 \x01(\t\x12\x13\n\x0bkwargs_json\x18\x02 \x01(\t\x12\x15\n\rexpected_json\x18\x03 \x01(\t\"i\n\x07\x43hecker\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x14\n\x07\x61\x62s_tol\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07rel_tol\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x0c\n\x04\x63ode\x18\x04 \x01(\tB\n\n\x08_abs_tolB\n\n\x08_rel_tol\"\xf4\x01\n\x07Problem\x12*\n\x0bstdio_tests\x18\x01 \x03(\x0b\x32\x15.rlfleet.v1.StdioTest\x12(\n\ncall_tests\x18\x02 \x03(\x0b\x32\x14.rlfleet.v1.CallTest\x12\x0f\n\x07\x66n_name\x18\x03 \x01(\t\x12$\n\x07\x63hecker\x18\x04 \x01(\x0b\x32\x13.rlfleet.v1.Checker\x12\x19\n\x0ctime_limit_s\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x0fmemory_limit_mb\x18\x06 \x01(\x05H\x01\x88\x01\x01\x42\x0f\n\r_time_limit_sB\x12\n\x10_memory_limit_mb\"\x1c\n\nProblemRef\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"\x86\x01\n\x08\x43odeCase\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12&\n\x07problem\x18\x03 \x01(\x0b\x32\x13.rlfleet.v1.ProblemH\x00\x12\x15\n\x0bproblem_ref\x18\x04 \x01(\tH\x00\x12\x12\n\nearly_stop\x18\x05 \x01(\x08\x42\x07\n\x05suite\",\n\x08MathCase\x12\x12\n\ncompletion\x18\x01 \x01(\t\x12\x0c\n\x04gold\x18\x02 \x01(\t\"o\n\rVerifyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x04\x63ode\x18\x02 \x01(\x0b\x32\x14.rlfleet.v1.CodeCaseH\x00\x12$\n\x04math\x18\x03 \x01(\x0b\x32\x14.rlfleet.v1.MathCaseH\x00\x42\x06\n\x04\x63\x61se\"@\n\nTestResult\x12\x0f\n\x07verdict\x18\x01 \x01(\t\x12\x0e\n\x06time_s\x18\x02 \x01(\x01\x12\x11\n\tmemory_mb\x18\x03 \x01(\x01\"\xdd\x01\n\x0eVerifyResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07verdict\x18\x02 \x01(\t\x12\x0e\n\x06passed\x18\x03 \x01(\x05\x12\r\n\x05total\x18\x04 \x01(\x05\x12\x0e\n\x06reward\x18\x05 \x01(\x01\x12%\n\x05tests\x18\x06 \x03(\x0b\x32\x16.rlfleet.v1.TestResult\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x16\n\textracted\x18\x08 \x01(\tH\x00\x88\x01\x01\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x12\n\nerror_code\x18\n \x01(\tB\x0c\n\n_extracted2\xd6\x01\n\x08Verifier\x12?\n\x06Verify\x12\x19.rlfleet.v1.VerifyRequest\x1a\x1a.rlfleet.v1.VerifyResponse\x12I\n\x0cVerifyStream\x12\x19.rlfleet.v1.VerifyRequest\x1a\x1a.rlfleet.v1.VerifyResponse(\x01\x30\x01\x12>\n\x0fRegisterProblem\x12\x13.rlfleet.v1.Problem\x1a\x16.rlfleet.v1.ProblemRefb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,25 +32,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rlfleet.v1.verifier_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STDIOTEST']._serialized_start=41
-  _globals['_STDIOTEST']._serialized_end=83
-  _globals['_CALLTEST']._serialized_start=85
-  _globals['_CALLTEST']._serialized_end=158
-  _globals['_CHECKER']._serialized_start=160
-  _globals['_CHECKER']._serialized_end=265
-  _globals['_PROBLEM']._serialized_start=268
-  _globals['_PROBLEM']._serialized_end=512
-  _globals['_PROBLEMREF']._serialized_start=514
-  _globals['_PROBLEMREF']._serialized_end=542
-  _globals['_CODECASE']._serialized_start=545
-  _globals['_CODECASE']._serialized_end=679
-  _globals['_MATHCASE']._serialized_start=681
-  _globals['_MATHCASE']._serialized_end=725
-  _globals['_VERIFYREQUEST']._serialized_start=727
-  _globals['_VERIFYREQUEST']._serialized_end=838
-  _globals['_TESTRESULT']._serialized_start=840
-  _globals['_TESTRESULT']._serialized_end=904
-  _globals['_VERIFYRESPONSE']._serialized_start=907
-  _globals['_VERIFYRESPONSE']._serialized_end=1128
-  _globals['_VERIFIER']._serialized_start=1131
-  _globals['_VERIFIER']._serialized_end=1345
+  _globals['_STDIOTEST']._serialized_end=99
+  _globals['_CALLTEST']._serialized_start=101
+  _globals['_CALLTEST']._serialized_end=174
+  _globals['_CHECKER']._serialized_start=176
+  _globals['_CHECKER']._serialized_end=281
+  _globals['_PROBLEM']._serialized_start=284
+  _globals['_PROBLEM']._serialized_end=528
+  _globals['_PROBLEMREF']._serialized_start=530
+  _globals['_PROBLEMREF']._serialized_end=558
+  _globals['_CODECASE']._serialized_start=561
+  _globals['_CODECASE']._serialized_end=695
+  _globals['_MATHCASE']._serialized_start=697
+  _globals['_MATHCASE']._serialized_end=741
+  _globals['_VERIFYREQUEST']._serialized_start=743
+  _globals['_VERIFYREQUEST']._serialized_end=854
+  _globals['_TESTRESULT']._serialized_start=856
+  _globals['_TESTRESULT']._serialized_end=920
+  _globals['_VERIFYRESPONSE']._serialized_start=923
+  _globals['_VERIFYRESPONSE']._serialized_end=1144
+  _globals['_VERIFIER']._serialized_start=1147
+  _globals['_VERIFIER']._serialized_end=1361
 # @@protoc_insertion_point(module_scope)

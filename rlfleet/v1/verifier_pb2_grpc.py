@@ -55,20 +55,25 @@ class VerifierServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Verify(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One case. Errors are statuses: INVALID_ARGUMENT (the message names the field),
+        NOT_FOUND (unknown problem_ref), RESOURCE_EXHAUSTED (queue full: retry later or
+        elsewhere), DEADLINE_EXCEEDED.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def VerifyStream(self, request_iterator, context):
-        """Results return as they finish, keyed by id; the stream stays open on per-item errors.
+        """Results return as they finish, keyed by id; a refused item is a response with `error`
+        and the stream stays open. The server stops reading requests while its queue is full.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RegisterProblem(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Stores a test suite under its content hash; idempotent.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
