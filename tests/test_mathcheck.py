@@ -22,6 +22,15 @@ def checker() -> Iterator[MathChecker]:
         yield c
 
 
+def _children() -> set[int]:
+    """Live child processes of this test process (Linux /proc), zombies included."""
+    found: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as f:
+            found.update(int(pid) for pid in f.read().split())
+    return found
+
+
 def _gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -282,14 +291,18 @@ async def test_checks_from_asyncio(checker: MathChecker) -> None:
     assert results[-1].reason == "hedged"
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
 def test_close_leaves_no_processes() -> None:
+    before = _children()
     c = MathChecker(MathCheckConfig(workers=2, timeout_s=0.001))
     pids = c.worker_pids
     assert len(pids) == 2
+    assert set(pids) <= _children()
     c.check("\\boxed{(x+1)^3}", "x^3+3x^2+3x+1")  # a timeout: a replacement is starting
     c.close()
     assert c.worker_pids == []
     assert all(_gone(pid) for pid in pids)
+    assert _children() <= before
     with pytest.raises(RuntimeError):
         c.check("\\boxed{x^2}", "x^3")
 

@@ -57,6 +57,7 @@ class MathChecker:
         )
         # Threads only wait on workers; a few per worker keep every worker busy.
         self._threads = ThreadPoolExecutor(config.workers * 4, thread_name_prefix="mathcheck")
+        self._closed = False
 
     def __enter__(self) -> MathChecker:
         return self
@@ -66,6 +67,7 @@ class MathChecker:
 
     def close(self) -> None:
         """Stop every worker process; the checker cannot be used afterwards."""
+        self._closed = True
         self._threads.shutdown(wait=False, cancel_futures=True)
         self._pool.close()
 
@@ -77,6 +79,8 @@ class MathChecker:
     def check(self, completion: str, gold: str) -> MathResult:
         """Compare the completion's final answer with ``gold``; blocks at most about
         ``timeout_s`` (plus ``max_wait_s`` when every worker is busy)."""
+        if self._closed:
+            raise RuntimeError("math checker is closed")
         budget = [self.config.timeout_s]
 
         def algebra(answer: str, gold_text: str) -> bool:
@@ -94,6 +98,8 @@ class MathChecker:
 
     async def check_async(self, completion: str, gold: str) -> MathResult:
         """As ``check``; answers settled without algebra return without leaving the loop."""
+        if self._closed:
+            raise RuntimeError("math checker is closed")
         try:
             return self._check(completion, gold, _needs_algebra)
         except Undecided:

@@ -19,7 +19,6 @@ MV_KNOWN_WRONG = {
     "line_equation": "Math-Verify #60: two different lines ax+by+c=0 judged equal",
     "mathrm_e": "Math-Verify #82/#14: 1+1/\\mathrm{e} judged equal to 1-1/\\mathrm{e}",
     "tiny_value": "Math-Verify #14: tolerance, 1/2^{99} judged equal to 1/2^{98}",
-    "hedged": "math-verify accepts any of several offered answers",
 }
 """Kinds where math-verify's verdict is known to be wrong, with the reason."""
 

@@ -15,6 +15,18 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
+# Unicode that models write for LaTeX commands.
+_UNICODE = str.maketrans(
+    {
+        "\u03c0": "\\pi ",  # pi
+        "\u221e": "\\infty ",  # infinity
+        "\u2212": "-",  # minus sign
+        "\u00d7": "*",  # multiplication sign
+        "\u00b7": "*",  # middle dot
+        "\u2264": "\\leq ",
+        "\u2265": "\\geq ",
+    }
+)
 _SPACING = re.compile(
     r"\\(?:!|,|;|:|quad|qquad|displaystyle|textstyle|left|right|bigl|bigr|Bigl|Bigr|big|Big)"
     r"(?![a-zA-Z])|~"
@@ -55,6 +67,7 @@ def normalize(raw: str) -> Norm:
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if s.startswith(left) and s.endswith(right) and len(s) >= len(left) + len(right):
             s = s[len(left) : len(s) - len(right)].strip()
+    s = s.translate(_UNICODE)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\dbinom", "\\binom")
     s = _SPACING.sub("", s)
     s = _DEGREES.sub("", s)

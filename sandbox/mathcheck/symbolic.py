@@ -184,6 +184,10 @@ def expressions_equal(a: Any, b: Any) -> bool:
         diff = a - b
     except TypeError:
         return False  # booleans, tuples: no difference, and not structurally equal
+    if isinstance(diff, sympy.MatrixBase):
+        return a.shape == b.shape and all(
+            expressions_equal(x, y) for x, y in zip(a, b, strict=True)
+        )
     if diff == 0:
         return True
     if not diff.free_symbols:
