@@ -97,9 +97,18 @@ EQUIVALENCE = [
     ("\\tfrac{3}{4}", "\\frac{3}{4}", True),
     ("\\frac34", "0.75", True),
     ("\\frac{4}{3}", "\\frac{3}{4}", False),
-    ("0.333", "\\frac{1}{3}", True),  # repeating decimal: correctly rounded, >= 3 decimals
-    ("0.3", "\\frac{1}{3}", False),
-    ("0.312", "\\frac{5}{16}", False),  # 5/16 = 0.3125 terminates: no rounding allowed
+    # approximations: >= 6 decimals, correct to the last one, of a non-terminating value
+    ("0.333333", "\\frac{1}{3}", True),
+    ("0.3333333", "\\frac{1}{3}", True),
+    ("0.333", "\\frac{1}{3}", False),
+    ("0.333334", "\\frac{1}{3}", False),
+    ("\\frac{2}{3}", "0.666667", True),
+    ("0.312500", "\\frac{5}{16}", True),
+    ("0.312499", "\\frac{5}{16}", False),  # 5/16 terminates: it must be exact
+    ("1.41421356", "\\sqrt{2}", True),
+    ("1.414", "\\sqrt{2}", False),
+    ("\\pi", "3.141593", True),
+    ("\\pi", "3.14", False),
     # radicals and LaTeX forms
     ("2\\sqrt{2}", "\\sqrt{8}", True),
     ("3\\sqrt{3}", "\\sqrt{28}", False),

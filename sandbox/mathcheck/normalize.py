@@ -7,13 +7,22 @@ Percentages: ``p\\%`` equals ``p\\%``, the number ``p`` and the fraction ``p/100
 ``50`` and ``0.5`` all match a gold of ``50\\%`` (and a gold of ``0.5`` or ``50`` accepts
 ``50\\%``). Models write the percent sign, drop it, or convert, and all three mean the same
 answer; what is never accepted is a number that is neither p nor p/100.
+
+Approximations: a value with no finite decimal expansion (1/3, sqrt 2, pi) matches a plain
+decimal with at least ``MIN_APPROX_DECIMALS`` decimals that is correct to its last decimal
+(0.333333 for 1/3, 1.414214 for sqrt 2), the precision math-verify also accepts; fewer
+decimals (0.333, 3.14) are a different answer. A value whose expansion ends must be exact.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
+
+MIN_APPROX_DECIMALS = 6
+"""Decimals an approximation of a non-terminating value needs to count as that value."""
 
 # Unicode that models write for LaTeX commands.
 _UNICODE = str.maketrans(
@@ -27,6 +36,11 @@ _UNICODE = str.maketrans(
         "\u2265": "\\geq ",
     }
 )
+_THIN_COMMA = re.compile(r"(?<=\d),\\!\s*(?=\d)")
+_ESCAPED_SPACE = re.compile(r"(?<!\\)\\ ")  # "\ " is a space; "\\ " is a new row
+# \frac12 and \sqrt3: TeX takes a single token as the argument; give it its braces.
+_SHORT_ARGUMENT = re.compile(r"(\\frac(?:\{[^{}]*\})?|\\sqrt)\s*(\d|\\pi\b|[a-zA-Z](?![a-zA-Z]))")
+_MEMBERSHIP = re.compile(r"^[a-zA-Z]\s*\\in\s*")
 _SPACING = re.compile(
     r"\\(?:!|,|;|:|quad|qquad|displaystyle|textstyle|left|right|bigl|bigr|Bigl|Bigr|big|Big)"
     r"(?![a-zA-Z])|~"
@@ -69,11 +83,15 @@ def normalize(raw: str) -> Norm:
             s = s[len(left) : len(s) - len(right)].strip()
     s = s.translate(_UNICODE)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\dbinom", "\\binom")
+    s = _THIN_COMMA.sub(",", s)  # 11,\! 111: a thousands separator with a negative space
     s = _SPACING.sub("", s)
     s = _DEGREES.sub("", s)
     for _ in range(3):  # \text{\textbf{...}}: a few levels, no more (bounded work)
         s = _TEXT.sub(lambda m: " " + m.group(1).strip() + " ", s)
-    s = s.replace("\\ ", " ").replace("\\cdot", "*").replace("\\times", "*")
+    s = _ESCAPED_SPACE.sub(" ", s).replace("\\cdot", "*").replace("\\times", "*")
+    s = s.replace("\\varnothing", "\\emptyset").replace("\\{\\}", "\\emptyset")
+    s = _SHORT_ARGUMENT.sub(lambda m: m.group(1) + "{" + m.group(2) + "}", s)
+    s = _SHORT_ARGUMENT.sub(lambda m: m.group(1) + "{" + m.group(2) + "}", s)
     s = s.replace("\\lbrace", "\\{").replace("\\rbrace", "\\}")
     s = re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
     s = _DOLLARS.sub("", s)
@@ -86,6 +104,7 @@ def normalize(raw: str) -> Norm:
     m = _UNIT_TAIL.match(s)
     if m and to_fraction(m.group(1).strip()) is not None:
         s = m.group(1).strip()
+    s = _MEMBERSHIP.sub("", s)  # "x \in [1,2]": the set is the answer
     choice = _LETTER_CHOICE.match(s)
     if choice:  # multiple choice: "(B)" and "B" are the same answer
         s = (choice.group(1) or choice.group(2)).upper()
@@ -143,7 +162,8 @@ def to_fraction(text: str) -> Fraction | None:
     return None
 
 
-def _decimals(text: str) -> int:
+def decimals(text: str) -> int:
+    """Digits after the point of a plain decimal number (0 for anything else)."""
     t = text.replace(" ", "")
     if re.fullmatch(r"[-+]?\d*\.\d+", t):
         return len(t.split(".")[1])
@@ -160,9 +180,8 @@ def _terminates(value: Fraction) -> bool:
 
 
 def numbers_equal(answer: Norm, gold: Norm, a: Fraction, g: Fraction) -> bool:
-    """Exact equality, the percentage rule of the module docstring, and one rounding rule:
-    a gold with a repeating decimal expansion (1/3) accepts the answer written with >= 3
-    decimals rounded correctly (0.333), since no finite decimal can be exact."""
+    """Exact equality, the percentage rule and the approximation rule of the module
+    docstring."""
     candidates = [a]
     if answer.percent and not gold.percent:
         candidates.append(a / 100)
@@ -170,8 +189,17 @@ def numbers_equal(answer: Norm, gold: Norm, a: Fraction, g: Fraction) -> bool:
         candidates.append(a * 100)
     if any(c == g for c in candidates):
         return True
-    d = _decimals(answer.text)
-    return d >= 3 and not _terminates(g) and round(g, d) == a
+    for approx, exact, text in ((a, g, answer.text), (g, a, gold.text)):
+        d = decimals(text)
+        if d >= MIN_APPROX_DECIMALS and not _terminates(exact):
+            return correct_to(approx, exact, d)
+    return False
+
+
+def correct_to(approx: Fraction, exact: Fraction, d: int) -> bool:
+    """Whether ``approx`` is ``exact`` rounded or truncated to ``d`` decimals."""
+    scale = 10**d
+    return approx in (round(exact, d), Fraction(math.trunc(exact * scale), scale))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,10 @@ from __future__ import annotations
 import functools
 import random
 import re
+from fractions import Fraction
 from typing import Any
+
+from rlfleet.sandbox.mathcheck.normalize import MIN_APPROX_DECIMALS, correct_to, decimals
 
 TOLERANCE = 1e-15
 """Relative difference below which two numeric values count as equal."""
@@ -304,5 +307,28 @@ def equivalent(answer: str, gold: str) -> bool:
             return False
         g = g.rhs
     if isinstance(a, sympy.Basic) and isinstance(g, sympy.Basic):
-        return expressions_equal(a, g)
+        approx = _approximation_equal(answer, a, g) or _approximation_equal(gold, g, a)
+        return approx if approx is not None else expressions_equal(a, g)
     return bool(a == g)
+
+
+def _approximation_equal(text: str, approx: Any, exact: Any) -> bool | None:
+    """The approximation rule of ``normalize`` for irrational constants: a decimal with
+    enough decimals matches sqrt 2 or pi when correct to its last decimal; None when the
+    rule does not apply."""
+    d = decimals(text)
+    if d < MIN_APPROX_DECIMALS or exact.free_symbols or not exact.is_number:
+        return None
+    if exact.is_Rational:
+        return None  # rationals were settled exactly before the workers
+    try:
+        value = exact.evalf(max(DIGITS, d + 10))
+    except Exception:
+        return None
+    if not value.is_number or value.is_finite is not True:
+        return None
+    # The value's decimal digits, d + 10 of them, as an exact fraction to round or truncate.
+    try:
+        return correct_to(Fraction(text), Fraction(str(value)), d)
+    except ValueError:
+        return None  # complex: no decimal approximates it
