@@ -127,6 +127,13 @@ EQUIVALENCE = [
     ("x+10^{-12}", "x", False),
     ("1+10^{-12}", "1", False),
     ("\\log_2 8", "3", True),
+    ("e^{i\\pi}", "-1", True),  # a free i is the imaginary unit
+    ("3+2i", "2i+3", True),
+    ("3-2i", "3+2i", False),
+    ("\\sum_{i=1}^{3} i", "6", True),
+    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", True),
+    ("\\begin{pmatrix} 1 \\\\ 3 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", False),
+    ("2π", "2\\pi", True),
     ("\\binom{5}{2}", "10", True),
     # the known math-verify false positives
     ("1+\\frac{1}{e}", "1-\\frac{1}{e}", False),  # Math-Verify #82 (and #14)
@@ -160,6 +167,10 @@ EQUIVALENCE = [
     ("(-\\infty, 0] \\cup (1, \\infty)", "(-\\infty,0)\\cup(1,\\infty)", False),
     ("\\{3, 1, 2\\}", "\\{1,2,3\\}", True),
     ("\\{1, 2\\}", "\\{1,2,3\\}", False),
+    ("x \\geq 3", "[3, \\infty)", True),  # an inequality describes an interval
+    ("x > 3", "[3, \\infty)", False),
+    ("x \\in [-2, 7]", "[-2,7]", True),
+    ("x", "(1,2)", False),
     ("1, 2", "2, 1", True),
     # units
     ("5\\text{ cm}", "5", True),
@@ -180,6 +191,7 @@ EQUIVALENCE = [
     ("1,000", "1000", True),
     ("1{,}000{,}000", "1000000", True),
     ("1,001", "1000", False),
+    ("11,\\! 111", "11111", True),
     # multiple choice
     ("\\text{(B)}", "B", True),
     ("(C)", "B", False),

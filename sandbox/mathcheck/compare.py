@@ -9,6 +9,7 @@ tuple order) are decided by exact rules rather than by a parser's reading of ``(
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from rlfleet.sandbox.mathcheck.normalize import (
@@ -21,6 +22,8 @@ from rlfleet.sandbox.mathcheck.normalize import (
     to_fraction,
 )
 from rlfleet.sandbox.mathcheck.screen import pathological
+
+_INEQUALITY = re.compile(r"[<>]|\\[lg]eq?\b|\\[lg]t\b")
 
 Algebra = Callable[[str, str], bool]
 """Decides answer == gold by algebra; raises ``Undecided`` when it cannot."""
@@ -52,8 +55,15 @@ def equal(answer: Norm, gold: Norm, algebra: Algebra) -> bool:
     if ua is not None and ug is not None:
         return _unordered_equal(ua, ug, algebra)
     sa, sg = parse_struct(answer.text), parse_struct(gold.text)
+    if sa is not None and sg is not None:
+        return _struct_equal(sa, sg, algebra)
     if sa is not None or sg is not None:
-        return sa is not None and sg is not None and _struct_equal(sa, sg, algebra)
+        # A tuple or interval against a single value is a mismatch, unless the value is an
+        # inequality describing that interval ("x \geq 3" and "[3, \infty)").
+        single = answer.text if sa is None else gold.text
+        if not _INEQUALITY.search(single):
+            return False
+        return _algebra_of(answer.text, gold.text, algebra)
     a_text, g_text = answer.text, gold.text
     # "x = 3" against "3" (or the other way): the value of a single name is the answer.
     if ("=" in a_text) != ("=" in g_text):
@@ -63,6 +73,10 @@ def equal(answer: Norm, gold: Norm, algebra: Algebra) -> bool:
         fa, fg = to_fraction(a_text), to_fraction(g_text)
         if fa is not None and fg is not None:
             return numbers_equal(Norm(a_text, answer.percent), Norm(g_text, gold.percent), fa, fg)
+    return _algebra_of(a_text, g_text, algebra)
+
+
+def _algebra_of(a_text: str, g_text: str, algebra: Algebra) -> bool:
     if pathological(a_text) or pathological(g_text):
         raise Undecided("rejected")
     return algebra(a_text, g_text)

@@ -290,13 +290,18 @@ def equivalent(answer: str, gold: str) -> bool:
     """Both given as normalised text. Raises on parse failure (the caller reports it)."""
     import sympy
 
-    a, g = parse(answer), parse(gold)
+    a, g = _imaginary_unit(parse(answer)), _imaginary_unit(parse(gold))
     a_rel, g_rel = (
         isinstance(a, sympy.core.relational.Relational),
         isinstance(g, sympy.core.relational.Relational),
     )
     if a_rel and g_rel:
         return relations_equal(a, g)
+    # "x >= 3" against "[3, \infty)": the set the inequality describes.
+    if a_rel and isinstance(g, sympy.Set) and not isinstance(a, sympy.Equality):
+        return _sets_equal(_as_set(a), g)
+    if g_rel and isinstance(a, sympy.Set) and not isinstance(g, sympy.Equality):
+        return _sets_equal(a, _as_set(g))
     # "x = 3" against "3" (either way round): the right-hand side of a solved form.
     if a_rel:
         if not (isinstance(a, sympy.Equality) and _is_name(a.lhs)):
@@ -307,12 +312,32 @@ def equivalent(answer: str, gold: str) -> bool:
             return False
         g = g.rhs
     if isinstance(a, sympy.Basic) and isinstance(g, sympy.Basic):
-        approx = _approximation_equal(answer, a, g) or _approximation_equal(gold, g, a)
-        return approx if approx is not None else expressions_equal(a, g)
+        for text, exact in ((answer, g), (gold, a)):
+            verdict = _approximation_equal(text, exact)
+            if verdict is not None:
+                return verdict
+        return expressions_equal(a, g)
     return bool(a == g)
 
 
-def _approximation_equal(text: str, approx: Any, exact: Any) -> bool | None:
+def _imaginary_unit(expr: Any) -> Any:
+    """A free ``i`` is the imaginary unit (3+2i, e^{i pi}); a summation index is bound."""
+    import sympy
+
+    free: set[Any] = getattr(expr, "free_symbols", set())
+    i = sympy.Symbol("i")
+    return expr.subs(i, sympy.I) if i in free else expr
+
+
+def _as_set(relation: Any) -> Any:
+    """The real solution set of a one-variable inequality; raises for anything else."""
+    import sympy
+
+    (symbol,) = relation.free_symbols
+    return sympy.solveset(relation, symbol, sympy.S.Reals)
+
+
+def _approximation_equal(text: str, exact: Any) -> bool | None:
     """The approximation rule of ``normalize`` for irrational constants: a decimal with
     enough decimals matches sqrt 2 or pi when correct to its last decimal; None when the
     rule does not apply."""
