@@ -19,6 +19,7 @@ import asyncio
 import ipaddress
 import json
 import random
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,10 @@ class VerifierClient:
             ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
             ("grpc.max_receive_message_length", size),
             ("grpc.max_send_message_length", size),
+            # gRPC waits 1 s (growing to 120 s) before redialling a failed server; a fleet's
+            # servers restart in seconds, and our own retries should find them back.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 5000),
         ]
         resolved = channel_target(target)
         if config.tls_ca is not None:
@@ -221,7 +226,9 @@ class VerifierClient:
             retries.add(task)
             task.add_done_callback(retries.discard)
 
-        resend: list[Case] = []
+        # Cases of a broken stream to send again; the next stream takes them one by one, so
+        # what it has not taken when it breaks too is still here.
+        resend: deque[Case] = deque()
         failures = 0
         try:
             while True:
@@ -229,16 +236,17 @@ class VerifierClient:
                 unanswered: dict[str, list[Case]] = {}
 
                 async def requests(
-                    first: list[Case], unanswered: dict[str, list[Case]] = unanswered
+                    unanswered: dict[str, list[Case]] = unanswered,
                 ) -> AsyncIterator[pb.VerifyRequest]:
-                    for case in first:
+                    while resend:
+                        case = resend.popleft()
                         unanswered.setdefault(case.id, []).append(case)
                         yield self._request(case)
                     async for case in source:
                         unanswered.setdefault(case.id, []).append(case)
                         yield self._request(case)
 
-                call = self._stub.VerifyStream(requests(resend))
+                call = self._stub.VerifyStream(requests())
                 try:
                     async for reply in call:
                         if failed:
@@ -266,7 +274,8 @@ class VerifierClient:
                         raise
                     await asyncio.sleep(self._delay(failures))
                     failures += 1
-                    resend = [c for waiting in unanswered.values() for c in waiting]
+                    lost = [c for waiting in unanswered.values() for c in waiting]
+                    resend.extendleft(reversed(lost))  # in their original order, first
                     continue
                 finally:
                     call.cancel()

@@ -1,0 +1,200 @@
+"""VerifierClient against in-process servers: round robin, retries of SE and of transient
+errors on another server, transparent re-registration of evicted problems, streaming with
+retries, and target parsing."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from test_grpc_fakes import FakeEngine, Running, code_case
+
+from rlfleet.sandbox.client import ClientConfig, VerifierClient, channel_target
+from rlfleet.sandbox.records import Case, CodeCase, MathCase, StdioTest, Verdict
+from rlfleet.sandbox.service import ProblemStore
+
+FAST = ClientConfig(backoff_s=0.001, attempts=6)
+
+
+def dead_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_channel_target() -> None:
+    assert channel_target("127.0.0.1:5001") == "127.0.0.1:5001"
+    assert channel_target("dns:///verifier:5001") == "dns:///verifier:5001"
+    assert channel_target("127.0.0.1:5001, 10.0.0.2:5002") == "ipv4:127.0.0.1:5001,10.0.0.2:5002"
+    assert channel_target("[::1]:5001,[::1]:5002") == "ipv6:[::1]:5001,[::1]:5002"
+    assert channel_target("ipv4:127.0.0.1:1,127.0.0.1:2") == "ipv4:127.0.0.1:1,127.0.0.1:2"
+    with pytest.raises(ValueError, match="dns:///"):
+        channel_target("a.example:1,b.example:2")
+
+
+async def test_verify_code_and_math() -> None:
+    async with Running(FakeEngine()) as s, VerifierClient(s.target, FAST) as client:
+        r = await client.verify(code_case("c", tests=3))
+        assert (r.id, r.verdict, r.passed, r.total) == ("c", Verdict.AC, 3, 3)
+        m = await client.verify(MathCase(id="m", completion="\\boxed{42}", gold="42"))
+        assert (m.verdict, m.extracted) == (Verdict.AC, "42")
+
+
+async def test_round_robin_spreads_calls_over_both_servers() -> None:
+    e1, e2 = FakeEngine(), FakeEngine()
+    async with Running(e1) as a, Running(e2) as b:
+        async with VerifierClient(f"{a.target},{b.target}", FAST) as client:
+            for i in range(10):
+                assert (await client.verify(code_case(f"c{i}"))).verdict is Verdict.AC
+        assert e1.seen and e2.seen and len(e1.seen) + len(e2.seen) == 10
+
+
+async def test_se_is_retried_on_the_other_server() -> None:
+    good, bad = FakeEngine(), FakeEngine(verdict=Verdict.SE)
+    async with Running(good) as a, Running(bad) as b:
+        async with VerifierClient(f"{a.target},{b.target}", FAST) as client:
+            results = [await client.verify(code_case(f"c{i}")) for i in range(6)]
+            streamed = [r async for r in client.verify_many(code_case(f"m{i}") for i in range(6))]
+        assert all(r.verdict is Verdict.AC for r in results + streamed)
+        assert sorted(r.id for r in streamed) == sorted(f"m{i}" for i in range(6))
+        assert bad.seen  # it was tried, and its SE answers were retried elsewhere
+        assert sorted(good.seen) == sorted(
+            [f"c{i}" for i in range(6)] + [f"m{i}" for i in range(6)]
+        )
+
+
+async def test_se_everywhere_returns_se_after_bounded_attempts() -> None:
+    bad = FakeEngine(verdict=Verdict.SE)
+    async with (
+        Running(bad) as s,
+        VerifierClient(s.target, ClientConfig(attempts=3, backoff_s=0.001)) as client,
+    ):
+        assert (await client.verify(code_case("c"))).verdict is Verdict.SE
+        assert bad.seen == ["c"] * 3
+
+
+async def test_unavailable_server_is_skipped() -> None:
+    engine = FakeEngine()
+    async with Running(engine) as s:
+        target = f"127.0.0.1:{dead_port()},{s.target}"
+        async with VerifierClient(target, FAST) as client:
+            for i in range(4):
+                assert (await client.verify(code_case(f"c{i}"))).verdict is Verdict.AC
+    assert len(engine.seen) == 4
+
+
+async def test_all_servers_down_raises_unavailable() -> None:
+    async with VerifierClient(
+        f"127.0.0.1:{dead_port()}", ClientConfig(attempts=2, backoff_s=0.001)
+    ) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.verify(code_case("c"))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_queue_full_is_retried() -> None:
+    gate = asyncio.Event()
+    engine = FakeEngine(gate=gate)
+    async with Running(engine, max_pending=1) as s:
+        async with VerifierClient(
+            s.target, ClientConfig(attempts=50, backoff_s=0.01, max_backoff_s=0.05)
+        ) as client:
+            blocker = asyncio.ensure_future(client.verify(code_case("first")))
+            await asyncio.sleep(0)
+            second = asyncio.ensure_future(client.verify(code_case("second")))
+            for _ in range(500):
+                if s.metric("rlfleet_verifier_rejected_total", reason="queue_full"):
+                    break
+                await asyncio.sleep(0.01)
+            gate.set()
+            assert (await blocker).verdict is Verdict.AC
+            assert (await second).verdict is Verdict.AC
+        assert (s.metric("rlfleet_verifier_rejected_total", reason="queue_full") or 0) >= 1
+
+
+async def test_invalid_case_raises_value_error_naming_the_field() -> None:
+    bad = CodeCase(id="x", language="cobol", code="1", tests=(StdioTest(stdin="", stdout="1"),))
+    async with Running(FakeEngine()) as s, VerifierClient(s.target, FAST) as client:
+        with pytest.raises(ValueError, match="language: unknown 'cobol'"):
+            await client.verify(bad)
+        with pytest.raises(ValueError, match="language: unknown 'cobol'"):
+            _ = [r async for r in client.verify_many([code_case("ok"), bad])]
+
+
+async def test_large_suites_go_by_ref_and_are_reregistered_after_eviction() -> None:
+    engine = FakeEngine()
+    async with Running(engine) as s:
+        cfg = ClientConfig(register_min_tests=5, backoff_s=0.001)
+        async with VerifierClient(s.target, cfg) as client:
+            # Unknown to the server: NOT_FOUND, registered, sent inline, kept.
+            assert (await client.verify(code_case("a", tests=20))).verdict is Verdict.AC
+            assert len(s.service.problems) == 1
+            # By reference now: nothing more to register.
+            assert (await client.verify(code_case("b", tests=20))).total == 20
+            assert s.metric("rlfleet_verifier_rejected_total", reason="unknown_problem") == 1
+            # The server lost it (LRU eviction): the client re-registers transparently.
+            s.service.problems = ProblemStore(1 << 20)
+            assert (await client.verify(code_case("c", tests=20))).verdict is Verdict.AC
+            assert len(s.service.problems) == 1
+            assert s.metric("rlfleet_verifier_rejected_total", reason="unknown_problem") == 2
+            s.service.problems = ProblemStore(1 << 20)
+            streamed = [
+                r async for r in client.verify_many(code_case(f"m{i}", tests=20) for i in range(5))
+            ]
+            assert sorted(r.id for r in streamed) == [f"m{i}" for i in range(5)]
+            assert all(r.total == 20 for r in streamed)
+        assert sorted(engine.seen) == sorted(["a", "b", "c", *(f"m{i}" for i in range(5))])
+
+
+async def test_large_suites_spread_over_two_servers() -> None:
+    e1, e2 = FakeEngine(), FakeEngine()
+    async with Running(e1) as a, Running(e2) as b:
+        cfg = ClientConfig(register_min_tests=5, backoff_s=0.001)
+        async with VerifierClient(f"{a.target},{b.target}", cfg) as client:
+            for i in range(10):
+                assert (await client.verify(code_case(f"c{i}", tests=20))).verdict is Verdict.AC
+        assert len(a.service.problems) == 1 and len(b.service.problems) == 1
+        assert len(e1.seen) + len(e2.seen) == 10
+
+
+async def test_verify_many_accepts_async_iterables_and_repeated_ids() -> None:
+    async def cases() -> AsyncIterator[Case]:
+        for i in range(30):
+            yield code_case(f"c{i % 10}")  # each id three times
+
+    async with Running(FakeEngine()) as s, VerifierClient(s.target, FAST) as client:
+        ids = [r.id async for r in client.verify_many(cases())]
+    assert sorted(ids) == sorted(f"c{i % 10}" for i in range(30))
+
+
+async def test_verify_many_resends_unanswered_cases_when_a_server_goes_away() -> None:
+    doomed = FakeEngine(gate=asyncio.Event())  # holds every case until it dies
+    dying = Running(doomed)
+    await dying.__aenter__()
+    port = dying.srv.port
+    results = []
+    try:
+        # Enough retries (about 2 s in all) to outlast the restart below.
+        patient = ClientConfig(attempts=10, backoff_s=0.05, max_backoff_s=0.3)
+        async with VerifierClient(dying.target, patient) as client:
+            stream = client.verify_many(code_case(f"s{i}") for i in range(8))
+            first = asyncio.ensure_future(anext(stream))
+            for _ in range(500):
+                if len(doomed.seen) == 8:
+                    break
+                await asyncio.sleep(0.01)
+            assert len(doomed.seen) == 8
+            await dying.srv.server.stop(0)  # the stream breaks with all 8 unanswered
+            # A replacement comes up on the same address; the client resends there.
+            async with Running(FakeEngine(), port=port) as replacement:
+                results.append(await first)
+                results += [r async for r in stream]
+                assert sorted(replacement.engine.seen) == sorted(f"s{i}" for i in range(8))
+    finally:
+        await dying.channel.close()
+    assert sorted(r.id for r in results) == sorted(f"s{i}" for i in range(8))
+    assert all(r.verdict is Verdict.AC for r in results)

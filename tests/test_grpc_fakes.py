@@ -1,0 +1,132 @@
+"""Shared by the gRPC tests: a fake engine, an in-process server on a free loopback port,
+and request builders. (No tests here.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
+
+from rlfleet.sandbox.records import Case, CaseResult, CodeCase, StdioTest, Verdict
+from rlfleet.sandbox.serve import ServeConfig, build_verifier_server
+from rlfleet.v1 import verifier_pb2 as pb
+from rlfleet.v1 import verifier_pb2_grpc as pb_grpc
+
+
+class FakeEngine:
+    """Answers ``verdict`` after ``delay`` (or once ``gate`` is set); records what it ran
+    and every cancellation it saw."""
+
+    def __init__(
+        self,
+        *,
+        delay: float = 0.0,
+        verdict: Verdict = Verdict.AC,
+        capacity: int = 2,
+        gate: asyncio.Event | None = None,
+        fail: Exception | None = None,
+        delays: dict[str, float] | None = None,
+    ) -> None:
+        self.delay = delay
+        self.verdict = verdict
+        self._capacity = capacity
+        self.gate = gate
+        self.fail = fail
+        self.delays = delays or {}
+        self.seen: list[str] = []
+        self.cancelled: list[str] = []
+        self.running = 0
+        self.peak = 0
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    async def verify(self, case: Case) -> CaseResult:
+        self.seen.append(case.id)
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            await asyncio.sleep(self.delays.get(case.id, self.delay))
+        except asyncio.CancelledError:
+            self.cancelled.append(case.id)
+            raise
+        finally:
+            self.running -= 1
+        if self.fail is not None:
+            raise self.fail
+        total = len(case.tests) if isinstance(case, CodeCase) else 1
+        ok = self.verdict is Verdict.AC
+        return CaseResult(
+            id=case.id,
+            verdict=self.verdict,
+            passed=total if ok else 0,
+            total=total,
+            reward=1.0 if ok else 0.0,
+            extracted=None if isinstance(case, CodeCase) else "42",
+        )
+
+
+class Running:
+    """``async with Running(engine) as s``: a started server, ``s.stub`` talks to it."""
+
+    def __init__(self, engine: Any, **config: Any) -> None:
+        self.engine = engine
+        self.registry = CollectorRegistry()
+        self.srv, self.service = build_verifier_server(
+            ServeConfig(**{"port": 0, **config}), engine, self.registry
+        )
+        self.target = f"127.0.0.1:{self.srv.port}"
+
+    async def __aenter__(self) -> Running:
+        await self.srv.start()
+        self.channel = grpc.aio.insecure_channel(self.target)
+        self.stub = pb_grpc.VerifierStub(self.channel)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.channel.close()
+        await self.srv.server.stop(0)
+
+    async def health(self, service: str = "rlfleet.v1.Verifier") -> int:
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+        return int(reply.status)
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        return self.registry.get_sample_value(name, labels)
+
+
+async def until(predicate: Callable[[], bool], what: str, tries: int = 1000) -> None:
+    """Wait (bounded) for something the server does asynchronously."""
+    for _ in range(tries):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def stdio_problem(tests: int = 1) -> pb.Problem:
+    return pb.Problem(stdio_tests=[pb.StdioTest(stdin=str(i), stdout=str(i)) for i in range(tests)])
+
+
+def code_request(case_id: str, tests: int = 1, language: str = "python") -> pb.VerifyRequest:
+    return pb.VerifyRequest(
+        id=case_id,
+        code=pb.CodeCase(language=language, code="print(input())", problem=stdio_problem(tests)),
+    )
+
+
+def code_case(case_id: str, tests: int = 1) -> CodeCase:
+    return CodeCase(
+        id=case_id,
+        language="python",
+        code="print(input())",
+        tests=tuple(StdioTest(stdin=str(i), stdout=str(i)) for i in range(tests)),
+    )

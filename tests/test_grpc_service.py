@@ -1,0 +1,399 @@
+"""The verifier service over real gRPC on loopback, with a fake engine: the contract, error
+mapping, admission control, deadlines and cancellation, stream back-pressure, problem
+registration, health, reflection, metrics, and graceful shutdown of a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from test_grpc_fakes import FakeEngine, Running, code_request, stdio_problem, until
+
+from rlfleet.sandbox.records import Verdict
+from rlfleet.sandbox.service import ProblemStore
+from rlfleet.serving import NotFound, ResourceExhausted
+from rlfleet.v1 import verifier_pb2 as pb
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_unary_code_call_and_math() -> None:
+    async with Running(FakeEngine()) as s:
+        r = await s.stub.Verify(code_request("c1", tests=3))
+        assert (r.id, r.verdict, r.passed, r.total, r.reward, r.error) == ("c1", "AC", 3, 3, 1, "")
+        assert not r.HasField("extracted")
+        call = pb.VerifyRequest(
+            id="f1",
+            code=pb.CodeCase(
+                language="python",
+                code="def f(a, b):\n    return a + b\n",
+                problem=pb.Problem(
+                    fn_name="f",
+                    call_tests=[pb.CallTest(args_json="[1, 2]", expected_json="3")],
+                    time_limit_s=1.5,
+                    memory_limit_mb=128,
+                    checker=pb.Checker(type="float", abs_tol=1e-3),
+                ),
+            ),
+        )
+        assert (await s.stub.Verify(call)).verdict == "AC"
+        m = await s.stub.Verify(
+            pb.VerifyRequest(id="m1", math=pb.MathCase(completion="\\boxed{42}", gold="42"))
+        )
+        assert (m.id, m.verdict, m.extracted) == ("m1", "AC", "42")
+        assert s.engine.seen == ["c1", "f1", "m1"]
+
+
+async def test_unary_with_the_real_engine() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the local sandbox backend needs root")
+    from rlfleet.sandbox.engine import Engine, EngineConfig
+
+    engine = await Engine.start(EngineConfig(workers=1))
+    try:
+        async with Running(engine) as s:
+            r = await s.stub.Verify(code_request("c1", tests=2))
+            assert (r.verdict, r.passed, r.total) == ("AC", 2, 2)
+            assert all(t.verdict == "AC" for t in r.tests)
+    finally:
+        await engine.close()
+
+
+def _code(**problem: object) -> pb.VerifyRequest:
+    fields: dict[str, object] = {"language": "python", "code": "print(1)"}
+    fields.update({k: v for k, v in problem.items() if k in ("language", "code")})
+    rest = {k: v for k, v in problem.items() if k not in ("language", "code")}
+    return pb.VerifyRequest(id="x", code=pb.CodeCase(**fields, problem=pb.Problem(**rest)))
+
+
+ONE = [pb.StdioTest(stdout="1")]
+
+
+@pytest.mark.parametrize(
+    ("request_pb", "field"),
+    [
+        (pb.VerifyRequest(id="x"), "case"),
+        (pb.VerifyRequest(id="x", code=pb.CodeCase(language="python", code="1")), "suite"),
+        (_code(language="", stdio_tests=ONE), "language"),
+        (_code(language="cobol", stdio_tests=ONE), "language"),
+        (
+            pb.VerifyRequest(
+                code=pb.CodeCase(language="python", code="1", problem=pb.Problem(stdio_tests=ONE))
+            ),
+            "id",
+        ),
+        (_code(stdio_tests=[*ONE, *ONE, *ONE, pb.StdioTest(stdin="x")]), "tests[3].stdout"),
+        (_code(), "tests"),
+        (_code(fn_name="f", call_tests=[pb.CallTest(args_json="[1,")]), "tests[0].args_json"),
+        (_code(call_tests=[pb.CallTest(args_json="[]", expected_json="1")]), "fn_name"),
+        (_code(stdio_tests=ONE, time_limit_s=1e9), "time_limit_s"),
+        (_code(stdio_tests=ONE, checker=pb.Checker(type="fuzzy")), "checker.type"),
+        (_code(code="x" * (2 << 20), stdio_tests=ONE), "code"),  # oversized field
+        (pb.VerifyRequest(id="x", math=pb.MathCase(completion="1")), "gold"),
+    ],
+)
+async def test_invalid_requests_name_the_field(request_pb: pb.VerifyRequest, field: str) -> None:
+    async with Running(FakeEngine()) as s:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.stub.Verify(request_pb)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith(f"{field}: "), err.value.details()
+        assert s.engine.seen == []
+        assert s.metric("rlfleet_verifier_rejected_total", reason="invalid") == 1
+
+
+async def test_garbage_bytes_and_oversized_messages_leave_the_server_healthy() -> None:
+    async with Running(FakeEngine()) as s:
+        raw = s.channel.unary_unary("/rlfleet.v1.Verifier/Verify")  # bytes in, bytes out
+        for junk in (b"\xff\xfe\xfd\x00garbage", bytes(range(256)) * 4, os.urandom(4096)):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await raw(junk)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert err.value.details().startswith("request: not a valid message")
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # past the 64 MiB limit
+            await raw(b"\x0a" + b"\xff" * 10 + b"x" * (65 << 20))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert await s.health() == SERVING
+        assert (await s.stub.Verify(code_request("ok"))).verdict == "AC"
+
+
+async def test_garbage_item_in_a_stream_is_answered_and_the_stream_goes_on() -> None:
+    async with Running(FakeEngine()) as s:
+        raw = s.channel.stream_stream("/rlfleet.v1.Verifier/VerifyStream")
+        good = code_request("after").SerializeToString()
+        replies = [pb.VerifyResponse.FromString(r) async for r in raw(iter([b"\xff\xff", good]))]
+        assert [(r.id, r.error_code) for r in replies] == [("", "INVALID_ARGUMENT"), ("after", "")]
+        assert replies[1].verdict == "AC"
+
+
+async def test_engine_failures_are_internal_without_details() -> None:
+    async with Running(FakeEngine(fail=RuntimeError("secret path /etc/x"))) as s:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.stub.Verify(code_request("a"))
+        assert err.value.code() == grpc.StatusCode.INTERNAL
+        assert "secret" not in (err.value.details() or "")
+        assert "Traceback" not in (err.value.debug_error_string() or "")
+
+        async def two() -> AsyncIterator[pb.VerifyRequest]:
+            yield code_request("b")
+            yield code_request("c")
+
+        replies = [r async for r in s.stub.VerifyStream(two())]
+        assert sorted((r.id, r.error_code, r.error) for r in replies) == [
+            ("b", "INTERNAL", "internal error"),
+            ("c", "INTERNAL", "internal error"),
+        ]
+        assert await s.health() == SERVING
+
+
+async def test_queue_full_is_resource_exhausted() -> None:
+    gate = asyncio.Event()
+    async with Running(FakeEngine(gate=gate), max_pending=2) as s:
+        first = [asyncio.ensure_future(s.stub.Verify(code_request(f"a{i}"))) for i in range(2)]
+        await until(lambda: len(s.engine.seen) == 2, "two cases admitted")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.stub.Verify(code_request("over"))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "queue full" in err.value.details()
+        assert s.metric("rlfleet_verifier_rejected_total", reason="queue_full") == 1
+        gate.set()
+        assert [r.verdict for r in await asyncio.gather(*first)] == ["AC", "AC"]
+        assert (await s.stub.Verify(code_request("later"))).verdict == "AC"
+
+
+async def test_deadline_and_client_cancel_cancel_the_engine_task() -> None:
+    engine = FakeEngine(gate=asyncio.Event())  # never finishes on its own
+    async with Running(engine) as s:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.stub.Verify(code_request("slow"), timeout=0.3)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await until(lambda: engine.cancelled == ["slow"], "the engine task cancelled")
+
+        call = s.stub.Verify(code_request("gone"))
+        await until(lambda: "gone" in engine.seen, "the case reaching the engine")
+        call.cancel()
+        await until(lambda: engine.cancelled == ["slow", "gone"], "the engine task cancelled")
+        await until(lambda: s.service.pending == 0, "pending back to zero")
+
+
+async def test_stream_results_come_as_they_finish_and_errors_keep_it_open() -> None:
+    # "first" takes longest, so its result comes last.
+    engine = FakeEngine(delays={"first": 0.5})
+    async with Running(engine) as s:
+
+        async def requests() -> AsyncIterator[pb.VerifyRequest]:
+            yield code_request("first")
+            yield pb.VerifyRequest(id="bad")  # neither code nor math
+            yield pb.VerifyRequest(
+                id="unknown",
+                code=pb.CodeCase(language="python", code="1", problem_ref="ab" * 32),
+            )
+            for i in range(5):
+                yield code_request(f"s{i}")
+
+        replies = [r async for r in s.stub.VerifyStream(requests())]
+        assert replies[-1].id == "first"
+        errors = {r.id: (r.error_code, r.error) for r in replies if r.error}
+        assert errors == {
+            "bad": ("INVALID_ARGUMENT", "case: missing (set code or math)"),
+            "unknown": ("NOT_FOUND", f"problem_ref: unknown {'ab' * 32!r} (register it again)"),
+        }
+        assert sorted(r.id for r in replies if not r.error) == sorted(
+            ["first", *(f"s{i}" for i in range(5))]
+        )
+
+
+async def test_stream_backpressure_keeps_admitted_cases_bounded() -> None:
+    gate = asyncio.Event()
+    engine = FakeEngine(gate=gate)
+    async with Running(engine, max_pending=4) as s:
+        call = s.stub.VerifyStream(code_request(f"s{i}") for i in range(200))
+        await until(lambda: len(engine.seen) == 4, "the budget filled")
+        for _ in range(20):  # the server stops reading: nothing more is admitted
+            await asyncio.sleep(0.01)
+            assert len(engine.seen) == 4 and s.service.pending == 4
+        gate.set()
+        ids = [r.id async for r in call]
+        assert sorted(ids) == sorted(f"s{i}" for i in range(200))
+        assert engine.peak <= 4
+
+
+async def test_cancelled_stream_gives_its_slots_back() -> None:
+    gate = asyncio.Event()
+    engine = FakeEngine(gate=gate)
+    async with Running(engine, max_pending=3) as s:
+        call = s.stub.VerifyStream(code_request(f"s{i}") for i in range(10))
+        await until(lambda: len(engine.seen) == 3, "the budget filled")
+        call.cancel()
+        await until(lambda: len(engine.cancelled) == 3, "the stream's cases cancelled")
+        await until(lambda: s.service.pending == 0, "pending back to zero")
+        # All three slots are free again: three unary calls are admitted together.
+        gate.set()
+        replies = await asyncio.gather(*(s.stub.Verify(code_request(f"u{i}")) for i in range(3)))
+        assert [r.verdict for r in replies] == ["AC"] * 3
+
+
+async def test_stream_deadline_cancels_the_engine_tasks() -> None:
+    engine = FakeEngine(gate=asyncio.Event())
+    async with Running(engine) as s:
+        call = s.stub.VerifyStream(iter([code_request("a"), code_request("b")]), timeout=0.3)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            _ = [r async for r in call]
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await until(lambda: sorted(engine.cancelled) == ["a", "b"], "both cancelled")
+        await until(lambda: s.service.pending == 0, "pending back to zero")
+
+
+async def test_problem_registration_and_refs() -> None:
+    async with Running(FakeEngine()) as s:
+        problem = stdio_problem(50)
+        ref = (await s.stub.RegisterProblem(problem)).sha256
+        assert len(ref) == 64 and ref == (await s.stub.RegisterProblem(problem)).sha256
+        assert ref != (await s.stub.RegisterProblem(stdio_problem(49))).sha256
+        r = await s.stub.Verify(
+            pb.VerifyRequest(
+                id="r", code=pb.CodeCase(language="python", code="print(1)", problem_ref=ref)
+            )
+        )
+        assert (r.verdict, r.total) == ("AC", 50)
+        unknown = "0" * 64
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.stub.Verify(
+                pb.VerifyRequest(
+                    id="r", code=pb.CodeCase(language="python", code="x", problem_ref=unknown)
+                )
+            )
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert err.value.details().startswith("problem_ref: ") and unknown in err.value.details()
+        for bad, field in ((pb.Problem(), "tests"), (stdio_problem(0), "tests")):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await s.stub.RegisterProblem(bad)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert err.value.details().startswith(f"{field}: ")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.stub.RegisterProblem(pb.Problem(stdio_tests=[pb.StdioTest(stdin="1")]))
+        assert err.value.details() == "tests[0].stdout: missing"
+
+
+def test_problem_store_is_bounded_lru() -> None:
+    small = stdio_problem(3)
+    store = ProblemStore(max_bytes=3 * small.ByteSize())
+    for name in "abc":
+        store.put(name, small)
+    store.get("a")  # now the most recently used
+    store.put("d", small)
+    assert store.bytes <= store.max_bytes and len(store) == 3
+    with pytest.raises(NotFound, match="problem_ref: unknown 'b'"):
+        store.get("b")
+    assert store.get("a") is small
+    with pytest.raises(ResourceExhausted, match="problem: "):
+        store.put("huge", stdio_problem(100))
+
+
+async def test_health_watch_and_reflection() -> None:
+    async with Running(FakeEngine()) as s:
+        assert await s.health() == SERVING
+        assert await s.health("") == SERVING
+        watch = health_pb2_grpc.HealthStub(s.channel).Watch(
+            health_pb2.HealthCheckRequest(service="rlfleet.v1.Verifier"), timeout=10
+        )
+        async for reply in watch:  # a server-streaming call through the interceptor
+            assert reply.status == SERVING
+            break
+        watch.cancel()
+
+        stub = reflection_pb2_grpc.ServerReflectionStub(s.channel)
+        ask = [reflection_pb2.ServerReflectionRequest(list_services="")]
+        names: list[str] = []
+        async for reply in stub.ServerReflectionInfo(iter(ask)):
+            names = [svc.name for svc in reply.list_services_response.service]
+        assert {"rlfleet.v1.Verifier", "grpc.health.v1.Health"} <= set(names)
+
+
+async def test_metrics() -> None:
+    async with Running(FakeEngine(capacity=2)) as s:
+        for i in range(3):
+            await s.stub.Verify(code_request(f"x{i}"))
+        await s.stub.Verify(pb.VerifyRequest(id="m", math=pb.MathCase(completion="1", gold="1")))
+        cases = "rlfleet_verifier_cases_total"
+        assert s.metric(cases, kind="code", language="python", verdict="AC") == 3
+        assert s.metric(cases, kind="math", language="", verdict="AC") == 1
+        assert s.metric("rlfleet_verifier_case_seconds_count") == 4
+        assert s.metric("rlfleet_verifier_queue_depth") == 0
+        assert s.metric("rlfleet_verifier_busy_workers") == 0
+
+
+async def test_busy_and_queue_gauges_while_running() -> None:
+    gate = asyncio.Event()
+    async with Running(FakeEngine(gate=gate, capacity=2)) as s:
+        calls = [asyncio.ensure_future(s.stub.Verify(code_request(f"a{i}"))) for i in range(5)]
+        await until(lambda: s.service.pending == 5, "five admitted")
+        assert s.metric("rlfleet_verifier_busy_workers") == 2
+        assert s.metric("rlfleet_verifier_queue_depth") == 3
+        gate.set()
+        await asyncio.gather(*calls)
+        assert s.metric("rlfleet_verifier_queue_depth") == 0
+
+
+SERVER_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys
+    from prometheus_client import CollectorRegistry
+    from rlfleet.sandbox.records import CaseResult, Verdict
+    from rlfleet.sandbox.serve import ServeConfig, serve_sandbox
+
+    class SlowEngine:
+        capacity = 1
+        async def verify(self, case):
+            print("engine: started", case.id, file=sys.stderr, flush=True)
+            await asyncio.sleep(1.0)
+            return CaseResult(id=case.id, verdict=Verdict.AC, passed=1, total=1, reward=1.0)
+
+    asyncio.run(serve_sandbox(ServeConfig(port=0, grace_s=30), SlowEngine(), CollectorRegistry()))
+    print("server: stopped", file=sys.stderr, flush=True)
+    """
+)
+
+
+async def test_sigterm_drains_calls_in_flight_then_exits_clean() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        SERVER_SCRIPT,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    try:
+        line = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()
+        assert "listening on 127.0.0.1:" in line, line
+        target = line.rsplit(" ", 1)[1].strip()
+        async with grpc.aio.insecure_channel(target) as channel:
+            from rlfleet.v1 import verifier_pb2_grpc as pb_grpc
+
+            call = pb_grpc.VerifierStub(channel).Verify(code_request("inflight"), timeout=60)
+            line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
+            assert "engine: started inflight" in line, line
+            proc.send_signal(signal.SIGTERM)
+            reply = await call
+            assert (reply.id, reply.verdict) == ("inflight", Verdict.AC.value)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+        rest = (await proc.stderr.read()).decode()
+        assert "server: stopped" in rest and "Traceback" not in rest, rest
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
