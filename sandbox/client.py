@@ -165,9 +165,13 @@ class VerifierClient:
                 if code == grpc.StatusCode.NOT_FOUND and isinstance(case, CodeCase) and not inline:
                     # Register, and send this case inline: round robin puts the two calls on
                     # different servers, and both keep the suite for the next samples.
-                    await self.register(case)
                     inline = True
-                    continue
+                    try:
+                        await self.register(case)
+                    except grpc.aio.AioRpcError as reg:
+                        if reg.code() not in RETRYABLE:
+                            raise
+                    continue  # (a failed register is fine: the case now carries its suite)
                 if code == grpc.StatusCode.INVALID_ARGUMENT:
                     raise ValueError(f"case {case.id!r}: {e.details()}") from None
                 if code not in RETRYABLE or retry + 1 >= self.config.attempts:
@@ -191,6 +195,7 @@ class VerifierClient:
         """
         out: asyncio.Queue[CaseResult] = asyncio.Queue(self.config.stream_buffer)
         pump = asyncio.create_task(self._pump(_aiter(cases), out))
+        get: asyncio.Future[CaseResult] | None = None
         try:
             while True:
                 get = asyncio.ensure_future(out.get())
@@ -198,12 +203,14 @@ class VerifierClient:
                 if get.done():
                     yield get.result()
                     continue
-                get.cancel()
+                get.cancel()  # the pump has ended: take what it left directly
                 while not out.empty():
                     yield out.get_nowait()
                 pump.result()  # raises what ended the pump
                 return
         finally:
+            if get is not None:
+                get.cancel()
             pump.cancel()
             await asyncio.gather(pump, return_exceptions=True)
 
@@ -251,6 +258,7 @@ class VerifierClient:
                     async for reply in call:
                         if failed:
                             raise failed[0]
+                        failures = 0  # a stream that answers has recovered
                         waiting = unanswered.get(reply.id)
                         if not waiting:
                             raise RuntimeError(f"server answered an unknown id {reply.id!r}")

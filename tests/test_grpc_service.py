@@ -6,22 +6,32 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.request import urlopen
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from test_grpc_fakes import FakeEngine, Running, code_request, stdio_problem, until
+from test_grpc_fakes import (
+    FakeEngine,
+    Running,
+    code_case,
+    code_request,
+    stdio_problem,
+    until,
+)
 
+from rlfleet.sandbox.client import ClientConfig, VerifierClient
 from rlfleet.sandbox.records import Verdict
 from rlfleet.sandbox.service import ProblemStore
-from rlfleet.serving import NotFound, ResourceExhausted
+from rlfleet.serving import NotFound, ResourceExhausted, ServerConfig, start_metrics
 from rlfleet.v1 import verifier_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -384,10 +394,16 @@ async def test_sigterm_drains_calls_in_flight_then_exits_clean() -> None:
         async with grpc.aio.insecure_channel(target) as channel:
             from rlfleet.v1 import verifier_pb2_grpc as pb_grpc
 
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service="rlfleet.v1.Verifier"), timeout=60
+            )
+            assert (await watch.read()).status == SERVING
             call = pb_grpc.VerifierStub(channel).Verify(code_request("inflight"), timeout=60)
             line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
             assert "engine: started inflight" in line, line
             proc.send_signal(signal.SIGTERM)
+            # Load balancers watching health learn first; the call in flight still finishes.
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
             reply = await call
             assert (reply.id, reply.verdict) == ("inflight", Verdict.AC.value)
         assert await asyncio.wait_for(proc.wait(), 60) == 0
@@ -397,3 +413,41 @@ async def test_sigterm_drains_calls_in_flight_then_exits_clean() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_server_config_wants_both_tls_files_or_neither(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="tls"):
+        ServerConfig(tls_cert=tmp_path / "cert.pem")
+
+
+async def test_metrics_endpoint_serves_the_registry() -> None:
+    async with Running(FakeEngine()) as s:
+        await s.stub.Verify(code_request("x"))
+        http = start_metrics(0, "127.0.0.1", s.registry)
+        try:
+            url = f"http://127.0.0.1:{http.server_port}/metrics"
+            body = await asyncio.to_thread(lambda: urlopen(url, timeout=10).read().decode())
+        finally:
+            http.shutdown()
+            http.server_close()
+    assert 'rlfleet_verifier_cases_total{kind="code",language="python",verdict="AC"} 1.0' in body
+    assert "rlfleet_verifier_busy_workers" in body
+
+
+async def test_tls(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    async with Running(FakeEngine(), tls_cert=cert, tls_key=key) as s:
+        cfg = ClientConfig(tls_ca=cert, attempts=1)
+        async with VerifierClient(s.target, cfg) as client:
+            assert (await client.verify(code_case("tls"))).verdict is Verdict.AC
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # plaintext is refused
+            await s.stub.Verify(code_request("plain"), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
