@@ -210,7 +210,7 @@ class Judge:
             result = TestResult(
                 verdict=verdict,
                 time_s=facts.cpu_s,
-                memory_mb=facts.peak_bytes / (1 << 20),
+                memory_mb=_peak_mb(facts),
                 wall_s=facts.wall_s,
                 message=facts.system_error or self._truncate(facts.stderr)
                 if verdict is not Verdict.AC
@@ -304,3 +304,10 @@ class Judge:
             tests=tests,
             message=message,
         )
+
+
+def _peak_mb(facts: RunFacts) -> float:
+    """The cgroup's peak; kernels without cgroup v2's memory.peak fall back to max RSS."""
+    if facts.peak_bytes:
+        return facts.peak_bytes / (1 << 20)
+    return float(facts.extra.get("maxrss_kb", 0)) / 1024
