@@ -18,8 +18,8 @@ from rlfleet.v1 import verifier_pb2_grpc as pb_grpc
 
 
 class FakeEngine:
-    """Answers ``verdict`` after ``delay`` (or once ``gate`` is set); records what it ran
-    and every cancellation it saw."""
+    """Answers ``verdict`` after ``delay`` (and once ``gate``, or the case's own entry in
+    ``gates``, is set); records what it ran and every cancellation it saw."""
 
     def __init__(
         self,
@@ -29,14 +29,14 @@ class FakeEngine:
         capacity: int = 2,
         gate: asyncio.Event | None = None,
         fail: Exception | None = None,
-        delays: dict[str, float] | None = None,
+        gates: dict[str, asyncio.Event] | None = None,
     ) -> None:
         self.delay = delay
         self.verdict = verdict
         self._capacity = capacity
         self.gate = gate
         self.fail = fail
-        self.delays = delays or {}
+        self.gates = gates or {}
         self.seen: list[str] = []
         self.cancelled: list[str] = []
         self.running = 0
@@ -53,7 +53,9 @@ class FakeEngine:
         try:
             if self.gate is not None:
                 await self.gate.wait()
-            await asyncio.sleep(self.delays.get(case.id, self.delay))
+            if case.id in self.gates:
+                await self.gates[case.id].wait()
+            await asyncio.sleep(self.delay)
         except asyncio.CancelledError:
             self.cancelled.append(case.id)
             raise

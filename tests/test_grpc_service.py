@@ -198,8 +198,9 @@ async def test_deadline_and_client_cancel_cancel_the_engine_task() -> None:
 
 
 async def test_stream_results_come_as_they_finish_and_errors_keep_it_open() -> None:
-    # "first" takes longest, so its result comes last.
-    engine = FakeEngine(delays={"first": 0.5})
+    # "first" is held until every other answer has arrived, so its result comes last.
+    release_first = asyncio.Event()
+    engine = FakeEngine(gates={"first": release_first})
     async with Running(engine) as s:
 
         async def requests() -> AsyncIterator[pb.VerifyRequest]:
@@ -212,7 +213,11 @@ async def test_stream_results_come_as_they_finish_and_errors_keep_it_open() -> N
             for i in range(5):
                 yield code_request(f"s{i}")
 
-        replies = [r async for r in s.stub.VerifyStream(requests())]
+        replies = []
+        async for r in s.stub.VerifyStream(requests()):
+            replies.append(r)
+            if len(replies) == 7:
+                release_first.set()
         assert replies[-1].id == "first"
         errors = {r.id: (r.error_code, r.error) for r in replies if r.error}
         assert errors == {
