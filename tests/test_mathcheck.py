@@ -97,6 +97,8 @@ EQUIVALENCE = [
     ("\\tfrac{3}{4}", "\\frac{3}{4}", True),
     ("\\frac34", "0.75", True),
     ("\\frac{4}{3}", "\\frac{3}{4}", False),
+    ("2\\frac{1}{4}", "\\frac{9}{4}", True),  # a mixed number
+    ("2\\frac{1}{4}", "\\frac{1}{2}", False),
     # approximations: >= 6 decimals, correct to the last one, of a non-terminating value
     ("0.333333", "\\frac{1}{3}", True),
     ("0.3333333", "\\frac{1}{3}", True),
@@ -123,6 +125,8 @@ EQUIVALENCE = [
     ("\\frac{x^2-1}{x-1}", "x+1", True),
     ("\\sin^2 x + \\cos^2 x", "1", True),
     ("a+b", "b+a", True),
+    ("2xy", "2yx", True),
+    ("0.5x", "\\frac{x}{2}", True),
     ("x^2", "x^3", False),
     ("x+10^{-12}", "x", False),
     ("1+10^{-12}", "1", False),

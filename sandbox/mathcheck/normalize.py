@@ -57,6 +57,7 @@ _UNIT_TAIL = re.compile(
 )
 _ASSIGN = re.compile(r"^[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?(?:\([a-z]\))?\s*=\s*([^=<>]+)$")
 _FRAC = re.compile(r"^([-+]?)\\frac\s*\{\s*([-+]?\d+)\s*\}\s*\{\s*([-+]?\d+)\s*\}$")
+_MIXED = re.compile(r"^([-+]?)(\d+)\\frac\{(\d+)\}\{(\d+)\}$")
 _FRAC_SHORT = re.compile(r"^([-+]?)\\frac(\d)(\d)$")
 _DECIMAL = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d{1,3})?")
 _HEDGE = re.compile(r"\bor\b|\\lor\b|\\vee\b|\beither\b", re.IGNORECASE)
@@ -144,6 +145,13 @@ def to_fraction(text: str) -> Fraction | None:
     t = text.replace(" ", "")
     if not t or len(t) > 64:
         return None
+    m = _MIXED.match(t)
+    if m:  # 2\frac{1}{4}: a mixed number, 9/4
+        sign, whole, num, den = m.groups()
+        if int(den) == 0:
+            return None
+        value = int(whole) + Fraction(int(num), int(den))
+        return -value if sign == "-" else value
     m = _FRAC.match(t) or _FRAC_SHORT.match(t)
     if m:
         sign, num, den = m.groups()
