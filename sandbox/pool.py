@@ -105,14 +105,14 @@ class WorkerPool:
             except WorkerError as e:
                 log.warning("sandbox worker %d failed: %s", slot, e)
                 self._discard(slot)
-                return _system_error(str(e))
+                return RunFacts.failure(str(e))
             if not facts.extra.get("clean", True) or worker.runs >= self.config.recycle_after:
                 self._discard(slot)
             return facts
         except Exception as e:
             log.exception("sandbox worker %d could not start", slot)
             self._discard(slot)
-            return _system_error(f"worker start failed: {e}")
+            return RunFacts.failure(f"worker start failed: {e}")
         finally:
             self.stats.busy -= 1
             self._idle.put_nowait(slot)
@@ -159,19 +159,3 @@ class WorkerPool:
             return_exceptions=True,
         )
         self._executor.shutdown(wait=True)
-
-
-def _system_error(message: str) -> RunFacts:
-    return RunFacts(
-        exit_code=None,
-        signal=None,
-        cpu_s=0.0,
-        wall_s=0.0,
-        peak_bytes=0,
-        oom_kills=0,
-        wall_timeout=False,
-        stdout=b"",
-        stdout_size=0,
-        stderr=b"",
-        system_error=message,
-    )

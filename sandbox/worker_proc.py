@@ -92,6 +92,23 @@ class RunFacts:
     system_error: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def failure(cls, message: str) -> RunFacts:
+        """Facts of a run that never happened because of us (a system error)."""
+        return cls(
+            exit_code=None,
+            signal=None,
+            cpu_s=0.0,
+            wall_s=0.0,
+            peak_bytes=0,
+            oom_kills=0,
+            wall_timeout=False,
+            stdout=b"",
+            stdout_size=0,
+            stderr=b"",
+            system_error=message,
+        )
+
 
 class WorkerProcess:
     """One worker reached over (read fd, write fd). Not thread-safe: one run at a time."""

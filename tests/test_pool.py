@@ -4,6 +4,7 @@ replaced, cancelling a run frees its slot at once, workers are recycled."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 
 import pytest
@@ -15,20 +16,8 @@ REQ = RunRequest(kind="python", code="print(1)", limits=RunLimits())
 
 
 def facts(**kw: object) -> RunFacts:
-    base: dict[str, object] = dict(
-        exit_code=0,
-        signal=None,
-        cpu_s=0.0,
-        wall_s=0.0,
-        peak_bytes=0,
-        oom_kills=0,
-        wall_timeout=False,
-        stdout=b"1\n",
-        stdout_size=2,
-        stderr=b"",
-    )
-    base.update(kw)
-    return RunFacts(**base)  # type: ignore[arg-type]
+    ok = dataclasses.replace(RunFacts.failure(""), exit_code=0, stdout=b"1\n", stdout_size=2)
+    return dataclasses.replace(ok, **kw)  # type: ignore[arg-type]
 
 
 class FakeWorker(WorkerProcess):

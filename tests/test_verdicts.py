@@ -169,19 +169,7 @@ def test_se_is_retried_then_reported(sandbox: Harness) -> None:
     async def flaky(req: RunRequest) -> RunFacts:
         calls.append(req)
         if len(calls) <= 2:
-            return RunFacts(
-                exit_code=None,
-                signal=None,
-                cpu_s=0,
-                wall_s=0,
-                peak_bytes=0,
-                oom_kills=0,
-                wall_timeout=False,
-                stdout=b"",
-                stdout_size=0,
-                stderr=b"",
-                system_error="worker crashed",
-            )
+            return RunFacts.failure("worker crashed")
         return await sandbox.pool.run(req)
 
     judge = Judge(flaky, JudgeConfig(se_retries=2))
@@ -202,19 +190,7 @@ def test_se_is_retried_then_reported(sandbox: Harness) -> None:
 
     async def broken(req: RunRequest) -> RunFacts:
         calls.append(req)
-        return RunFacts(
-            exit_code=None,
-            signal=None,
-            cpu_s=0,
-            wall_s=0,
-            peak_bytes=0,
-            oom_kills=0,
-            wall_timeout=False,
-            stdout=b"",
-            stdout_size=0,
-            stderr=b"",
-            system_error="worker crashed",
-        )
+        return RunFacts.failure("worker crashed")
 
     r = sandbox.call(Judge(broken, JudgeConfig(se_retries=2)).judge(case))  # type: ignore[arg-type]
     assert (r.verdict, r.reward) == (Verdict.SE, 0.0)
