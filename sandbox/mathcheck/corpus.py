@@ -154,6 +154,37 @@ def build(n_per_kind: int = 40, seed: int = 0) -> list[Pair]:
         add(f"{k}x - y + {c} = 0", f"y={k}x+{c}", True, "equation")
         add(f"y = {k}x + {c + 1}", f"y={k}x+{c}", False, "equation")
         b = rng.randint(1, 9)
+        w = rng.randint(1, 9)
+        add(f"{w}\\frac{{1}}{{{k}}}", f"\\frac{{{w * k + 1}}}{{{k}}}", True, "mixed_number")
+        add(f"{c}+{k}i", f"{k}i+{c}", True, "complex")
+        add(f"{c}-{k}i", f"{c}+{k}i", False, "complex")
+        add(f"\\text{{({'ABCDE'[c % 5]})}}", "ABCDE"[c % 5], True, "choice")
+        add("ABCDE"[k % 5], f"\\text{{({'ABCDE'[(k + 1) % 5]})}}", False, "choice")
+        add(
+            f"\\begin{{pmatrix}} {c} \\\\ {k} \\end{{pmatrix}}",
+            f"\\begin{{pmatrix}}{c}\\\\{k}\\end{{pmatrix}}",
+            True,
+            "matrix",
+        )
+        add(
+            f"\\begin{{pmatrix}} {c} \\\\ {k + 1} \\end{{pmatrix}}",
+            f"\\begin{{pmatrix}}{c}\\\\{k}\\end{{pmatrix}}",
+            False,
+            "matrix",
+        )
+        add(f"\\log_{{{m}}} {m**c}", str(c), True, "logarithm")
+        exact = Fraction(w, 3 * k) if (3 * k) % 2 and (3 * k) % 5 else Fraction(w, 7)
+        approx = f"{float(exact):.6f}"
+        if Fraction(approx) != exact:
+            add(
+                approx, f"\\frac{{{exact.numerator}}}{{{exact.denominator}}}", True, "approximation"
+            )
+            add(
+                f"{float(exact):.2f}",
+                f"\\frac{{{exact.numerator}}}{{{exact.denominator}}}",
+                False,
+                "approximation",
+            )
         add(f"{k}x + {b}y + {c + 1} = 0", f"{k}x+{b}y+{c}=0", False, "line_equation", style=2)
         add(f"{2 * k}x + {2 * b}y + {2 * c} = 0", f"{k}x+{b}y+{c}=0", True, "line_equation")
 
