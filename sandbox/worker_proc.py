@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from rlfleet.sandbox import cgroups
-from rlfleet.sandbox.worker import zygote
+from rlfleet.sandbox.worker import frames
 
-WORKER_SCRIPT = Path(zygote.__file__).resolve()
+WORKER_SCRIPT = Path(frames.__file__).resolve().with_name("zygote.py")
 
 
 class WorkerError(RuntimeError):
@@ -120,7 +120,7 @@ class WorkerProcess:
         self._lock = threading.Lock()
 
     def _handshake(self, setup: dict[str, Any], timeout_s: float) -> None:
-        zygote.write_frame(self._wfd, setup)
+        frames.write_frame(self._wfd, setup)
         reply, _ = self._read_reply(timeout_s)
         if not reply.get("ok"):
             raise WorkerError(reply.get("error", "worker setup failed"))
@@ -133,7 +133,7 @@ class WorkerProcess:
         if not ready:
             raise WorkerError(f"worker did not answer within {timeout_s:.1f}s")
         try:
-            return zygote.read_frame(self._rfd)
+            return frames.read_frame(self._rfd)
         except (EOFError, ValueError, OSError) as e:
             raise WorkerError(f"worker channel broke: {e!r}") from e
 
@@ -157,7 +157,7 @@ class WorkerProcess:
             header["capture"] = req.capture
         with self._lock:
             try:
-                zygote.write_frame(self._wfd, header, blobs)
+                frames.write_frame(self._wfd, header, blobs)
             except OSError as e:
                 raise WorkerError(f"worker channel broke: {e!r}") from e
             # The worker kills the run at wall_s; allow it time to report before giving up.

@@ -1,0 +1,117 @@
+"""The worker's private view of the filesystem: a minimal read-only root and a /tmp."""
+
+import ctypes
+import errno
+import os
+import shutil
+
+from kernel import (
+    CLONE_NEWIPC,
+    CLONE_NEWNET,
+    CLONE_NEWNS,
+    CLONE_NEWUTS,
+    MNT_DETACH,
+    MS_BIND,
+    MS_MOVE,
+    MS_NODEV,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REC,
+    MS_REMOUNT,
+    _check,
+    libc,
+    mount,
+    syscall_number,
+    unshare,
+)
+
+
+def build_root(tmp_mb):
+    """Enter private namespaces and pivot into a minimal read-only root with a tmpfs /tmp."""
+    unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    # Build the new root on a tmpfs mounted over /tmp: only this mount namespace sees it.
+    new = "/tmp"
+    mount("rlfleet-root", new, "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=755")
+    os.mkdir(f"{new}/usr")
+    mount("/usr", f"{new}/usr", None, MS_BIND | MS_REC)
+    mount(None, f"{new}/usr", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    if os.path.isdir("/usr/local"):
+        mount(
+            "rlfleet-empty",
+            f"{new}/usr/local",
+            "tmpfs",
+            MS_RDONLY | MS_NOSUID | MS_NODEV,
+            "size=4k",
+        )
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = f"/{name}"
+        if os.path.islink(path):
+            os.symlink(os.readlink(path), f"{new}/{name}")
+        elif os.path.isdir(path):
+            os.mkdir(f"{new}/{name}")
+            mount(path, f"{new}/{name}", None, MS_BIND | MS_REC)
+            mount(
+                None, f"{new}/{name}", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
+            )
+    os.mkdir(f"{new}/etc")
+    files = {
+        "passwd": "root:x:0:0:root:/root:/bin/false\nnobody:x:65534:65534:nobody:/tmp:/bin/false\n",
+        "group": "root:x:0:\nnogroup:x:65534:\n",
+        "hosts": "127.0.0.1 localhost\n",
+        "hostname": "sandbox\n",
+    }
+    for name, text in files.items():
+        with open(f"{new}/etc/{name}", "w") as f:
+            f.write(text)
+    for name in ("ld.so.cache", "ld.so.conf", "localtime"):
+        if os.path.isfile(f"/etc/{name}"):
+            shutil.copyfile(f"/etc/{name}", f"{new}/etc/{name}")
+    if os.path.isdir("/etc/alternatives"):
+        os.mkdir(f"{new}/etc/alternatives")
+        for name in os.listdir("/etc/alternatives"):
+            target = os.path.join("/etc/alternatives", name)
+            if os.path.islink(target):
+                os.symlink(os.readlink(target), f"{new}/etc/alternatives/{name}")
+    os.mkdir(f"{new}/dev")
+    for name in ("null", "zero", "full", "random", "urandom"):
+        open(f"{new}/dev/{name}", "w").close()
+        mount(f"/dev/{name}", f"{new}/dev/{name}", None, MS_BIND)
+    os.symlink("/proc/self/fd", f"{new}/dev/fd")
+    for i, name in enumerate(("stdin", "stdout", "stderr")):
+        os.symlink(f"/proc/self/fd/{i}", f"{new}/dev/{name}")
+    os.mkdir(f"{new}/tmp")
+    mount("rlfleet-tmp", f"{new}/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmp_mb}m,mode=1777")
+    os.mkdir(f"{new}/.old")
+    os.chdir(new)
+    if libc.syscall(syscall_number("pivot_root"), b".", b".old") == 0:
+        os.chdir("/")
+        _check(libc.umount2(b"/.old", MNT_DETACH), "umount old root")
+        os.rmdir("/.old")
+    elif ctypes.get_errno() == errno.EPERM:
+        # Docker's default seccomp profile refuses pivot_root: move the new root over the
+        # old one instead (covering it) and chroot into it. Programs lack CAP_SYS_CHROOT.
+        os.rmdir(".old")
+        mount(new, "/", None, MS_MOVE)
+        os.chroot(".")
+        os.chdir("/")
+    else:
+        _check(-1, "pivot_root")
+    mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    libc.sethostname(b"sandbox", 7)
+
+
+def wipe_tmp():
+    for name in os.listdir("/tmp"):
+        path = os.path.join("/tmp", name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+# ---------------------------------------------------------------------------- running
