@@ -19,7 +19,6 @@ MAX_BOX_CHARS = 10_000
 MAX_BOXES = 64
 """Boxes looked at, counted from the end: the answer is in the last ones."""
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _BOX_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _ANSWER_LINE = re.compile(
     r"(?:final\s+answer\s*(?:is\b)?\s*[:\uff1a]?|the\s+answer\s+is\s*[:\uff1a]?|\banswer\s*[:\uff1a])\s*",
@@ -94,18 +93,28 @@ def _answer_line(text: str) -> str | None:
     return _strip_math(last[matches[-1].end() :]) or None
 
 
+def _last_answer_tag(completion: str) -> str | None:
+    """Content of the last closed ``<answer>`` tag. Two reverse searches, not a regex over
+    every opening tag: linear even for a completion that repeats ``<answer>`` forever."""
+    lower = completion.lower()
+    end = lower.rfind("</answer>")
+    if end < 0:
+        return None
+    start = lower.rfind("<answer>", 0, end)
+    return None if start < 0 else completion[start + len("<answer>") : end]
+
+
 def _distinct(values: list[str]) -> int:
     return len({_SPACE.sub("", v) for v in values})
 
 
 def extract(completion: str) -> Extraction:
     """The answer and whether it was hedged among different boxed answers."""
-    tags = _ANSWER_TAG.findall(completion)
-    if tags:
-        region = tags[-1]
+    region = _last_answer_tag(completion)
+    if region is not None:
         boxes = boxed_contents(region)
         if boxes:
-            return Extraction(boxes[-1], hedged=_distinct(boxes) > 1)
+            return Extraction(boxes[-1] or None, hedged=_distinct(boxes) > 1)
         return Extraction(_strip_math(region) or None)
     located = _boxes(completion)
     if located:
@@ -113,7 +122,7 @@ def extract(completion: str) -> Extraction:
         last_start, answer = located[-1]
         region_start = completion.rfind("\n\n", 0, last_start)
         final = [content for start, content in located if start > region_start]
-        return Extraction(answer, hedged=_distinct(final) > 1)
+        return Extraction(answer or None, hedged=_distinct(final) > 1)
     return Extraction(_answer_line(completion))
 
 

@@ -52,8 +52,15 @@ _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
 _DOLLARS = re.compile(r"^\\\$\s*|^\$(?=\d)")
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:(?:,|\{,\})\d{3})+(?:\.\d+)?$")
 # A number followed by words (units): "5 cm", "12 meters", "3 km/h", "4 cm^2".
+# Each unit word is a whole run of letters followed by a space, "/", "^" or the end, so the
+# match is linear (no way to split "meters" into "met" + "ers" and backtrack).
 _UNIT_TAIL = re.compile(
-    r"^(.*?\d)\s*(?:[a-zA-Z]{2,}\.?)(?:\s*(?:\^\s*\{?\d\}?|[a-zA-Z]{2,}\.?|/\s*[a-zA-Z]+))*\s*$"
+    r"^([-+]?[\d.,/]*\d)\s*[a-zA-Z]{2,}\.?(?:\s+[a-zA-Z]{2,}\.?|\s*/\s*[a-zA-Z]+|\s*\^\s*\{?\d\}?)*\s*$"
+)
+# A number followed by \text{...}: the text is a unit, even a one-letter one (5 \text{m}).
+_PERCENT_WORD = re.compile(r"\s*(?:\\text\s*\{\s*percent\s*\}|\bpercent)\s*$")
+_TEXT_UNIT = re.compile(
+    r"^([-+]?[\d.,/]*\d)\s*\\(?:text|mathrm|mbox)\s*\{\s*[a-zA-Z][^{}]*\}(?:\s*\^\s*\{?\d\}?)?$"
 )
 _ASSIGN = re.compile(r"^[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?(?:\([a-z]\))?\s*=\s*([^=<>]+)$")
 _FRAC = re.compile(r"^([-+]?)\\frac\s*\{\s*([-+]?\d+)\s*\}\s*\{\s*([-+]?\d+)\s*\}$")
@@ -87,6 +94,10 @@ def normalize(raw: str) -> Norm:
     s = _THIN_COMMA.sub(",", s)  # 11,\! 111: a thousands separator with a negative space
     s = _SPACING.sub("", s)
     s = _DEGREES.sub("", s)
+    s = _PERCENT_WORD.sub("%", s)
+    unit = _TEXT_UNIT.match(s)
+    if unit and to_fraction(unit.group(1).replace(",", "")) is not None:
+        s = unit.group(1)
     for _ in range(3):  # \text{\textbf{...}}: a few levels, no more (bounded work)
         s = _TEXT.sub(lambda m: " " + m.group(1).strip() + " ", s)
     s = _ESCAPED_SPACE.sub(" ", s).replace("\\cdot", "*").replace("\\times", "*")
