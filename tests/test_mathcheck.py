@@ -4,6 +4,7 @@ math-verify, pathological inputs, bounded time from any thread, no processes lef
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
 from collections.abc import Iterator
@@ -341,6 +342,28 @@ def test_close_leaves_no_processes() -> None:
     assert _children() <= before
     with pytest.raises(RuntimeError):
         c.check("\\boxed{x^2}", "x^3")
+
+
+def test_a_dropped_checker_stops_its_workers() -> None:
+    c = MathChecker(MathCheckConfig(workers=1))
+    pids = c.worker_pids
+    del c
+    gc.collect()
+    assert all(_gone(pid) for pid in pids)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_checker_refuses_to_cross_a_fork(checker: MathChecker) -> None:
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if the inherited checker refuses to work
+        try:
+            checker.check("\\boxed{x^2}", "x^3")
+        except RuntimeError:
+            os._exit(0)
+        os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert checker.check("\\boxed{x^2}", "x^2").correct
 
 
 def test_config_is_validated() -> None:

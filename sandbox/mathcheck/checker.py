@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -42,6 +44,11 @@ class MathResult:
     pathological answer refused before any algebra) and "parse_error"."""
 
 
+def _shutdown(threads: ThreadPoolExecutor, pool: AlgebraPool) -> None:
+    threads.shutdown(wait=False, cancel_futures=True)
+    pool.close()
+
+
 def _needs_algebra(answer: str, gold: str) -> bool:
     raise Undecided("needs_algebra")
 
@@ -58,6 +65,9 @@ class MathChecker:
         # Threads only wait on workers; a few per worker keep every worker busy.
         self._threads = ThreadPoolExecutor(config.workers * 4, thread_name_prefix="mathcheck")
         self._closed = False
+        self._pid = os.getpid()
+        # A checker dropped without close() still stops its workers (at collection or exit).
+        self._finalizer = weakref.finalize(self, _shutdown, self._threads, self._pool)
 
     def __enter__(self) -> MathChecker:
         return self
@@ -68,8 +78,7 @@ class MathChecker:
     def close(self) -> None:
         """Stop every worker process; the checker cannot be used afterwards."""
         self._closed = True
-        self._threads.shutdown(wait=False, cancel_futures=True)
-        self._pool.close()
+        self._finalizer()
 
     @property
     def worker_pids(self) -> list[int]:
@@ -79,8 +88,7 @@ class MathChecker:
     def check(self, completion: str, gold: str) -> MathResult:
         """Compare the completion's final answer with ``gold``; blocks at most about
         ``timeout_s`` (plus ``max_wait_s`` when every worker is busy)."""
-        if self._closed:
-            raise RuntimeError("math checker is closed")
+        self._usable()
         budget = [self.config.timeout_s]
 
         def algebra(answer: str, gold_text: str) -> bool:
@@ -98,13 +106,19 @@ class MathChecker:
 
     async def check_async(self, completion: str, gold: str) -> MathResult:
         """As ``check``; answers settled without algebra return without leaving the loop."""
-        if self._closed:
-            raise RuntimeError("math checker is closed")
+        self._usable()
         try:
             return self._check(completion, gold, _needs_algebra)
         except Undecided:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._threads, self.check, completion, gold)
+
+    def _usable(self) -> None:
+        if self._closed:
+            raise RuntimeError("math checker is closed")
+        if os.getpid() != self._pid:
+            # The workers' pipes belong to the parent; sharing them would mix up replies.
+            raise RuntimeError("a MathChecker cannot cross a fork: create one per process")
 
     def _check(self, completion: str, gold: str, algebra: Algebra) -> MathResult:
         found = extract(completion)
