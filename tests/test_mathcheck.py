@@ -186,6 +186,8 @@ EQUIVALENCE = [
     ("5 \\text{ meters}", "5", True),
     ("12 meters", "12", True),
     ("12 meters", "13", False),
+    ("2 pi", "2", False),  # a word of mathematics is not a unit
+    ("2 and 3", "2", False),
     ("5 \\text{m}", "5", True),
     ("3 \\text{ km/h}", "3", True),
     ("12 \\text{ percent}", "12\\%", True),

@@ -54,8 +54,16 @@ _THOUSANDS = re.compile(r"^-?\d{1,3}(?:(?:,|\{,\})\d{3})+(?:\.\d+)?$")
 # A number followed by words (units): "5 cm", "12 meters", "3 km/h", "4 cm^2".
 # Each unit word is a whole run of letters followed by a space, "/", "^" or the end, so the
 # match is linear (no way to split "meters" into "met" + "ers" and backtrack).
+# Words that are mathematics, not units: "2 pi" is not 2, "2 and 3" is not 2.
+_MATH_WORDS = "pi|sqrt|ln|log|sin|cos|tan|cot|sec|csc|exp|inf|infty|and|or|times|plus|minus|over"
+_NOT_UNIT = r"(?!(?:" + _MATH_WORDS + r")\b)"
+_UNIT_WORD = _NOT_UNIT + r"[a-zA-Z]{2,}\.?"
 _UNIT_TAIL = re.compile(
-    r"^([-+]?[\d.,/]*\d)\s*[a-zA-Z]{2,}\.?(?:\s+[a-zA-Z]{2,}\.?|\s*/\s*[a-zA-Z]+|\s*\^\s*\{?\d\}?)*\s*$"
+    r"^([-+]?[\d.,/]*\d)\s*"
+    + _UNIT_WORD
+    + r"(?:\s+"
+    + _UNIT_WORD
+    + r"|\s*/\s*[a-zA-Z]+|\s*\^\s*\{?\d\}?)*\s*$"
 )
 # A number followed by \text{...}: the text is a unit, even a one-letter one (5 \text{m}).
 _PERCENT_WORD = re.compile(r"\s*(?:\\text\s*\{\s*percent\s*\}|\bpercent)\s*$")
@@ -102,8 +110,8 @@ def normalize(raw: str) -> Norm:
         s = _TEXT.sub(lambda m: " " + m.group(1).strip() + " ", s)
     s = _ESCAPED_SPACE.sub(" ", s).replace("\\cdot", "*").replace("\\times", "*")
     s = s.replace("\\varnothing", "\\emptyset").replace("\\{\\}", "\\emptyset")
-    s = _SHORT_ARGUMENT.sub(lambda m: m.group(1) + "{" + m.group(2) + "}", s)
-    s = _SHORT_ARGUMENT.sub(lambda m: m.group(1) + "{" + m.group(2) + "}", s)
+    for _ in range(2):  # twice: \frac12 -> \frac{1}2 -> \frac{1}{2}
+        s = _SHORT_ARGUMENT.sub(lambda m: m.group(1) + "{" + m.group(2) + "}", s)
     s = s.replace("\\lbrace", "\\{").replace("\\rbrace", "\\}")
     s = re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
     s = _DOLLARS.sub("", s)
