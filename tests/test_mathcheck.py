@@ -133,6 +133,9 @@ EQUIVALENCE = [
     ("2xy", "2yx", True),
     ("0.5x", "\\frac{x}{2}", True),
     ("x^2", "x^3", False),
+    ("|x|", "x", False),  # equal for x > 0 only: sampled at negative points too
+    ("\\sqrt{x^2}", "|x|", True),
+    ("\\tan x", "\\frac{\\sin x}{\\cos x}", True),
     ("x+10^{-12}", "x", False),
     ("1+10^{-12}", "1", False),
     ("\\log_2 8", "3", True),
