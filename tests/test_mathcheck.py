@@ -254,6 +254,10 @@ def test_a_gold_with_alternatives_compares_as_a_set(checker: MathChecker) -> Non
     assert not checker.check("\\boxed{x = 3 \\text{ or } x = 1}", "x=2 \\text{ or } x=3").correct
 
 
+def test_a_boxed_gold_is_unboxed(checker: MathChecker) -> None:
+    assert checker.check("so \\boxed{\\frac{1}{2}}", "$\\boxed{0.5}$").correct
+
+
 def test_no_answer(checker: MathChecker) -> None:
     r = checker.check("I am not sure.", "3")
     assert r == MathResult(correct=False, extracted=None, reason="no_answer")

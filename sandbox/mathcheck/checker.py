@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from rlfleet.sandbox.mathcheck.compare import Algebra, Undecided, equal, is_candidate_list
-from rlfleet.sandbox.mathcheck.extract import extract
+from rlfleet.sandbox.mathcheck.extract import boxed_contents, extract
 from rlfleet.sandbox.mathcheck.normalize import alternatives_as_list, is_hedge, normalize
 from rlfleet.sandbox.mathcheck.pool import AlgebraPool
 
@@ -121,6 +121,9 @@ class MathChecker:
             raise RuntimeError("a MathChecker cannot cross a fork: create one per process")
 
     def _check(self, completion: str, gold: str, algebra: Algebra) -> MathResult:
+        boxed_gold = boxed_contents(gold)
+        if boxed_gold:  # some datasets store the gold answer as "\boxed{5}"
+            gold = boxed_gold[-1]
         found = extract(completion)
         answer = found.answer
         if answer is None:
