@@ -184,6 +184,10 @@ EQUIVALENCE = [
     ("x \\in [-2, 7]", "[-2,7]", True),
     ("x", "(1,2)", False),
     ("1, 2", "2, 1", True),
+    ("1, 2, and 3", "3, 2, 1", True),
+    ("1 \\text{ and } 2", "1, 2", True),
+    ("a=2, b=3", "(2,3)", True),  # named values in order are the tuple
+    ("a=3, b=2", "(2,3)", False),
     # units
     ("5\\text{ cm}", "5", True),
     ("5 \\text{ meters}", "5", True),

@@ -11,7 +11,13 @@ from dataclasses import dataclass
 
 from rlfleet.sandbox.mathcheck.compare import Algebra, Undecided, equal, is_candidate_list
 from rlfleet.sandbox.mathcheck.extract import boxed_contents, extract
-from rlfleet.sandbox.mathcheck.normalize import alternatives_as_list, is_hedge, normalize
+from rlfleet.sandbox.mathcheck.normalize import (
+    alternatives_as_list,
+    has_and,
+    is_hedge,
+    normalize,
+    parse_struct,
+)
 from rlfleet.sandbox.mathcheck.pool import AlgebraPool
 
 
@@ -134,6 +140,8 @@ class MathChecker:
             a, g = normalize(alternatives_as_list(answer)), normalize(alternatives_as_list(gold))
         else:
             a, g = normalize(answer), normalize(gold)
+            if parse_struct(g.text) is not None and has_and(answer):
+                a = normalize(alternatives_as_list(answer))  # "1 and 2" against "1, 2"
         if is_candidate_list(a, g):
             return MathResult(correct=False, extracted=answer, reason="hedged")
         try:

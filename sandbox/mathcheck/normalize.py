@@ -78,8 +78,10 @@ _DECIMAL = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d{1,3})?")
 _HEDGE = re.compile(r"\bor\b|\\lor\b|\\vee\b|\beither\b", re.IGNORECASE)
 _EITHER = re.compile(r"\\text\{\s*either\s*\}|\beither\b", re.IGNORECASE)
 _ALTERNATIVE = re.compile(
-    r"\s*(?:\\text\{\s*(?:or|and)\s*\}|\bor\b|\band\b|\\lor\b|\\vee\b)\s*", re.IGNORECASE
+    r"\s*,?\s*(?:\\text\{\s*(?:or|and)\s*\}|\bor\b|\band\b|\\lor\b|\\vee\b)\s*",
+    re.IGNORECASE,
 )
+_AND = re.compile(r"\\text\{\s*and\s*\}|\band\b", re.IGNORECASE)
 _SPACES = re.compile(r"(\\[a-zA-Z]+|(?<=\d))\s+(?=[a-zA-Z\d])|\s+")
 _LETTER_CHOICE = re.compile(r"^\(([A-Ea-e])\)$|^([A-E])$")
 
@@ -157,6 +159,11 @@ def alternatives_as_list(text: str) -> str:
     """``2 or 3`` -> ``2, 3``: alternatives offered by a gold answer, as a list."""
     text = _EITHER.sub("", text)
     return _ALTERNATIVE.sub(", ", text)
+
+
+def has_and(text: str) -> bool:
+    """Whether the answer joins values with "and" ("1 and 2", "1, 2, and 3")."""
+    return bool(_AND.search(text))
 
 
 def to_fraction(text: str) -> Fraction | None:
