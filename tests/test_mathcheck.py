@@ -251,6 +251,7 @@ def test_hedged_candidates_earn_nothing(checker: MathChecker, completion: str) -
 
 def test_repeated_boxes_of_the_same_value_are_fine(checker: MathChecker) -> None:
     assert checker.check("\\boxed{3}, so again: \\boxed{3}", "3").correct
+    assert checker.check("\\boxed{0.5}, that is \\boxed{\\frac{1}{2}}", "1/2").correct
 
 
 def test_a_gold_with_alternatives_compares_as_a_set(checker: MathChecker) -> None:

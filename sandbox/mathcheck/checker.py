@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from rlfleet.sandbox.mathcheck.compare import Algebra, Undecided, equal, is_candidate_list
-from rlfleet.sandbox.mathcheck.extract import boxed_contents, extract
+from rlfleet.sandbox.mathcheck.extract import Extraction, boxed_contents, extract
 from rlfleet.sandbox.mathcheck.normalize import (
     alternatives_as_list,
     has_and,
@@ -48,6 +48,21 @@ class MathResult:
     reason: str
     """One of "match", "mismatch", "no_answer", "hedged", "timeout", "rejected" (a
     pathological answer refused before any algebra) and "parse_error"."""
+
+
+def _hedged(found: Extraction) -> bool:
+    """Several boxed answers of different value. The same value written twice (``0.5`` and
+    ``\\frac{1}{2}``) is no hedge; only the cheap comparisons decide, never algebra."""
+    if not found.hedged or found.answer is None:
+        return False
+    last = normalize(found.answer)
+    for other in found.others:
+        try:
+            if not equal(normalize(other), last, _needs_algebra):
+                return True
+        except Undecided:
+            return True  # could not tell cheaply: different-looking boxes count as hedging
+    return False
 
 
 def _shutdown(threads: ThreadPoolExecutor, pool: AlgebraPool) -> None:
@@ -134,7 +149,7 @@ class MathChecker:
         answer = found.answer
         if answer is None:
             return MathResult(correct=False, extracted=None, reason="no_answer")
-        if found.hedged or (is_hedge(answer) and not is_hedge(gold)):
+        if _hedged(found) or (is_hedge(answer) and not is_hedge(gold)):
             return MathResult(correct=False, extracted=answer, reason="hedged")
         if is_hedge(gold):  # "x = 2 or x = 3" as gold: compare the alternatives as a set
             a, g = normalize(alternatives_as_list(answer)), normalize(alternatives_as_list(gold))

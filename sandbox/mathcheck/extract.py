@@ -30,10 +30,15 @@ _SPACE = re.compile(r"\s+")
 
 @dataclass(frozen=True)
 class Extraction:
-    """The extracted answer (None: nothing found) and whether it came hedged among others."""
+    """The extracted answer (None: nothing found) and, when the final region holds several
+    different-looking boxes, all of them (the checker decides whether they differ in value)."""
 
     answer: str | None
-    hedged: bool = False
+    others: tuple[str, ...] = ()
+
+    @property
+    def hedged(self) -> bool:
+        return bool(self.others)
 
 
 def _box_end(text: str, start: int) -> int | None:
@@ -104,8 +109,10 @@ def _last_answer_tag(completion: str) -> str | None:
     return None if start < 0 else completion[start + len("<answer>") : end]
 
 
-def _distinct(values: list[str]) -> int:
-    return len({_SPACE.sub("", v) for v in values})
+def _others(boxes: list[str]) -> tuple[str, ...]:
+    """The boxes that differ (ignoring spaces) from the last one."""
+    last = _SPACE.sub("", boxes[-1])
+    return tuple(b for b in boxes[:-1] if _SPACE.sub("", b) != last)
 
 
 def extract(completion: str) -> Extraction:
@@ -114,7 +121,7 @@ def extract(completion: str) -> Extraction:
     if region is not None:
         boxes = boxed_contents(region)
         if boxes:
-            return Extraction(boxes[-1] or None, hedged=_distinct(boxes) > 1)
+            return Extraction(boxes[-1] or None, _others(boxes))
         return Extraction(_strip_math(region) or None)
     located = _boxes(completion)
     if located:
@@ -122,7 +129,7 @@ def extract(completion: str) -> Extraction:
         last_start, answer = located[-1]
         region_start = completion.rfind("\n\n", 0, last_start)
         final = [content for start, content in located if start > region_start]
-        return Extraction(answer or None, hedged=_distinct(final) > 1)
+        return Extraction(answer or None, _others(final))
     return Extraction(_answer_line(completion))
 
 
