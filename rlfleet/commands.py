@@ -58,10 +58,9 @@ async def verify(args: argparse.Namespace) -> int:
 async def serve_sandbox(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
-    from rlfleet.sandbox.serve import ServeConfig, serve
+    from rlfleet.sandbox.serve import ServeConfig
+    from rlfleet.sandbox.serve import serve_sandbox as serve
 
-    registry = CollectorRegistry()
-    engine = await _start_engine(args, registry)
     try:
         config = ServeConfig(
             host=args.host,
@@ -71,7 +70,17 @@ async def serve_sandbox(args: argparse.Namespace) -> int:
             tls_key=args.tls_key,
             max_pending=args.max_pending,
         )
+    except ValueError as e:
+        raise CommandError(str(e)) from e
+    for path in (args.tls_cert, args.tls_key):
+        if path is not None and not path.is_file():
+            raise CommandError(f"{path}: no such file")
+    registry = CollectorRegistry()
+    engine = await _start_engine(args, registry)
+    try:
         await serve(config, engine, registry)
+    except (OSError, RuntimeError) as e:  # e.g. the port is taken
+        raise CommandError(f"cannot serve on {args.host}:{args.port}: {e}") from e
     finally:
         await engine.close()
     return 0

@@ -87,6 +87,3 @@ async def serve_sandbox(config: ServeConfig, engine: Engine, registry: Collector
         print(f"rlfleet serve sandbox: {line}", file=sys.stderr, flush=True)
 
     await run_until_signalled(srv, config.server_config(), registry, announce)
-
-
-serve = serve_sandbox  # the name rlfleet/commands.py imports
