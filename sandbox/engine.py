@@ -125,9 +125,11 @@ class Engine:
         )
         await pool.start()
         try:
-            math = MathChecker(
-                MathCheckConfig(timeout_s=config.math_timeout_s, workers=config.math_workers)
+            # Its workers take a while to import sympy: start them off the event loop.
+            math_config = MathCheckConfig(
+                timeout_s=config.math_timeout_s, workers=config.math_workers
             )
+            math = await asyncio.to_thread(MathChecker, math_config)
         except BaseException:
             await pool.close()
             raise
