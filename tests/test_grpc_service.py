@@ -67,7 +67,7 @@ async def test_unary_code_call_and_math() -> None:
 
 async def test_unary_with_the_real_engine() -> None:
     if os.geteuid() != 0:
-        pytest.skip("the local sandbox backend needs root")
+        pytest.fail("the local sandbox backend needs root (CI runs as root)")
     from rlfleet.sandbox.engine import Engine, EngineConfig
 
     engine = await Engine.start(EngineConfig(workers=1))
@@ -441,7 +441,7 @@ async def test_metrics_endpoint_serves_the_registry() -> None:
 
 async def test_tls(tmp_path: Path) -> None:
     if shutil.which("openssl") is None:
-        pytest.skip("no openssl to make a certificate")
+        pytest.fail("openssl is needed to make a test certificate (apt-get install openssl)")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
