@@ -25,7 +25,7 @@ STATE_DIR=${RLFLEET_STATE_DIR:-$REPO/.state}
 mkdir -p "$STATE_DIR"
 BASE_IMAGE=rlfleet/bookworm-base:local
 DOCKERD=/usr/sbin/dockerd
-PACKAGES=(docker.io containerd runc iptables debootstrap prometheus g++ libseccomp2)
+PACKAGES=(docker.io containerd runc iptables debootstrap prometheus g++ libseccomp2 openssl)
 
 # --- 1. packages ---------------------------------------------------------------------------
 missing=()
