@@ -151,7 +151,13 @@ def result_to_response(result: CaseResult) -> pb.VerifyResponse:
         reward=result.reward,
         message=result.message,
         tests=[
-            pb.TestResult(verdict=t.verdict.value, time_s=t.time_s, memory_mb=t.memory_mb)
+            pb.TestResult(
+                verdict=t.verdict.value,
+                time_s=t.time_s,
+                memory_mb=t.memory_mb,
+                wall_s=t.wall_s,
+                message=t.message,
+            )
             for t in result.tests
         ],
     )
@@ -170,7 +176,13 @@ def response_to_result(resp: pb.VerifyResponse) -> CaseResult:
         message=resp.message,
         extracted=resp.extracted if resp.HasField("extracted") else None,
         tests=tuple(
-            TestResult(verdict=Verdict(t.verdict), time_s=t.time_s, memory_mb=t.memory_mb)
+            TestResult(
+                verdict=Verdict(t.verdict),
+                time_s=t.time_s,
+                memory_mb=t.memory_mb,
+                wall_s=t.wall_s,
+                message=t.message,
+            )
             for t in resp.tests
         ),
     )

@@ -91,14 +91,18 @@ class VerifyRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ..., code: _Optional[_Union[CodeCase, _Mapping]] = ..., math: _Optional[_Union[MathCase, _Mapping]] = ...) -> None: ...
 
 class TestResult(_message.Message):
-    __slots__ = ("verdict", "time_s", "memory_mb")
+    __slots__ = ("verdict", "time_s", "memory_mb", "wall_s", "message")
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     TIME_S_FIELD_NUMBER: _ClassVar[int]
     MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    WALL_S_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
     verdict: str
     time_s: float
     memory_mb: float
-    def __init__(self, verdict: _Optional[str] = ..., time_s: _Optional[float] = ..., memory_mb: _Optional[float] = ...) -> None: ...
+    wall_s: float
+    message: str
+    def __init__(self, verdict: _Optional[str] = ..., time_s: _Optional[float] = ..., memory_mb: _Optional[float] = ..., wall_s: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
     __slots__ = ("id", "verdict", "passed", "total", "reward", "tests", "message", "extracted", "error", "error_code")
