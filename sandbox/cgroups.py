@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 V1_CONTROLLERS = ("memory", "pids", "cpuacct")
-V2_CONTROLLERS = ("memory", "pids", "cpu")
+V2_CONTROLLERS = ("memory", "pids")
+"""Required on v2; ``cpu`` is enabled too where available (CPU time comes from cpu.stat,
+which every v2 cgroup has)."""
 
 
 class CgroupError(RuntimeError):
@@ -71,7 +73,7 @@ def detect() -> Hierarchy:
     missing = [c for c in V1_CONTROLLERS if c not in roots]
     if missing:
         raise CgroupError(
-            "no usable cgroup hierarchy: need cgroup v2 with memory, pids and cpu "
+            "no usable cgroup hierarchy: need cgroup v2 with memory and pids "
             f"controllers, or cgroup v1 with {', '.join(V1_CONTROLLERS)} "
             f"(missing: {', '.join(missing)})"
         )
@@ -80,7 +82,8 @@ def detect() -> Hierarchy:
 
 def _enable_v2_controllers(path: Path) -> None:
     control = path / "cgroup.subtree_control"
-    wanted = " ".join(f"+{c}" for c in V2_CONTROLLERS)
+    available = (path / "cgroup.controllers").read_text().split()
+    wanted = " ".join(f"+{c}" for c in (*V2_CONTROLLERS, "cpu") if c in available)
     try:
         control.write_text(wanted)
     except OSError as e:

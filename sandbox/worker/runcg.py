@@ -169,8 +169,12 @@ def _make_root_delegable(path):
                 f.write(pid)
         except OSError:
             pass  # exited meanwhile, or a kernel thread
+    with open(os.path.join(path, "cgroup.controllers")) as f:
+        available = f.read().split()
+    missing = [c for c in ("memory", "pids") if c not in available]
+    if missing:
+        raise OSError(errno.ENOENT, f"cgroup controllers not delegated: {', '.join(missing)}")
+    # cpu only when delegated: CPU time comes from cpu.stat, which exists without it.
+    wanted = [c for c in ("memory", "pids", "cpu") if c in available]
     with open(os.path.join(path, "cgroup.subtree_control"), "w") as f:
-        f.write("+memory +pids +cpu")
-
-
-# ---------------------------------------------------------------------------- filesystem
+        f.write(" ".join(f"+{c}" for c in wanted))
