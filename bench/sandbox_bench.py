@@ -17,11 +17,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from rlfleet.sandbox.engine import EngineConfig, make_worker_factory
+from rlfleet.errors import CommandError
+from rlfleet.sandbox.cgroups import CgroupError
+from rlfleet.sandbox.engine import BACKENDS, EngineConfig, make_worker_factory
 from rlfleet.sandbox.judge import Judge
 from rlfleet.sandbox.pool import PoolConfig, WorkerPool
 from rlfleet.sandbox.records import CodeCase, StdioTest, Verdict
-from rlfleet.sandbox.worker_proc import RunLimits, RunRequest
+from rlfleet.sandbox.worker_proc import RunLimits, RunRequest, WorkerError
 
 PROGRAM = "print(int(input()) + 1)"
 BARE_PYTHON = "/usr/bin/python3"
@@ -128,13 +130,19 @@ def print_table(rows: dict[str, dict[str, float]]) -> None:
 
 async def run_sandbox_bench(args: argparse.Namespace) -> int:
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise CommandError(f"--backends: unknown {', '.join(unknown)} (one of local, docker)")
     rows: dict[str, dict[str, float]] = {}
     for backend in backends:
         print(
             f"bench: {backend} backend, {args.workers} workers, {args.tests} tests ...",
             file=sys.stderr,
         )
-        rows[backend] = await bench_backend(backend, args.workers, args.tests)
+        try:
+            rows[backend] = await bench_backend(backend, args.workers, args.tests)
+        except (WorkerError, CgroupError) as e:
+            raise CommandError(f"{backend} backend unavailable: {e}") from e
     print(
         f"# sandbox: trivial Python tests at parallelism {args.workers}, "
         "ratio = per-test time / bare `python3 -c` per-test time (same run)"

@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="target", required=True)
     bsand = bench_sub.add_parser("sandbox", help="sandbox and math-checker throughput")
-    bsand.add_argument("--backends", default="local", help="comma-separated: local,docker")
+    bsand.add_argument(
+        "--backends", default="local,docker", help="comma-separated (default: local,docker)"
+    )
     bsand.add_argument("--workers", type=_positive_int, default=2)
     bsand.add_argument(
         "--tests", type=_positive_int, default=400, help="trivial tests per measurement"
