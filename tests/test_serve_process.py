@@ -156,7 +156,12 @@ def test_sigterm_finishes_calls_in_flight_then_exits_clean() -> None:
     result: list[Verdict] = []
     t = threading.Thread(target=lambda: result.append(asyncio.run(call())))
     t.start()
-    time.sleep(0.8)
+    # Stop only once the program is running (a process of the sandbox uid is seen), however
+    # slow the client is to connect.
+    deadline = time.monotonic() + 30
+    while not nobody_processes() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert time.monotonic() < deadline, "the slow case never started"
     assert server.stop(timeout=60) == 0
     t.join(30)
     assert result == [Verdict.AC]
