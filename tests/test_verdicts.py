@@ -197,6 +197,32 @@ def test_se_is_retried_then_reported(sandbox: Harness) -> None:
     assert len(calls) == 3
 
 
+def test_missing_toolchain_is_ours_not_the_programs(
+    sandbox: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compiler that cannot be executed is a system error naming it, never a CE or RE."""
+    import dataclasses
+
+    from rlfleet.sandbox import languages
+    from rlfleet.sandbox.worker_proc import RunLimits, RunRequest
+
+    missing = "/usr/bin/rlfleet-no-such-compiler"
+    facts = sandbox.call(
+        sandbox.pool.run(RunRequest(kind="exec", argv=(missing, "-v"), limits=RunLimits()))
+    )
+    assert facts.system_error == f"cannot execute {missing}: No such file or directory"
+    # A program that exits 73 itself (the failed-exec status) is still only an RE.
+    r = sandbox.judge(code_case("cpp", "int main() { return 73; }\n", [{"stdout": ""}]))
+    assert r.verdict is Verdict.RE, r
+
+    cpp = languages.LANGUAGES["cpp"]
+    broken = dataclasses.replace(cpp, compile_argv=(missing, *cpp.compile_argv[1:]))
+    monkeypatch.setitem(languages.LANGUAGES, "cpp", broken)
+    r = sandbox.judge(code_case("cpp", "int main() {}\n", [{"stdout": ""}]))
+    assert r.verdict is Verdict.SE, r
+    assert missing in r.message and "No such file" in r.message
+
+
 # ------------------------------------------------------------------------ checkers
 
 

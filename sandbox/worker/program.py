@@ -44,7 +44,14 @@ def become_program(job, stdio_fds, ready_w):
         for signum in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(signum, signal.SIG_DFL)
     os.write(ready_w, b"R")
-    os.closerange(3, 1 << 16)  # ready_w and every worker fd: only 0-2 reach the program
+    if job["kind"] == "python":
+        os.closerange(3, 1 << 16)  # ready_w and every worker fd: only 0-2 reach the program
+    else:
+        # ready_w stays open until the exec succeeds (close-on-exec), so that a failed exec
+        # (a missing compiler, say) is reported as ours, not as the program's error.
+        os.set_inheritable(ready_w, False)
+        os.closerange(3, ready_w)
+        os.closerange(ready_w + 1, 1 << 16)
 
 
 def run_python(job):
@@ -168,8 +175,12 @@ def to_json(value):
     return dumps(norm(value), allow_nan=True) + "\n"
 
 
-def run_exec(job):
-    os.execve(job["argv"][0], job["argv"], CLEAN_ENV)
+def run_exec(job, ready_w):
+    try:
+        os.execve(job["argv"][0], job["argv"], CLEAN_ENV)
+    except OSError as e:
+        os.write(ready_w, f"E{e.errno}".encode())
+        os._exit(73)
 
 
 def program_main(job, cg_fds, stdio_fds, ready_w):
@@ -187,5 +198,5 @@ def program_main(job, cg_fds, stdio_fds, ready_w):
     if job["kind"] == "python":
         run_python(job)
     else:
-        run_exec(job)
+        run_exec(job, ready_w)
     os._exit(73)

@@ -13,13 +13,6 @@ class Cgroups:
 
     def __init__(self, spec):
         self.version = spec["version"]
-        paths = [spec["path"]] if self.version == 2 else list(spec["paths"].values())
-        if spec.get("remount"):
-            # Inside a container the cgroup mounts are read-only views of its own cgroups.
-            for path in paths:
-                mount(None, path, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        if spec.get("nested"):
-            _make_root_delegable(spec["path"])
         # Directory fds stay open across pivot_root: cgroupfs is not mounted in the sandbox.
         if self.version == 2:
             self.dirs = {"unified": os.open(spec["path"], os.O_RDONLY | os.O_DIRECTORY)}
@@ -154,6 +147,23 @@ class Cgroups:
                 os.kill(int(pid), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def adopt_container_cgroups(spec):
+    """Inside a container: make its own cgroups usable for runs, before anything else.
+
+    The cgroup mounts are read-only views, remounted writable here. On v2 the container's
+    cgroup (the namespace root) holds the worker's processes, and a cgroup with processes
+    cannot have controlled children: every process moves to a leaf first. This must run
+    before the worker enters its own PID namespace, where the launcher left outside would
+    be invisible in cgroup.procs and so never moved.
+    """
+    paths = [spec["path"]] if spec["version"] == 2 else list(spec["paths"].values())
+    if spec.get("remount"):
+        for path in paths:
+            mount(None, path, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    if spec.get("nested"):
+        _make_root_delegable(spec["path"])
 
 
 def _make_root_delegable(path):

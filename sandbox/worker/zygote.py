@@ -42,7 +42,7 @@ from frames import read_frame, write_frame
 from kernel import CLONE_NEWPID, NOBODY, PR_SET_PDEATHSIG, _check, libc, unshare
 from program import program_main
 from rootfs import build_root, wipe_tmp
-from runcg import Cgroups
+from runcg import Cgroups, adopt_container_cgroups
 
 
 def memfd(name, data=b""):
@@ -161,8 +161,9 @@ class Worker:
         # orphans that were re-parented to this process (PID 1 of the worker's namespace).
         clean = self.cgroups.kill_all()
         _reap_orphans()
-        ready = os.read(ready_r, 1) == b"R"
+        status_bytes = _read_all(ready_r)
         os.close(ready_r)
+        ready = status_bytes.startswith(b"R")
         peak, ooms, cpu = self.cgroups.stats()
         clean = self.cgroups.remove() and clean
         facts = {
@@ -184,7 +185,19 @@ class Worker:
             facts["exit_code"] = os.WEXITSTATUS(status)
         if not ready and exited and not ooms:
             facts["system_error"] = f"run setup failed (status {status})"
+        elif status_bytes[1:2] == b"E":
+            err = int(status_bytes[2:] or 0)
+            facts["system_error"] = f"cannot execute {job['argv'][0]}: {os.strerror(err)}"
         return facts
+
+
+def _read_all(fd):
+    data = b""
+    while True:
+        chunk = os.read(fd, 64)
+        if not chunk:
+            return data
+        data += chunk
 
 
 def _reap_orphans():
@@ -270,6 +283,7 @@ def main():
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         header, _ = read_frame(rfd)
+        adopt_container_cgroups(header["cgroup"])
         become_pid1((rfd, wfd))
         worker = Worker(header)
     except BaseException as e:
