@@ -191,15 +191,6 @@ class Worker:
         return facts
 
 
-def _read_all(fd):
-    data = b""
-    while True:
-        chunk = os.read(fd, 64)
-        if not chunk:
-            return data
-        data += chunk
-
-
 def _reap_orphans():
     while True:
         try:
