@@ -36,6 +36,13 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
         "--workers", type=_positive_int, default=2, help="programs run at once (default: 2)"
     )
     p.add_argument(
+        "--cgroup-parent",
+        default="",
+        metavar="PATH",
+        help="local backend, cgroup v2: the cgroup to work under (default: its own when "
+        "delegated, as by systemd's Delegate=yes; else the root it sees)",
+    )
+    p.add_argument(
         "--partial-reward",
         action="store_true",
         help="reward non-AC code cases with the fraction of tests passed",

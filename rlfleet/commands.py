@@ -20,7 +20,12 @@ def _engine_config(args: argparse.Namespace) -> EngineConfig:
     from rlfleet.sandbox.judge import JudgeConfig
 
     judge = replace(JudgeConfig(), partial_reward=args.partial_reward)
-    return EngineConfig(backend=args.backend, workers=args.workers, judge=judge)
+    return EngineConfig(
+        backend=args.backend,
+        workers=args.workers,
+        cgroup_parent=args.cgroup_parent,
+        judge=judge,
+    )
 
 
 async def _start_engine(

@@ -55,15 +55,65 @@ def _mounts() -> list[tuple[str, str, list[str]]]:
     return out
 
 
-def detect() -> Hierarchy:
-    """Find a usable hierarchy: v2 when it has memory and pids, else v1's controllers."""
+def own_v2_cgroup() -> str:
+    """This process's cgroup v2 path (relative to the hierarchy's root), e.g. ``/``."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            return line[3:] or "/"
+    return "/"
+
+
+def is_delegated(path: Path) -> bool:
+    """Whether a cgroup was handed to its processes to manage (systemd ``Delegate=yes``)."""
+    for name in ("trusted.delegate", "user.delegate"):
+        try:
+            if os.getxattr(path, name) == b"1":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _v2_parent(point: Path, parent: str) -> Path:
+    """Where ``rlfleet/`` goes on v2: an explicit parent, else this process's own cgroup when
+    it is delegated (a systemd unit with ``Delegate=yes``), else the root of the hierarchy
+    this process sees (the host's, or a container's own cgroup namespace)."""
+    if parent:
+        path = point / parent.strip("/")
+        if not (path / "cgroup.controllers").is_file():
+            raise CgroupError(f"cgroup parent {parent!r}: no such cgroup under {point}")
+        return path
+    own = point / own_v2_cgroup().strip("/")
+    if own != point and is_delegated(own):
+        return own
+    return point
+
+
+def detect(parent: str = "") -> Hierarchy:
+    """Find a usable hierarchy: v2 when it has memory and pids, else v1's controllers.
+
+    ``parent`` (v2 only) names the cgroup under which the workers' cgroups are made,
+    relative to the hierarchy's root; empty: decided as ``_v2_parent`` says.
+    """
     mounts = _mounts()
     for point, fstype, _ in mounts:
         if fstype != "cgroup2":
             continue
-        controllers = (Path(point) / "cgroup.controllers").read_text().split()
+        # (A v2 hierarchy without the controllers is the "unified" one of a hybrid host.)
+        available = (Path(point) / "cgroup.controllers").read_text().split()
+        if not all(c in available for c in V2_CONTROLLERS):
+            continue
+        base = _v2_parent(Path(point), parent)
+        controllers = (base / "cgroup.controllers").read_text().split()
         if all(c in controllers for c in V2_CONTROLLERS):
-            return Hierarchy(version=2, roots={"unified": Path(point)})
+            return Hierarchy(version=2, roots={"unified": base})
+        if base != Path(point):
+            raise CgroupError(
+                f"cgroup {base} lacks controllers: has {' '.join(controllers) or 'none'}, "
+                f"needs {' '.join(V2_CONTROLLERS)} (delegate them to it)"
+            )
+    if parent:
+        raise CgroupError("a cgroup parent is only supported on cgroup v2")
     roots: dict[str, Path] = {}
     for point, fstype, opts in mounts:
         if fstype == "cgroup":
@@ -80,14 +130,38 @@ def detect() -> Hierarchy:
     return Hierarchy(version=1, roots=roots)
 
 
-def _enable_v2_controllers(path: Path) -> None:
+HOST_LEAF = "main"
+"""On v2, where the processes already in the parent cgroup move (see ``_vacate``)."""
+
+
+def _enable_v2_controllers(path: Path, vacate: bool = True) -> None:
     control = path / "cgroup.subtree_control"
     available = (path / "cgroup.controllers").read_text().split()
     wanted = " ".join(f"+{c}" for c in (*V2_CONTROLLERS, "cpu") if c in available)
     try:
         control.write_text(wanted)
     except OSError as e:
-        raise CgroupError(f"cannot enable {wanted} in {control}: {e.strerror}") from e
+        if vacate and e.errno == errno.EBUSY and (path / "cgroup.type").exists():
+            # A non-root cgroup with processes in it cannot have controlled children.
+            _vacate(path)
+            return _enable_v2_controllers(path, vacate=False)
+        hint = " (in a container, run it privileged)" if e.errno == errno.EROFS else ""
+        raise CgroupError(f"cannot enable {wanted} in {control}: {e.strerror}{hint}") from e
+
+
+def _vacate(path: Path) -> None:
+    """Move every process of a cgroup into its ``main`` leaf: the processes of a delegated
+    unit, or of a container whose cgroup namespace root is ``path``."""
+    leaf = path / HOST_LEAF
+    leaf.mkdir(exist_ok=True)
+    for _ in range(10):
+        pids = (path / "cgroup.procs").read_text().split()
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, OSError):
+                (leaf / "cgroup.procs").write_text(pid)
+    raise CgroupError(f"cannot move the processes of {path} into {leaf}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,8 +192,11 @@ def create_base(h: Hierarchy, tag: str, limits: BaseLimits) -> None:
             elif name == "pids":
                 (base / "pids.max").write_text(str(limits.pids))
             (base / "worker").mkdir(exist_ok=True)
-        except PermissionError as e:
-            raise CgroupError(f"cannot create cgroup under {parent}: permission denied") from e
+        except CgroupError:
+            raise
+        except OSError as e:
+            hint = " (in a container, run it privileged)" if e.errno == errno.EROFS else ""
+            raise CgroupError(f"cannot create cgroup under {parent}: {e.strerror}{hint}") from e
 
 
 def join_worker_leaf(h: Hierarchy, tag: str, pid: int) -> None:

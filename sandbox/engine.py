@@ -38,6 +38,10 @@ class EngineConfig:
     """Wall-time bound of one math check."""
     recycle_after: int = 5000
     """Replace a sandbox worker after this many runs."""
+    cgroup_parent: str = ""
+    """local backend on cgroup v2: the cgroup its cgroups go under, relative to the
+    hierarchy's root; empty: this process's own cgroup when delegated (systemd
+    ``Delegate=yes``), else the root this process sees."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     def __post_init__(self) -> None:
@@ -92,7 +96,7 @@ def make_worker_factory(config: EngineConfig) -> WorkerFactory:
     from rlfleet.sandbox import cgroups
     from rlfleet.sandbox.worker_proc import LocalWorker, LocalWorkerConfig, worker_tag
 
-    hierarchy = cgroups.detect()
+    hierarchy = cgroups.detect(config.cgroup_parent)
     cgroups.remove_stale_bases(hierarchy)
     local = LocalWorkerConfig()
     return lambda i: LocalWorker(worker_tag(i), hierarchy, local)

@@ -1,0 +1,79 @@
+"""Where the local backend puts its cgroups: the hierarchy, and on v2 the parent cgroup.
+
+The v2 parts that need a v2 kernel (vacating a busy namespace root, a delegated unit) are
+checked on this machine's hierarchy where it is v2, and through the rules that decide them
+everywhere: an explicit parent, the delegation marks systemd sets, the clear errors.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlfleet.sandbox import cgroups
+
+
+def fake_cgroup(path: Path, controllers: str = "cpu memory pids") -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "cgroup.controllers").write_text(controllers + "\n")
+    return path
+
+
+def test_explicit_parent_must_exist(tmp_path: Path) -> None:
+    root = fake_cgroup(tmp_path)
+    fake_cgroup(root / "system.slice" / "verifier.service")
+    assert (
+        cgroups._v2_parent(root, "/system.slice/verifier.service")
+        == root / "system.slice" / "verifier.service"
+    )
+    with pytest.raises(cgroups.CgroupError, match="'nope': no such cgroup"):
+        cgroups._v2_parent(root, "nope")
+
+
+def test_own_cgroup_is_used_only_when_delegated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = fake_cgroup(tmp_path)
+    unit = fake_cgroup(root / "system.slice" / "verifier.service")
+    monkeypatch.setattr(cgroups, "own_v2_cgroup", lambda: "/system.slice/verifier.service")
+    assert cgroups._v2_parent(root, "") == root  # not delegated: the root, as before
+    os.setxattr(unit, "trusted.delegate", b"1")  # what systemd sets for Delegate=yes
+    assert cgroups.is_delegated(unit)
+    assert cgroups._v2_parent(root, "") == unit
+    monkeypatch.setattr(cgroups, "own_v2_cgroup", lambda: "/")
+    assert cgroups._v2_parent(root, "") == root  # the root of a (namespace's) hierarchy
+
+
+def test_user_delegate_mark_counts(tmp_path: Path) -> None:
+    d = fake_cgroup(tmp_path / "user.slice")
+    assert not cgroups.is_delegated(d)
+    os.setxattr(d, "user.delegate", b"1")
+    assert cgroups.is_delegated(d)
+
+
+def test_this_machine_hierarchy() -> None:
+    h = cgroups.detect()
+    if h.version == 1:
+        with pytest.raises(cgroups.CgroupError, match="only supported on cgroup v2"):
+            cgroups.detect("/anything")
+        assert set(h.roots) == set(cgroups.V1_CONTROLLERS)
+    else:
+        controllers = (h.roots["unified"] / "cgroup.controllers").read_text().split()
+        assert {"memory", "pids"} <= set(controllers)
+
+
+def test_cli_names_a_bad_cgroup_parent(tmp_path: Path) -> None:
+    cases = tmp_path / "c.jsonl"
+    cases.write_text('{"id": "a", "kind": "math", "completion": "\\\\boxed{1}", "gold": "1"}\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlfleet.cli", "verify", str(cases), "--cgroup-parent", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "cgroup" in proc.stderr and ("nope" in proc.stderr or "v2" in proc.stderr)
