@@ -48,13 +48,6 @@ def test_own_cgroup_is_used_only_when_delegated(
     assert cgroups._v2_parent(root, "") == root  # the root of a (namespace's) hierarchy
 
 
-def test_user_delegate_mark_counts(tmp_path: Path) -> None:
-    d = fake_cgroup(tmp_path / "user.slice")
-    assert not cgroups.is_delegated(d)
-    os.setxattr(d, "user.delegate", b"1")
-    assert cgroups.is_delegated(d)
-
-
 def test_this_machine_hierarchy() -> None:
     h = cgroups.detect()
     if h.version == 1:
