@@ -7,6 +7,7 @@ PID 1 of its own namespace: a broken sandbox still cannot take the machine down.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 from collections.abc import Coroutine
@@ -103,3 +104,10 @@ def nobody_processes() -> list[int]:
             if line.startswith("Uid:") and int(line.split()[1]) == NOBODY:
                 out.append(int(entry.name))
     return out
+
+
+def dashboard_exprs() -> list[str]:
+    """Every query of the shipped Grafana dashboard."""
+    path = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "rlfleet-verifier.json"
+    dash = json.loads(path.read_text())
+    return [t["expr"] for p in dash["panels"] for t in p["targets"]]

@@ -12,12 +12,14 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import nobody_processes
+from harness import dashboard_exprs, nobody_processes
 
 from rlfleet.sandbox import cgroups
 from rlfleet.sandbox.client import ClientConfig, VerifierClient
@@ -208,6 +210,17 @@ def test_10k_burst_bounded_memory_nothing_left() -> None:
     assert os.path.exists("/proc/self")
 
 
+def prom_query(port: int, expr: str) -> list[object]:
+    """The result of an instant query; raises on a query Prometheus refuses."""
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    try:
+        reply = json.loads(urllib.request.urlopen(url, timeout=5).read())
+    except urllib.error.HTTPError as e:
+        raise AssertionError(f"{expr}: {e.read().decode()}") from e
+    assert reply["status"] == "success", (expr, reply)
+    return list(reply["data"]["result"])
+
+
 def test_metrics_pass_promtool_and_a_real_prometheus_scrapes_them(
     server: ServerProcess, tmp_path: Path
 ) -> None:
@@ -219,8 +232,10 @@ def test_metrics_pass_promtool_and_a_real_prometheus_scrapes_them(
     assert lint.returncode == 0, lint.stdout + lint.stderr
     web = free_port()
     config = tmp_path / "prometheus.yml"
+    rules = Path(__file__).resolve().parent.parent / "deploy/prometheus/rlfleet-verifier.rules.yml"
     config.write_text(
-        "global: {scrape_interval: 1s}\n"
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"rule_files: ['{rules}']\n"
         "scrape_configs:\n"
         "  - job_name: rlfleet\n"
         f"    static_configs: [{{targets: ['127.0.0.1:{server.metrics_port}']}}]\n"
@@ -248,6 +263,16 @@ def test_metrics_pass_promtool_and_a_real_prometheus_scrapes_them(
             result = reply["data"]["result"]
         assert result, "Prometheus never scraped rlfleet's metrics"
         assert result[0]["value"][1] == "2"  # type: ignore[index]
+        # The shipped rules load and evaluate (an idle server: no worker busy) ...
+        deadline = time.monotonic() + 30
+        ratio: list[object] = []
+        while time.monotonic() < deadline and not ratio:
+            time.sleep(1)
+            ratio = prom_query(web, "rlfleet:sandbox_busy:ratio")
+        assert ratio and ratio[0]["value"][1] == "0"  # type: ignore[index]
+        # ... and every query of the shipped dashboard runs.
+        for expr in dashboard_exprs():
+            prom_query(web, expr.replace("$__rate_interval", "1m"))
     finally:
         prom.terminate()
         prom.wait(30)
