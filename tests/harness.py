@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import threading
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -104,6 +105,24 @@ def nobody_processes() -> list[int]:
             if line.startswith("Uid:") and int(line.split()[1]) == NOBODY:
                 out.append(int(entry.name))
     return out
+
+
+def wait_for_sandboxed(timeout_s: float = 60.0, settle_s: float = 0.2) -> list[int]:
+    """Wait until a sandboxed program runs: a process of the sandbox uid seen twice,
+    ``settle_s`` apart (the judge's brief syntax checks do not count). Returns its pids, or
+    [] when none appeared in ``timeout_s``. One sighting is kept: asking again could fall
+    between two programs."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        first = set(nobody_processes())
+        if not first:
+            time.sleep(0.01)
+            continue
+        time.sleep(settle_s)
+        still = first & set(nobody_processes())
+        if still:
+            return sorted(still)
+    return []
 
 
 def dashboard_exprs() -> list[str]:

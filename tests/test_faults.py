@@ -8,9 +8,8 @@ import asyncio
 import contextlib
 import os
 import signal
-import time
 
-from harness import Harness, nobody_processes
+from harness import Harness, wait_for_sandboxed
 
 from rlfleet.sandbox import cgroups
 from rlfleet.sandbox.cases import parse_case
@@ -58,10 +57,7 @@ def test_workers_killed_mid_run_are_retried_and_replaced(clean_after: Harness) -
     restarts = sandbox.pool.stats.restarts
     slow = case("import time\ntime.sleep(1.0)\nprint('done')", "done")
     pending = asyncio.run_coroutine_threadsafe(sandbox.judge_impl.judge(slow), sandbox._loop)
-    deadline = time.monotonic() + 60
-    while not nobody_processes() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert nobody_processes(), "the program never started"
+    assert wait_for_sandboxed(), "the program never started"
     assert kill_every_worker(sandbox) > 0
     result: CaseResult = pending.result(120)
     # The killed run was a system error, retried on a fresh worker: the program's own

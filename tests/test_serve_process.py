@@ -5,6 +5,7 @@ process or cgroup behind."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import dashboard_exprs, nobody_processes
+from harness import dashboard_exprs, nobody_processes, wait_for_sandboxed
 
 from rlfleet.sandbox import cgroups
 from rlfleet.sandbox.client import ClientConfig, VerifierClient
@@ -160,10 +161,7 @@ def test_sigterm_finishes_calls_in_flight_then_exits_clean() -> None:
     t.start()
     # Stop only once the program is running (a process of the sandbox uid is seen), however
     # slow the client is to connect.
-    deadline = time.monotonic() + 30
-    while not nobody_processes() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert time.monotonic() < deadline, "the slow case never started"
+    assert wait_for_sandboxed(30), "the slow case never started"
     assert server.stop(timeout=60) == 0
     t.join(30)
     assert result == [Verdict.AC]
@@ -276,3 +274,56 @@ def test_metrics_pass_promtool_and_a_real_prometheus_scrapes_them(
     finally:
         prom.terminate()
         prom.wait(30)
+
+
+def dead_owner_containers(pid: int) -> list[str]:
+    import socket
+
+    import docker
+
+    from rlfleet.sandbox.docker_backend import OWNER_LABEL
+
+    owner = f"{socket.gethostname()}:{pid}"
+    found = docker.from_env().containers.list(all=True, filters={"label": f"{OWNER_LABEL}={owner}"})
+    return [c.name for c in found]
+
+
+@pytest.mark.parametrize("backend", ["local", pytest.param("docker", marks=pytest.mark.docker)])
+def test_a_crashed_server_leaves_nothing_after_the_next_start(backend: str) -> None:
+    server = ServerProcess("--backend", backend)
+    slow = CodeCase(
+        id="slow",
+        language="python",
+        code="import time\ntime.sleep(1)\nprint(1)",
+        tests=(StdioTest(stdin="", stdout="1"),),
+        time_limit_s=5,
+    )
+
+    async def call() -> None:
+        with contextlib.suppress(Exception):  # the server dies under it
+            async with VerifierClient(server.target, ClientConfig(attempts=1)) as client:
+                await client.verify(slow)
+
+    caller = threading.Thread(target=lambda: asyncio.run(call()))
+    caller.start()
+    try:
+        assert wait_for_sandboxed(), "the slow case never started"
+    finally:
+        server.proc.kill()  # a crash: no drain, no cleanup
+        server.proc.wait(30)
+        caller.join(30)
+    dead = server.proc.pid
+    # What it ran winds down by itself: a worker's input closes when its server is gone.
+    deadline = time.monotonic() + 30
+    while nobody_processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert nobody_processes() == []
+    before = leftovers(dead) if backend == "local" else dead_owner_containers(dead)
+    assert before, "the crash left nothing to clean up (the check would prove nothing)"
+    # The next server on this host removes the dead one's cgroups or containers.
+    second = ServerProcess("--backend", backend)
+    try:
+        after = leftovers(dead) if backend == "local" else dead_owner_containers(dead)
+        assert after == []
+    finally:
+        assert second.stop() == 0

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import nobody_processes
+from harness import nobody_processes, wait_for_sandboxed
 
 from rlfleet.sandbox import cgroups
 
@@ -131,14 +131,7 @@ def test_interrupted_leaves_nothing_running(tmp_path: Path, sig: signal.Signals)
         text=True,
     )
     try:
-        # Sleepers come and go (each is killed at its wall limit), so remember the sighting
-        # rather than asking twice.
-        seen: list[int] = []
-        deadline = time.monotonic() + 30
-        while not seen and proc.poll() is None and time.monotonic() < deadline:
-            seen = nobody_processes()
-            time.sleep(0.02)
-        assert seen, "the sleepers never started"
+        assert wait_for_sandboxed(30), "the sleepers never started"
         os.kill(proc.pid, sig)
         proc.wait(timeout=30)
     finally:
