@@ -44,15 +44,50 @@ class Hierarchy:
         return [root / "rlfleet" / tag for root in self.roots.values()]
 
 
-def _mounts() -> list[tuple[str, str, list[str]]]:
-    """(mount point, fs type, super options) from /proc/self/mountinfo."""
+def _mountinfo() -> list[tuple[str, str, list[str], list[str]]]:
+    """(mount point, fs type, super options, mount options) from /proc/self/mountinfo."""
     out = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         left, _, right = line.partition(" - ")
         fields, tail = left.split(), right.split()
-        if len(fields) >= 5 and len(tail) >= 3:
-            out.append((fields[4], tail[0], tail[2].split(",")))
+        if len(fields) >= 6 and len(tail) >= 3:
+            out.append((fields[4], tail[0], tail[2].split(","), fields[5].split(",")))
     return out
+
+
+def _mounts() -> list[tuple[str, str, list[str]]]:
+    """(mount point, fs type, super options) of every mount."""
+    return [(point, fstype, opts) for point, fstype, opts, _ in _mountinfo()]
+
+
+def make_writable(h: Hierarchy) -> list[str]:
+    """Remount read-only cgroup mounts under ``h`` writable; returns the ones remounted.
+
+    A container (not privileged) sees its own cgroups read-only; with CAP_SYS_ADMIN it may
+    remount them in its own mount namespace, as the docker backend's worker does. On a host
+    the mounts are writable already and nothing happens.
+    """
+    import ctypes
+
+    remounted = []
+    for point, fstype, _, mount_opts in _mountinfo():
+        if fstype not in ("cgroup", "cgroup2") or "ro" not in mount_opts:
+            continue
+        if not any(root == Path(point) or Path(point) in root.parents for root in h.roots.values()):
+            continue
+        libc = ctypes.CDLL(None, use_errno=True)
+        flags = _MS_REMOUNT | _MS_BIND | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+        if libc.mount(None, point.encode(), None, flags, None) != 0:
+            err = ctypes.get_errno()
+            raise CgroupError(
+                f"cgroup mount {point} is read-only and cannot be remounted ({os.strerror(err)}):"
+                " in a container, grant CAP_SYS_ADMIN or run it privileged"
+            )
+        remounted.append(point)
+    return remounted
+
+
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT, _MS_BIND = 2, 4, 8, 32, 4096
 
 
 def own_v2_cgroup() -> str:

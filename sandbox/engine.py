@@ -97,6 +97,7 @@ def make_worker_factory(config: EngineConfig) -> WorkerFactory:
     from rlfleet.sandbox.worker_proc import LocalWorker, LocalWorkerConfig, worker_tag
 
     hierarchy = cgroups.detect(config.cgroup_parent)
+    cgroups.make_writable(hierarchy)
     cgroups.remove_stale_bases(hierarchy)
     local = LocalWorkerConfig()
     return lambda i: LocalWorker(worker_tag(i), hierarchy, local)
