@@ -289,6 +289,15 @@ def leftover_bases(h: Hierarchy) -> list[Path]:
     return out
 
 
+def prepare(parent: str = "") -> Hierarchy:
+    """The hierarchy a local backend works in, ready for use: found, made writable where a
+    container sees it read-only, and cleared of a crashed owner's leftovers."""
+    h = detect(parent)
+    make_writable(h)
+    remove_stale_bases(h)
+    return h
+
+
 def remove_stale_bases(h: Hierarchy) -> int:
     """Remove worker cgroups whose owning process (the tag's pid) is gone; returns how many."""
     removed = 0

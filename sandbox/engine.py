@@ -96,9 +96,7 @@ def make_worker_factory(config: EngineConfig) -> WorkerFactory:
     from rlfleet.sandbox import cgroups
     from rlfleet.sandbox.worker_proc import LocalWorker, LocalWorkerConfig, worker_tag
 
-    hierarchy = cgroups.detect(config.cgroup_parent)
-    cgroups.make_writable(hierarchy)
-    cgroups.remove_stale_bases(hierarchy)
+    hierarchy = cgroups.prepare(config.cgroup_parent)
     local = LocalWorkerConfig()
     return lambda i: LocalWorker(worker_tag(i), hierarchy, local)
 

@@ -33,7 +33,7 @@ class Harness:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        self.hierarchy = cgroups.detect() if backend == "local" else None
+        self.hierarchy = cgroups.prepare() if backend == "local" else None
         self.tags: list[str] = []
         self.pool = WorkerPool(self._factory(), PoolConfig(workers=workers))
         self.call(self.pool.start())

@@ -6,8 +6,8 @@
 #   1. the hostile, verdict, pool, CLI and cgroup tests against both backends (v2 host),
 #   2. the local-backend tests from inside a delegated unit cgroup (systemd's
 #      trusted.delegate mark, as for Delegate=yes),
-#   3. the local-backend hostile tests inside a privileged container with its own cgroup
-#      namespace (a Kubernetes pod's view).
+#   3. the local-backend hostile tests inside a container with its own cgroup namespace and
+#      the capabilities deploy/k8s/verifier.yaml grants (not privileged: a pod's view).
 # Needs root, qemu-system-x86, debootstrap, a running dockerd with the sandbox image
 # (`rlfleet sandbox prepare --backend docker`) and the dev venv (.venv). About 15 minutes
 # on 2 cores, most of it the VM's first build; later runs reuse it. Not part of CI.
@@ -74,9 +74,10 @@ echo "parent: $(/usr/bin/python3 -c 'from rlfleet.sandbox import cgroups; print(
 echo "=== PART 2 exit: $?"
 echo "unit cgroup after: $(cd $C/system.slice/rlfleet.service && find . -mindepth 1 -type d | sort | tr '\n' ' ')"
 echo $$ > $C/cgroup.procs
-echo "=== PART 3: local backend in a privileged container (own cgroup namespace)"
+echo "=== PART 3: local backend in a container with the k8s manifest's capabilities (own cgroup namespace, read-only cgroupfs)"
 IMG=$(docker images --format '{{.Repository}}:{{.Tag}}' rlfleet/sandbox | head -1)
-docker run --rm --privileged --cgroupns=private --network none -v /opt/rlfleet:/src -v /opt/site:/site \
+CAPS="--cap-drop ALL --cap-add SYS_ADMIN --cap-add SYS_CHROOT --cap-add SETUID --cap-add SETGID --cap-add KILL --cap-add CHOWN --cap-add DAC_OVERRIDE --cap-add FOWNER"
+docker run --rm $CAPS --security-opt seccomp=unconfined --cgroupns=private --network none -v /opt/rlfleet:/src -v /opt/site:/site \
   -e PYTHONPATH=/src:/site -e PYTHONDONTWRITEBYTECODE=1 -w /src "$IMG" \
   /usr/bin/python3 -m pytest $T tests/test_hostile.py -k local
 echo "=== PART 3 exit: $?"
