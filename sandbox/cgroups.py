@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 V1_CONTROLLERS = ("memory", "pids", "cpuacct")
 V2_CONTROLLERS = ("memory", "pids")
@@ -293,8 +296,11 @@ def prepare(parent: str = "") -> Hierarchy:
     """The hierarchy a local backend works in, ready for use: found, made writable where a
     container sees it read-only, and cleared of a crashed owner's leftovers."""
     h = detect(parent)
-    make_writable(h)
-    remove_stale_bases(h)
+    for point in make_writable(h):
+        log.info("remounted the read-only cgroup mount %s writable", point)
+    removed = remove_stale_bases(h)
+    if removed:
+        log.info("removed %d cgroups left by sandbox workers of processes now gone", removed)
     return h
 
 
