@@ -351,7 +351,7 @@ def _cgroups() -> tuple[bool, str]:
     from rlfleet.sandbox import cgroups
 
     try:
-        h = cgroups.detect()
+        h = cgroups.prepare()  # as the backend will: read-only mounts in a container remounted
     except cgroups.CgroupError as e:
         return False, str(e)
     unwritable = [str(p) for p in sorted(set(h.roots.values())) if not os.access(p, os.W_OK)]
