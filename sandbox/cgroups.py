@@ -113,8 +113,8 @@ def is_delegated(path: Path) -> bool:
 
 
 def _v2_parent(point: Path, parent: str) -> Path:
-    """Where ``rlfleet/`` goes on v2: an explicit parent, else this process's own cgroup when
-    it is delegated (a systemd unit with ``Delegate=yes``), else the root of the hierarchy
+    """Where ``rlfleet/`` goes on v2: an explicit parent, else the delegated cgroup this
+    process runs in (a systemd unit with ``Delegate=yes``), else the root of the hierarchy
     this process sees (the host's, or a container's own cgroup namespace)."""
     if parent:
         path = point / parent.strip("/")
@@ -122,8 +122,13 @@ def _v2_parent(point: Path, parent: str) -> Path:
             raise CgroupError(f"cgroup parent {parent!r}: no such cgroup under {point}")
         return path
     own = point / own_v2_cgroup().strip("/")
-    if own != point and is_delegated(own):
-        return own
+    # The nearest delegated cgroup at or above this process's own: after a first start has
+    # moved the server into the unit's `main` leaf, the unit is still the one to use.
+    for candidate in (own, *own.parents):
+        if candidate == point or point not in candidate.parents:
+            break
+        if is_delegated(candidate):
+            return candidate
     return point
 
 

@@ -44,6 +44,12 @@ def test_own_cgroup_is_used_only_when_delegated(
     os.setxattr(unit, "trusted.delegate", b"1")  # what systemd sets for Delegate=yes
     assert cgroups.is_delegated(unit)
     assert cgroups._v2_parent(root, "") == unit
+    # Once the server has moved itself into the unit's leaf, the unit is still the parent.
+    fake_cgroup(unit / cgroups.HOST_LEAF)
+    monkeypatch.setattr(
+        cgroups, "own_v2_cgroup", lambda: f"/system.slice/verifier.service/{cgroups.HOST_LEAF}"
+    )
+    assert cgroups._v2_parent(root, "") == unit
     monkeypatch.setattr(cgroups, "own_v2_cgroup", lambda: "/")
     assert cgroups._v2_parent(root, "") == root  # the root of a (namespace's) hierarchy
 

@@ -69,7 +69,16 @@ echo "+memory +pids +cpu" > $C/cgroup.subtree_control
 mkdir -p $C/system.slice/rlfleet.service && echo "+memory +pids +cpu" > $C/system.slice/cgroup.subtree_control
 /usr/bin/python3 -c 'import os; os.setxattr("/sys/fs/cgroup/system.slice/rlfleet.service", "trusted.delegate", b"1")'
 echo $$ > $C/system.slice/rlfleet.service/cgroup.procs
-echo "parent: $(/usr/bin/python3 -c 'from rlfleet.sandbox import cgroups; print(cgroups.detect().roots)')"
+cat > /tmp/twice.py <<'PY'
+from rlfleet.sandbox import cgroups, worker_proc
+first = cgroups.prepare()
+w = worker_proc.LocalWorker("twice-0", first, worker_proc.LocalWorkerConfig())  # vacates the unit
+w.close()
+second = cgroups.prepare()
+print("parent:", first.roots["unified"], "then", second.roots["unified"])
+assert first == second, "the parent moved after the server went into the unit's leaf"
+PY
+/usr/bin/python3 /tmp/twice.py || echo "=== PART 2 parent check failed"
 /usr/bin/python3 -m pytest $T tests/test_hostile.py tests/test_verify_cli.py -k "local or verify"
 echo "=== PART 2 exit: $?"
 echo "unit cgroup after: $(cd $C/system.slice/rlfleet.service && find . -mindepth 1 -type d | sort | tr '\n' ' ')"
@@ -104,4 +113,5 @@ tr '\r' '\n' <"$VM/boot.log" | grep -E '^(===|FAILED|ERROR|parent:|unit cgroup)|
 for part in 1 2 3; do
   grep -q "=== PART $part exit: 0" "$VM/boot.log" || die "part $part failed (see $VM/boot.log)"
 done
+! grep -q "parent check failed" "$VM/boot.log" || die "part 2: the cgroup parent moved (see $VM/boot.log)"
 log "all three parts passed on cgroup v2"
