@@ -142,15 +142,20 @@ def test_metrics_endpoint_and_verify_via_server(server: ServerProcess, tmp_path:
     assert 'rlfleet_sandbox_executions_total{language="python",verdict="AC"}' in body
 
 
-def test_sigterm_finishes_calls_in_flight_then_exits_clean() -> None:
-    server = ServerProcess()
-    slow = CodeCase(
+def sleeping_case(seconds: float) -> CodeCase:
+    """A case whose program sleeps, then prints 1 (AC)."""
+    return CodeCase(
         id="slow",
         language="python",
-        code="import time\ntime.sleep(1.5)\nprint(1)",
+        code=f"import time\ntime.sleep({seconds})\nprint(1)",
         tests=(StdioTest(stdin="", stdout="1"),),
         time_limit_s=5,
     )
+
+
+def test_sigterm_finishes_calls_in_flight_then_exits_clean() -> None:
+    server = ServerProcess()
+    slow = sleeping_case(1.5)
 
     async def call() -> Verdict:
         async with VerifierClient(server.target, ClientConfig(attempts=1)) as client:
@@ -291,13 +296,7 @@ def dead_owner_containers(pid: int) -> list[str]:
 @pytest.mark.parametrize("backend", ["local", pytest.param("docker", marks=pytest.mark.docker)])
 def test_a_crashed_server_leaves_nothing_after_the_next_start(backend: str) -> None:
     server = ServerProcess("--backend", backend)
-    slow = CodeCase(
-        id="slow",
-        language="python",
-        code="import time\ntime.sleep(1)\nprint(1)",
-        tests=(StdioTest(stdin="", stdout="1"),),
-        time_limit_s=5,
-    )
+    slow = sleeping_case(1)
 
     async def call() -> None:
         with contextlib.suppress(Exception):  # the server dies under it
