@@ -70,27 +70,25 @@ def make_writable(h: Hierarchy) -> list[str]:
     remount them in its own mount namespace, as the docker backend's worker does. On a host
     the mounts are writable already and nothing happens.
     """
-    import ctypes
+    # The worker's own remount (same call, same flags), from its stdlib-only kernel module.
+    from rlfleet.sandbox.worker import kernel
 
+    flags = kernel.MS_REMOUNT | kernel.MS_BIND | kernel.MS_NOSUID | kernel.MS_NODEV
     remounted = []
     for point, fstype, _, mount_opts in _mountinfo():
         if fstype not in ("cgroup", "cgroup2") or "ro" not in mount_opts:
             continue
         if not any(root == Path(point) or Path(point) in root.parents for root in h.roots.values()):
             continue
-        libc = ctypes.CDLL(None, use_errno=True)
-        flags = _MS_REMOUNT | _MS_BIND | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
-        if libc.mount(None, point.encode(), None, flags, None) != 0:
-            err = ctypes.get_errno()
+        try:
+            kernel.mount(None, point, None, flags | kernel.MS_NOEXEC)
+        except OSError as e:
             raise CgroupError(
-                f"cgroup mount {point} is read-only and cannot be remounted ({os.strerror(err)}):"
+                f"cgroup mount {point} is read-only and cannot be remounted ({e.strerror}):"
                 " in a container, grant CAP_SYS_ADMIN or run it privileged"
-            )
+            ) from e
         remounted.append(point)
     return remounted
-
-
-_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT, _MS_BIND = 2, 4, 8, 32, 4096
 
 
 def own_v2_cgroup() -> str:
