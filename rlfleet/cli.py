@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return _run(serve_sandbox(args))
         if args.command == "sandbox":
-            from rlfleet.sandbox.image import prepare
+            from rlfleet.sandbox.prepare import prepare
 
             return prepare(args.backend)
         if args.command == "bench":

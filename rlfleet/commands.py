@@ -31,11 +31,16 @@ def _engine_config(args: argparse.Namespace) -> EngineConfig:
 async def _start_engine(
     args: argparse.Namespace, registry: CollectorRegistry | None = None
 ) -> Engine:
+    from rlfleet import deps
     from rlfleet.sandbox.cgroups import CgroupError
     from rlfleet.sandbox.engine import Engine
+    from rlfleet.sandbox.mathcheck import AlgebraStartError
 
     try:
+        deps.require()
         return await Engine.start(_engine_config(args), registry)
+    except (deps.MissingDependency, AlgebraStartError) as e:
+        raise CommandError(str(e)) from e
     except CgroupError as e:
         raise CommandError(f"the local backend cannot start: {e}") from e
     except PermissionError as e:

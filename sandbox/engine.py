@@ -1,8 +1,8 @@
 """The verifier engine: one object that takes any case and returns its result.
 
 Code cases go to the judge over a pool of sandbox workers (``local`` or ``docker``
-backend); math cases go to the math checker's process pool. The CLI and the gRPC service
-both drive this.
+backend); math cases go to the math checker (algebra in child processes). The CLI and the
+gRPC service both drive this.
 """
 
 from __future__ import annotations
@@ -10,17 +10,14 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from rlfleet.sandbox.judge import Judge, JudgeConfig
+from rlfleet.sandbox.mathcheck import AlgebraFault, MathCheckConfig, MathChecker
 from rlfleet.sandbox.pool import PoolConfig, WorkerFactory, WorkerPool
 from rlfleet.sandbox.records import Case, CaseResult, CodeCase, MathCase, Verdict
 from rlfleet.sandbox.worker_proc import RunFacts, RunRequest
-
-if TYPE_CHECKING:
-    from rlfleet.sandbox.mathcheck import MathChecker
 
 BACKENDS = ("local", "docker")
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
@@ -32,10 +29,6 @@ class EngineConfig:
     """Where programs run: ``local`` (namespaces on this host) or ``docker`` (containers)."""
     workers: int = 2
     """Programs run at once."""
-    math_workers: int = 1
-    """Processes for math checks."""
-    math_timeout_s: float = 2.0
-    """Wall-time bound of one math check."""
     recycle_after: int = 5000
     """Replace a sandbox worker after this many runs."""
     cgroup_parent: str = ""
@@ -43,6 +36,9 @@ class EngineConfig:
     hierarchy's root; empty: this process's own cgroup when delegated (systemd
     ``Delegate=yes``), else the root this process sees."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    """How code cases are judged (limits, checkers, rewards)."""
+    math: MathCheckConfig = field(default_factory=lambda: MathCheckConfig(processes=1))
+    """The math checker (one algebra process by default: most answers never need one)."""
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -120,19 +116,14 @@ class Engine:
 
     @classmethod
     async def start(cls, config: EngineConfig, registry: CollectorRegistry | None = None) -> Engine:
-        from rlfleet.sandbox.mathcheck import MathCheckConfig, MathChecker
-
         pool = WorkerPool(
             make_worker_factory(config),
             PoolConfig(workers=config.workers, recycle_after=config.recycle_after),
         )
         await pool.start()
         try:
-            # Its workers take a while to import sympy: start them off the event loop.
-            math_config = MathCheckConfig(
-                timeout_s=config.math_timeout_s, workers=config.math_workers
-            )
-            math = await asyncio.to_thread(MathChecker, math_config)
+            # Its processes take a while to import sympy: start them off the event loop.
+            math = await asyncio.to_thread(MathChecker, config.math)
         except BaseException:
             await pool.close()
             raise
@@ -169,7 +160,18 @@ class Engine:
 
     async def _verify_math(self, case: MathCase) -> CaseResult:
         t0 = time.perf_counter()
-        res = await self._math.check_async(case.completion, case.gold)
+        try:
+            res = await self._math.check_async(case.completion, case.gold)
+        except AlgebraFault as e:
+            self.metrics.math_checks.labels("fault").inc()
+            return CaseResult(
+                id=case.id,
+                verdict=Verdict.SE,
+                passed=0,
+                total=1,
+                reward=0.0,
+                message=f"math checker fault: {e}",
+            )
         self.metrics.math_seconds.observe(time.perf_counter() - t0)
         self.metrics.math_checks.labels(res.reason).inc()
         return CaseResult(

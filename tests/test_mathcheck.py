@@ -19,7 +19,7 @@ from rlfleet.sandbox.mathcheck.screen import pathological
 
 @pytest.fixture(scope="module")
 def checker() -> Iterator[MathChecker]:
-    with MathChecker(MathCheckConfig(workers=2)) as c:
+    with MathChecker(MathCheckConfig(processes=2)) as c:
         yield c
 
 
@@ -294,20 +294,20 @@ SLOW = ("\\boxed{\\sin^2 x + \\cos^2 x}", "1")
 
 
 def test_timeout_kills_and_replaces_the_worker() -> None:
-    with MathChecker(MathCheckConfig(workers=1, timeout_s=0.001)) as c:
-        before = set(c.worker_pids)
+    with MathChecker(MathCheckConfig(processes=1, timeout_s=0.001)) as c:
+        before = set(c.process_pids)
         r = c.check(*SLOW)
         assert (r.correct, r.reason) == (False, "timeout")
         assert all(_gone(pid) for pid in before)
         assert c.check("\\boxed{7}", "7").correct  # fast paths need no worker
-    with MathChecker(MathCheckConfig(workers=1, timeout_s=5)) as c:
+    with MathChecker(MathCheckConfig(processes=1, timeout_s=5)) as c:
         assert c.check(*SLOW).correct
 
 
 def test_a_slow_check_does_not_block_the_pool() -> None:
     # Whatever the screen lets through is still bounded by the deadline; afterwards the
     # replacement worker answers.
-    with MathChecker(MathCheckConfig(workers=1, timeout_s=0.5)) as c:
+    with MathChecker(MathCheckConfig(processes=1, timeout_s=0.5)) as c:
         r = c.check("\\boxed{\\sum_{k=1}^{9999} k^{k}}", "x")
         assert r.reason in ("timeout", "mismatch", "rejected")
         assert c.check("\\boxed{\\sqrt{12}}", "2\\sqrt{3}").correct
@@ -345,13 +345,13 @@ async def test_checks_from_asyncio(checker: MathChecker) -> None:
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
 def test_close_leaves_no_processes() -> None:
     before = _children()
-    c = MathChecker(MathCheckConfig(workers=2, timeout_s=0.001))
-    pids = c.worker_pids
+    c = MathChecker(MathCheckConfig(processes=2, timeout_s=0.001))
+    pids = c.process_pids
     assert len(pids) == 2
     assert set(pids) <= _children()
     assert c.check(*SLOW).reason == "timeout"  # a replacement is starting
     c.close()
-    assert c.worker_pids == []
+    assert c.process_pids == []
     assert all(_gone(pid) for pid in pids)
     assert _children() <= before
     with pytest.raises(RuntimeError):
@@ -359,8 +359,8 @@ def test_close_leaves_no_processes() -> None:
 
 
 def test_a_dropped_checker_stops_its_workers() -> None:
-    c = MathChecker(MathCheckConfig(workers=1))
-    pids = c.worker_pids
+    c = MathChecker(MathCheckConfig(processes=1))
+    pids = c.process_pids
     del c
     gc.collect()
     assert all(_gone(pid) for pid in pids)
@@ -382,7 +382,7 @@ def test_a_checker_refuses_to_cross_a_fork(checker: MathChecker) -> None:
 
 def test_config_is_validated() -> None:
     with pytest.raises(ValueError):
-        MathCheckConfig(workers=0)
+        MathCheckConfig(processes=0)
     with pytest.raises(ValueError):
         MathCheckConfig(timeout_s=0)
 

@@ -32,7 +32,7 @@ docker image inspect "$TAG" >/dev/null 2>&1 || die "image $TAG missing: rlfleet 
 
 mkdir -p "$VM"
 if [ "${REBUILD:-0}" = 1 ] || [ ! -x "$ROOT/usr/sbin/dockerd" ]; then
-  mirror=$(/usr/bin/python3 -I sandbox/image.py mirror) || die "no bookworm main source in apt's config"
+  mirror=$(/usr/bin/python3 -I sandbox/apt_mirror.py) || die "no bookworm main source in apt's config"
   log "building the VM's root from $mirror (log: $VM/debootstrap.log)"
   rm -rf "$ROOT"
   debootstrap --variant=minbase \

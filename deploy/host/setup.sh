@@ -82,7 +82,7 @@ fi
 if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
   log "$BASE_IMAGE present"
 else
-  mirror=$(/usr/bin/python3 -I sandbox/image.py mirror) || die "no bookworm main source in apt's config"
+  mirror=$(/usr/bin/python3 -I sandbox/apt_mirror.py) || die "no bookworm main source in apt's config"
   rootfs=$(mktemp -d /var/tmp/rlfleet-rootfs.XXXXXX)
   trap 'rm -rf "$rootfs"' EXIT
   log "debootstrapping $BASE_IMAGE from apt's mirror (about a minute; log: $STATE_DIR/debootstrap.log)"
@@ -115,14 +115,9 @@ EOF
 fi
 
 # --- 4. the sandbox image --------------------------------------------------------------------
-# rlfleet.sandbox.image computes the tag and builds; the venv's docker SDK when there is one,
-# else (fresh machine, no venv yet) the same build through the docker CLI.
-py=/usr/bin/python3
-if [ -x .venv/bin/python ] && .venv/bin/python -c 'import docker' 2>/dev/null; then
-  py=.venv/bin/python
-fi
+# sandbox/image.py computes the tag and builds it with the docker CLI (no virtualenv needed).
 t0=$SECONDS
-tag=$("$py" -I sandbox/image.py ensure --base "$BASE_IMAGE" 2> >(sed 's/^/setup:   /' >&2)) \
+tag=$(/usr/bin/python3 -I sandbox/image.py ensure "$BASE_IMAGE" 2> >(sed 's/^/setup:   /' >&2)) \
   || die "building the sandbox image failed"
 log "sandbox image $tag ready ($((SECONDS - t0)) s)"
 log "host ready in $((SECONDS - START)) s"

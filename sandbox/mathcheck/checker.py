@@ -9,6 +9,7 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from rlfleet.sandbox.mathcheck.algebra import AlgebraRunner
 from rlfleet.sandbox.mathcheck.compare import Algebra, Undecided, equal, is_candidate_list
 from rlfleet.sandbox.mathcheck.extract import Extraction, boxed_contents, extract
 from rlfleet.sandbox.mathcheck.normalize import (
@@ -18,25 +19,24 @@ from rlfleet.sandbox.mathcheck.normalize import (
     normalize,
     parse_struct,
 )
-from rlfleet.sandbox.mathcheck.pool import AlgebraPool
 
 
 @dataclass(frozen=True, kw_only=True)
 class MathCheckConfig:
     timeout_s: float = 2.0
     """Wall-time budget of the algebra of one check; past it the check is "timeout"."""
-    workers: int = 2
-    """Worker processes doing algebra (each about 100 MB with sympy loaded)."""
+    processes: int = 2
+    """Child processes doing algebra (each about 100 MB with sympy loaded)."""
     max_wait_s: float = 30.0
-    """How long a check may wait for a free worker before it gives up as "timeout"."""
-    worker_memory_mb: int = 2048
-    """Address-space limit of each worker: a ballooning parse fails instead of swapping."""
+    """How long a check may wait for a free process before it gives up as "timeout"."""
+    process_memory_mb: int = 2048
+    """Address-space limit of each process: a ballooning parse fails instead of swapping."""
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0 or self.max_wait_s <= 0:
             raise ValueError("timeout_s and max_wait_s must be > 0")
-        if self.workers < 1:
-            raise ValueError("workers must be >= 1")
+        if self.processes < 1:
+            raise ValueError("processes must be >= 1")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +48,10 @@ class MathResult:
     reason: str
     """One of "match", "mismatch", "no_answer", "hedged", "timeout", "rejected" (a
     pathological answer refused before any algebra) and "parse_error"."""
+
+
+class AlgebraFault(RuntimeError):
+    """The algebra failed through no fault of the answer: the check has no verdict."""
 
 
 def _hedged(found: Extraction) -> bool:
@@ -65,9 +69,9 @@ def _hedged(found: Extraction) -> bool:
     return False
 
 
-def _shutdown(threads: ThreadPoolExecutor, pool: AlgebraPool) -> None:
+def _shutdown(threads: ThreadPoolExecutor, algebra: AlgebraRunner) -> None:
     threads.shutdown(wait=False, cancel_futures=True)
-    pool.close()
+    algebra.close()
 
 
 def _needs_algebra(answer: str, gold: str) -> bool:
@@ -76,19 +80,21 @@ def _needs_algebra(answer: str, gold: str) -> bool:
 
 class MathChecker:
     """Checks completions against gold answers; thread-safe, and ``await check_async`` from
-    event loops. Owns worker processes: close it (or use ``with``)."""
+    event loops. Owns child processes: close it (or use ``with``).
+
+    Raises ``AlgebraStartError`` when its processes cannot start (a missing dependency)."""
 
     def __init__(self, config: MathCheckConfig = MathCheckConfig()) -> None:
         self.config = config
-        self._pool = AlgebraPool(
-            config.workers, memory_mb=config.worker_memory_mb, max_wait_s=config.max_wait_s
+        self._algebra = AlgebraRunner(
+            config.processes, memory_mb=config.process_memory_mb, max_wait_s=config.max_wait_s
         )
-        # Threads only wait on workers; a few per worker keep every worker busy.
-        self._threads = ThreadPoolExecutor(config.workers * 4, thread_name_prefix="mathcheck")
+        # Threads only wait on processes; a few per process keep every process busy.
+        self._threads = ThreadPoolExecutor(config.processes * 4, thread_name_prefix="mathcheck")
         self._closed = False
         self._pid = os.getpid()
-        # A checker dropped without close() still stops its workers (at collection or exit).
-        self._finalizer = weakref.finalize(self, _shutdown, self._threads, self._pool)
+        # A checker dropped without close() still stops its processes (at collection or exit).
+        self._finalizer = weakref.finalize(self, _shutdown, self._threads, self._algebra)
 
     def __enter__(self) -> MathChecker:
         return self
@@ -97,18 +103,21 @@ class MathChecker:
         self.close()
 
     def close(self) -> None:
-        """Stop every worker process; the checker cannot be used afterwards."""
+        """Stop every child process; the checker cannot be used afterwards."""
         self._closed = True
         self._finalizer()
 
     @property
-    def worker_pids(self) -> list[int]:
-        """Process ids of the live workers (for tests and monitoring)."""
-        return self._pool.pids()
+    def process_pids(self) -> list[int]:
+        """Process ids of the live algebra processes (for tests and monitoring)."""
+        return self._algebra.pids()
 
     def check(self, completion: str, gold: str) -> MathResult:
         """Compare the completion's final answer with ``gold``; blocks at most about
-        ``timeout_s`` (plus ``max_wait_s`` when every worker is busy)."""
+        ``timeout_s`` (plus ``max_wait_s`` when every process is busy).
+
+        Raises ``AlgebraFault`` when the algebra failed in a way that is not the answer's
+        (a bug, a broken install): no verdict can be given."""
         self._usable()
         budget = [self.config.timeout_s]
 
@@ -117,10 +126,12 @@ class MathChecker:
             if budget[0] <= 0:
                 raise Undecided("timeout")
             start = time.monotonic()
-            status, value = self._pool.check(answer, gold_text, budget[0])
+            status, value = self._algebra.check(answer, gold_text, budget[0])
             budget[0] -= time.monotonic() - start
             if status == "ok":
                 return bool(value)
+            if status == "fault":
+                raise AlgebraFault(str(value))
             raise Undecided("parse_error" if status == "error" else "timeout")
 
         return self._check(completion, gold, algebra)
@@ -138,7 +149,7 @@ class MathChecker:
         if self._closed:
             raise RuntimeError("math checker is closed")
         if os.getpid() != self._pid:
-            # The workers' pipes belong to the parent; sharing them would mix up replies.
+            # The children's pipes belong to the parent; sharing them would mix up replies.
             raise RuntimeError("a MathChecker cannot cross a fork: create one per process")
 
     def _check(self, completion: str, gold: str, algebra: Algebra) -> MathResult:

@@ -1,4 +1,4 @@
-"""Algebraic equivalence with sympy; runs only inside the checker's worker processes.
+"""Algebraic equivalence with sympy; runs only inside the checker's child processes.
 
 The ladder, cheapest proof first:
 
@@ -22,8 +22,20 @@ from __future__ import annotations
 import functools
 import random
 import re
+import tokenize
 from fractions import Fraction
 from typing import Any
+
+import sympy
+from latex2sympy2_extended import latex2sympy
+from latex2sympy2_extended.latex2sympy2 import ConversionConfig
+from sympy.parsing.sympy_parser import (
+    convert_xor,
+    implicit_multiplication_application,
+    standard_transformations,
+)
+from sympy.parsing.sympy_parser import parse_expr as sympy_parse_expr
+from sympy.polys.polyerrors import BasePolynomialError
 
 from rlfleet.sandbox.mathcheck.fastparse import Unsupported, parse_simple
 from rlfleet.sandbox.mathcheck.normalize import MIN_APPROX_DECIMALS, correct_to, decimals
@@ -35,6 +47,35 @@ DIGITS = 30
 POINTS = 4
 """Random points at which expressions with free symbols are evaluated."""
 
+
+class ParseError(ValueError):
+    """The text is not a formula this module can read."""
+
+
+# What sympy raises when an operation does not apply to its operands (no inverse, no
+# numeric value, an unsupported construct). Only these mean "this step proves nothing";
+# anything else is a fault and propagates (the child reports it as ours, never as a verdict).
+SYMPY_ERRORS: tuple[type[BaseException], ...] = (
+    ArithmeticError,
+    AttributeError,
+    IndexError,
+    KeyError,
+    NotImplementedError,
+    RecursionError,
+    TypeError,
+    ValueError,
+    BasePolynomialError,
+)
+# Text that no parser reads: latex2sympy (ParseError), sympy's parse_expr (SyntaxError,
+# TokenError, SympifyError: a ValueError), the fast parser's Unsupported, and whatever
+# sympy raises while building the expression.
+ANSWER_ERRORS: tuple[type[BaseException], ...] = (
+    SyntaxError,
+    tokenize.TokenError,
+    Unsupported,
+    *SYMPY_ERRORS,
+)
+
 # Plain (non-LaTeX) text that parse_expr may see: numbers, operators, brackets, and names
 # that are single letters (optionally with digits) or whitelisted functions. Nothing else
 # reaches parse_expr, which evaluates Python code (run only here, under the worker deadline).
@@ -45,14 +86,6 @@ _PLAIN_HINT = re.compile(r"\*\*|\b(?:" + "|".join(_FUNCTIONS) + r")\s*\(")
 
 
 def _plain_parse(text: str) -> Any:
-    import sympy
-    from sympy.parsing.sympy_parser import (
-        convert_xor,
-        implicit_multiplication_application,
-        standard_transformations,
-    )
-    from sympy.parsing.sympy_parser import parse_expr as sympy_parse_expr
-
     if not _PLAIN.match(text) or "__" in text or re.search(r"\.(?!\d)|(?<!\d)\.", text):
         raise ValueError("not a plain expression")
     local: dict[str, Any] = {
@@ -79,11 +112,15 @@ def _plain_parse(text: str) -> Any:
 
 
 def _latex_parse(text: str) -> Any:
-    from latex2sympy2_extended import latex2sympy
-    from latex2sympy2_extended.latex2sympy2 import ConversionConfig
-
-    # Case matters in mathematics (X and x are different answers).
-    return latex2sympy(text, conversion_config=ConversionConfig(lowercase_symbols=False))
+    try:
+        # Case matters in mathematics (X and x are different answers).
+        return latex2sympy(text, conversion_config=ConversionConfig(lowercase_symbols=False))
+    except Exception as e:
+        # latex2sympy reports text it cannot read with plain ``Exception``s; anything of
+        # another type is a fault of ours and must not pass for an unreadable answer.
+        if type(e) is Exception:
+            raise ParseError(str(e)) from None
+        raise
 
 
 def _top_level_equals(text: str) -> int | None:
@@ -110,7 +147,6 @@ def parse(text: str) -> Any:
 
     Cached: the samples of one problem share its gold answer (sympy objects are immutable).
     """
-    import sympy
 
     split = _top_level_equals(text)
     if split is not None:
@@ -124,12 +160,11 @@ def parse(text: str) -> Any:
         first, second = _plain_parse, _latex_parse  # "sqrt(8)" is not s*q*r*t*8
     try:
         return first(text)
-    except Exception:
+    except ANSWER_ERRORS:
         return second(text)
 
 
 def _points(symbols: list[Any], n: int) -> list[dict[Any, Any]]:
-    import sympy
 
     # Fixed seed: a verdict must not change from one run to the next. Every other point is
     # negative, so |x| is not x and sqrt(x^2) is not x (equal for x > 0 only); values of
@@ -174,19 +209,17 @@ def _numeric(a: Any, b: Any) -> bool | None:
 
 
 def _exactly_zero(diff: Any) -> bool:
-    import sympy
 
     for step in (sympy.cancel, sympy.simplify):
         try:
             if step(diff) == 0:
                 return True
-        except Exception:
+        except SYMPY_ERRORS:
             continue
     return False
 
 
 def expressions_equal(a: Any, b: Any) -> bool:
-    import sympy
 
     if a == b:
         return True
@@ -205,14 +238,14 @@ def expressions_equal(a: Any, b: Any) -> bool:
     if not diff.free_symbols:
         try:
             exact = diff.doit()  # 2004! as the integer it is
-        except Exception:
+        except SYMPY_ERRORS:
             exact = diff
         if exact.is_Rational:
             return bool(exact == 0)  # an exact number: never "close enough"
     try:
         if sympy.expand(diff) == 0:  # cheap and exact: settles most polynomial identities
             return True
-    except Exception:
+    except SYMPY_ERRORS:
         pass
     numeric = _numeric(a, b)
     if numeric is False:
@@ -223,7 +256,6 @@ def expressions_equal(a: Any, b: Any) -> bool:
 
 
 def _sets_equal(a: Any, b: Any) -> bool:
-    import sympy
 
     if not (isinstance(a, sympy.Set) and isinstance(b, sympy.Set)):
         return False
@@ -241,13 +273,12 @@ def _sets_equal(a: Any, b: Any) -> bool:
         return True
     try:
         return bool(a.symmetric_difference(b) == sympy.EmptySet)
-    except Exception:
+    except SYMPY_ERRORS:
         return False
 
 
 def _relation(r: Any) -> tuple[Any, str]:
     """(f, kind) with the relation read as ``f = 0``, ``f > 0`` or ``f >= 0``."""
-    import sympy
 
     if isinstance(r, sympy.Equality):
         return r.lhs - r.rhs, "="
@@ -260,7 +291,6 @@ def _relation(r: Any) -> tuple[Any, str]:
 
 def relations_equal(a: Any, b: Any) -> bool:
     """Same relation: (lhs - rhs) of one a constant non-zero multiple of the other's."""
-    import sympy
 
     (fa, ka), (fb, kb) = _relation(a), _relation(b)
     if ka != kb:
@@ -269,7 +299,7 @@ def relations_equal(a: Any, b: Any) -> bool:
         return bool(fa == fb)
     try:
         ratio = sympy.cancel(fa / fb)
-    except Exception:
+    except SYMPY_ERRORS:
         ratio = None
     if ratio is not None and ratio.is_number:
         value = _value(ratio, {})
@@ -293,7 +323,6 @@ def relations_equal(a: Any, b: Any) -> bool:
 
 def _is_name(expr: Any) -> bool:
     """A symbol or an undefined function of symbols: the x of x = 3, the f(x) of f(x) = 2x."""
-    import sympy
 
     if isinstance(expr, sympy.Symbol):
         return True
@@ -302,7 +331,6 @@ def _is_name(expr: Any) -> bool:
 
 def equivalent(answer: str, gold: str) -> bool:
     """Both given as normalised text. Raises on parse failure (the caller reports it)."""
-    import sympy
 
     a, g = _imaginary_unit(parse(answer)), _imaginary_unit(parse(gold))
     a_rel, g_rel = (
@@ -336,7 +364,6 @@ def equivalent(answer: str, gold: str) -> bool:
 
 def _imaginary_unit(expr: Any) -> Any:
     """A free ``i`` is the imaginary unit (3+2i, e^{i pi}); a summation index is bound."""
-    import sympy
 
     free: set[Any] = getattr(expr, "free_symbols", set())
     i = sympy.Symbol("i")
@@ -345,7 +372,6 @@ def _imaginary_unit(expr: Any) -> Any:
 
 def _as_set(relation: Any) -> Any:
     """The real solution set of a one-variable inequality; raises for anything else."""
-    import sympy
 
     (symbol,) = relation.free_symbols
     return sympy.solveset(relation, symbol, sympy.S.Reals)
@@ -362,7 +388,7 @@ def _approximation_equal(text: str, exact: Any) -> bool | None:
         return None  # rationals were settled exactly before the workers
     try:
         value = exact.evalf(max(DIGITS, d + 10))
-    except Exception:
+    except SYMPY_ERRORS:
         return None
     if not value.is_number or value.is_finite is not True:
         return None

@@ -1,10 +1,10 @@
-"""Worker processes for algebra, each request bounded in wall time from any thread.
+"""Algebra in child processes, each request bounded in wall time from any thread.
 
-A request borrows an idle worker, sends it the pair and waits at most its time budget; a
-worker that overruns is killed and a replacement started in the background. No signals are
+A request borrows an idle child, sends it the pair and waits at most its time budget; a
+child that overruns is killed and a replacement started in the background. No signals are
 used (``signal.alarm`` only works in the main thread), so this works from any thread or
-event loop. Workers are fresh interpreters (``python -m ...worker``), never forks of the
-caller, which is what makes them safe to start from threaded and asyncio servers.
+event loop. Children are fresh interpreters (``python -m ...algebra_child``), never forks of
+the caller, which is what makes them safe to start from threaded and asyncio servers.
 """
 
 from __future__ import annotations
@@ -16,33 +16,41 @@ import queue
 import select
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 READY_TIMEOUT_S = 60.0
-"""How long a new worker may take to import sympy and say ready."""
+"""How long a new child may take to import sympy and say ready."""
+
+
+class AlgebraStartError(RuntimeError):
+    """A child could not start (a missing dependency, say); the message says why."""
 
 
 def _package_root() -> str:
-    """The directory holding the ``rlfleet`` package, so workers import the same code."""
+    """The directory holding the ``rlfleet`` package, so children import the same code."""
     import rlfleet
 
     return str(Path(rlfleet.__file__).resolve().parent.parent)
 
 
-class _Worker:
+class _Child:
     def __init__(self, memory_mb: int) -> None:
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by kill())
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (_package_root(), env.get("PYTHONPATH", "")) if p
         )
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "rlfleet.sandbox.mathcheck.worker", str(memory_mb)],
+            [sys.executable, "-m", "rlfleet.sandbox.mathcheck.algebra_child", str(memory_mb)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            # A file, not a pipe: nobody reads it while the child runs; it says why a child
+            # failed to start.
+            stderr=self._stderr,
             env=env,
             # Its own session: a Ctrl-C meant for the caller's terminal does not reach it.
             start_new_session=True,
@@ -69,11 +77,17 @@ class _Worker:
                 return None
             chunk = os.read(fd, 65536)
             if not chunk:
-                raise EOFError("math worker exited")
+                raise EOFError("algebra child exited")
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
         reply = json.loads(line)
         return reply if isinstance(reply, list) else None
+
+    def failure(self) -> str:
+        """Why the child did not start: the last line it wrote on stderr, if any."""
+        self._stderr.seek(0)
+        lines = self._stderr.read()[-4096:].decode("utf-8", "replace").strip().splitlines()
+        return lines[-1] if lines else f"it exited with status {self.process.poll()}"
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -83,44 +97,46 @@ class _Worker:
             with contextlib.suppress(OSError):
                 if pipe:
                     pipe.close()
+        self._stderr.close()
 
 
-class AlgebraPool:
-    """A fixed number of workers; ``check`` is thread-safe."""
+class AlgebraRunner:
+    """A fixed number of child processes; ``check`` is thread-safe."""
 
-    def __init__(self, workers: int, *, memory_mb: int, max_wait_s: float) -> None:
+    def __init__(self, processes: int, *, memory_mb: int, max_wait_s: float) -> None:
         self._memory_mb = memory_mb
         self._max_wait_s = max_wait_s
-        self._idle: queue.Queue[_Worker] = queue.Queue()
-        self._all: set[_Worker] = set()
+        self._idle: queue.Queue[_Child] = queue.Queue()
+        self._all: set[_Child] = set()
         self._starters: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self._closed = False
         self.restarts = 0
-        started = [self._spawn() for _ in range(workers)]
+        started = [self._spawn() for _ in range(processes)]
         for w in started:
             if w is None or not self._await_ready(w):
+                reason = w.failure() if w else "closed while starting"
                 self.close()
-                raise RuntimeError("math worker did not start")
+                raise AlgebraStartError(_start_error(reason))
             self._idle.put(w)
 
-    def _spawn(self) -> _Worker | None:
-        # Spawned under the lock that close() takes: a worker either exists in _all when
+    def _spawn(self) -> _Child | None:
+        # Spawned under the lock that close() takes: a child either exists in _all when
         # close() runs (and is killed) or is never started.
         with self._lock:
             if self._closed:
                 return None
-            w = _Worker(self._memory_mb)
+            w = _Child(self._memory_mb)
             self._all.add(w)
             return w
 
-    def _await_ready(self, w: _Worker) -> bool:
+    def _await_ready(self, w: _Child) -> bool:
         try:
             return w.receive(READY_TIMEOUT_S) == ["ready", None]
         except (EOFError, OSError, ValueError):
             return False
 
-    def _discard(self, w: _Worker) -> None:
+    def _discard(self, w: _Child) -> None:
         with self._lock:
             self._all.discard(w)
         w.kill()
@@ -151,10 +167,10 @@ class AlgebraPool:
         thread.start()
 
     def check(self, answer: str, gold: str, timeout: float) -> tuple[str, Any]:
-        """("ok", bool), ("error", message) or ("timeout", None).
+        """("ok", bool), ("error", message), ("fault", message) or ("timeout", None).
 
-        Waits up to ``max_wait_s`` for an idle worker (not counted in ``timeout``), then
-        gives the worker ``timeout`` seconds.
+        Waits up to ``max_wait_s`` for an idle child (not counted in ``timeout``), then
+        gives the child ``timeout`` seconds.
         """
         if self._closed:
             raise RuntimeError("math checker is closed")
@@ -179,10 +195,10 @@ class AlgebraPool:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            workers = list(self._all)
+            children = list(self._all)
             self._all.clear()
             starters = list(self._starters)
-        for w in workers:
+        for w in children:
             w.kill()
         for t in starters:
             t.join(READY_TIMEOUT_S)
@@ -190,3 +206,12 @@ class AlgebraPool:
     def pids(self) -> list[int]:
         with self._lock:
             return [w.pid for w in self._all]
+
+
+def _start_error(reason: str) -> str:
+    if reason.startswith("ModuleNotFoundError") or reason.startswith("ImportError"):
+        return (
+            f"the math checker cannot start: {reason}; a runtime dependency of rlfleet is "
+            "missing (reinstall rlfleet with its dependencies: pip install rlfleet)"
+        )
+    return f"the math checker cannot start: {reason}"

@@ -1,0 +1,171 @@
+"""`rlfleet sandbox prepare`: check what a backend and the math checker need, and build the
+sandbox image for the docker backend when it is missing. Each check prints one line."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from rlfleet import deps
+from rlfleet.sandbox import cgroups
+from rlfleet.sandbox.image import (
+    LOCAL_BASE,
+    SETUP_HINT,
+    STANDARD_BASE,
+    BuildError,
+    SdkEngine,
+    ensure_image,
+    image_tag,
+    pick_base,
+)
+
+
+def _check(ok: bool, what: str, hint: str = "") -> bool:
+    mark = "ok     " if ok else "MISSING"
+    print(f"  {mark} {what}" + (f": {hint}" if hint and not ok else ""), flush=True)
+    return ok
+
+
+def _docker_socket() -> Path | None:
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    return Path(host.removeprefix("unix://")) if host.startswith("unix://") else None
+
+
+def _group_name(gid: int) -> str:
+    import grp
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def prepare_docker() -> int:
+    print("docker backend:")
+    sock = _docker_socket()
+    if sock is not None and not sock.exists():
+        _check(
+            False,
+            "a Docker engine",
+            f"no engine running (no socket {sock}); start one with {SETUP_HINT}",
+        )
+        return 1
+    if sock is not None and not os.access(sock, os.R_OK | os.W_OK):
+        _check(
+            False,
+            "a Docker engine",
+            f"no permission on {sock}: run as root or as a member of its group "
+            f"({_group_name(sock.stat().st_gid)})",
+        )
+        return 1
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+        version = client.version()
+    except (docker.errors.DockerException, OSError) as e:
+        _check(False, "a Docker engine answering", f"{e}; start one with {SETUP_HINT}")
+        return 1
+    _check(True, f"Docker engine {version.get('Version', '?')} (API {version.get('ApiVersion')})")
+    engine = SdkEngine(client)
+    if not engine.has_image(image_tag()) and pick_base(engine) is None:
+        print(f"  note: neither {STANDARD_BASE} nor {LOCAL_BASE} is here; trying a pull")
+    try:
+        tag = ensure_image(client, progress=lambda line: print(f"    {line}", flush=True))
+    except (BuildError, docker.errors.DockerException, OSError) as e:
+        _check(False, "the sandbox image", str(e))
+        return 1
+    _check(True, f"sandbox image {tag}")
+    print(tag)
+    return 0
+
+
+def _privileges() -> tuple[bool, str]:
+    if os.geteuid() == 0:
+        return True, "running as root"
+    try:
+        max_ns = int(Path("/proc/sys/user/max_user_namespaces").read_text())
+    except (OSError, ValueError):
+        max_ns = 0
+    clone = Path("/proc/sys/kernel/unprivileged_userns_clone")
+    allowed = max_ns > 0 and (not clone.exists() or clone.read_text().strip() != "0")
+    return allowed, "unprivileged user namespaces" + ("" if allowed else " (not root either)")
+
+
+def _cgroups() -> tuple[bool, str]:
+    try:
+        h = cgroups.prepare()  # as the backend will: read-only mounts in a container remounted
+    except cgroups.CgroupError as e:
+        return False, str(e)
+    unwritable = [str(p) for p in sorted(set(h.roots.values())) if not os.access(p, os.W_OK)]
+    controllers = ", ".join(h.roots) if h.version == 1 else "memory, pids, cpu"
+    if unwritable:
+        return False, f"cgroup v{h.version} not writable here: {', '.join(unwritable)}"
+    return True, f"cgroup v{h.version} ({controllers}) writable"
+
+
+def prepare_local() -> int:
+    print("local backend:")
+    ok, what = _privileges()
+    ok = _check(ok, what, "run as root, or enable user namespaces")
+    cg_ok, cg_what = _cgroups()
+    ok &= _check(cg_ok, "cgroups" if not cg_ok else cg_what, cg_what)
+    ok &= _check(
+        os.access("/usr/bin/python3", os.X_OK), "/usr/bin/python3", "apt-get install python3"
+    )
+    gxx = shutil.which("g++")
+    ok &= _check(gxx is not None, f"g++ ({gxx})" if gxx else "g++", "apt-get install g++")
+    try:
+        ctypes.CDLL("libseccomp.so.2")
+        ok &= _check(True, "libseccomp.so.2 loads")
+    except OSError as e:
+        ok &= _check(False, "libseccomp.so.2", f"{e}; apt-get install libseccomp2")
+    return 0 if ok else 1
+
+
+# A correct answer that only the symbolic path (latex2sympy, sympy) can prove.
+MATH_PROBE = ("\\boxed{\\sin^2 x + \\cos^2 x}", "1")
+
+
+def prepare_math() -> int:
+    """The math checker: its dependencies installed and its algebra proving a known case."""
+    from rlfleet.sandbox.mathcheck import AlgebraStartError, MathCheckConfig, MathChecker
+
+    print("math checker:")
+    absent = deps.missing()
+    if absent:
+        _check(False, "runtime dependencies", str(deps.MissingDependency(absent)))
+        return 1
+    _check(True, "runtime dependencies installed")
+    try:
+        with MathChecker(MathCheckConfig(processes=1, timeout_s=30)) as checker:
+            result = checker.check(*MATH_PROBE)
+    except AlgebraStartError as e:
+        _check(False, "the algebra process", str(e))
+        return 1
+    completion, gold = MATH_PROBE
+    return (
+        0
+        if _check(
+            result.correct,
+            "symbolic equivalence (sympy, latex2sympy2_extended)",
+            f"{completion} against {gold} gave {result.reason}",
+        )
+        else 1
+    )
+
+
+def prepare(backend: str) -> int:
+    """`rlfleet sandbox prepare --backend B`: check (and for docker build) what the backend
+    and the math checker need, printing each check; 0 when ready."""
+    if backend == "docker":
+        status = prepare_docker()
+    elif backend == "local":
+        status = prepare_local()
+    else:
+        raise ValueError(f"unknown backend {backend!r}")
+    return prepare_math() or status
