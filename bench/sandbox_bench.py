@@ -21,9 +21,9 @@ from rlfleet.errors import CommandError
 from rlfleet.sandbox.cgroups import CgroupError
 from rlfleet.sandbox.engine import BACKENDS, EngineConfig, make_worker_factory
 from rlfleet.sandbox.judge import Judge
-from rlfleet.sandbox.pool import PoolConfig, WorkerPool
 from rlfleet.sandbox.records import CodeCase, StdioTest, Verdict
-from rlfleet.sandbox.worker_proc import RunLimits, RunRequest, WorkerError
+from rlfleet.sandbox.worker_handle import RunLimits, RunRequest, WorkerError
+from rlfleet.sandbox.worker_pool import PoolConfig, WorkerPool
 
 PROGRAM = "print(int(input()) + 1)"
 BARE_PYTHON = "/usr/bin/python3"

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlfleet.sandbox.worker_proc import WorkerError, WorkerProcess
+from rlfleet.sandbox.worker_handle import WorkerError, WorkerHandle
 
 LABEL = "io.rlfleet.sandbox"
 OWNER_LABEL = "io.rlfleet.owner"
@@ -91,7 +91,7 @@ class _Demux(threading.Thread):
                 os.close(self._wfd)
 
 
-class DockerWorker(WorkerProcess):
+class DockerWorker(WorkerHandle):
     def __init__(self, client: Any, index: int, config: DockerConfig, image: str) -> None:
         super().__init__()
         self._client = client

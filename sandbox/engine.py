@@ -15,9 +15,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from rlfleet.sandbox.judge import Judge, JudgeConfig
 from rlfleet.sandbox.mathcheck import AlgebraFault, MathCheckConfig, MathChecker
-from rlfleet.sandbox.pool import PoolConfig, WorkerFactory, WorkerPool
 from rlfleet.sandbox.records import Case, CaseResult, CodeCase, MathCase, Verdict
-from rlfleet.sandbox.worker_proc import RunFacts, RunRequest
+from rlfleet.sandbox.worker_handle import RunFacts, RunRequest
+from rlfleet.sandbox.worker_pool import PoolConfig, WorkerFactory, WorkerPool
 
 BACKENDS = ("local", "docker")
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
@@ -90,7 +90,7 @@ def make_worker_factory(config: EngineConfig) -> WorkerFactory:
 
         return DockerWorkerFactory()
     from rlfleet.sandbox import cgroups
-    from rlfleet.sandbox.worker_proc import LocalWorker, LocalWorkerConfig, worker_tag
+    from rlfleet.sandbox.local_backend import LocalWorker, LocalWorkerConfig, worker_tag
 
     hierarchy = cgroups.prepare(config.cgroup_parent)
     local = LocalWorkerConfig()

@@ -28,7 +28,7 @@ from rlfleet.sandbox.records import (
     TestResult,
     Verdict,
 )
-from rlfleet.sandbox.worker_proc import RunFacts, RunLimits, RunRequest
+from rlfleet.sandbox.worker_handle import RunFacts, RunLimits, RunRequest
 
 RunFn = Callable[[RunRequest], Awaitable[RunFacts]]
 SYNTAX_ERROR_EXIT = 3  # the worker's syntax-check mode exits 3 on a SyntaxError

@@ -26,10 +26,7 @@ from typing import Protocol
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from rlfleet.sandbox.cases import CaseError
-from rlfleet.sandbox.convert import problem_ref, request_to_case, result_to_response
-from rlfleet.sandbox.records import Case, CaseResult, CodeCase
-from rlfleet.serving import (
+from rlfleet.grpc_server import (
     BadRequest,
     NotFound,
     QueueFull,
@@ -37,6 +34,9 @@ from rlfleet.serving import (
     Undecodable,
     status_for,
 )
+from rlfleet.sandbox.cases import CaseError
+from rlfleet.sandbox.convert import problem_ref, request_to_case, result_to_response
+from rlfleet.sandbox.records import Case, CaseResult, CodeCase
 from rlfleet.v1 import verifier_pb2 as pb
 from rlfleet.v1 import verifier_pb2_grpc as pb_grpc
 

@@ -18,9 +18,10 @@ from typing import Any, TypeVar
 from rlfleet.sandbox import cgroups
 from rlfleet.sandbox.cases import parse_case
 from rlfleet.sandbox.judge import Judge, JudgeConfig
-from rlfleet.sandbox.pool import PoolConfig, WorkerPool
+from rlfleet.sandbox.local_backend import LocalWorker, LocalWorkerConfig
 from rlfleet.sandbox.records import CaseResult, CodeCase
-from rlfleet.sandbox.worker_proc import LocalWorker, LocalWorkerConfig, WorkerProcess
+from rlfleet.sandbox.worker_handle import WorkerHandle
+from rlfleet.sandbox.worker_pool import PoolConfig, WorkerPool
 
 T = TypeVar("T")
 TEST_CAPS = cgroups.BaseLimits(memory_mb=1536, pids=256)
@@ -47,7 +48,7 @@ class Harness:
         hierarchy = self.hierarchy
         assert hierarchy is not None
 
-        def make(i: int) -> WorkerProcess:
+        def make(i: int) -> WorkerHandle:
             tag = f"{os.getpid()}-test{i}"
             if tag not in self.tags:
                 self.tags.append(tag)

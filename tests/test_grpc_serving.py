@@ -1,4 +1,4 @@
-"""rlfleet.serving's error interceptor on all four RPC shapes, with a bare generic service."""
+"""rlfleet.grpc_server's error interceptor on all four RPC shapes, with a bare generic service."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from rlfleet.serving import BadRequest, NotFound, QueueFull, ServerConfig, build_server
+from rlfleet.grpc_server import BadRequest, NotFound, QueueFull, ServerConfig, build_server
 
 ERRORS: dict[bytes, Exception] = {
     b"bad": BadRequest("tests[3].stdout", "missing"),

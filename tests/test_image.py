@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from rlfleet.sandbox import image
-from rlfleet.sandbox.image import apt_mirror, image_tag
+from rlfleet.sandbox.apt_mirror import apt_mirror
+from rlfleet.sandbox.image import image_tag
 
 # Placeholder hosts only (.invalid never resolves): no real mirror is named in the repo.
 DEB822 = """\

@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from rlfleet.sandbox.pool import PoolConfig, WorkerPool
-from rlfleet.sandbox.worker_proc import RunFacts, RunLimits, RunRequest, WorkerError, WorkerProcess
+from rlfleet.sandbox.worker_handle import RunFacts, RunLimits, RunRequest, WorkerError, WorkerHandle
+from rlfleet.sandbox.worker_pool import PoolConfig, WorkerPool
 
 REQ = RunRequest(kind="python", code="print(1)", limits=RunLimits())
 
@@ -20,7 +20,7 @@ def facts(**kw: object) -> RunFacts:
     return dataclasses.replace(ok, **kw)  # type: ignore[arg-type]
 
 
-class FakeWorker(WorkerProcess):
+class FakeWorker(WorkerHandle):
     def __init__(self, index: int, behaviour: str) -> None:
         super().__init__()
         self.index = index

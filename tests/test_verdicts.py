@@ -162,7 +162,7 @@ def test_ole(sandbox: Harness, language: str, code: str) -> None:
 
 def test_se_is_retried_then_reported(sandbox: Harness) -> None:
     from rlfleet.sandbox.judge import Judge, JudgeConfig
-    from rlfleet.sandbox.worker_proc import RunFacts, RunRequest
+    from rlfleet.sandbox.worker_handle import RunFacts, RunRequest
 
     calls: list[RunRequest] = []
 
@@ -204,7 +204,7 @@ def test_missing_toolchain_is_ours_not_the_programs(
     import dataclasses
 
     from rlfleet.sandbox import languages
-    from rlfleet.sandbox.worker_proc import RunLimits, RunRequest
+    from rlfleet.sandbox.worker_handle import RunLimits, RunRequest
 
     missing = "/usr/bin/rlfleet-no-such-compiler"
     facts = sandbox.call(

@@ -70,9 +70,9 @@ mkdir -p $C/system.slice/rlfleet.service && echo "+memory +pids +cpu" > $C/syste
 /usr/bin/python3 -c 'import os; os.setxattr("/sys/fs/cgroup/system.slice/rlfleet.service", "trusted.delegate", b"1")'
 echo $$ > $C/system.slice/rlfleet.service/cgroup.procs
 cat > /tmp/twice.py <<'PY'
-from rlfleet.sandbox import cgroups, worker_proc
+from rlfleet.sandbox import cgroups, local_backend
 first = cgroups.prepare()
-w = worker_proc.LocalWorker("twice-0", first, worker_proc.LocalWorkerConfig())  # vacates the unit
+w = local_backend.LocalWorker("twice-0", first, local_backend.LocalWorkerConfig())  # vacates the unit
 w.close()
 second = cgroups.prepare()
 print("parent:", first.roots["unified"], "then", second.roots["unified"])

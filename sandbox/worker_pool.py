@@ -16,13 +16,13 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from rlfleet.sandbox.worker_proc import RunFacts, RunRequest, WorkerError, WorkerProcess
+from rlfleet.sandbox.worker_handle import RunFacts, RunRequest, WorkerError, WorkerHandle
 
 log = logging.getLogger(__name__)
 
 # Called with a serial number unique within the pool (not the slot: a replacement must not
 # collide with the worker it replaces while that one is still being torn down).
-WorkerFactory = Callable[[int], WorkerProcess]
+WorkerFactory = Callable[[int], WorkerHandle]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,11 +55,11 @@ class WorkerPool:
             max_workers=config.workers + 2, thread_name_prefix="sandbox-worker"
         )
         self._idle: asyncio.Queue[int] = asyncio.Queue()
-        self._workers: dict[int, WorkerProcess | None] = {}
+        self._workers: dict[int, WorkerHandle | None] = {}
         self._closed = False
         self._dying: list[Future[None]] = []
         self._serial = itertools.count()
-        self._starting: set[asyncio.Future[WorkerProcess]] = set()
+        self._starting: set[asyncio.Future[WorkerHandle]] = set()
 
     @property
     def capacity(self) -> int:
@@ -117,7 +117,7 @@ class WorkerPool:
             self.stats.busy -= 1
             self._idle.put_nowait(slot)
 
-    async def _start_worker(self, slot: int) -> WorkerProcess:
+    async def _start_worker(self, slot: int) -> WorkerHandle:
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(self._executor, self._factory, next(self._serial))
         self._starting.add(fut)
@@ -130,7 +130,7 @@ class WorkerPool:
         self._workers[slot] = worker
         return worker
 
-    def _kill_orphan(self, fut: asyncio.Future[WorkerProcess]) -> None:
+    def _kill_orphan(self, fut: asyncio.Future[WorkerHandle]) -> None:
         if not fut.cancelled() and fut.exception() is None:
             self._dying.append(self._executor.submit(fut.result().kill))
 

@@ -1,22 +1,19 @@
-"""Host side of one sandbox worker (``worker/zygote.py``): start it, send runs, read facts.
+"""Host side of one sandbox worker (``worker/zygote.py``): send it runs, read their facts.
 
-A ``WorkerProcess`` speaks the worker's frame protocol over a pair of file descriptors;
-``LocalWorker`` starts the worker as a host process with its own cgroup base. (The docker
-backend starts the same worker inside a container.)
+A ``WorkerHandle`` speaks the worker's frame protocol over a pair of file descriptors; the
+backends start the worker and hand over its descriptors: ``local_backend.LocalWorker`` as a
+host process with its own cgroup base, ``docker_backend`` inside a long-lived container.
+The typed records of one run (``RunRequest``, ``RunLimits``, ``RunFacts``) live here too.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import select
-import subprocess
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlfleet.sandbox import cgroups
 from rlfleet.sandbox.worker import frames
 
 WORKER_SCRIPT = Path(frames.__file__).resolve().with_name("zygote.py")
@@ -110,7 +107,7 @@ class RunFacts:
         )
 
 
-class WorkerProcess:
+class WorkerHandle:
     """One worker reached over (read fd, write fd). Not thread-safe: one run at a time."""
 
     def __init__(self) -> None:
@@ -180,81 +177,6 @@ class WorkerProcess:
     def kill(self) -> None:
         """Stop the worker now, even mid-run, and everything it started."""
         raise NotImplementedError
-
-
-@dataclass(frozen=True, kw_only=True)
-class LocalWorkerConfig:
-    python: str = "/usr/bin/python3"
-    """Interpreter for the worker and for Python submissions (an absolute path: no shims)."""
-    tmp_mb: int = 64
-    """Size of the run's private /tmp."""
-    caps: cgroups.BaseLimits = field(default_factory=cgroups.BaseLimits)
-    """Caps on the worker and all its runs together (a second wall behind per-run limits)."""
-
-
-class LocalWorker(WorkerProcess):
-    """The worker as a host process (needs root: namespaces, cgroups, setuid)."""
-
-    def __init__(self, tag: str, hierarchy: cgroups.Hierarchy, config: LocalWorkerConfig) -> None:
-        super().__init__()
-        self.tag = tag
-        self._hierarchy = hierarchy
-        cgroups.remove_base(hierarchy, tag)
-        cgroups.create_base(hierarchy, tag, config.caps)
-        self._proc = subprocess.Popen(
-            [config.python, "-I", "-S", "-B", str(WORKER_SCRIPT)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env={},
-            close_fds=True,
-            start_new_session=True,
-        )
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._wfd = self._proc.stdin.fileno()
-        self._rfd = self._proc.stdout.fileno()
-        try:
-            # The worker waits for its setup frame before doing anything, so it (and all it
-            # will start) is inside its capped cgroup before any run.
-            cgroups.join_worker_leaf(hierarchy, tag, self._proc.pid)
-            self._handshake({"cgroup": hierarchy.spec(tag), "tmp_mb": config.tmp_mb}, 30.0)
-        except BaseException:
-            self.close()
-            raise
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
-
-    def alive(self) -> bool:
-        return self._proc.poll() is None
-
-    def close(self, grace_s: float = 0.5) -> None:
-        with contextlib.suppress(OSError):
-            if self._proc.stdin:
-                self._proc.stdin.close()
-        try:
-            self._proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        with contextlib.suppress(OSError):
-            if self._proc.stdout:
-                self._proc.stdout.close()
-        # The run's init and program sit in the worker's cgroups: killing them there
-        # reaches everything, even when the worker itself died first.
-        cgroups.remove_base(self._hierarchy, self.tag)
-
-    def kill(self) -> None:
-        # Pipes stay open: a thread may be reading the reply; it sees EOF and gives up.
-        with contextlib.suppress(ProcessLookupError):
-            self._proc.kill()
-        self._proc.wait()
-        cgroups.remove_base(self._hierarchy, self.tag)
-
-
-def worker_tag(index: int) -> str:
-    return f"{os.getpid()}-{index}"
 
 
 def facts_as_dict(facts: RunFacts) -> dict[str, Any]:
