@@ -27,7 +27,12 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from rlfleet.sandbox.cases import CaseError
-from rlfleet.sandbox.convert import problem_ref, request_to_case, result_to_response
+from rlfleet.sandbox.convert import (
+    error_code_to_pb,
+    problem_ref,
+    request_to_case,
+    result_to_response,
+)
 from rlfleet.sandbox.records import Case, CaseResult, CodeCase
 from rlfleet.serving import (
     BadRequest,
@@ -338,4 +343,4 @@ class VerifierService(pb_grpc.VerifierServicer):
 
 def _error_response(case_id: str, exc: BaseException) -> pb.VerifyResponse:
     code, message = status_for(exc)
-    return pb.VerifyResponse(id=case_id, error=message, error_code=code.name)
+    return pb.VerifyResponse(id=case_id, error=message, error_code=error_code_to_pb(code))
