@@ -146,7 +146,7 @@ class VerifierClient:
 
     def _request(self, case: Case, inline: bool = False) -> pb.VerifyRequest:
         if isinstance(case, CodeCase) and self._by_ref(case) and not inline:
-            return case_to_request(case, problem_ref(problem_from_case(case)))
+            return case_to_request(case, problem_ref(case))
         return case_to_request(case)
 
     def _delay(self, retry: int) -> float:

@@ -90,9 +90,52 @@ def checker_kind_from_pb(number: int, field: str = "checker.type") -> CheckerKin
         raise CaseError(field, f"{what} (one of {names})") from None
 
 
-def problem_ref(problem_pb: pb.Problem) -> str:
-    """Content hash of a problem (deterministic serialisation)."""
-    return hashlib.sha256(problem_pb.SerializeToString(deterministic=True)).hexdigest()
+PROBLEM_BYTES_PREFIX = b"rlfleet.problem.v1\n"
+"""Starts the canonical bytes; a new canonical form gets a new version, hence new refs."""
+
+
+def problem_json(case: CodeCase) -> dict[str, Any]:
+    """The test suite of ``case`` (what a ``Problem`` carries) in the case format of
+    ``rlfleet verify``, every default filled in, numbers in the types a ``Problem`` gives."""
+    tests: list[dict[str, Any]] = []
+    for t in case.tests:
+        if isinstance(t, CallTest):
+            tests.append({"args": t.args, "kwargs": t.kwargs, "expected": t.expected})
+        else:
+            tests.append({"stdin": t.stdin, "stdout": t.stdout})
+    out: dict[str, Any] = {
+        "tests": tests,
+        "time_limit_s": float(case.time_limit_s),
+        "memory_limit_mb": int(case.memory_limit_mb),
+        "checker": {
+            "type": case.checker.kind.value,
+            "abs_tol": float(case.checker.abs_tol),
+            "rel_tol": float(case.checker.rel_tol),
+            "code": case.checker.custom_code,
+        },
+    }
+    if case.fn_name is not None:
+        out["fn_name"] = case.fn_name
+    return out
+
+
+def problem_bytes(case: CodeCase) -> bytes:
+    """The canonical bytes of ``case``'s test suite: ``PROBLEM_BYTES_PREFIX``, then
+    ``problem_json`` as JSON with sorted keys, no whitespace, non-ASCII characters as
+    themselves, floats as Python's ``repr``, encoded as UTF-8.
+
+    Protobuf's serialisation is not canonical (not across versions or languages, even
+    "deterministic"), and two messages for the same suite may differ (field order, JSON
+    spacing in ``args_json``); the validated record does not.
+    """
+    text = json.dumps(problem_json(case), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return PROBLEM_BYTES_PREFIX + text.encode("utf-8")
+
+
+def problem_ref(case: CodeCase) -> str:
+    """Content hash of ``case``'s test suite (``ProblemRef.sha256``): the sha256, in
+    lowercase hex, of ``problem_bytes``. The server and the client both compute it."""
+    return hashlib.sha256(problem_bytes(case)).hexdigest()
 
 
 def _json_field(text: str, field: str, default: Any) -> Any:

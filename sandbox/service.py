@@ -85,7 +85,7 @@ class ProblemStore:
         return len(self._items)
 
     def put(self, ref: str, problem: pb.Problem) -> None:
-        """Keep ``problem`` under ``ref`` (its ``convert.problem_ref``)."""
+        """Keep ``problem`` under ``ref`` (``convert.problem_ref`` of its validated case)."""
         if ref in self._items:
             self._items.move_to_end(ref)
             return
@@ -209,14 +209,15 @@ class VerifierService(pb_grpc.VerifierServicer):
             and isinstance(case, CodeCase)
             and len(case.tests) >= self.config.keep_inline_tests
         ):
-            await self._store(code.problem)
+            await self._store(code.problem, case)
         return case
 
-    async def _store(self, problem: pb.Problem) -> str:
+    async def _store(self, problem: pb.Problem, case: CodeCase) -> str:
+        """Keep ``problem``, which validated into ``case``, under its content hash."""
         if problem.ByteSize() > INLINE_CONVERT_BYTES:
-            ref = await asyncio.to_thread(problem_ref, problem)
+            ref = await asyncio.to_thread(problem_ref, case)
         else:
-            ref = problem_ref(problem)
+            ref = problem_ref(case)
         self.problems.put(ref, problem)
         self.metrics.problem_bytes.set(self.problems.bytes)
         return ref
@@ -337,8 +338,9 @@ class VerifierService(pb_grpc.VerifierServicer):
         probe = pb.VerifyRequest(
             id="register", code=pb.CodeCase(language="python", code="", problem=request)
         )
-        await self._case(probe, keep=False)
-        return pb.ProblemRef(sha256=await self._store(request))
+        case = await self._case(probe, keep=False)
+        assert isinstance(case, CodeCase)
+        return pb.ProblemRef(sha256=await self._store(request, case))
 
 
 def _error_response(case_id: str, exc: BaseException) -> pb.VerifyResponse:

@@ -15,8 +15,17 @@ import pytest
 from test_grpc_fakes import FakeEngine, Running, RunningCanned, code_case
 
 from rlfleet.sandbox.client import ClientConfig, VerifierClient, channel_target
-from rlfleet.sandbox.convert import UnknownEnumValue
-from rlfleet.sandbox.records import Case, CodeCase, MathCase, StdioTest, Verdict
+from rlfleet.sandbox.convert import UnknownEnumValue, problem_ref
+from rlfleet.sandbox.records import (
+    CallTest,
+    Case,
+    CheckerKind,
+    CheckerSpec,
+    CodeCase,
+    MathCase,
+    StdioTest,
+    Verdict,
+)
 from rlfleet.sandbox.service import ProblemStore
 from rlfleet.v1 import verifier_pb2 as pb
 
@@ -152,6 +161,24 @@ async def test_large_suites_go_by_ref_and_are_reregistered_after_eviction() -> N
             assert sorted(r.id for r in streamed) == [f"m{i}" for i in range(5)]
             assert all(r.total == 20 for r in streamed)
         assert sorted(engine.seen) == sorted(["a", "b", "c", *(f"m{i}" for i in range(5))])
+
+
+async def test_client_and_server_compute_the_same_problem_ref() -> None:
+    cases = [
+        code_case("s", tests=3),
+        CodeCase(
+            id="f",
+            language="python",
+            code="def f(*a, **k): return a",
+            fn_name="f",
+            time_limit_s=1,  # an int: the ref must not depend on how a number was typed
+            checker=CheckerSpec(kind=CheckerKind.FLOAT, abs_tol=1e-3),
+            tests=(CallTest(args=["é", (1, 2.5)], kwargs={"z": None, "a": {}}, expected=[1]),),
+        ),
+    ]
+    async with Running(FakeEngine()) as s, VerifierClient(s.target, FAST) as client:
+        for case in cases:
+            assert await client.register(case) == problem_ref(case)
 
 
 async def test_large_suites_spread_over_two_servers() -> None:
