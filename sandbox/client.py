@@ -11,6 +11,12 @@ it, or evicted it) answers NOT_FOUND; the client then registers the suite and se
 inline (servers keep large inline suites too). Round robin puts the two calls on different
 servers, so the suite spreads over the fleet within a few cases. None of this is visible to
 the caller.
+
+A verdict this client does not know (from a server built from a newer proto) is not a
+result anyone can give a reward for: ``verify`` and ``verify_many`` raise
+``convert.UnknownEnumValue`` naming the field and the number, without retrying (as an SE
+result it would be retried in vain, then pass for an ordinary system error). Upgrade clients
+before servers.
 """
 
 from __future__ import annotations
@@ -38,8 +44,10 @@ from rlfleet.v1 import verifier_pb2 as pb
 from rlfleet.v1 import verifier_pb2_grpc as pb_grpc
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
-# Per-item errors in a stream carry the status name; these are retried through ``verify``.
-RETRYABLE_ITEM = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "NOT_FOUND"})
+# Per-item errors in a stream carry the status code; these are retried through ``verify``.
+RETRYABLE_ITEM = frozenset(
+    {pb.ERROR_CODE_UNAVAILABLE, pb.ERROR_CODE_RESOURCE_EXHAUSTED, pb.ERROR_CODE_NOT_FOUND}
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,7 +146,7 @@ class VerifierClient:
 
     def _request(self, case: Case, inline: bool = False) -> pb.VerifyRequest:
         if isinstance(case, CodeCase) and self._by_ref(case) and not inline:
-            return case_to_request(case, problem_ref(problem_from_case(case)))
+            return case_to_request(case, problem_ref(case))
         return case_to_request(case)
 
     def _delay(self, retry: int) -> float:
@@ -148,9 +156,10 @@ class VerifierClient:
     async def verify(self, case: Case) -> CaseResult:
         """One case, retried on SE and transient errors.
 
-        Raises ValueError when the server refuses the case as invalid, and the last
-        ``grpc.aio.AioRpcError`` when the retries run out; returns the last SE result when
-        every attempt ended in SE.
+        Raises ValueError when the server refuses the case as invalid, the last
+        ``grpc.aio.AioRpcError`` when the retries run out, and ``UnknownEnumValue`` when the
+        server answers a verdict this client does not know (not retried); returns the last
+        SE result when every attempt ended in SE.
         """
         inline = False
         retry = 0
@@ -191,7 +200,8 @@ class VerifierClient:
         Cases are pulled from ``cases`` only as fast as the server takes them. SE results
         and transiently refused items are retried through ``verify`` meanwhile; if the
         stream itself fails (a server went away) the unanswered cases are sent again on a
-        new one. Raises ValueError for a case the server refuses as invalid.
+        new one. Raises ValueError for a case the server refuses as invalid, and
+        ``UnknownEnumValue`` for a verdict this client does not know (as ``verify``).
         """
         out: asyncio.Queue[CaseResult] = asyncio.Queue(self.config.stream_buffer)
         pump = asyncio.create_task(self._pump(_aiter(cases), out))
@@ -265,7 +275,7 @@ class VerifierClient:
                         case = waiting.pop(0)
                         if not waiting:
                             del unanswered[reply.id]
-                        if reply.error:
+                        if reply.error or reply.error_code:
                             if reply.error_code not in RETRYABLE_ITEM:
                                 raise ValueError(f"case {reply.id!r}: {reply.error}")
                             await room.acquire()

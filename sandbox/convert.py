@@ -3,19 +3,26 @@
 Incoming requests become the same JSON-shaped dict the CLI reads and go through the same
 validation (``cases.parse_case``), so both front doors refuse the same inputs with the
 same field-naming messages.
+
+Enums map one to one (``Verdict.AC`` <-> ``VERDICT_AC``). A number this side does not know
+(from a peer built from another version of the proto, or UNSPECIFIED) is never guessed at: in
+a request it is a ``CaseError`` naming the field, in a response an ``UnknownEnumValue``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, cast
+
+import grpc
 
 from rlfleet.sandbox.cases import CaseError, parse_case
 from rlfleet.sandbox.records import (
     CallTest,
     Case,
     CaseResult,
+    CheckerKind,
     CodeCase,
     MathCase,
     TestResult,
@@ -23,10 +30,112 @@ from rlfleet.sandbox.records import (
 )
 from rlfleet.v1 import verifier_pb2 as pb
 
+_VERDICT_TO_PB: dict[Verdict, pb.Verdict] = {
+    Verdict.AC: pb.VERDICT_AC,
+    Verdict.WA: pb.VERDICT_WA,
+    Verdict.TLE: pb.VERDICT_TLE,
+    Verdict.MLE: pb.VERDICT_MLE,
+    Verdict.RE: pb.VERDICT_RE,
+    Verdict.CE: pb.VERDICT_CE,
+    Verdict.OLE: pb.VERDICT_OLE,
+    Verdict.SE: pb.VERDICT_SE,
+}
+_VERDICT_FROM_PB: dict[int, Verdict] = {n: v for v, n in _VERDICT_TO_PB.items()}
+_CHECKER_TO_PB: dict[CheckerKind, pb.CheckerKind] = {
+    CheckerKind.EXACT: pb.CHECKER_KIND_EXACT,
+    CheckerKind.TOKENS: pb.CHECKER_KIND_TOKENS,
+    CheckerKind.FLOAT: pb.CHECKER_KIND_FLOAT,
+    CheckerKind.CUSTOM: pb.CHECKER_KIND_CUSTOM,
+}
+_CHECKER_FROM_PB: dict[int, CheckerKind] = {n: k for k, n in _CHECKER_TO_PB.items()}
 
-def problem_ref(problem_pb: pb.Problem) -> str:
-    """Content hash of a problem (deterministic serialisation)."""
-    return hashlib.sha256(problem_pb.SerializeToString(deterministic=True)).hexdigest()
+
+class UnknownEnumValue(RuntimeError):
+    """A response carries an enum number this side does not know: the server was built from
+    a newer proto (upgrade clients before servers), or it left the field UNSPECIFIED."""
+
+    def __init__(self, field: str, number: int) -> None:
+        super().__init__(
+            f"{field}: unknown value {number} "
+            "(is the server built from a newer proto than this client?)"
+        )
+        self.field = field
+        self.number = number
+
+
+def verdict_to_pb(verdict: Verdict) -> pb.Verdict:
+    return _VERDICT_TO_PB[verdict]
+
+
+def verdict_from_pb(number: int, field: str) -> Verdict:
+    try:
+        return _VERDICT_FROM_PB[number]
+    except KeyError:
+        raise UnknownEnumValue(field, number) from None
+
+
+def error_code_to_pb(code: grpc.StatusCode) -> pb.ErrorCode:
+    """``ErrorCode`` numbers are gRPC's status codes; looked up by name all the same."""
+    return cast(pb.ErrorCode, pb.ErrorCode.Value(f"ERROR_CODE_{code.name}"))
+
+
+def checker_kind_from_pb(number: int, field: str = "checker.type") -> CheckerKind:
+    """The checker kind of a request; UNSPECIFIED or an unknown number is a ``CaseError``
+    (INVALID_ARGUMENT naming the field, as ``cases.parse_checker`` names it)."""
+    try:
+        return _CHECKER_FROM_PB[number]
+    except KeyError:
+        names = ", ".join(k.value for k in CheckerKind)
+        what = "missing" if number == pb.CHECKER_KIND_UNSPECIFIED else f"unknown value {number}"
+        raise CaseError(field, f"{what} (one of {names})") from None
+
+
+PROBLEM_BYTES_PREFIX = b"rlfleet.problem.v1\n"
+"""Starts the canonical bytes; a new canonical form gets a new version, hence new refs."""
+
+
+def problem_json(case: CodeCase) -> dict[str, Any]:
+    """The test suite of ``case`` (what a ``Problem`` carries) in the case format of
+    ``rlfleet verify``, every default filled in, numbers in the types a ``Problem`` gives."""
+    tests: list[dict[str, Any]] = []
+    for t in case.tests:
+        if isinstance(t, CallTest):
+            tests.append({"args": t.args, "kwargs": t.kwargs, "expected": t.expected})
+        else:
+            tests.append({"stdin": t.stdin, "stdout": t.stdout})
+    out: dict[str, Any] = {
+        "tests": tests,
+        "time_limit_s": float(case.time_limit_s),
+        "memory_limit_mb": int(case.memory_limit_mb),
+        "checker": {
+            "type": case.checker.kind.value,
+            "abs_tol": float(case.checker.abs_tol),
+            "rel_tol": float(case.checker.rel_tol),
+            "code": case.checker.custom_code,
+        },
+    }
+    if case.fn_name is not None:
+        out["fn_name"] = case.fn_name
+    return out
+
+
+def problem_bytes(case: CodeCase) -> bytes:
+    """The canonical bytes of ``case``'s test suite: ``PROBLEM_BYTES_PREFIX``, then
+    ``problem_json`` as JSON with sorted keys, no whitespace, non-ASCII characters as
+    themselves, floats as Python's ``repr``, encoded as UTF-8.
+
+    Protobuf's serialisation is not canonical (not across versions or languages, even
+    "deterministic"), and two messages for the same suite may differ (field order, JSON
+    spacing in ``args_json``); the validated record does not.
+    """
+    text = json.dumps(problem_json(case), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return PROBLEM_BYTES_PREFIX + text.encode("utf-8")
+
+
+def problem_ref(case: CodeCase) -> str:
+    """Content hash of ``case``'s test suite (``ProblemRef.sha256``): the sha256, in
+    lowercase hex, of ``problem_bytes``. The server and the client both compute it."""
+    return hashlib.sha256(problem_bytes(case)).hexdigest()
 
 
 def _json_field(text: str, field: str, default: Any) -> Any:
@@ -56,9 +165,10 @@ def problem_to_dict(problem_pb: pb.Problem, where: str = "problem.") -> dict[str
             raise CaseError("fn_name", "missing (required with call tests)")
     else:
         out["tests"] = [{"stdin": t.stdin, "stdout": t.stdout} for t in problem_pb.stdio_tests]
-    if problem_pb.HasField("checker") and problem_pb.checker.type:
+    if problem_pb.HasField("checker"):
         c = problem_pb.checker
-        checker: dict[str, Any] = {"type": c.type, "code": c.code}
+        kind = checker_kind_from_pb(c.type)
+        checker: dict[str, Any] = {"type": kind.value, "code": c.code}
         if c.HasField("abs_tol"):
             checker["abs_tol"] = c.abs_tol
         if c.HasField("rel_tol"):
@@ -108,7 +218,7 @@ def problem_from_case(case: CodeCase) -> pb.Problem:
         time_limit_s=case.time_limit_s,
         memory_limit_mb=case.memory_limit_mb,
         checker=pb.Checker(
-            type=case.checker.kind.value,
+            type=_CHECKER_TO_PB[case.checker.kind],
             abs_tol=case.checker.abs_tol,
             rel_tol=case.checker.rel_tol,
             code=case.checker.custom_code,
@@ -145,14 +255,14 @@ def case_to_request(case: Case, problem_ref: str | None = None) -> pb.VerifyRequ
 def result_to_response(result: CaseResult) -> pb.VerifyResponse:
     resp = pb.VerifyResponse(
         id=result.id,
-        verdict=result.verdict.value,
+        verdict=verdict_to_pb(result.verdict),
         passed=result.passed,
         total=result.total,
         reward=result.reward,
         message=result.message,
         tests=[
             pb.TestResult(
-                verdict=t.verdict.value,
+                verdict=verdict_to_pb(t.verdict),
                 time_s=t.time_s,
                 memory_mb=t.memory_mb,
                 wall_s=t.wall_s,
@@ -167,9 +277,10 @@ def result_to_response(result: CaseResult) -> pb.VerifyResponse:
 
 
 def response_to_result(resp: pb.VerifyResponse) -> CaseResult:
+    """Raises ``UnknownEnumValue`` for a verdict this client does not know."""
     return CaseResult(
         id=resp.id,
-        verdict=Verdict(resp.verdict),
+        verdict=verdict_from_pb(resp.verdict, "verdict"),
         passed=resp.passed,
         total=resp.total,
         reward=resp.reward,
@@ -177,12 +288,12 @@ def response_to_result(resp: pb.VerifyResponse) -> CaseResult:
         extracted=resp.extracted if resp.HasField("extracted") else None,
         tests=tuple(
             TestResult(
-                verdict=Verdict(t.verdict),
+                verdict=verdict_from_pb(t.verdict, f"tests[{i}].verdict"),
                 time_s=t.time_s,
                 memory_mb=t.memory_mb,
                 wall_s=t.wall_s,
                 message=t.message,
             )
-            for t in resp.tests
+            for i, t in enumerate(resp.tests)
         ),
     )

@@ -35,7 +35,12 @@ from rlfleet.grpc_server import (
     status_for,
 )
 from rlfleet.sandbox.cases import CaseError
-from rlfleet.sandbox.convert import problem_ref, request_to_case, result_to_response
+from rlfleet.sandbox.convert import (
+    error_code_to_pb,
+    problem_ref,
+    request_to_case,
+    result_to_response,
+)
 from rlfleet.sandbox.records import Case, CaseResult, CodeCase
 from rlfleet.v1 import verifier_pb2 as pb
 from rlfleet.v1 import verifier_pb2_grpc as pb_grpc
@@ -80,7 +85,7 @@ class ProblemStore:
         return len(self._items)
 
     def put(self, ref: str, problem: pb.Problem) -> None:
-        """Keep ``problem`` under ``ref`` (its ``convert.problem_ref``)."""
+        """Keep ``problem`` under ``ref`` (``convert.problem_ref`` of its validated case)."""
         if ref in self._items:
             self._items.move_to_end(ref)
             return
@@ -204,14 +209,15 @@ class VerifierService(pb_grpc.VerifierServicer):
             and isinstance(case, CodeCase)
             and len(case.tests) >= self.config.keep_inline_tests
         ):
-            await self._store(code.problem)
+            await self._store(code.problem, case)
         return case
 
-    async def _store(self, problem: pb.Problem) -> str:
+    async def _store(self, problem: pb.Problem, case: CodeCase) -> str:
+        """Keep ``problem``, which validated into ``case``, under its content hash."""
         if problem.ByteSize() > INLINE_CONVERT_BYTES:
-            ref = await asyncio.to_thread(problem_ref, problem)
+            ref = await asyncio.to_thread(problem_ref, case)
         else:
-            ref = problem_ref(problem)
+            ref = problem_ref(case)
         self.problems.put(ref, problem)
         self.metrics.problem_bytes.set(self.problems.bytes)
         return ref
@@ -332,10 +338,11 @@ class VerifierService(pb_grpc.VerifierServicer):
         probe = pb.VerifyRequest(
             id="register", code=pb.CodeCase(language="python", code="", problem=request)
         )
-        await self._case(probe, keep=False)
-        return pb.ProblemRef(sha256=await self._store(request))
+        case = await self._case(probe, keep=False)
+        assert isinstance(case, CodeCase)
+        return pb.ProblemRef(sha256=await self._store(request, case))
 
 
 def _error_response(case_id: str, exc: BaseException) -> pb.VerifyResponse:
     code, message = status_for(exc)
-    return pb.VerifyResponse(id=case_id, error=message, error_code=code.name)
+    return pb.VerifyResponse(id=case_id, error=message, error_code=error_code_to_pb(code))

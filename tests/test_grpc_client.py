@@ -5,16 +5,29 @@ retries, and target parsing."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import AsyncIterator
+from typing import cast
 
 import grpc
 import pytest
-from test_grpc_fakes import FakeEngine, Running, code_case
+from test_grpc_fakes import FakeEngine, Running, RunningCanned, code_case
 
 from rlfleet.sandbox.client import ClientConfig, VerifierClient, channel_target
-from rlfleet.sandbox.records import Case, CodeCase, MathCase, StdioTest, Verdict
+from rlfleet.sandbox.convert import UnknownEnumValue, problem_ref
+from rlfleet.sandbox.records import (
+    CallTest,
+    Case,
+    CheckerKind,
+    CheckerSpec,
+    CodeCase,
+    MathCase,
+    StdioTest,
+    Verdict,
+)
 from rlfleet.sandbox.service import ProblemStore
+from rlfleet.v1 import verifier_pb2 as pb
 
 FAST = ClientConfig(backoff_s=0.001, attempts=6)
 
@@ -150,6 +163,24 @@ async def test_large_suites_go_by_ref_and_are_reregistered_after_eviction() -> N
         assert sorted(engine.seen) == sorted(["a", "b", "c", *(f"m{i}" for i in range(5))])
 
 
+async def test_client_and_server_compute_the_same_problem_ref() -> None:
+    cases = [
+        code_case("s", tests=3),
+        CodeCase(
+            id="f",
+            language="python",
+            code="def f(*a, **k): return a",
+            fn_name="f",
+            time_limit_s=1,  # an int: the ref must not depend on how a number was typed
+            checker=CheckerSpec(kind=CheckerKind.FLOAT, abs_tol=1e-3),
+            tests=(CallTest(args=["é", (1, 2.5)], kwargs={"z": None, "a": {}}, expected=[1]),),
+        ),
+    ]
+    async with Running(FakeEngine()) as s, VerifierClient(s.target, FAST) as client:
+        for case in cases:
+            assert await client.register(case) == problem_ref(case)
+
+
 async def test_large_suites_spread_over_two_servers() -> None:
     e1, e2 = FakeEngine(), FakeEngine()
     async with Running(e1) as a, Running(e2) as b:
@@ -198,3 +229,41 @@ async def test_verify_many_resends_unanswered_cases_when_a_server_goes_away() ->
         await dying.channel.close()
     assert sorted(r.id for r in results) == sorted(f"s{i}" for i in range(8))
     assert all(r.verdict is Verdict.AC for r in results)
+
+
+@pytest.mark.parametrize(
+    ("reply", "field", "number"),
+    [
+        (
+            pb.VerifyResponse(verdict=cast(pb.Verdict, 99), passed=1, total=1, reward=1.0),
+            "verdict",
+            99,
+        ),
+        (
+            pb.VerifyResponse(
+                verdict=pb.VERDICT_WA, total=2, tests=[pb.TestResult(verdict=pb.VERDICT_AC), {}]
+            ),
+            "tests[1].verdict",
+            0,  # UNSPECIFIED: never a verdict either
+        ),
+    ],
+)
+async def test_a_verdict_the_client_does_not_know_is_a_typed_error_not_retried(
+    reply: pb.VerifyResponse, field: str, number: int
+) -> None:
+    # A server built from a newer proto: its verdict has no meaning here, so no reward either.
+    async with RunningCanned(reply) as s, VerifierClient(s.target, FAST) as client:
+        with pytest.raises(UnknownEnumValue, match=rf"^{re.escape(field)}: unknown value ") as err:
+            await client.verify(code_case("c"))
+        assert (err.value.field, err.value.number) == (field, number)
+        assert s.servicer.seen == ["c"]
+        with pytest.raises(UnknownEnumValue, match=rf"^{re.escape(field)}: "):
+            _ = [r async for r in client.verify_many(code_case(f"m{i}") for i in range(3))]
+
+
+async def test_a_stream_refusal_with_an_unknown_error_code_is_not_retried() -> None:
+    reply = pb.VerifyResponse(error="refused for a new reason", error_code=cast(pb.ErrorCode, 99))
+    async with RunningCanned(reply) as s, VerifierClient(s.target, FAST) as client:
+        with pytest.raises(ValueError, match="case 'm0': refused for a new reason"):
+            _ = [r async for r in client.verify_many([code_case("m0")])]
+        assert s.servicer.seen == ["m0"]

@@ -1,10 +1,10 @@
-"""Shared by the gRPC tests: a fake engine, an in-process server on a free loopback port,
-and request builders. (No tests here.)"""
+"""Shared by the gRPC tests: a fake engine, an in-process server on a free loopback port, a
+bare server with canned answers, and request builders. (No tests here.)"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -103,6 +103,50 @@ class Running:
 
     def metric(self, name: str, **labels: str) -> float | None:
         return self.registry.get_sample_value(name, labels)
+
+
+class CannedVerifier(pb_grpc.VerifierServicer):
+    """A bare servicer (no engine, no validation) that answers every case with ``reply``
+    under the case's id: stands in for a server built from another version of the proto."""
+
+    def __init__(self, reply: pb.VerifyResponse) -> None:
+        self.reply = reply
+        self.seen: list[str] = []
+
+    def _answer(self, request: pb.VerifyRequest) -> pb.VerifyResponse:
+        self.seen.append(request.id)
+        out = pb.VerifyResponse()
+        out.CopyFrom(self.reply)
+        out.id = request.id
+        return out
+
+    async def Verify(
+        self, request: pb.VerifyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.VerifyResponse:
+        return self._answer(request)
+
+    async def VerifyStream(
+        self, request_iterator: AsyncIterator[pb.VerifyRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.VerifyResponse]:
+        async for request in request_iterator:
+            yield self._answer(request)
+
+
+class RunningCanned:
+    """``async with RunningCanned(reply) as s``: a ``CannedVerifier`` at ``s.target``."""
+
+    def __init__(self, reply: pb.VerifyResponse) -> None:
+        self.servicer = CannedVerifier(reply)
+        self.server = grpc.aio.server()
+        pb_grpc.add_VerifierServicer_to_server(self.servicer, self.server)
+        self.target = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+
+    async def __aenter__(self) -> RunningCanned:
+        await self.server.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.server.stop(0)
 
 
 async def until(predicate: Callable[[], bool], what: str, tries: int = 1000) -> None:

@@ -13,6 +13,7 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 from urllib.request import urlopen
 
 import grpc
@@ -41,7 +42,14 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 async def test_unary_code_call_and_math() -> None:
     async with Running(FakeEngine()) as s:
         r = await s.stub.Verify(code_request("c1", tests=3))
-        assert (r.id, r.verdict, r.passed, r.total, r.reward, r.error) == ("c1", "AC", 3, 3, 1, "")
+        assert (r.id, r.verdict, r.passed, r.total, r.reward, r.error) == (
+            "c1",
+            pb.VERDICT_AC,
+            3,
+            3,
+            1,
+            "",
+        )
         assert not r.HasField("extracted")
         call = pb.VerifyRequest(
             id="f1",
@@ -53,15 +61,15 @@ async def test_unary_code_call_and_math() -> None:
                     call_tests=[pb.CallTest(args_json="[1, 2]", expected_json="3")],
                     time_limit_s=1.5,
                     memory_limit_mb=128,
-                    checker=pb.Checker(type="float", abs_tol=1e-3),
+                    checker=pb.Checker(type=pb.CHECKER_KIND_FLOAT, abs_tol=1e-3),
                 ),
             ),
         )
-        assert (await s.stub.Verify(call)).verdict == "AC"
+        assert (await s.stub.Verify(call)).verdict == pb.VERDICT_AC
         m = await s.stub.Verify(
             pb.VerifyRequest(id="m1", math=pb.MathCase(completion="\\boxed{42}", gold="42"))
         )
-        assert (m.id, m.verdict, m.extracted) == ("m1", "AC", "42")
+        assert (m.id, m.verdict, m.extracted) == ("m1", pb.VERDICT_AC, "42")
         assert s.engine.seen == ["c1", "f1", "m1"]
 
 
@@ -74,8 +82,8 @@ async def test_unary_with_the_real_engine() -> None:
     try:
         async with Running(engine) as s:
             r = await s.stub.Verify(code_request("c1", tests=2))
-            assert (r.verdict, r.passed, r.total) == ("AC", 2, 2)
-            assert all(t.verdict == "AC" for t in r.tests)
+            assert (r.verdict, r.passed, r.total) == (pb.VERDICT_AC, 2, 2)
+            assert all(t.verdict == pb.VERDICT_AC for t in r.tests)
     finally:
         await engine.close()
 
@@ -108,7 +116,11 @@ ONE = [pb.StdioTest(stdout="1")]
         (_code(fn_name="f", call_tests=[pb.CallTest(args_json="[1,")]), "tests[0].args_json"),
         (_code(call_tests=[pb.CallTest(args_json="[]", expected_json="1")]), "fn_name"),
         (_code(stdio_tests=ONE, time_limit_s=1e9), "time_limit_s"),
-        (_code(stdio_tests=ONE, checker=pb.Checker(type="fuzzy")), "checker.type"),
+        (
+            _code(stdio_tests=ONE, checker=pb.Checker(type=cast(pb.CheckerKind, 99))),
+            "checker.type",
+        ),  # newer client
+        (_code(stdio_tests=ONE, checker=pb.Checker(abs_tol=0.1)), "checker.type"),  # UNSPECIFIED
         (_code(code="x" * (2 << 20), stdio_tests=ONE), "code"),  # oversized field
         (pb.VerifyRequest(id="x", math=pb.MathCase(completion="1")), "gold"),
     ],
@@ -135,7 +147,7 @@ async def test_garbage_bytes_and_oversized_messages_leave_the_server_healthy() -
             await raw(b"\x0a" + b"\xff" * 10 + b"x" * (65 << 20))
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert await s.health() == SERVING
-        assert (await s.stub.Verify(code_request("ok"))).verdict == "AC"
+        assert (await s.stub.Verify(code_request("ok"))).verdict == pb.VERDICT_AC
 
 
 async def test_garbage_item_in_a_stream_is_answered_and_the_stream_goes_on() -> None:
@@ -143,8 +155,11 @@ async def test_garbage_item_in_a_stream_is_answered_and_the_stream_goes_on() -> 
         raw = s.channel.stream_stream("/rlfleet.v1.Verifier/VerifyStream")
         good = code_request("after").SerializeToString()
         replies = [pb.VerifyResponse.FromString(r) async for r in raw(iter([b"\xff\xff", good]))]
-        assert [(r.id, r.error_code) for r in replies] == [("", "INVALID_ARGUMENT"), ("after", "")]
-        assert replies[1].verdict == "AC"
+        assert [(r.id, r.error_code) for r in replies] == [
+            ("", pb.ERROR_CODE_INVALID_ARGUMENT),
+            ("after", pb.ERROR_CODE_UNSPECIFIED),
+        ]
+        assert replies[1].verdict == pb.VERDICT_AC
 
 
 async def test_engine_failures_are_internal_without_details() -> None:
@@ -161,8 +176,8 @@ async def test_engine_failures_are_internal_without_details() -> None:
 
         replies = [r async for r in s.stub.VerifyStream(two())]
         assert sorted((r.id, r.error_code, r.error) for r in replies) == [
-            ("b", "INTERNAL", "internal error"),
-            ("c", "INTERNAL", "internal error"),
+            ("b", pb.ERROR_CODE_INTERNAL, "internal error"),
+            ("c", pb.ERROR_CODE_INTERNAL, "internal error"),
         ]
         assert await s.health() == SERVING
 
@@ -178,8 +193,8 @@ async def test_queue_full_is_resource_exhausted() -> None:
         assert "queue full" in err.value.details()
         assert s.metric("rlfleet_verifier_rejected_total", reason="queue_full") == 1
         gate.set()
-        assert [r.verdict for r in await asyncio.gather(*first)] == ["AC", "AC"]
-        assert (await s.stub.Verify(code_request("later"))).verdict == "AC"
+        assert [r.verdict for r in await asyncio.gather(*first)] == [pb.VERDICT_AC] * 2
+        assert (await s.stub.Verify(code_request("later"))).verdict == pb.VERDICT_AC
 
 
 async def test_deadline_and_client_cancel_cancel_the_engine_task() -> None:
@@ -221,8 +236,11 @@ async def test_stream_results_come_as_they_finish_and_errors_keep_it_open() -> N
         assert replies[-1].id == "first"
         errors = {r.id: (r.error_code, r.error) for r in replies if r.error}
         assert errors == {
-            "bad": ("INVALID_ARGUMENT", "case: missing (set code or math)"),
-            "unknown": ("NOT_FOUND", f"problem_ref: unknown {'ab' * 32!r} (register it again)"),
+            "bad": (pb.ERROR_CODE_INVALID_ARGUMENT, "case: missing (set code or math)"),
+            "unknown": (
+                pb.ERROR_CODE_NOT_FOUND,
+                f"problem_ref: unknown {'ab' * 32!r} (register it again)",
+            ),
         }
         assert sorted(r.id for r in replies if not r.error) == sorted(
             ["first", *(f"s{i}" for i in range(5))]
@@ -256,7 +274,7 @@ async def test_cancelled_stream_gives_its_slots_back() -> None:
         # All three slots are free again: three unary calls are admitted together.
         gate.set()
         replies = await asyncio.gather(*(s.stub.Verify(code_request(f"u{i}")) for i in range(3)))
-        assert [r.verdict for r in replies] == ["AC"] * 3
+        assert [r.verdict for r in replies] == [pb.VERDICT_AC] * 3
 
 
 async def test_stream_deadline_cancels_the_engine_tasks() -> None:
@@ -281,7 +299,7 @@ async def test_problem_registration_and_refs() -> None:
                 id="r", code=pb.CodeCase(language="python", code="print(1)", problem_ref=ref)
             )
         )
-        assert (r.verdict, r.total) == ("AC", 50)
+        assert (r.verdict, r.total) == (pb.VERDICT_AC, 50)
         unknown = "0" * 64
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await s.stub.Verify(
@@ -410,7 +428,7 @@ async def test_sigterm_drains_calls_in_flight_then_exits_clean() -> None:
             # Load balancers watching health learn first; the call in flight still finishes.
             assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
             reply = await call
-            assert (reply.id, reply.verdict) == ("inflight", Verdict.AC.value)
+            assert (reply.id, reply.verdict) == ("inflight", pb.VERDICT_AC)
         assert await asyncio.wait_for(proc.wait(), 60) == 0
         rest = (await proc.stderr.read()).decode()
         assert "server: stopped" in rest and "Traceback" not in rest, rest

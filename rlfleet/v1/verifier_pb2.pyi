@@ -1,10 +1,82 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VERDICT_UNSPECIFIED: _ClassVar[Verdict]
+    VERDICT_AC: _ClassVar[Verdict]
+    VERDICT_WA: _ClassVar[Verdict]
+    VERDICT_TLE: _ClassVar[Verdict]
+    VERDICT_MLE: _ClassVar[Verdict]
+    VERDICT_RE: _ClassVar[Verdict]
+    VERDICT_CE: _ClassVar[Verdict]
+    VERDICT_OLE: _ClassVar[Verdict]
+    VERDICT_SE: _ClassVar[Verdict]
+
+class CheckerKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHECKER_KIND_UNSPECIFIED: _ClassVar[CheckerKind]
+    CHECKER_KIND_EXACT: _ClassVar[CheckerKind]
+    CHECKER_KIND_TOKENS: _ClassVar[CheckerKind]
+    CHECKER_KIND_FLOAT: _ClassVar[CheckerKind]
+    CHECKER_KIND_CUSTOM: _ClassVar[CheckerKind]
+
+class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_CODE_UNSPECIFIED: _ClassVar[ErrorCode]
+    ERROR_CODE_CANCELLED: _ClassVar[ErrorCode]
+    ERROR_CODE_UNKNOWN: _ClassVar[ErrorCode]
+    ERROR_CODE_INVALID_ARGUMENT: _ClassVar[ErrorCode]
+    ERROR_CODE_DEADLINE_EXCEEDED: _ClassVar[ErrorCode]
+    ERROR_CODE_NOT_FOUND: _ClassVar[ErrorCode]
+    ERROR_CODE_ALREADY_EXISTS: _ClassVar[ErrorCode]
+    ERROR_CODE_PERMISSION_DENIED: _ClassVar[ErrorCode]
+    ERROR_CODE_RESOURCE_EXHAUSTED: _ClassVar[ErrorCode]
+    ERROR_CODE_FAILED_PRECONDITION: _ClassVar[ErrorCode]
+    ERROR_CODE_ABORTED: _ClassVar[ErrorCode]
+    ERROR_CODE_OUT_OF_RANGE: _ClassVar[ErrorCode]
+    ERROR_CODE_UNIMPLEMENTED: _ClassVar[ErrorCode]
+    ERROR_CODE_INTERNAL: _ClassVar[ErrorCode]
+    ERROR_CODE_UNAVAILABLE: _ClassVar[ErrorCode]
+    ERROR_CODE_DATA_LOSS: _ClassVar[ErrorCode]
+    ERROR_CODE_UNAUTHENTICATED: _ClassVar[ErrorCode]
+VERDICT_UNSPECIFIED: Verdict
+VERDICT_AC: Verdict
+VERDICT_WA: Verdict
+VERDICT_TLE: Verdict
+VERDICT_MLE: Verdict
+VERDICT_RE: Verdict
+VERDICT_CE: Verdict
+VERDICT_OLE: Verdict
+VERDICT_SE: Verdict
+CHECKER_KIND_UNSPECIFIED: CheckerKind
+CHECKER_KIND_EXACT: CheckerKind
+CHECKER_KIND_TOKENS: CheckerKind
+CHECKER_KIND_FLOAT: CheckerKind
+CHECKER_KIND_CUSTOM: CheckerKind
+ERROR_CODE_UNSPECIFIED: ErrorCode
+ERROR_CODE_CANCELLED: ErrorCode
+ERROR_CODE_UNKNOWN: ErrorCode
+ERROR_CODE_INVALID_ARGUMENT: ErrorCode
+ERROR_CODE_DEADLINE_EXCEEDED: ErrorCode
+ERROR_CODE_NOT_FOUND: ErrorCode
+ERROR_CODE_ALREADY_EXISTS: ErrorCode
+ERROR_CODE_PERMISSION_DENIED: ErrorCode
+ERROR_CODE_RESOURCE_EXHAUSTED: ErrorCode
+ERROR_CODE_FAILED_PRECONDITION: ErrorCode
+ERROR_CODE_ABORTED: ErrorCode
+ERROR_CODE_OUT_OF_RANGE: ErrorCode
+ERROR_CODE_UNIMPLEMENTED: ErrorCode
+ERROR_CODE_INTERNAL: ErrorCode
+ERROR_CODE_UNAVAILABLE: ErrorCode
+ERROR_CODE_DATA_LOSS: ErrorCode
+ERROR_CODE_UNAUTHENTICATED: ErrorCode
 
 class StdioTest(_message.Message):
     __slots__ = ("stdin", "stdout")
@@ -30,11 +102,11 @@ class Checker(_message.Message):
     ABS_TOL_FIELD_NUMBER: _ClassVar[int]
     REL_TOL_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
-    type: str
+    type: CheckerKind
     abs_tol: float
     rel_tol: float
     code: str
-    def __init__(self, type: _Optional[str] = ..., abs_tol: _Optional[float] = ..., rel_tol: _Optional[float] = ..., code: _Optional[str] = ...) -> None: ...
+    def __init__(self, type: _Optional[_Union[CheckerKind, str]] = ..., abs_tol: _Optional[float] = ..., rel_tol: _Optional[float] = ..., code: _Optional[str] = ...) -> None: ...
 
 class Problem(_message.Message):
     __slots__ = ("stdio_tests", "call_tests", "fn_name", "checker", "time_limit_s", "memory_limit_mb")
@@ -97,12 +169,12 @@ class TestResult(_message.Message):
     MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
     WALL_S_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
-    verdict: str
+    verdict: Verdict
     time_s: float
     memory_mb: float
     wall_s: float
     message: str
-    def __init__(self, verdict: _Optional[str] = ..., time_s: _Optional[float] = ..., memory_mb: _Optional[float] = ..., wall_s: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
+    def __init__(self, verdict: _Optional[_Union[Verdict, str]] = ..., time_s: _Optional[float] = ..., memory_mb: _Optional[float] = ..., wall_s: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
     __slots__ = ("id", "verdict", "passed", "total", "reward", "tests", "message", "extracted", "error", "error_code")
@@ -117,7 +189,7 @@ class VerifyResponse(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     id: str
-    verdict: str
+    verdict: Verdict
     passed: int
     total: int
     reward: float
@@ -125,5 +197,5 @@ class VerifyResponse(_message.Message):
     message: str
     extracted: str
     error: str
-    error_code: str
-    def __init__(self, id: _Optional[str] = ..., verdict: _Optional[str] = ..., passed: _Optional[int] = ..., total: _Optional[int] = ..., reward: _Optional[float] = ..., tests: _Optional[_Iterable[_Union[TestResult, _Mapping]]] = ..., message: _Optional[str] = ..., extracted: _Optional[str] = ..., error: _Optional[str] = ..., error_code: _Optional[str] = ...) -> None: ...
+    error_code: ErrorCode
+    def __init__(self, id: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., passed: _Optional[int] = ..., total: _Optional[int] = ..., reward: _Optional[float] = ..., tests: _Optional[_Iterable[_Union[TestResult, _Mapping]]] = ..., message: _Optional[str] = ..., extracted: _Optional[str] = ..., error: _Optional[str] = ..., error_code: _Optional[_Union[ErrorCode, str]] = ...) -> None: ...
