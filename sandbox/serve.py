@@ -17,7 +17,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from rlfleet.grpc_server import Server, ServerConfig, build_server, run_until_signalled
-from rlfleet.sandbox.service import SERVICE_NAME, Engine, ServiceConfig, VerifierService
+from rlfleet.sandbox.servicer import SERVICE_NAME, Engine, ServiceConfig, VerifierService
 from rlfleet.v1 import verifier_pb2_grpc as pb_grpc
 
 

@@ -36,7 +36,7 @@ def exported_series() -> set[str]:
     from prometheus_client import CollectorRegistry
 
     from rlfleet.sandbox.engine import EngineMetrics
-    from rlfleet.sandbox.service import ServiceMetrics
+    from rlfleet.sandbox.servicer import ServiceMetrics
 
     registry = CollectorRegistry()
     EngineMetrics(registry)

@@ -26,7 +26,7 @@ from rlfleet.sandbox.records import (
     StdioTest,
     Verdict,
 )
-from rlfleet.sandbox.service import ProblemStore
+from rlfleet.sandbox.servicer import ProblemStore
 from rlfleet.v1 import verifier_pb2 as pb
 
 FAST = ClientConfig(backoff_s=0.001, attempts=6)

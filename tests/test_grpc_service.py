@@ -32,7 +32,7 @@ from test_grpc_fakes import (
 from rlfleet.grpc_server import NotFound, ResourceExhausted, ServerConfig, start_metrics
 from rlfleet.sandbox.client import ClientConfig, VerifierClient
 from rlfleet.sandbox.records import Verdict
-from rlfleet.sandbox.service import ProblemStore
+from rlfleet.sandbox.servicer import ProblemStore
 from rlfleet.v1 import verifier_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent

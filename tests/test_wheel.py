@@ -9,6 +9,7 @@ a math set that needs the symbolic path against exactly what ``pip install rlfle
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import venv
@@ -26,7 +27,8 @@ MATH_SET = REPO / "tests" / "data" / "math_symbolic.jsonl"
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO)],
+        [str(REPO / "deploy" / "dev" / "wheel.sh"), str(out), "--no-deps"],
+        env={**os.environ, "PYTHON": sys.executable},
         capture_output=True,
         text=True,
         timeout=600,

@@ -19,7 +19,7 @@ fi
 ctx=$(mktemp -d /var/tmp/rlfleet-server-image.XXXXXX)
 trap 'rm -rf "$ctx"' EXIT
 echo "server image: wheels for $(git rev-parse --short HEAD 2>/dev/null || echo this tree)" >&2
-"$PY" -m pip wheel -q . -w "$ctx/wheels" >"$ctx/wheel.log" 2>&1 \
+PYTHON=$PY deploy/dev/wheel.sh "$ctx/wheels" >"$ctx/wheel.log" 2>&1 \
   || { tail -n 20 "$ctx/wheel.log" >&2; exit 1; }
 cp deploy/server/Dockerfile "$ctx/"
 echo "server image: building $tag FROM $BASE" >&2
