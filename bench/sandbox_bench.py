@@ -9,17 +9,17 @@ against math-verify on the same corpus.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from rlfleet.errors import CommandError
 from rlfleet.sandbox.cgroups import CgroupError
-from rlfleet.sandbox.engine import BACKENDS, EngineConfig, make_worker_factory
+from rlfleet.sandbox.engine import EngineConfig, make_worker_factory
 from rlfleet.sandbox.judge import Judge
 from rlfleet.sandbox.records import CodeCase, StdioTest, Verdict
 from rlfleet.sandbox.worker_handle import RunLimits, RunRequest, WorkerError
@@ -128,32 +128,32 @@ def print_table(rows: dict[str, dict[str, float]]) -> None:
         )
 
 
-async def run_sandbox_bench(args: argparse.Namespace) -> int:
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown:
-        raise CommandError(f"--backends: unknown {', '.join(unknown)} (one of local, docker)")
+async def run_sandbox_bench(
+    backends: Sequence[str], workers: int, tests: int, math_pairs: int | None
+) -> int:
+    """Print the sandbox figures of each backend, then the math checker's (``math_pairs``
+    pairs of its corpus; None: all; 0: skip)."""
     rows: dict[str, dict[str, float]] = {}
     for backend in backends:
         print(
-            f"bench: {backend} backend, {args.workers} workers, {args.tests} tests ...",
+            f"bench: {backend} backend, {workers} workers, {tests} tests ...",
             file=sys.stderr,
         )
         try:
-            rows[backend] = await bench_backend(backend, args.workers, args.tests)
+            rows[backend] = await bench_backend(backend, workers, tests)
         except (WorkerError, CgroupError) as e:
             raise CommandError(f"{backend} backend unavailable: {e}") from e
     print(
-        f"# sandbox: trivial Python tests at parallelism {args.workers}, "
+        f"# sandbox: trivial Python tests at parallelism {workers}, "
         "ratio = per-test time / bare `python3 -c` per-test time (same run)"
     )
     print_table(rows)
-    if args.math != 0:
+    if math_pairs != 0:
         from rlfleet.bench.math_bench import run_math_bench
 
-        print("bench: math checker vs math-verify ...", file=sys.stderr)
+        print("bench: math checker (vs math-verify where installed) ...", file=sys.stderr)
         # In this (main) thread: math-verify's own timeout relies on signal.alarm.
-        report = run_math_bench(args.math)
+        report = run_math_bench(math_pairs)
         print("# math")
         for key, value in report.items():
             shown = f"{value:.4g}" if isinstance(value, float) else value

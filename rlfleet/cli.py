@@ -1,7 +1,8 @@
 """The ``rlfleet`` command line.
 
-argparse builds a typed call into each command's own module; nothing heavy is imported
-until a command runs (``rlfleet --help`` stays fast, the verifier never imports torch).
+argparse stays in this module: it builds each component's config dataclasses and makes a
+typed call into the component's ``commands`` module. Nothing heavy is imported until a
+command runs (``rlfleet --help`` stays fast, the verifier never imports torch).
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlfleet.errors import CommandError
+
+if TYPE_CHECKING:
+    from rlfleet.sandbox.engine import EngineConfig
 
 
 def _positive_int(text: str) -> int:
@@ -124,6 +128,66 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
         return 130
 
 
+def _engine_config(args: argparse.Namespace) -> EngineConfig:
+    from rlfleet.sandbox.engine import EngineConfig
+    from rlfleet.sandbox.judge import JudgeConfig
+
+    return EngineConfig(
+        backend=args.backend,
+        workers=args.workers,
+        cgroup_parent=args.cgroup_parent,
+        judge=JudgeConfig(partial_reward=args.partial_reward),
+    )
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from rlfleet.sandbox import commands
+
+    config = commands.VerifyConfig(
+        cases=args.cases,
+        server=args.server,
+        engine=_engine_config(args),
+        concurrency=args.concurrency,
+    )
+    return _run(commands.verify(config))
+
+
+def _serve_sandbox(args: argparse.Namespace) -> int:
+    from rlfleet.grpc_server import ServerConfig
+    from rlfleet.sandbox import commands
+    from rlfleet.sandbox.servicer import ServiceConfig
+
+    try:
+        server = ServerConfig(
+            host=args.host,
+            port=args.port,
+            metrics_port=args.metrics_port,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+        )
+    except ValueError as e:
+        raise CommandError(str(e)) from e
+    config = commands.ServeConfig(
+        server=server,
+        service=ServiceConfig(max_pending=args.max_pending),
+        engine=_engine_config(args),
+    )
+    return _run(commands.serve(config))
+
+
+def _bench_sandbox(args: argparse.Namespace) -> int:
+    from rlfleet.bench.sandbox_bench import run_sandbox_bench
+    from rlfleet.sandbox.engine import BACKENDS
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown or not backends:
+        raise CommandError(
+            f"--backends: unknown {', '.join(unknown) or 'none given'} (one of local, docker)"
+        )
+    return _run(run_sandbox_bench(backends, args.workers, args.tests, args.math))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -132,21 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.command == "verify":
-            from rlfleet.commands import verify
-
-            return _run(verify(args))
+            return _verify(args)
         if args.command == "serve":
-            from rlfleet.commands import serve_sandbox
-
-            return _run(serve_sandbox(args))
+            return _serve_sandbox(args)
         if args.command == "sandbox":
             from rlfleet.sandbox.prepare import prepare
 
             return prepare(args.backend)
         if args.command == "bench":
-            from rlfleet.commands import bench_sandbox
-
-            return _run(bench_sandbox(args))
+            return _bench_sandbox(args)
     except CommandError as e:
         print(f"rlfleet: {e}", file=sys.stderr)
         return 2

@@ -31,7 +31,10 @@ from rlfleet.grpc_server import (
     NotFound,
     QueueFull,
     ResourceExhausted,
+    Server,
+    ServerConfig,
     Undecodable,
+    build_server,
     status_for,
 )
 from rlfleet.sandbox.cases import CaseError
@@ -346,3 +349,17 @@ class VerifierService(pb_grpc.VerifierServicer):
 def _error_response(case_id: str, exc: BaseException) -> pb.VerifyResponse:
     code, message = status_for(exc)
     return pb.VerifyResponse(id=case_id, error=message, error_code=error_code_to_pb(code))
+
+
+def build_verifier_server(
+    server: ServerConfig,
+    service: ServiceConfig,
+    engine: Engine,
+    registry: CollectorRegistry,
+) -> tuple[Server, VerifierService]:
+    """A bound, not yet started server with the verifier on it (``Server.port`` says where)."""
+    servicer = VerifierService(engine, registry, service)
+    srv = build_server(
+        server, lambda s: pb_grpc.add_VerifierServicer_to_server(servicer, s), [SERVICE_NAME]
+    )
+    return srv, servicer

@@ -11,8 +11,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from rlfleet.grpc_server import ServerConfig
 from rlfleet.sandbox.records import Case, CaseResult, CodeCase, StdioTest, Verdict
-from rlfleet.sandbox.serve import ServeConfig, build_verifier_server
+from rlfleet.sandbox.servicer import ServiceConfig, build_verifier_server
 from rlfleet.v1 import verifier_pb2 as pb
 from rlfleet.v1 import verifier_pb2_grpc as pb_grpc
 
@@ -81,9 +82,11 @@ class Running:
     def __init__(self, engine: Any, **config: Any) -> None:
         self.engine = engine
         self.registry = CollectorRegistry()
-        self.srv, self.service = build_verifier_server(
-            ServeConfig(**{"port": 0, **config}), engine, self.registry
-        )
+        service_keys = set(ServiceConfig.__dataclass_fields__)
+        server_args = {"port": 0, **{k: v for k, v in config.items() if k not in service_keys}}
+        server = ServerConfig(**server_args)
+        service = ServiceConfig(**{k: v for k, v in config.items() if k in service_keys})
+        self.srv, self.service = build_verifier_server(server, service, engine, self.registry)
         self.target = f"127.0.0.1:{self.srv.port}"
 
     async def __aenter__(self) -> Running:

@@ -384,7 +384,8 @@ SERVER_SCRIPT = textwrap.dedent(
     import asyncio, sys
     from prometheus_client import CollectorRegistry
     from rlfleet.sandbox.records import CaseResult, Verdict
-    from rlfleet.sandbox.serve import ServeConfig, serve_sandbox
+    from rlfleet.grpc_server import ServerConfig, run_until_signalled
+    from rlfleet.sandbox.servicer import ServiceConfig, build_verifier_server
 
     class SlowEngine:
         capacity = 1
@@ -393,7 +394,12 @@ SERVER_SCRIPT = textwrap.dedent(
             await asyncio.sleep(1.0)
             return CaseResult(id=case.id, verdict=Verdict.AC, passed=1, total=1, reward=1.0)
 
-    asyncio.run(serve_sandbox(ServeConfig(port=0, grace_s=30), SlowEngine(), CollectorRegistry()))
+    async def main():
+        config, registry = ServerConfig(port=0, grace_s=30), CollectorRegistry()
+        srv, _ = build_verifier_server(config, ServiceConfig(), SlowEngine(), registry)
+        await run_until_signalled(srv, config, registry, lambda line: print(line, file=sys.stderr, flush=True))
+
+    asyncio.run(main())
     print("server: stopped", file=sys.stderr, flush=True)
     """
 )
