@@ -97,8 +97,8 @@ async def judge_runs(pool: WorkerPool, n: int) -> float:
 
 
 async def bench_backend(backend: str, workers: int, n: int) -> dict[str, float]:
-    config = EngineConfig(backend=backend, workers=workers)
-    pool = WorkerPool(make_worker_factory(config), PoolConfig(workers=workers))
+    config = EngineConfig(backend=backend, pool=PoolConfig(workers=workers))
+    pool = WorkerPool(make_worker_factory(config), config.pool)
     await pool.start()
     try:
         ours = await pool_runs(pool, n, workers)

@@ -131,10 +131,11 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 def _engine_config(args: argparse.Namespace) -> EngineConfig:
     from rlfleet.sandbox.engine import EngineConfig
     from rlfleet.sandbox.judge import JudgeConfig
+    from rlfleet.sandbox.worker_pool import PoolConfig
 
     return EngineConfig(
         backend=args.backend,
-        workers=args.workers,
+        pool=PoolConfig(workers=args.workers),
         cgroup_parent=args.cgroup_parent,
         judge=JudgeConfig(partial_reward=args.partial_reward),
     )

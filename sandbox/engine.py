@@ -27,10 +27,8 @@ LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 3
 class EngineConfig:
     backend: str = "local"
     """Where programs run: ``local`` (namespaces on this host) or ``docker`` (containers)."""
-    workers: int = 2
-    """Programs run at once."""
-    recycle_after: int = 5000
-    """Replace a sandbox worker after this many runs."""
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    """Sandbox workers: how many programs run at once, and when a worker is replaced."""
     cgroup_parent: str = ""
     """local backend on cgroup v2: the cgroup its cgroups go under, relative to the
     hierarchy's root; empty: this process's own cgroup when delegated (systemd
@@ -43,8 +41,10 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend: unknown {self.backend!r} (one of {', '.join(BACKENDS)})")
-        if self.workers < 1:
-            raise ValueError("workers must be >= 1")
+
+    @property
+    def workers(self) -> int:
+        return self.pool.workers
 
 
 class EngineMetrics:
@@ -118,7 +118,7 @@ class Engine:
     async def start(cls, config: EngineConfig, registry: CollectorRegistry | None = None) -> Engine:
         pool = WorkerPool(
             make_worker_factory(config),
-            PoolConfig(workers=config.workers, recycle_after=config.recycle_after),
+            config.pool,
         )
         await pool.start()
         try:

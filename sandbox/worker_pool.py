@@ -32,6 +32,12 @@ class PoolConfig:
     recycle_after: int = 5000
     """Replace a worker after this many runs."""
 
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError("workers must be >= 1")
+        if self.recycle_after < 1:
+            raise ValueError("recycle_after must be >= 1")
+
 
 class PoolStats:
     """Counters the engine exports as metrics (kept here so the pool has no metrics dependency)."""

@@ -77,8 +77,9 @@ async def test_unary_with_the_real_engine() -> None:
     if os.geteuid() != 0:
         pytest.fail("the local sandbox backend needs root (CI runs as root)")
     from rlfleet.sandbox.engine import Engine, EngineConfig
+    from rlfleet.sandbox.worker_pool import PoolConfig
 
-    engine = await Engine.start(EngineConfig(workers=1))
+    engine = await Engine.start(EngineConfig(pool=PoolConfig(workers=1)))
     try:
         async with Running(engine) as s:
             r = await s.stub.Verify(code_request("c1", tests=2))
