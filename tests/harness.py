@@ -21,7 +21,7 @@ from rlfleet.sandbox.judge import Judge, JudgeConfig
 from rlfleet.sandbox.local_backend import LocalWorker, LocalWorkerConfig
 from rlfleet.sandbox.records import CaseResult, CodeCase
 from rlfleet.sandbox.worker_handle import WorkerHandle
-from rlfleet.sandbox.worker_pool import PoolConfig, WorkerPool
+from rlfleet.sandbox.worker_pool import PoolConfig, WorkerFactory, WorkerPool
 
 T = TypeVar("T")
 TEST_CAPS = cgroups.BaseLimits(memory_mb=1536, pids=256)
@@ -40,7 +40,7 @@ class Harness:
         self.call(self.pool.start())
         self.judge_impl = Judge(self.pool.run, judge or JudgeConfig())
 
-    def _factory(self):  # type: ignore[no-untyped-def]
+    def _factory(self) -> WorkerFactory:
         if self.backend == "docker":
             from rlfleet.sandbox.docker_backend import DockerWorkerFactory
 

@@ -57,7 +57,7 @@ def test_result_round_trip_keeps_per_test_details() -> None:
 
 
 def test_case_round_trip() -> None:
-    cases = [
+    cases: list[CodeCase | MathCase] = [
         CodeCase(
             id="s",
             language="cpp",

@@ -13,7 +13,7 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 from urllib.request import urlopen
 
 import grpc
@@ -89,8 +89,8 @@ async def test_unary_with_the_real_engine() -> None:
         await engine.close()
 
 
-def _code(**problem: object) -> pb.VerifyRequest:
-    fields: dict[str, object] = {"language": "python", "code": "print(1)"}
+def _code(**problem: Any) -> pb.VerifyRequest:
+    fields: dict[str, Any] = {"language": "python", "code": "print(1)"}
     fields.update({k: v for k, v in problem.items() if k in ("language", "code")})
     rest = {k: v for k, v in problem.items() if k not in ("language", "code")}
     return pb.VerifyRequest(id="x", code=pb.CodeCase(**fields, problem=pb.Problem(**rest)))

@@ -135,4 +135,5 @@ async def test_start_failure_is_raised_and_nothing_left() -> None:
     pool = WorkerPool(factory, PoolConfig(workers=2))
     with pytest.raises(WorkerError, match="cannot start"):
         await pool.start()
-    assert all(w.closed for w in made)
+    assert [w.index for w in made] == [0]  # worker 0 started before worker 1 failed
+    assert made[0].closed

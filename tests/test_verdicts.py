@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import pytest
 from harness import Harness
 
@@ -18,7 +20,7 @@ SUM_TESTS = [{"stdin": "1 2\n", "stdout": "3\n"}, {"stdin": "5 5\n", "stdout": "
 
 
 def code_case(
-    language: str, code: str, tests: list[dict[str, object]], **kw: object
+    language: str, code: str, tests: Sequence[Mapping[str, object]], **kw: object
 ) -> dict[str, object]:
     return {"language": language, "code": code, "tests": tests, **kw}
 
@@ -286,7 +288,7 @@ def test_custom_checker(sandbox: Harness) -> None:
 # ------------------------------------------------------------------ function calls
 
 
-def fn_case(code: str, tests: list[dict[str, object]], **kw: object) -> dict[str, object]:
+def fn_case(code: str, tests: Sequence[Mapping[str, object]], **kw: object) -> dict[str, object]:
     return {"language": "python", "fn_name": "solve", "code": code, "tests": tests, **kw}
 
 

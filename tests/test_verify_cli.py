@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from rlfleet.sandbox import cgroups
 RLFLEET = [sys.executable, "-m", "rlfleet.cli"]
 
 
-def write_cases(path: Path, lines: list[object]) -> Path:
+def write_cases(path: Path, lines: Sequence[object]) -> Path:
     path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
     return path
 
