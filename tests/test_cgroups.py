@@ -60,7 +60,7 @@ def test_this_machine_hierarchy() -> None:
         with pytest.raises(cgroups.CgroupError, match="only supported on cgroup v2"):
             cgroups.detect("/anything")
         # Each root is where the kernel says that controller is mounted (read independently).
-        mounts = {}
+        mounts: dict[str, str] = {}
         for line in Path("/proc/self/mounts").read_text().splitlines():
             _, point, fstype, options = line.split()[:4]
             if fstype == "cgroup":
