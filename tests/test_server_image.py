@@ -20,6 +20,7 @@ from rlfleet.cli import build_parser
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST = REPO / "deploy" / "k8s" / "verifier.yaml"
+MATH_SET = REPO / "tests" / "data" / "math_symbolic.jsonl"
 RLFLEET = [sys.executable, "-m", "rlfleet.cli"]
 
 pytestmark = pytest.mark.docker
@@ -124,8 +125,11 @@ def test_image_serves_cases_contains_a_fork_bomb_and_drains(
         "tests": [{"stdin": "", "stdout": ""}],
         "time_limit_s": 1,
     }
+    # Correct LaTeX that only the symbolic path proves: the image has the declared
+    # dependencies only, as a deployed fleet does.
+    math = [json.loads(line) for line in MATH_SET.read_text().splitlines()]
     path = tmp_path / "cases.jsonl"
-    path.write_text("\n".join([*cases, json.dumps(bomb)]) + "\n")
+    path.write_text("\n".join([*cases, json.dumps(bomb), *map(json.dumps, math)]) + "\n")
     proc = subprocess.run(
         [*RLFLEET, "verify", str(path), "--server", target],
         capture_output=True,
@@ -146,6 +150,7 @@ def test_image_serves_cases_contains_a_fork_bomb_and_drains(
         "math-frac": "AC",
         "math-hedge": "WA",
         "bomb": got["bomb"],
+        **{m["id"]: m["expect"] for m in math},
     }
     assert got["bomb"] in ("TLE", "RE"), got["bomb"]
     assert nobody_processes() == []

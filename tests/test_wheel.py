@@ -116,3 +116,14 @@ def test_prepare_passes_on_a_plain_install(installed: Path, require_root: None) 
     proc = run(installed, "sandbox", "prepare", "--backend", "local")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "symbolic equivalence" in proc.stdout
+
+
+def test_bench_says_what_the_math_comparison_needs(installed: Path, require_root: None) -> None:
+    proc = run(
+        installed, "bench", "sandbox", "--backends", "local", "--tests", "20", "--math", "20"
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "# sandbox" in proc.stdout and "local" in proc.stdout  # the sandbox figures
+    assert "ours_checks_per_s" in proc.stdout
+    assert "math_verify" in proc.stdout and "rlfleet[dev]" in proc.stdout
