@@ -191,6 +191,7 @@ class DockerWorkerFactory:
 
     def __init__(self, config: DockerConfig | None = None) -> None:
         import docker
+        import docker.errors
 
         from rlfleet.sandbox.image import image_tag
 
@@ -198,7 +199,7 @@ class DockerWorkerFactory:
         try:
             self._client = docker.from_env()
             self._client.ping()
-        except Exception as e:
+        except (docker.errors.DockerException, OSError) as e:
             raise WorkerError(
                 f"docker backend: no Docker engine answers ({e}); start one, or run "
                 "deploy/host/setup.sh"
@@ -206,7 +207,7 @@ class DockerWorkerFactory:
         self.image = self.config.image or image_tag()
         try:
             self._client.images.get(self.image)
-        except Exception as e:
+        except docker.errors.ImageNotFound as e:
             raise WorkerError(
                 f"docker backend: image {self.image} is missing; build it with "
                 "`rlfleet sandbox prepare --backend docker`"
