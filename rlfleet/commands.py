@@ -43,11 +43,11 @@ async def _start_engine(
 
 
 async def verify(args: argparse.Namespace) -> int:
-    from rlfleet.sandbox.verify_cmd import run_verify
+    from rlfleet.sandbox.verify_cmd import CONCURRENCY_PER_WORKER, run_verify
 
     if not args.cases.is_file():
         raise CommandError(f"{args.cases}: no such file")
-    concurrency = args.concurrency or 4 * args.workers
+    concurrency = args.concurrency or CONCURRENCY_PER_WORKER * args.workers
     if args.server:
         from rlfleet.sandbox.client import VerifierClient
 
