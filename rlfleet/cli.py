@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency",
         type=_positive_int,
         default=None,
-        help="cases in flight at once (default: 4 x workers)",
+        help="cases running at once (default: 4 x workers); output keeps input order",
     )
 
     serve = sub.add_parser("serve", help="run a service")

@@ -33,7 +33,7 @@ class VerifyConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     """The engine started here when there is no ``server``."""
     concurrency: int | None = None
-    """Cases in flight at once (None: 4 x the engine's workers)."""
+    """Cases running at once (None: 4 x the engine's workers); output keeps input order."""
 
     def __post_init__(self) -> None:
         if self.concurrency is not None and self.concurrency < 1:
@@ -66,11 +66,11 @@ async def start_engine(config: EngineConfig, registry: CollectorRegistry | None 
 
 
 async def verify(config: VerifyConfig, out: TextIO = sys.stdout) -> int:
-    from rlfleet.sandbox.verify_cmd import run_verify
+    from rlfleet.sandbox.batch import CONCURRENCY_PER_WORKER, run_verify
 
     if not config.cases.is_file():
         raise CommandError(f"{config.cases}: no such file")
-    concurrency = config.concurrency or 4 * config.engine.workers
+    concurrency = config.concurrency or CONCURRENCY_PER_WORKER * config.engine.workers
     if config.server:
         from rlfleet.sandbox.client import VerifierClient
 

@@ -3,6 +3,7 @@ invalid lines, nothing left running afterwards (also when interrupted)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -16,6 +17,10 @@ import pytest
 from harness import nobody_processes, wait_for_sandboxed
 
 from rlfleet.sandbox import cgroups
+from rlfleet.sandbox.batch import CONCURRENCY_PER_WORKER, run_verify
+from rlfleet.sandbox.engine import Engine, EngineConfig
+from rlfleet.sandbox.records import Case, CaseResult, Verdict
+from rlfleet.sandbox.worker_pool import PoolConfig
 
 RLFLEET = [sys.executable, "-m", "rlfleet.cli"]
 
@@ -165,3 +170,48 @@ def test_math_cases_carry_the_extracted_answer(tmp_path: Path) -> None:
     m1, m2 = (json.loads(line) for line in stdout.splitlines())
     assert (m1["verdict"], m1["reward"], m1["extracted"]) == ("AC", 1.0, "\\frac{1}{2}")
     assert (m2["verdict"], m2["reward"]) == ("WA", 0.0)
+
+
+class Recording:
+    """The real engine, keeping every result (the JSON output has no wall times)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.results: list[CaseResult] = []
+
+    async def verify(self, case: Case) -> CaseResult:
+        result = await self.engine.verify(case)
+        self.results.append(result)
+        return result
+
+
+async def test_slow_cases_do_not_hold_fast_ones_back(tmp_path: Path, require_root: None) -> None:
+    # Six loops cut at 1 s of CPU, ten lines apart (more than the default concurrency of 8:
+    # in-order dispatch would run them one after the other), among 60 trivial cases.
+    lines = [
+        code(f"loop{i}", "while True: pass", "", time_limit_s=1)
+        if i % 11 == 0
+        else code(f"fast{i}", "print(1)", "1")
+        for i in range(66)
+    ]
+    cases = write_cases(tmp_path / "mix.jsonl", lines)
+    engine = await Engine.start(EngineConfig(pool=PoolConfig(workers=2)))
+    try:
+        recording = Recording(engine)
+        out = io.StringIO()
+        t0 = time.monotonic()
+        rc = await run_verify(recording, cases, out, CONCURRENCY_PER_WORKER * 2)
+        elapsed = time.monotonic() - t0
+    finally:
+        await engine.close()
+    assert rc == 0
+    verdicts = [json.loads(line)["verdict"] for line in out.getvalue().splitlines()]
+    assert verdicts == ["TLE" if i % 11 == 0 else "AC" for i in range(66)]
+    loops = [t.wall_s for r in recording.results if r.verdict == Verdict.TLE for t in r.tests]
+    assert len(loops) == 6
+    # What two workers need for the loops, measured in this run (their wall times grow with
+    # the machine's load, and so does the bound). The allowance covers the 60 trivial cases'
+    # own time on the workers (about 0.25 s) and the start and kill of six sandboxed runs.
+    # In-order dispatch takes about twice the ideal here.
+    ideal = sum(loops) / 2
+    assert elapsed < 1.3 * ideal + 0.5, (elapsed, ideal)
