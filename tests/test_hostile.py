@@ -312,6 +312,106 @@ def test_patched_serialiser(sandbox: Harness) -> None:
     assert r.reward == 0.0
 
 
+# Each attack patches one thing a harness could touch once the function has returned, so
+# that a wrong return value ([1, 0] or 'wrong') would be reported as the expected [0, 1].
+FORGE = (
+    "import os\n"
+    "_write, _exit = os.write, os._exit\n"
+    "def forge(*_args, **_kwargs):\n"
+    "    try:\n"
+    "        _write(1, b'\\n[0, 1]\\n')\n"
+    "    except OSError:\n"
+    "        pass\n"
+    "    _exit(0)\n"
+)
+RETURNS_WRONG = "def solve(nums, target):\n    return [1, 0]\n"
+RAISES = "def solve(nums, target):\n    raise ValueError('wrong')\n"
+FORGED_RESULTS = {
+    "JSONEncoder.encode": "import json\n"
+    "json.JSONEncoder.encode = lambda self, o: '[0, 1]'\n"
+    "def solve(nums, target):\n    return 'wrong'\n",
+    "JSONEncoder.iterencode": "import json\n"
+    "json.JSONEncoder.iterencode = lambda self, o, _one_shot=False: iter(['[0, 1]'])\n"
+    + RETURNS_WRONG,
+    "json.encoder.c_make_encoder": "import json.encoder\n"
+    "json.encoder.c_make_encoder = lambda *a: (lambda o, level: ['[0, 1]'])\n" + RETURNS_WRONG,
+    "json.encoder.encode_basestring_ascii": "import json.encoder\n"
+    "json.encoder.encode_basestring_ascii = lambda s: '[0, 1]'\n"
+    "def solve(nums, target):\n    return 'wrong'\n",
+    # json.dumps itself is bound early: to the harness's globals, or to its functions' defaults.
+    "harness globals": "import sys\n"
+    "def solve(nums, target):\n"
+    "    g = sys._getframe(1).f_globals\n"
+    "    for name, value in list(g.items()):\n"
+    "        if getattr(value, '__kwdefaults__', None):\n"
+    "            value.__kwdefaults__ = dict.fromkeys(value.__kwdefaults__, forge)\n"
+    "        if not name.startswith('__'):\n"
+    "            g[name] = forge\n"
+    "    return [1, 0]\n",
+    "os._exit": "os._exit = forge\n" + RETURNS_WRONG,
+    "threading._shutdown": "import threading\n"
+    "threading._shutdown_locks = {1}\n"
+    "threading._shutdown = forge\n" + RETURNS_WRONG,
+    "sys.stdout.flush": "import sys\n"
+    "class Out:\n"
+    "    def write(self, s):\n        return len(s)\n"
+    "    flush = staticmethod(forge)\n"
+    "sys.stdout = Out()\n" + RETURNS_WRONG,
+    "builtins.__import__": "import builtins\n"
+    "_import = builtins.__import__\n"
+    "def hooked(name, *args, **kwargs):\n"
+    "    if name in ('threading', 'traceback'):\n"
+    "        forge()\n"
+    "    return _import(name, *args, **kwargs)\n"
+    "builtins.__import__ = hooked\n" + RETURNS_WRONG,
+    "builtins.callable": "import builtins\nbuiltins.callable = forge\n" + RETURNS_WRONG,
+    # The error path: a failed call must stay a failure whatever formats its traceback.
+    "builtins.type": "import builtins\nbuiltins.type = forge\n" + RAISES,
+    "traceback.format_exception": "import traceback\ntraceback.format_exception = forge\n" + RAISES,
+    "os.path.dirname": "os.path.dirname = forge\n" + RAISES,
+    "exception __str__": "class Wrong(Exception):\n"
+    "    __str__ = __repr__ = forge\n"
+    "def solve(nums, target):\n    raise Wrong()\n",
+    "SystemExit code": "class Code(int):\n"
+    "    __bool__ = __and__ = __index__ = forge\n"
+    "def solve(nums, target):\n    raise SystemExit(Code(1))\n",
+    # What writing and sorting the result would use, were they looked up at run time.
+    "os.write": "os.write = lambda fd, data: _write(fd, b'\\n[0, 1]\\n')\n" + RETURNS_WRONG,
+    "builtins.sorted": "import builtins\nbuiltins.sorted = lambda items, key=None: [0, 1]\n"
+    "def solve(nums, target):\n    return {1, 0, 2}\n",
+}
+
+
+@pytest.mark.parametrize("attack", list(FORGED_RESULTS.values()), ids=list(FORGED_RESULTS))
+def test_forged_call_result(sandbox: Harness, attack: str) -> None:
+    r = sandbox.judge(call_case(FORGE + attack))
+    assert r.verdict is not Verdict.AC, r
+    assert r.reward == 0.0
+
+
+def test_call_results_judged_as_returned(sandbox: Harness) -> None:
+    # The control for the attacks above: plain values of every kind still reach the judge.
+    values = {
+        "set": ("{3, 1, 2}", [1, 2, 3]),
+        "frozenset of str": ("frozenset({'b', 'a'})", ["a", "b"]),
+        # Sets are listed in the order of their elements' JSON text: "[1, 2]" < "[1]".
+        "set of tuples": ("{(2, 1), (1, 2), (1,)}", [[1, 2], [1], [2, 1]]),
+        "int keys": ("{2: [1.5, None, True], 1: 'a'}", {"1": "a", "2": [1.5, None, True]}),
+        "other keys": ("{None: 0, 2.5: 1, False: 2}", {"null": 0, "2.5": 1, "false": 2}),
+        "float": ("0.1 + 0.2", 0.30000000000000004),
+        "nested": ("[[1, [2, (3,)]], [], {'k': ({4},)}]", [[1, [2, [3]]], [], {"k": [[4]]}]),
+        "none": ("None", None),
+        "bools": ("[True, False]", [True, False]),
+        "unicode": ("'h\\u00e9\\n'", "h\u00e9\n"),
+    }
+    code = "VALUES = {\n"
+    code += "".join(f"    {kind!r}: {src},\n" for kind, (src, _) in values.items())
+    code += "}\ndef solve(kind):\n    return VALUES[kind]\n"
+    tests = [{"args": [kind], "expected": want} for kind, (_, want) in values.items()]
+    r = sandbox.judge({"language": "python", "fn_name": "solve", "code": code, "tests": tests})
+    assert (r.verdict, r.passed) == (Verdict.AC, len(values)), r
+
+
 def test_stray_file_descriptors(sandbox: Harness) -> None:
     code = (
         "import os\n"

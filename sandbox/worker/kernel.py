@@ -61,6 +61,3 @@ def mount(source, target, fstype, flags=0, data=None):
         ),
         f"mount {target}",
     )
-
-
-# ---------------------------------------------------------------------------- framing

@@ -3,6 +3,9 @@
 Everything here runs in the child; nothing it does can reach the worker or the judge.
 """
 
+import _json  # the C encoder of function-call results: no pure-Python fallback (see run_call)
+import fcntl
+import gc
 import json
 import os
 import resource
@@ -84,16 +87,10 @@ def run_python(job):
         if mode == "call":
             call_args = json.loads(sys.stdin.read())
             sys.stdout = sys.stderr  # the submission's prints must not mix with the result
+            # run_call returns only when the run failed, once stdout is sealed: what the
+            # failure runs from here on (tracebacks, exit codes) can no longer add a result.
+            raise run_call(compiled, main.__dict__, job["fn_name"], call_args)
         exec(compiled, main.__dict__)
-        if mode == "call":
-            fn = main.__dict__.get(job["fn_name"])
-            solution = main.__dict__.get("Solution")
-            if fn is None and isinstance(solution, type):
-                fn = getattr(solution(), job["fn_name"], None)
-            if not callable(fn):
-                raise NameError(f"function {job['fn_name']!r} is not defined")
-            result = fn(*call_args["args"], **call_args["kwargs"])
-            out.write(to_json(result))
     except SyntaxError as e:
         if mode == "syntax":
             err.write(f"{type(e).__name__}: {e}\n")
@@ -109,6 +106,10 @@ def run_python(job):
     except BaseException as e:
         _print_exception(err, e)
         status = 1
+    if mode == "call":
+        # The submission's threads are not waited for: the result is the returned value,
+        # and they end with the process, as daemon threads do.
+        os._exit(status & 0xFF)
     try:
         import threading
 
@@ -135,44 +136,174 @@ def _print_exception(err, exc):
         pass
 
 
-_JSON_SCALARS = (str, int, float, bool, type(None))
-# Bound now, before any submission runs: patching builtins or json does not reach these.
+def _c_encoder(sort_keys):
+    """json's C encoder, as json.dumps would make it (ASCII, ", " and ": ", NaN allowed).
 
-# Bound now, before any submission runs: patching builtins or json does not reach these.
-_type, _sorted, _dumps = type, sorted, json.dumps
-
-
-def to_json(value):
-    """Serialise exact built-in types only: subclasses (a list whose __eq__ lies) are refused.
-
-    Whatever the submission patches, the comparison happens in the judge's process against
-    an expected value this process never had: a forged result can only be wrong.
+    `default` is None: `to_plain` leaves nothing it would be asked about (and calling None
+    raises). Building it now makes a worker whose Python lacks `_json` fail at start.
     """
-    type, sorted, dumps = _type, _sorted, _dumps
+    return _json.make_encoder(
+        None,
+        None,  # type: ignore[arg-type]
+        _json.encode_basestring_ascii,
+        None,
+        ": ",
+        ", ",
+        sort_keys,
+        False,
+        True,
+    )
 
-    def norm(v, depth=0):
-        if depth > 100:
-            raise ValueError("result nested too deeply")
-        t = type(v)
-        if t in _JSON_SCALARS:
-            return v
-        if t is list or t is tuple:
-            return [norm(x, depth + 1) for x in v]
-        if t is dict:
-            return {_key(k): norm(x, depth + 1) for k, x in v.items()}
-        if t is set or t is frozenset:
-            items = [norm(x, depth + 1) for x in v]
-            return sorted(items, key=lambda x: dumps(x, sort_keys=True))
-        raise TypeError(f"result of type {t.__name__} is not JSON-serialisable")
 
-    def _key(k):
-        if type(k) is str:
-            return k
-        if type(k) in (int, float, bool) or k is None:
-            return dumps(k)
-        raise TypeError(f"dict key of type {type(k).__name__}")
+_ENCODER, _BY_TEXT = _c_encoder(False), _c_encoder(True)
+_SEALED = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
 
-    return dumps(norm(value), allow_nan=True) + "\n"
+
+def run_call(
+    compiled,
+    ns,
+    fn_name,
+    call_args,
+    *,
+    # The submission can replace anything reachable from Python: module attributes (json,
+    # os, sys, threading, traceback), builtins, this module's globals, the code and
+    # defaults of any function that exists while it runs. So everything used here once
+    # submitted code has started is bound below, when this module is imported, and is
+    # copied into this frame's fast locals (which Python code cannot rebind) when the call
+    # starts: C functions and exact built-in types only, whose behaviour no Python code can
+    # change. The C encoder is called through its type's own slot wrapper: the type of
+    # `_json.Encoder` objects accepts a new `__call__`.
+    _write=os.write,
+    _exit=os._exit,
+    _fstat=os.fstat,
+    _field=tuple.__getitem__,
+    _fcntl=fcntl.fcntl,
+    _add_seals=fcntl.F_ADD_SEALS,
+    _sealed=_SEALED,
+    _gc_disable=gc.disable,
+    _callable=callable,
+    _getattr=getattr,
+    _isinstance=isinstance,
+    _type=type,
+    _sorted=sorted,
+    _join="".join,
+    _ascii=str.encode,
+    _name_of=type.__dict__["__name__"].__get__,
+    _encode=_json.make_encoder.__dict__["__call__"],
+    _encoder=_ENCODER,
+    _by_text=_BY_TEXT,
+    _BaseException=BaseException,
+    _NameError=NameError,
+    _TypeError=TypeError,
+    _ValueError=ValueError,
+    _str=str,
+    _int=int,
+    _float=float,
+    _bool=bool,
+    _none=None.__class__,
+    _list=list,
+    _tuple=tuple,
+    _dict=dict,
+    _set=set,
+    _frozenset=frozenset,
+):
+    """Run main.py, call its function and write the result to fd 1 as the last line of
+    stdout, then exit 0 at once: the submission's threads are not waited for, they end
+    with the process. If anything fails instead, seal stdout and return the exception.
+
+    Once the function has returned nothing the submission could have changed runs before
+    the exit: the result is normalised and encoded by code created after the call, from
+    the references above, and written with os.write after a newline (so that nothing
+    written before can merge into it). Stdout belongs to the harness in this mode (the
+    submission's prints go to stderr). What this cannot stop, see docs/sandbox.md: code
+    the submission leaves running while this runs (threads, child processes, signal
+    handlers, trace, profile and audit hooks), and ctypes.
+    """
+    st = os.fstat(1)
+    stdout_id = (st.st_ino, st.st_dev)
+    missing = f"function {fn_name!r} is not defined"
+    try:
+        exec(compiled, ns)
+        fn = ns.get(fn_name)
+        solution = ns.get("Solution")
+        if fn is None and _isinstance(solution, _type):
+            fn = _getattr(solution(), fn_name, None)
+        if not _callable(fn):
+            raise _NameError(missing)
+        result = fn(*call_args["args"], **call_args["kwargs"])
+        _gc_disable()  # a collection could run finalisers the submission left behind
+
+        # Created now, so that the submission never had it to change. Exact types only: a
+        # subclass (a list whose __eq__ or __iter__ lies) is refused, never called.
+        def to_plain(
+            v,
+            depth,
+            again,
+            *,
+            type=_type,
+            sorted=_sorted,
+            join=_join,
+            name_of=_name_of,
+            encode=_encode,
+            encoder=_encoder,
+            by_text=_by_text,
+            TypeError=_TypeError,
+            ValueError=_ValueError,
+            str=_str,
+            int=_int,
+            float=_float,
+            bool=_bool,
+            none=_none,
+            list=_list,
+            tuple=_tuple,
+            dict=_dict,
+            set=_set,
+            frozenset=_frozenset,
+        ):
+            if depth > 100:
+                raise ValueError("result nested too deeply")
+            t = type(v)
+            if t is str or t is int or t is float or t is bool or t is none:
+                return v
+            if t is list or t is tuple:
+                return [again(x, depth + 1, again) for x in v]
+            if t is dict:
+                plain = {}
+                for k, x in v.items():
+                    tk = type(k)
+                    if tk is not str:
+                        if not (tk is int or tk is float or tk is bool or tk is none):
+                            raise TypeError(join(("dict key of type ", name_of(tk))))
+                        k = join(encode(encoder, k, 0))  # as json.dumps(k)
+                    plain[k] = again(x, depth + 1, again)
+                return plain
+            if t is set or t is frozenset:
+                items = [again(x, depth + 1, again) for x in v]
+                # In the order of their JSON text, as json.dumps(x, sort_keys=True).
+                return sorted(items, key=lambda x: join(encode(by_text, x, 0)))
+            raise TypeError(join(("result of type ", name_of(t), " is not JSON-serialisable")))
+
+        text = _join(_encode(_encoder, to_plain(result, 0, to_plain), 0))
+        data = b"\n" + _ascii(text, "ascii") + b"\n"
+        while data:
+            data = data[_write(1, data) :]
+        _exit(0)
+    except _BaseException as e:
+        failure = e
+    # The run failed: seal stdout (a memfd) before anything looked up at run time reports
+    # it, so that nothing can be added to it, through any descriptor. When fd 1 is not
+    # the stdout the run started with, or cannot be sealed, only say so.
+    try:
+        st = _fstat(1)
+        if (_field(st, 1), _field(st, 2)) == stdout_id:
+            _fcntl(1, _add_seals, _sealed)
+            return failure
+    except _BaseException:
+        pass
+    try:
+        _write(2, b"sandbox: the program replaced its stdout; its error is not shown\n")
+    finally:
+        _exit(1)
 
 
 def run_exec(job, ready_w):

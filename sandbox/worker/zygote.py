@@ -45,8 +45,8 @@ from rootfs import build_root, wipe_tmp
 from runcg import Cgroups, adopt_container_cgroups
 
 
-def memfd(name, data=b""):
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+def memfd(name, data=b"", sealable=False):
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if sealable else 0))
     if data:
         view = memoryview(data)
         while view:
@@ -90,7 +90,8 @@ class Worker:
         """Run one program. Blobs: [stdin] plus, for kind=exec with `files`, file contents."""
         lim = job["limits"]
         stdin_fd = memfd("stdin", blobs[0] if blobs else b"")
-        out_fd, err_fd = memfd("stdout"), memfd("stderr")
+        # A function-call run seals its stdout when the call fails (program.run_call).
+        out_fd, err_fd = memfd("stdout", sealable=True), memfd("stderr")
         try:
             for i, (path, mode) in enumerate(job.get("files", [])):
                 self._place(path, blobs[1 + i], mode)
