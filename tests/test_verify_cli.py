@@ -200,7 +200,8 @@ async def test_slow_cases_do_not_hold_fast_ones_back(tmp_path: Path, require_roo
         recording = Recording(engine)
         out = io.StringIO()
         t0 = time.monotonic()
-        rc = await run_verify(recording, cases, out, CONCURRENCY_PER_WORKER * 2)
+        with cases.open("rb") as stream:
+            rc = await run_verify(recording, stream, out, CONCURRENCY_PER_WORKER * 2)
         elapsed = time.monotonic() - t0
     finally:
         await engine.close()
