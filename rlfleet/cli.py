@@ -79,7 +79,7 @@ def _command(
     p = sub.add_parser(name, help=help)
     # No default here: it would overwrite a -v given before the command's name.
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE)
-    p.set_defaults(run=run, prog=p.prog)
+    p.set_defaults(run=run, prog=p.prog, parser=p)
     return p
 
 
@@ -251,7 +251,9 @@ def _bench_sandbox(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # (argparse would report them as the top command's)
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
