@@ -139,12 +139,13 @@ def test_interrupted_leaves_nothing_running(tmp_path: Path, sig: signal.Signals)
     try:
         assert wait_for_sandboxed(30), "the sleepers never started"
         os.kill(proc.pid, sig)
-        proc.wait(timeout=30)
+        _, stderr = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
-    assert proc.returncode != 0
+    assert proc.returncode == 130, stderr
+    assert stderr.splitlines()[-1] == "rlfleet verify: interrupted"
     deadline = time.monotonic() + 5
     while nobody_processes() and time.monotonic() < deadline:
         time.sleep(0.05)
