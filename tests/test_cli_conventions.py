@@ -31,13 +31,12 @@ class Failure:
     """One way to use a command wrongly, and how it must end."""
 
     args: str
-    """Arguments, split on spaces after ``{name}`` placeholders are filled (see ``Places``)."""
+    """Arguments, split on spaces after ``{name}`` placeholders are filled (see ``places``)."""
     prefix: str
     """What every stderr line starts with (``rlfleet <command>:``)."""
     exit_code: int
     says: str = ""
     """Part of the error line."""
-    stdin: str = ""
     engine: bool = False
     """Starts the local engine (needs root)."""
     env: dict[str, str] = field(default_factory=dict)
@@ -219,7 +218,7 @@ def test_failure_is_one_clear_line(
     failure = FAILURES[name]
     if failure.engine:
         request.getfixturevalue("require_root")
-    run = rlfleet(failure.args.format(**places).split(), failure.stdin, failure.env)
+    run = rlfleet(failure.args.format(**places).split(), env=failure.env)
     assert_convention(run, failure.prefix, failure.exit_code)
     assert 1 <= len(run.lines) <= 2, run.stderr
     assert failure.says in run.lines[-1], run.stderr
