@@ -22,7 +22,12 @@ from rlfleet.sandbox.cgroups import CgroupError
 from rlfleet.sandbox.engine import EngineConfig, make_worker_factory
 from rlfleet.sandbox.judge import Judge
 from rlfleet.sandbox.records import CodeCase, StdioTest, Verdict
-from rlfleet.sandbox.worker_handle import RunLimits, RunRequest, WorkerError
+from rlfleet.sandbox.worker_handle import (
+    BackendUnavailable,
+    RunLimits,
+    RunRequest,
+    WorkerError,
+)
 from rlfleet.sandbox.worker_pool import PoolConfig, WorkerPool
 
 PROGRAM = "print(int(input()) + 1)"
@@ -136,13 +141,15 @@ async def run_sandbox_bench(
     rows: dict[str, dict[str, float]] = {}
     for backend in backends:
         print(
-            f"bench: {backend} backend, {workers} workers, {tests} tests ...",
+            f"rlfleet bench sandbox: {backend} backend, {workers} workers, {tests} tests ...",
             file=sys.stderr,
         )
         try:
             rows[backend] = await bench_backend(backend, workers, tests)
+        except BackendUnavailable as e:
+            raise CommandError(str(e)) from e  # (it names the backend and what to do)
         except (WorkerError, CgroupError) as e:
-            raise CommandError(f"{backend} backend unavailable: {e}") from e
+            raise CommandError(f"the {backend} backend cannot start: {e}") from e
     print(
         f"# sandbox: trivial Python tests at parallelism {workers}, "
         "ratio = per-test time / bare `python3 -c` per-test time (same run)"
@@ -151,7 +158,10 @@ async def run_sandbox_bench(
     if math_pairs != 0:
         from rlfleet.bench.math_bench import run_math_bench
 
-        print("bench: math checker (vs math-verify where installed) ...", file=sys.stderr)
+        print(
+            "rlfleet bench sandbox: math checker (vs math-verify where installed) ...",
+            file=sys.stderr,
+        )
         # In this (main) thread: math-verify's own timeout relies on signal.alarm.
         report = run_math_bench(math_pairs)
         print("# math")

@@ -3,6 +3,10 @@
 argparse stays in this module: it builds each component's config dataclasses and makes a
 typed call into the component's ``commands`` module. Nothing heavy is imported until a
 command runs (``rlfleet --help`` stays fast, the verifier never imports torch).
+
+Every command fails the same way (docs/cli.md): one line on stderr, prefixed with the
+command (``rlfleet verify: ...``), no traceback unless ``-v``, and an exit code from
+``rlfleet.errors``: 0 done, 1 could not do its work, 2 bad usage or invalid input.
 """
 
 from __future__ import annotations
@@ -10,23 +14,73 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import select
 import signal
 import sys
-from collections.abc import Coroutine
+import traceback
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from rlfleet.errors import CommandError
+from rlfleet.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CommandError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from rlfleet.sandbox.engine import EngineConfig
 
+Run = Callable[[argparse.Namespace], int]
+"""A command: parsed flags in, exit code out (expected failures raise ``CommandError``)."""
+
+VERBOSE = "log more, and show the traceback of an error"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, failing as every rlfleet command fails: one line with the command's prefix
+    and exit 2 (argparse's own ``error`` prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _int(text: str, low: int, high: int | None = None) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"{low} to {high}"
+        raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+    return value
+
 
 def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+    return _int(text, 1)
+
+
+def _count(text: str) -> int:
+    return _int(text, 0)
+
+
+def _port(text: str) -> int:
+    return _int(text, 0, 65535)
+
+
+def _command(
+    sub: argparse._SubParsersAction[Parser], name: str, run: Run, help: str
+) -> argparse.ArgumentParser:
+    """A command's parser: ``-v`` after its name too; ``main`` calls ``run`` and prefixes
+    errors with its full name (``rlfleet serve sandbox``)."""
+    p = sub.add_parser(name, help=help)
+    # No default here: it would overwrite a -v given before the command's name.
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE)
+    p.set_defaults(run=run, prog=p.prog, parser=p)
+    return p
 
 
 def _add_engine_flags(p: argparse.ArgumentParser) -> None:
@@ -54,14 +108,14 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="rlfleet", description="Rollout and sandboxed verification for RL on LLMs."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    verify = sub.add_parser("verify", help="verify cases from a JSONL file")
-    verify.add_argument("cases", type=Path, help="JSONL file, one case per line")
+    verify = _command(sub, "verify", _verify, "verify cases from a JSONL file")
+    verify.add_argument("cases", type=Path, help="JSONL file, one case per line (-: stdin)")
     _add_engine_flags(verify)
     verify.add_argument("--server", help="send the cases to a running `rlfleet serve sandbox`")
     verify.add_argument(
@@ -72,31 +126,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     serve = sub.add_parser("serve", help="run a service")
-    serve_sub = serve.add_subparsers(dest="service", required=True)
-    sandbox = serve_sub.add_parser("sandbox", help="the verifier service (gRPC)")
+    serve_sub = serve.add_subparsers(dest="service", required=True, metavar="SERVICE")
+    sandbox = _command(serve_sub, "sandbox", _serve_sandbox, "the verifier service (gRPC)")
     _add_engine_flags(sandbox)
     sandbox.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
-    sandbox.add_argument("--port", type=int, default=50051, help="gRPC port (0: any free port)")
+    sandbox.add_argument("--port", type=_port, default=50051, help="gRPC port (0: any free port)")
     sandbox.add_argument(
-        "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port"
+        "--metrics-port", type=_port, default=None, help="serve Prometheus metrics on this port"
     )
     sandbox.add_argument("--tls-cert", type=Path, help="PEM certificate (enables TLS)")
     sandbox.add_argument("--tls-key", type=Path, help="PEM private key")
     sandbox.add_argument(
         "--max-pending",
-        type=int,
+        type=_positive_int,
         default=None,
         help="cases queued or running before RESOURCE_EXHAUSTED",
     )
 
     sb = sub.add_parser("sandbox", help="sandbox maintenance")
-    sb_sub = sb.add_subparsers(dest="action", required=True)
-    prepare = sb_sub.add_parser("prepare", help="check (and build) what a backend needs")
+    sb_sub = sb.add_subparsers(dest="action", required=True, metavar="ACTION")
+    prepare = _command(sb_sub, "prepare", _prepare, "check (and build) what a backend needs")
     prepare.add_argument("--backend", choices=("local", "docker"), default="local")
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench_sub = bench.add_subparsers(dest="target", required=True)
-    bsand = bench_sub.add_parser("sandbox", help="sandbox and math-checker throughput")
+    bench_sub = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
+    bsand = _command(bench_sub, "sandbox", _bench_sandbox, "sandbox and math-checker throughput")
     bsand.add_argument(
         "--backends", default="local,docker", help="comma-separated (default: local,docker)"
     )
@@ -104,12 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
     bsand.add_argument(
         "--tests", type=_positive_int, default=400, help="trivial tests per measurement"
     )
-    bsand.add_argument("--math", type=int, default=None, help="math corpus size (default: all)")
+    bsand.add_argument(
+        "--math", type=_count, default=None, help="math corpus size (default: all; 0: skip)"
+    )
     return parser
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
-    """Run a command's coroutine; SIGTERM cancels it like Ctrl-C, so cleanup always runs."""
+    """Run a command's coroutine; SIGTERM cancels it like Ctrl-C, so cleanup always runs
+    (``main`` reports either as an interruption)."""
 
     async def main() -> int:
         task = asyncio.current_task()
@@ -121,11 +178,7 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
         finally:
             loop.remove_signal_handler(signal.SIGTERM)
 
-    try:
-        return asyncio.run(main())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("rlfleet: interrupted", file=sys.stderr)
-        return 130
+    return asyncio.run(main())
 
 
 def _engine_config(args: argparse.Namespace) -> EngineConfig:
@@ -144,12 +197,15 @@ def _engine_config(args: argparse.Namespace) -> EngineConfig:
 def _verify(args: argparse.Namespace) -> int:
     from rlfleet.sandbox import commands
 
-    config = commands.VerifyConfig(
-        cases=args.cases,
-        server=args.server,
-        engine=_engine_config(args),
-        concurrency=args.concurrency,
-    )
+    try:
+        config = commands.VerifyConfig(
+            cases=args.cases,
+            server=args.server,
+            engine=_engine_config(args),
+            concurrency=args.concurrency,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from e
     return _run(commands.verify(config))
 
 
@@ -159,21 +215,26 @@ def _serve_sandbox(args: argparse.Namespace) -> int:
     from rlfleet.sandbox.servicer import ServiceConfig
 
     try:
-        server = ServerConfig(
-            host=args.host,
-            port=args.port,
-            metrics_port=args.metrics_port,
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
+        config = commands.ServeConfig(
+            server=ServerConfig(
+                host=args.host,
+                port=args.port,
+                metrics_port=args.metrics_port,
+                tls_cert=args.tls_cert,
+                tls_key=args.tls_key,
+            ),
+            service=ServiceConfig(max_pending=args.max_pending),
+            engine=_engine_config(args),
         )
     except ValueError as e:
-        raise CommandError(str(e)) from e
-    config = commands.ServeConfig(
-        server=server,
-        service=ServiceConfig(max_pending=args.max_pending),
-        engine=_engine_config(args),
-    )
+        raise UsageError(str(e)) from e
     return _run(commands.serve(config))
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from rlfleet.sandbox.prepare import prepare
+
+    return prepare(args.backend)
 
 
 def _bench_sandbox(args: argparse.Namespace) -> int:
@@ -183,33 +244,48 @@ def _bench_sandbox(args: argparse.Namespace) -> int:
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:
-        raise CommandError(
+        raise UsageError(
             f"--backends: unknown {', '.join(unknown) or 'none given'} (one of local, docker)"
         )
     return _run(run_sandbox_bench(backends, args.workers, args.tests, args.math))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # (argparse would report them as the top command's)
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    run: Run = args.run
     try:
-        if args.command == "verify":
-            return _verify(args)
-        if args.command == "serve":
-            return _serve_sandbox(args)
-        if args.command == "sandbox":
-            from rlfleet.sandbox.prepare import prepare
-
-            return prepare(args.backend)
-        if args.command == "bench":
-            return _bench_sandbox(args)
+        return run(args)
     except CommandError as e:
-        print(f"rlfleet: {e}", file=sys.stderr)
-        return 2
-    raise AssertionError(args.command)
+        if args.verbose:
+            traceback.print_exception(e)
+        print(f"{args.prog}: {e}", file=sys.stderr)
+        return e.exit_code
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(f"{args.prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        # The reader went away (`rlfleet verify ... | head`): nobody to tell. Python's own
+        # flush of stdout at exit would fail again, so it goes to /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has closed it."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError):
+        return False
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """``rlfleet verify CASES.jsonl``: verify cases from a JSONL file, results in input order.
 
 One JSON result per input line on stdout; invalid lines yield ``{"id" or "line", "error"}``
-and the exit code 2, the other cases still run. Printing in input order never holds the
-workers back: cases start as slots free and early results wait in a reorder buffer, bounded
-in bytes (see ``verify_lines``). Progress goes to stderr. Everything started (workers, their
-cgroups, math processes) is stopped before returning, also on Ctrl-C.
+and the exit code 2, the other cases still run. A verifier that cannot be reached
+(``rlfleet.errors.Unavailable``, raised once its client's retries are spent) ends the run
+instead: what was printed stays, every line of it a real result. Printing in input order
+never holds the workers back: cases start as slots free and early results wait in a reorder
+buffer, bounded in bytes (see ``verify_lines``). Progress goes to stderr. Everything started
+(workers, their cgroups, math processes) is stopped before returning, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import time
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any, Protocol
 
+from rlfleet.errors import EXIT_OK, EXIT_USAGE, Unavailable
 from rlfleet.sandbox.cases import CaseError, parse_case
 from rlfleet.sandbox.records import Case, CaseResult, Verdict
 
@@ -32,7 +34,9 @@ MAX_UNPRINTED_BYTES = 64 << 20
 
 
 class Verifier(Protocol):
-    async def verify(self, case: Case) -> CaseResult: ...
+    async def verify(self, case: Case) -> CaseResult:
+        """The case's result; raises ``Unavailable`` when no verifier can be reached."""
+        ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,7 +46,8 @@ class Line:
     error: dict[str, Any] | None = None
 
 
-def read_lines(stream: IO[str]) -> Iterator[Line]:
+def read_lines(stream: IO[bytes]) -> Iterator[Line]:
+    """Parse each non-blank line (bytes: a line that is not UTF-8 is one invalid line)."""
     for number, text in enumerate(stream, start=1):
         if not text.strip():
             continue
@@ -89,7 +94,8 @@ async def verify_lines(
     while the buffer holds less than ``max_unprinted_bytes`` of text (a result bigger than
     that still goes through), so at most ``concurrency`` parsed cases and about
     ``max_unprinted_bytes`` of finished results are held at once. Closing the generator
-    (also by cancellation) cancels every running case and waits for them to stop.
+    (also by cancellation) cancels every running case and waits for them to stop; so does
+    ``Unavailable`` from the verifier, which the generator then raises.
     """
     if concurrency < 1 or max_unprinted_bytes < 1:
         raise ValueError("concurrency and max_unprinted_bytes must be >= 1")
@@ -101,8 +107,8 @@ async def verify_lines(
     async def safe_verify(case: Case) -> CaseResult:
         try:
             return await verifier.verify(case)
-        except asyncio.CancelledError:
-            raise
+        except (asyncio.CancelledError, Unavailable):
+            raise  # (Unavailable: no case can run, and none was judged)
         except Exception as e:  # one case failing must not lose the others
             log.exception("case %s failed", case.id)
             return _system_error(case, f"{type(e).__name__}: {e}")
@@ -144,27 +150,31 @@ async def verify_lines(
 
 async def run_verify(
     verifier: Verifier,
-    path: Path,
+    cases: IO[bytes],
     out: IO[str],
     concurrency: int,
     progress_every_s: float = 5.0,
     max_unprinted_bytes: int = MAX_UNPRINTED_BYTES,
 ) -> int:
+    """Verify the JSONL ``cases``, printing each line's result to ``out`` in input order.
+
+    Returns 0, or 2 when a line was invalid; raises ``Unavailable`` (after printing the
+    results that came before) when the verifier cannot be reached.
+    """
     invalid = done = 0
     started = last = time.monotonic()
-    with path.open(encoding="utf-8") as stream:
-        outputs = verify_lines(verifier, read_lines(stream), concurrency, max_unprinted_bytes)
-        async with aclosing(outputs):  # also when writing fails: stop the running cases
-            async for output in outputs:
-                invalid += output.invalid
-                out.write(output.text + "\n")
-                out.flush()
-                done += 1
-                now = time.monotonic()
-                if now - last >= progress_every_s:
-                    last = now
-                    rate = done / (now - started)
-                    print(f"rlfleet verify: {done} done ({rate:.1f}/s)", file=sys.stderr)
+    outputs = verify_lines(verifier, read_lines(cases), concurrency, max_unprinted_bytes)
+    async with aclosing(outputs):  # also when writing fails: stop the running cases
+        async for output in outputs:
+            invalid += output.invalid
+            out.write(output.text + "\n")
+            out.flush()
+            done += 1
+            now = time.monotonic()
+            if now - last >= progress_every_s:
+                last = now
+                rate = done / (now - started)
+                print(f"rlfleet verify: {done} done ({rate:.1f}/s)", file=sys.stderr)
     if done and time.monotonic() - started >= progress_every_s:
         print(f"rlfleet verify: {done} done, {invalid} invalid", file=sys.stderr)
-    return 2 if invalid else 0
+    return EXIT_USAGE if invalid else EXIT_OK

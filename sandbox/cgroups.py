@@ -28,6 +28,10 @@ class CgroupError(RuntimeError):
     pass
 
 
+class CgroupParentError(CgroupError):
+    """The cgroup parent asked for cannot be used (no such cgroup, or not cgroup v2)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Hierarchy:
     version: int
@@ -117,7 +121,7 @@ def _v2_parent(point: Path, parent: str) -> Path:
     if parent:
         path = point / parent.strip("/")
         if not (path / "cgroup.controllers").is_file():
-            raise CgroupError(f"cgroup parent {parent!r}: no such cgroup under {point}")
+            raise CgroupParentError(f"cgroup parent {parent!r}: no such cgroup under {point}")
         return path
     own = point / own_v2_cgroup().strip("/")
     # The nearest delegated cgroup at or above this process's own: after a first start has
@@ -154,7 +158,7 @@ def detect(parent: str = "") -> Hierarchy:
                 f"needs {' '.join(V2_CONTROLLERS)} (delegate them to it)"
             )
     if parent:
-        raise CgroupError("a cgroup parent is only supported on cgroup v2")
+        raise CgroupParentError("a cgroup parent is only supported on cgroup v2")
     roots: dict[str, Path] = {}
     for point, fstype, opts in mounts:
         if fstype == "cgroup":

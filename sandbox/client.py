@@ -17,6 +17,9 @@ result anyone can give a reward for: ``verify`` and ``verify_many`` raise
 ``convert.UnknownEnumValue`` naming the field and the number, without retrying (as an SE
 result it would be retried in vain, then pass for an ordinary system error). Upgrade clients
 before servers.
+
+No server answering is not a result either: once the retries run out on UNAVAILABLE, both
+raise ``VerifierUnavailable``, which names the target and what gRPC last saw.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import NoReturn
 
 import grpc
 
+from rlfleet.errors import Unavailable
 from rlfleet.sandbox.convert import (
     case_to_request,
     problem_from_case,
@@ -48,6 +53,29 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXH
 RETRYABLE_ITEM = frozenset(
     {pb.ERROR_CODE_UNAVAILABLE, pb.ERROR_CODE_RESOURCE_EXHAUSTED, pb.ERROR_CODE_NOT_FOUND}
 )
+
+
+class VerifierUnavailable(grpc.aio.AioRpcError, Unavailable):
+    """No server at ``target`` answered (UNAVAILABLE) in any of the client's attempts.
+
+    Still the ``AioRpcError`` it replaces (``code()``, ``details()``), with a message a
+    person can read.
+    """
+
+    def __init__(self, target: str, attempts: int, last: grpc.aio.AioRpcError) -> None:
+        super().__init__(
+            last.code(),
+            last.initial_metadata(),
+            last.trailing_metadata(),
+            last.details(),
+            last.debug_error_string(),
+        )
+        self.target = target
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        tries = f"{self.attempts} attempt{'s' if self.attempts != 1 else ''}"
+        return f"no verifier answers at {self.target} after {tries} ({self.details()})"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,6 +130,7 @@ class VerifierClient:
 
     def __init__(self, target: str, config: ClientConfig = ClientConfig()) -> None:
         self.config = config
+        self.target = target
         size = config.max_message_mb << 20
         options = [
             ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
@@ -149,6 +178,12 @@ class VerifierClient:
             return case_to_request(case, problem_ref(case))
         return case_to_request(case)
 
+    def _raise_last(self, e: grpc.aio.AioRpcError) -> NoReturn:
+        """Raise a call's last error: as ``VerifierUnavailable`` when no server answered."""
+        if e.code() is grpc.StatusCode.UNAVAILABLE:
+            raise VerifierUnavailable(self.target, self.config.attempts, e) from e
+        raise e
+
     def _delay(self, retry: int) -> float:
         base = min(self.config.backoff_s * (2**retry), self.config.max_backoff_s)
         return base * (1 + random.random())
@@ -156,7 +191,8 @@ class VerifierClient:
     async def verify(self, case: Case) -> CaseResult:
         """One case, retried on SE and transient errors.
 
-        Raises ValueError when the server refuses the case as invalid, the last
+        Raises ValueError when the server refuses the case as invalid,
+        ``VerifierUnavailable`` when no server answered any attempt, the last other
         ``grpc.aio.AioRpcError`` when the retries run out, and ``UnknownEnumValue`` when the
         server answers a verdict this client does not know (not retried); returns the last
         SE result when every attempt ended in SE.
@@ -184,7 +220,7 @@ class VerifierClient:
                 if code == grpc.StatusCode.INVALID_ARGUMENT:
                     raise ValueError(f"case {case.id!r}: {e.details()}") from None
                 if code not in RETRYABLE or retry + 1 >= self.config.attempts:
-                    raise
+                    self._raise_last(e)
             else:
                 last = response_to_result(reply)
                 if last.verdict is not Verdict.SE or retry + 1 >= self.config.attempts:
@@ -200,8 +236,9 @@ class VerifierClient:
         Cases are pulled from ``cases`` only as fast as the server takes them. SE results
         and transiently refused items are retried through ``verify`` meanwhile; if the
         stream itself fails (a server went away) the unanswered cases are sent again on a
-        new one. Raises ValueError for a case the server refuses as invalid, and
-        ``UnknownEnumValue`` for a verdict this client does not know (as ``verify``).
+        new one. Raises ValueError for a case the server refuses as invalid,
+        ``VerifierUnavailable`` when no server answers, and ``UnknownEnumValue`` for a
+        verdict this client does not know (as ``verify``).
         """
         out: asyncio.Queue[CaseResult] = asyncio.Queue(self.config.stream_buffer)
         pump = asyncio.create_task(self._pump(_aiter(cases), out))
@@ -289,7 +326,7 @@ class VerifierClient:
                         await out.put(result)
                 except grpc.aio.AioRpcError as e:
                     if e.code() not in RETRYABLE or failures + 1 >= self.config.attempts:
-                        raise
+                        self._raise_last(e)
                     await asyncio.sleep(self._delay(failures))
                     failures += 1
                     lost = [c for waiting in unanswered.values() for c in waiting]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlfleet.sandbox.worker_handle import WorkerError, WorkerHandle
+from rlfleet.sandbox.worker_handle import BackendUnavailable, WorkerHandle
 
 LABEL = "io.rlfleet.sandbox"
 OWNER_LABEL = "io.rlfleet.owner"
@@ -200,7 +200,7 @@ class DockerWorkerFactory:
             self._client = docker.from_env()
             self._client.ping()
         except (docker.errors.DockerException, OSError) as e:
-            raise WorkerError(
+            raise BackendUnavailable(
                 f"docker backend: no Docker engine answers ({e}); start one, or run "
                 "deploy/host/setup.sh"
             ) from e
@@ -208,7 +208,7 @@ class DockerWorkerFactory:
         try:
             self._client.images.get(self.image)
         except docker.errors.ImageNotFound as e:
-            raise WorkerError(
+            raise BackendUnavailable(
                 f"docker backend: image {self.image} is missing; build it with "
                 "`rlfleet sandbox prepare --backend docker`"
             ) from e

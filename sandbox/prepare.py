@@ -12,6 +12,7 @@ import docker
 import docker.errors
 
 from rlfleet import deps
+from rlfleet.errors import CommandError
 from rlfleet.sandbox import cgroups
 from rlfleet.sandbox.image import (
     LOCAL_BASE,
@@ -161,11 +162,15 @@ def prepare_math() -> int:
 
 def prepare(backend: str) -> int:
     """`rlfleet sandbox prepare --backend B`: check (and for docker build) what the backend
-    and the math checker need, printing each check; 0 when ready."""
+    and the math checker need, printing each check; 0 when ready, else ``CommandError``."""
     if backend == "docker":
         status = prepare_docker()
     elif backend == "local":
         status = prepare_local()
     else:
         raise ValueError(f"unknown backend {backend!r}")
-    return prepare_math() or status
+    if prepare_math() or status:
+        raise CommandError(
+            f"not ready for the {backend} backend: fix what is MISSING above, then run this again"
+        )
+    return 0

@@ -23,6 +23,11 @@ class WorkerError(RuntimeError):
     """The worker failed (crashed, hung, broke protocol): a system error, never the program's."""
 
 
+class BackendUnavailable(WorkerError):
+    """No worker can start here (no engine answers, the image is missing); the message says
+    what to do about it."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunLimits:
     cpu_s: float = 2.0

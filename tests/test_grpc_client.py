@@ -14,7 +14,7 @@ import grpc
 import pytest
 from test_grpc_fakes import FakeEngine, Running, RunningCanned, code_case
 
-from rlfleet.sandbox.client import ClientConfig, VerifierClient, channel_target
+from rlfleet.sandbox.client import ClientConfig, VerifierClient, VerifierUnavailable, channel_target
 from rlfleet.sandbox.convert import UnknownEnumValue, problem_ref
 from rlfleet.sandbox.records import (
     CallTest,
@@ -107,6 +107,12 @@ async def test_all_servers_down_raises_unavailable() -> None:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await client.verify(code_case("c"))
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        # Typed, and readable: what ends a batch run with one line, never an SE verdict.
+        assert isinstance(err.value, VerifierUnavailable)
+        assert str(err.value).startswith(f"no verifier answers at {client.target} after 2 ")
+        with pytest.raises(VerifierUnavailable):
+            async for _ in client.verify_many([code_case("c")]):
+                pass
 
 
 async def test_queue_full_is_retried() -> None:

@@ -139,12 +139,13 @@ def test_interrupted_leaves_nothing_running(tmp_path: Path, sig: signal.Signals)
     try:
         assert wait_for_sandboxed(30), "the sleepers never started"
         os.kill(proc.pid, sig)
-        proc.wait(timeout=30)
+        _, stderr = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
-    assert proc.returncode != 0
+    assert proc.returncode == 130, stderr
+    assert stderr.splitlines()[-1] == "rlfleet verify: interrupted"
     deadline = time.monotonic() + 5
     while nobody_processes() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -200,7 +201,8 @@ async def test_slow_cases_do_not_hold_fast_ones_back(tmp_path: Path, require_roo
         recording = Recording(engine)
         out = io.StringIO()
         t0 = time.monotonic()
-        rc = await run_verify(recording, cases, out, CONCURRENCY_PER_WORKER * 2)
+        with cases.open("rb") as stream:
+            rc = await run_verify(recording, stream, out, CONCURRENCY_PER_WORKER * 2)
         elapsed = time.monotonic() - t0
     finally:
         await engine.close()

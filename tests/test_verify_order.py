@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
+from rlfleet.errors import Unavailable
 from rlfleet.sandbox.batch import Line, Output, verify_lines
 from rlfleet.sandbox.records import Case, CaseResult, CodeCase, StdioTest, Verdict
 
@@ -16,11 +17,18 @@ WAIT_S = 5.0  # bound on every wait below; a fake case takes no time
 
 
 class FakeVerifier:
-    """AC at once, except the ids in ``hold`` (wait for ``release``) and ``fail`` (raise)."""
+    """AC at once, except the ids in ``hold`` (wait for ``release``), ``fail`` (raise) and
+    ``gone`` (raise ``Unavailable``: no verifier to reach)."""
 
-    def __init__(self, hold: frozenset[str] = frozenset(), fail: frozenset[str] = frozenset()):
+    def __init__(
+        self,
+        hold: frozenset[str] = frozenset(),
+        fail: frozenset[str] = frozenset(),
+        gone: frozenset[str] = frozenset(),
+    ):
         self.hold = hold
         self.fail = fail
+        self.gone = gone
         self.release = asyncio.Event()
         self.started: list[str] = []
         self.cancelled: list[str] = []
@@ -37,6 +45,8 @@ class FakeVerifier:
                 await asyncio.sleep(0)
             if case.id in self.fail:
                 raise RuntimeError("boom")
+            if case.id in self.gone:
+                raise Unavailable("no verifier answers")
             return CaseResult(id=case.id, verdict=Verdict.AC, passed=1, total=1, reward=1.0)
         except asyncio.CancelledError:
             self.cancelled.append(case.id)
@@ -127,6 +137,22 @@ async def test_failures_and_invalid_lines_keep_their_place() -> None:
     assert [o.invalid for o in outputs] == [False, True, False, False, True, False]
     bad = json.loads(outputs[2].text)
     assert (bad["verdict"], bad["message"]) == ("SE", "RuntimeError: boom")
+
+
+async def test_an_unreachable_verifier_ends_the_run_after_what_was_printed() -> None:
+    names: list[str | None] = ["a", None, "b", "gone", "c"]
+    verifier = FakeVerifier(hold=frozenset({"gone"}), gone=frozenset({"gone"}))
+    outputs: list[Output] = []
+    consumer = asyncio.create_task(
+        collect(outputs, verify_lines(verifier, iter(CountingLines(names)), 8))
+    )
+    await until(lambda: len(outputs) == 3)
+    verifier.release.set()
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(consumer, WAIT_S)
+    # No SE result stands in for "gone", and nothing after it is printed.
+    assert ids(outputs) == ["a", 2, "b"]
+    assert verifier.running == 0
 
 
 async def test_closing_cancels_every_running_case() -> None:
