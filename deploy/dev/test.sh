@@ -7,7 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 deploy/host/setup.sh
 [ -x .venv/bin/python ] || /usr/bin/env python3 -m venv .venv
-.venv/bin/pip install -q -e '.[dev]'
+# torch first, pinned: the CPU wheel (a bare `torch` requirement would pull a CUDA build).
+.venv/bin/pip install -q torch==2.13.0
+.venv/bin/pip install -q -e '.[dev,rollout]'
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

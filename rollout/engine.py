@@ -1,0 +1,68 @@
+"""The engine interface: what the rollout service needs from a generator.
+
+Two implementations: ``torch_engine`` (built in, transformers' model code with this
+project's own batched decode loop; CPU or one GPU) and ``sglang_engine`` (SGLang as a
+subprocess, over its gRPC scheduler API). The servicer only ever sees this Protocol, so
+tests drive it with fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from rlfleet.rollout.records import EngineStatus, SampleRequest, TokenChunk, WeightManifest
+
+
+class WeightMismatch(ValueError):
+    """A pushed tensor does not fit the model (unknown name, wrong shape or dtype); the
+    message names the tensor. Raised before any byte of the update is applied."""
+
+
+class EngineError(RuntimeError):
+    """The engine failed (not the request's fault); the message says what to do."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class WeightUpdate:
+    """A complete, verified update: ``path`` is a safetensors file holding exactly the
+    manifest's tensors, whose bytes arrived whole and matched the sender's checksum."""
+
+    manifest: WeightManifest
+    path: Path
+
+
+class Tokenizer(Protocol):
+    @property
+    def eos_token_id(self) -> int | None: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, token_ids: Sequence[int]) -> str: ...
+
+
+class Engine(Protocol):
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+
+    def generate(self, request: SampleRequest) -> AsyncIterator[TokenChunk]:
+        """Stream one sequence's tokens as they are decoded; the last chunk carries the
+        finish reason. Closing the iterator (the caller cancelled) frees its slot at the
+        next decode step."""
+        ...
+
+    def check_manifest(self, manifest: WeightManifest) -> None:
+        """Raise ``WeightMismatch`` unless every tensor names a parameter of the model with
+        the same shape and dtype (checked before the update's bytes are received)."""
+        ...
+
+    async def update_weights(self, update: WeightUpdate) -> None:
+        """Apply the update between two decode steps, all of it or nothing; sequences in
+        flight go on with the new weights (their next chunks carry the new version)."""
+        ...
+
+    def status(self) -> EngineStatus: ...
+
+    async def close(self) -> None: ...
