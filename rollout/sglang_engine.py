@@ -27,7 +27,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -234,13 +234,7 @@ class SglangEngine:
         )
         engine = cls(config, process, http, scheduler, tokenizer, params, work_dir, own)
         try:
-            if scheduler is not None:
-                probe = scheduler.healthy
-            else:
-
-                async def probe(_timeout: float) -> bool:
-                    return await http.healthy()
-
+            probe = scheduler.healthy if scheduler is not None else http.healthy
             await process.wait_healthy(probe, timeout_s=config.start_timeout_s)
         except BaseException:
             await engine.close()
@@ -267,23 +261,27 @@ class SglangEngine:
         # unique with the counter.
         return f"{request.key}#{next(self._ids)}"
 
-    async def generate(self, request: SampleRequest) -> AsyncIterator[TokenChunk]:
+    async def generate(self, request: SampleRequest) -> AsyncGenerator[TokenChunk, None]:
         if self._closed:
             raise EngineError("the sglang engine is closed")
+        inner = (
+            self._generate_grpc(self._scheduler, request)
+            if self._scheduler is not None
+            else self._generate_http(request)
+        )
         self._running += 1
         try:
-            if self._scheduler is not None:
-                async for chunk in self._generate_grpc(self._scheduler, request):
-                    yield chunk
-            else:
-                async for chunk in self._generate_http(request):
+            # aclosing: a caller closing this iterator must reach SGLang (abort) now,
+            # not when the inner generator is collected.
+            async with contextlib.aclosing(inner):
+                async for chunk in inner:
                     yield chunk
         finally:
             self._running -= 1
 
     async def _generate_grpc(
         self, scheduler: SchedulerClient, request: SampleRequest
-    ) -> AsyncIterator[TokenChunk]:
+    ) -> AsyncGenerator[TokenChunk, None]:
         # The gateway mode has no weight updates: every token is of the starting version.
         pieces = scheduler.generate(self._rid(request), request.prompt_token_ids, request.sampling)
         try:
@@ -297,7 +295,7 @@ class SglangEngine:
         finally:
             await pieces.aclose()
 
-    async def _generate_http(self, request: SampleRequest) -> AsyncIterator[TokenChunk]:
+    async def _generate_http(self, request: SampleRequest) -> AsyncGenerator[TokenChunk, None]:
         rid = self._rid(request)
         body = {
             "rid": rid,

@@ -9,8 +9,9 @@ mode does and does not offer.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import grpc
@@ -107,7 +108,7 @@ class SchedulerClient:
 
     async def generate(
         self, rid: str, prompt_token_ids: tuple[int, ...], params: SamplingParams
-    ) -> AsyncIterator[Piece]:
+    ) -> AsyncGenerator[Piece, None]:
         """Stream one sequence. SGLang's stream: a chunk per decode step with the new token
         ids and their logprobs, then a GenerateComplete with the finish reason, whose
         output_ids and logprobs in streaming mode repeat only the last chunk's (the
@@ -119,9 +120,13 @@ class SchedulerClient:
         try:
             while True:
                 try:
-                    resp = await call.read()
+                    resp = await asyncio.wait_for(call.read(), self.timeout_s)
                 except grpc.aio.AioRpcError as err:
                     raise SglangGrpcError("Generate", err.code(), err.details() or "") from None
+                except TimeoutError:
+                    raise EngineError(
+                        f"SGLang Generate: no message within {self.timeout_s:g} s"
+                    ) from None
                 if resp is grpc.aio.EOF:
                     raise EngineError("SGLang Generate: stream ended without GenerateComplete")
                 kind = resp.WhichOneof("response")

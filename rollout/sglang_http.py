@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -135,7 +135,7 @@ class SglangHttp:
 
     # -- generation --------------------------------------------------------------------------
 
-    async def generate_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def generate_stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
         """POST /generate with ``stream: true`` and yield each event's JSON object, up to
         ``data: [DONE]``. An event ``{"error": ...}`` (SGLang's in-stream error) raises."""
         reader, writer = await self._open("POST", "/generate", body)
@@ -175,10 +175,10 @@ class SglangHttp:
 
     # -- state -------------------------------------------------------------------------------
 
-    async def healthy(self) -> bool:
+    async def healthy(self, timeout_s: float) -> bool:
         """GET /health: 200 once the server is up and a probe generation went through."""
         try:
-            resp = await self.call("GET", "/health")
+            resp = await asyncio.wait_for(self.call("GET", "/health"), timeout_s)
         except (OSError, ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             return False
         return resp.status == 200
