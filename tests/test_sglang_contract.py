@@ -61,16 +61,13 @@ def wheel() -> Iterator[zipfile.ZipFile]:
     found = sorted(CACHE.glob(f"sglang-{version}-*.whl"))
     if not found:
         CACHE.mkdir(parents=True, exist_ok=True)
+        # The wheel's Python source is what is read: ask for one fixed build, so that any
+        # CI host (another glibc, Python or architecture) downloads the same file.
         cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            f"sglang=={version}",
-            "-d",
-            str(CACHE),
-        ]
+            sys.executable, "-m", "pip", "download", "--no-deps", f"sglang=={version}",
+            "--only-binary=:all:", "--python-version", "3.11",
+            "--platform", "manylinux_2_34_x86_64", "-d", str(CACHE),
+        ]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=540)
         found = sorted(CACHE.glob(f"sglang-{version}-*.whl"))
         if proc.returncode != 0 or not found:
