@@ -294,7 +294,7 @@ async def test_http_weight_update_sequence_and_versions(
     engine, fake = http_fake
     update = tmp_path / "u.safetensors"
     write_safetensors(update, dict(list(PARAMS.items())[:1]))
-    stream = engine.generate(sample(max_new_tokens=60, temperature=0.0))
+    stream = engine.generate(sample(max_new_tokens=200, temperature=0.0))
     first = [await anext(stream) for _ in range(3)]
     partial = WeightManifest(version=1, tensors=manifest(1).tensors[:1])
     await engine.update_weights(WeightUpdate(manifest=partial, path=update))
@@ -319,7 +319,7 @@ async def test_http_weight_update_sequence_and_versions(
     assert versions == [0] * switch + [1] * (len(versions) - switch)
     ids = tokens(chunks)
     assert ids[:switch] == expected(switch, "0")
-    assert ids[switch:] == [fake_token([3, 4, 5], i, "1", None) for i in range(switch, 60)]
+    assert ids[switch:] == [fake_token([3, 4, 5], i, "1", None) for i in range(switch, 200)]
     assert engine.status().version == 1
     after = await collect(engine.generate(sample(max_new_tokens=3, temperature=0.0)))
     assert tokens(after) == expected(3, "1") and {c.version for c in after} == {1}
