@@ -7,8 +7,8 @@ Label values: ``completions`` by ``finish_reason`` (a ``FinishReason``) and ``sc
 ``verifier_errors``); ``update_seconds`` by ``stage`` ("receive": the stream from the first
 chunk to the verified checksum; "apply": generation paused, weights loaded);
 ``updates`` by ``result`` ("applied", "rejected": a bad stream, "failed": the engine could not
-load it). Every labelled counter and histogram starts at zero for each value, so that ``increase()`` sees
-its first event (a series born at 1 shows no increase)."""
+load it). Every labelled counter and histogram starts at zero for each value, so that
+``increase()`` sees its first event (a series born at 1 shows no increase)."""
 
 from __future__ import annotations
 
