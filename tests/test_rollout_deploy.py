@@ -89,7 +89,7 @@ def live_rollout_metrics() -> Iterator[int]:
             m.completions.labels(finish_reason="stop", scored="true").inc()
             m.completions.labels(finish_reason="length", scored="false").inc()
             m.verifier_seconds.observe(0.01 + (i % 7) / 100)
-            if i % 10 == 0:
+            if i % 50 == 0:  # 2 %: under the alert's 5 %
                 m.verifier_errors.inc()
                 m.completions.labels(finish_reason="stop", scored="false").inc()
             if i % 20 == 0:  # a weight update
@@ -179,9 +179,10 @@ def test_a_real_prometheus_answers_every_dashboard_query_from_live_metrics(
         assert up["value"][1] == "1"
         (version,) = prom_query(web, "rlfleet_rollout_policy_version")
         assert float(version["value"][1]) > 0
-        # A healthy server trips no alert (the rules load: their series were answered above).
-        assert prom_query(web, 'ALERTS{alertname="RlfleetRolloutDown"}') == []
-        assert prom_query(web, 'ALERTS{alertstate="firing"}') == []
+        # A healthy server trips no alert, not even a pending one (the rules are loaded:
+        # their recorded series answered above).
+        alerts = prom_query(web, "ALERTS")
+        assert alerts == [], [a["metric"] for a in alerts]
 
 
 # --- the image and the Kubernetes manifest ---------------------------------------------------
