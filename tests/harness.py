@@ -126,8 +126,8 @@ def wait_for_sandboxed(timeout_s: float = 60.0, settle_s: float = 0.2) -> list[i
     return []
 
 
-def dashboard_exprs() -> list[str]:
-    """Every query of the shipped Grafana dashboard."""
-    path = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "rlfleet-verifier.json"
+def dashboard_exprs(name: str = "rlfleet-verifier") -> list[str]:
+    """Every query of a shipped Grafana dashboard (deploy/grafana/NAME.json)."""
+    path = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / f"{name}.json"
     dash = json.loads(path.read_text())
     return [t["expr"] for p in dash["panels"] for t in p["targets"]]
