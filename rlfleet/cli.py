@@ -161,6 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
     bsand.add_argument(
         "--math", type=_count, default=None, help="math corpus size (default: all; 0: skip)"
     )
+
+    model = sub.add_parser("model", help="model tooling")
+    model_sub = model.add_subparsers(dest="action", required=True, metavar="ACTION")
+    minit = _command(
+        model_sub, "init", _model_init, "write a small random HF-format model directory"
+    )
+    minit.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="directory to write")
+    minit.add_argument(
+        "--preset", choices=("tiny",), default="tiny", help="model size (default: tiny)"
+    )
+    minit.add_argument("--seed", type=_count, default=0, help="weight init seed (default: 0)")
+    minit.add_argument(
+        "--force", action="store_true", help="write into OUT_DIR even when it is not empty"
+    )
     return parser
 
 
@@ -248,6 +262,12 @@ def _bench_sandbox(args: argparse.Namespace) -> int:
             f"--backends: unknown {', '.join(unknown) or 'none given'} (one of local, docker)"
         )
     return _run(run_sandbox_bench(backends, args.workers, args.tests, args.math))
+
+
+def _model_init(args: argparse.Namespace) -> int:
+    from rlfleet.rollout import commands
+
+    return commands.model_init(args.preset, args.seed, args.out_dir, force=args.force)
 
 
 def main(argv: list[str] | None = None) -> int:
