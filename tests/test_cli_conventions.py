@@ -153,6 +153,13 @@ FAILURES = {
         "no Docker engine answers",
         env=NO_DOCKER,
     ),
+    # rlfleet bench rollout
+    "bench rollout bad batches": Failure(
+        "bench rollout --batches 0,x", "rlfleet bench rollout:", 2, "--batches"
+    ),
+    "bench rollout not a model": Failure(
+        "bench rollout --model {tmp}", "rlfleet bench rollout:", 2, "not a model directory"
+    ),
     # rlfleet model init
     "model without action": Failure("model", "rlfleet model:", 2, "required: ACTION"),
     "model init without dir": Failure("model init", "rlfleet model init:", 2, "OUT_DIR"),
@@ -313,6 +320,7 @@ def test_help_exits_zero() -> None:
         ["sandbox", "prepare"],
         ["bench", "sandbox"],
         ["model", "init"],
+        ["bench", "rollout"],
     ):
         run = rlfleet([*args, "--help"])
         assert run.code == 0 and run.stdout.startswith("usage: rlfleet"), args
