@@ -32,10 +32,18 @@ class NewRow:
     """Tokens this row may generate (already capped by the cache length)."""
 
 
+# Decoders whose forward is exactly: embed, rotary embedding, the layers, a final norm. For
+# these the loop calls the same modules itself, skipping the forward's wrappers (output
+# capture, config defaults, mask checks): about 15 % of a decode step on a tiny model.
+PLAIN_DECODERS = frozenset({"LlamaModel", "Qwen2Model", "Qwen3Model", "MistralModel"})
+
+
 def forward_hidden(
     decoder: nn.Module, cache: SlotCache, input_ids: Tensor, position_ids: Tensor, mask: Tensor
 ) -> Tensor:
     """input_ids, position_ids: [b, q]; mask: [b, 1, q, L] bool -> hidden [b, q, H]"""
+    if type(decoder).__name__ in PLAIN_DECODERS:
+        return forward_layers(decoder, cache, input_ids, position_ids, mask)
     out = decoder(
         input_ids=input_ids,
         position_ids=position_ids,
@@ -46,6 +54,25 @@ def forward_hidden(
     )
     hidden: Tensor = out.last_hidden_state
     return hidden
+
+
+def forward_layers(
+    decoder: nn.Module, cache: SlotCache, input_ids: Tensor, position_ids: Tensor, mask: Tensor
+) -> Tensor:
+    """``forward_hidden`` for ``PLAIN_DECODERS``, module by module (same numbers)."""
+    hidden = decoder.embed_tokens(input_ids)  # [b, q, H]
+    rotary = decoder.rotary_emb(hidden, position_ids)  # (cos, sin)
+    for layer in decoder.layers:
+        hidden = layer(
+            hidden,
+            attention_mask=mask,
+            position_embeddings=rotary,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=True,
+        )
+    out: Tensor = decoder.norm(hidden)
+    return out
 
 
 def check_supported(model: PreTrainedModel) -> None:

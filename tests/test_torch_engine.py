@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from rlfleet.rollout.engine import EngineError, WeightMismatch, WeightUpdate
+from rlfleet.rollout.kv_cache import SlotCache, prefill_mask
 from rlfleet.rollout.model_init import write_model
 from rlfleet.rollout.records import (
     DType,
@@ -30,6 +31,7 @@ from rlfleet.rollout.records import (
 )
 from rlfleet.rollout.sampling import inverse_cdf, logits_to_logprobs, sample
 from rlfleet.rollout.stops import StopMatcher, cut_at_stop
+from rlfleet.rollout.torch_batch import PLAIN_DECODERS, forward_layers
 from rlfleet.rollout.torch_engine import TorchEngine, TorchEngineConfig
 
 PROMPTS = ["What is 12 + 34?", "def add(a, b):\n", "The quick brown fox"]
@@ -148,6 +150,37 @@ def test_stop_matcher_and_cut() -> None:
     assert m.found("abc\n\nx")
     assert cut_at_stop("x = 1END\n\nmore", ["\n\n", "END"]) == "x = 1"
     assert cut_at_stop("no stop", ["END"]) == "no stop"
+
+
+def test_the_direct_layer_loop_equals_the_decoder_forward(qwen_dir: Path, llama_dir: Path) -> None:
+    for model_dir in (qwen_dir, llama_dir):
+        model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        decoder = model.base_model
+        assert type(decoder).__name__ in PLAIN_DECODERS
+        cache = SlotCache(
+            layers=2,
+            slots=4,
+            kv_heads=2,
+            max_len=32,
+            head_dim=16,
+            dtype=torch.float32,
+            device=torch.device("cpu"),
+        )
+        ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 0]])
+        lengths = torch.tensor([4, 3])
+        positions = torch.arange(4)[None].expand(2, 4)
+        with torch.inference_mode():
+            cache.for_prefill(0, 2, 4)
+            direct = forward_layers(decoder, cache, ids, positions, prefill_mask(lengths, 4))
+            cache.for_prefill(0, 2, 4)
+            out = decoder(
+                input_ids=ids,
+                position_ids=positions,
+                attention_mask=prefill_mask(lengths, 4),
+                cache=cache,
+                use_cache=True,
+            )
+        assert torch.equal(direct, out.last_hidden_state)
 
 
 # -- the engine --
