@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -57,9 +58,10 @@ def forward_hidden(
 
 
 def forward_layers(
-    decoder: nn.Module, cache: SlotCache, input_ids: Tensor, position_ids: Tensor, mask: Tensor
+    decoder: Any, cache: SlotCache, input_ids: Tensor, position_ids: Tensor, mask: Tensor
 ) -> Tensor:
-    """``forward_hidden`` for ``PLAIN_DECODERS``, module by module (same numbers)."""
+    """``forward_hidden`` for ``PLAIN_DECODERS``, module by module (same numbers);
+    ``decoder`` is one of those classes (typed loosely: its submodules are attributes)."""
     hidden = decoder.embed_tokens(input_ids)  # [b, q, H]
     rotary = decoder.rotary_emb(hidden, position_ids)  # (cos, sin)
     for layer in decoder.layers:
