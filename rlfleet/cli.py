@@ -161,6 +161,38 @@ def build_parser() -> argparse.ArgumentParser:
     bsand.add_argument(
         "--math", type=_count, default=None, help="math corpus size (default: all; 0: skip)"
     )
+    brol = _command(
+        bench_sub, "rollout", _bench_rollout, "torch engine tokens/s against HF generate"
+    )
+    brol.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="HF model directory (default: a tiny one made here)",
+    )
+    brol.add_argument(
+        "--batches", default="16,64", help="comma-separated batch sizes (default: 16,64)"
+    )
+    brol.add_argument("--new-tokens", type=_positive_int, default=64, help="per sequence")
+    brol.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    brol.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    brol.add_argument(
+        "--repeats", type=_positive_int, default=3, help="runs per measurement; best kept"
+    )
+
+    model = sub.add_parser("model", help="model tooling")
+    model_sub = model.add_subparsers(dest="action", required=True, metavar="ACTION")
+    minit = _command(
+        model_sub, "init", _model_init, "write a small random HF-format model directory"
+    )
+    minit.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="directory to write")
+    minit.add_argument(
+        "--preset", choices=("tiny",), default="tiny", help="model size (default: tiny)"
+    )
+    minit.add_argument("--seed", type=_count, default=0, help="weight init seed (default: 0)")
+    minit.add_argument(
+        "--force", action="store_true", help="write into OUT_DIR even when it is not empty"
+    )
     return parser
 
 
@@ -248,6 +280,33 @@ def _bench_sandbox(args: argparse.Namespace) -> int:
             f"--backends: unknown {', '.join(unknown) or 'none given'} (one of local, docker)"
         )
     return _run(run_sandbox_bench(backends, args.workers, args.tests, args.math))
+
+
+def _bench_rollout(args: argparse.Namespace) -> int:
+    from rlfleet.bench.rollout_bench import run_rollout_bench
+
+    try:
+        batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1:
+        raise UsageError(f"--batches: expected whole numbers >= 1, got {args.batches!r}")
+    return _run(
+        run_rollout_bench(
+            args.model,
+            batches=batches,
+            new_tokens=args.new_tokens,
+            device=args.device,
+            dtype=args.dtype,
+            repeats=args.repeats,
+        )
+    )
+
+
+def _model_init(args: argparse.Namespace) -> int:
+    from rlfleet.rollout import commands
+
+    return commands.model_init(args.preset, args.seed, args.out_dir, force=args.force)
 
 
 def main(argv: list[str] | None = None) -> int:

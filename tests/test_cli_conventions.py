@@ -153,6 +153,31 @@ FAILURES = {
         "no Docker engine answers",
         env=NO_DOCKER,
     ),
+    # rlfleet bench rollout
+    "bench rollout bad batches": Failure(
+        "bench rollout --batches 0,x", "rlfleet bench rollout:", 2, "--batches"
+    ),
+    "bench rollout not a model": Failure(
+        "bench rollout --model {tmp}", "rlfleet bench rollout:", 2, "not a model directory"
+    ),
+    # rlfleet model init
+    "model without action": Failure("model", "rlfleet model:", 2, "required: ACTION"),
+    "model init without dir": Failure("model init", "rlfleet model init:", 2, "OUT_DIR"),
+    "model init unknown preset": Failure(
+        "model init {tmp}/m --preset huge", "rlfleet model init:", 2, "invalid choice: 'huge'"
+    ),
+    "model init bad seed": Failure(
+        "model init {tmp}/m --seed -1", "rlfleet model init:", 2, "--seed: must be >= 0"
+    ),
+    "model init not empty": Failure(
+        "model init {tmp}", "rlfleet model init:", 2, "not empty; choose a new directory"
+    ),
+    "model init onto a file": Failure(
+        "model init {cases}", "rlfleet model init:", 2, "exists and is not a directory"
+    ),
+    "model init cannot write": Failure(
+        "model init /proc/rlfleet-model", "rlfleet model init:", 1, "cannot write it"
+    ),
 }
 
 
@@ -294,6 +319,8 @@ def test_help_exits_zero() -> None:
         ["serve", "sandbox"],
         ["sandbox", "prepare"],
         ["bench", "sandbox"],
+        ["model", "init"],
+        ["bench", "rollout"],
     ):
         run = rlfleet([*args, "--help"])
         assert run.code == 0 and run.stdout.startswith("usage: rlfleet"), args

@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPONENTS = ("sandbox", "rollout", "learner", "bench")
 """Top-level directories importable as ``rlfleet.<name>`` (through symlinks in rlfleet/)."""
 ML_STACK = ("torch", "transformers", "safetensors", "sglang")
+ML_STACK_BENCHES = ("bench/rollout_bench.py",)
+"""Benchmarks that measure the torch engine against transformers itself."""
 PROTO_EDGES = ("convert", "client", "servicer")
 """Module names that may import ``rlfleet.v1``."""
 
@@ -101,6 +103,7 @@ def violations(src: Source) -> list[str]:
             _within(src.module, "rlfleet.rollout")
             or _within(src.module, "rlfleet.learner")
             or src.module.startswith("tests.")
+            or src.path in ML_STACK_BENCHES
         ):
             out.append(f"{where}: only rollout/ and learner/ import the ML stack")
         if _within(src.module, "rlfleet.rollout") and _within(name, "rlfleet.learner"):
@@ -135,6 +138,8 @@ def test_each_rule_fires() -> None:
     assert check("sandbox/judge.py", "from rlfleet import v1\n")
     # and what is allowed
     assert not check("rollout/engine.py", "import torch\n")
+    assert not check("bench/rollout_bench.py", "import torch\n")
+    assert check("bench/sandbox_bench.py", "import torch\n")
     assert not check("sandbox/convert.py", "from rlfleet.v1 import verifier_pb2 as pb\n")
     assert not check("sandbox/servicer.py", "from rlfleet.v1 import verifier_pb2_grpc\n")
     assert not check("sandbox/worker/zygote.py", "import frames\n")

@@ -1,0 +1,172 @@
+"""``rlfleet bench rollout``: the torch engine's tokens/s against HF ``generate``, measured in
+one run on the same model, batch, prompt and sampling.
+
+Each batch size is measured ``repeats`` times, HF then the engine, interleaved, and the
+best run of each is kept (the machine may be shared: the best is the least disturbed).
+HF ``generate`` runs ``new_tokens`` steps for every row (end-of-sequence off); the engine
+serves ``batch`` concurrent ``generate`` calls through its public async API, each for up to
+``new_tokens`` tokens (a row that samples end-of-sequence stops early), so tokens/s counts
+the tokens each actually produced.
+
+The weight-push half of the benchmark (throughput against a raw loopback socket) is a
+separate function beside this one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
+
+from rlfleet.errors import UsageError
+from rlfleet.rollout.model_init import write_model
+from rlfleet.rollout.records import SampleRequest, SamplingParams
+from rlfleet.rollout.torch_engine import TorchEngine, TorchEngineConfig
+
+PROMPT = "What is 12 + 34? Let us think step by step."
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineFigures:
+    batch: int
+    new_tokens: int
+    engine_tps: float
+    hf_tps: float
+
+    @property
+    def ratio(self) -> float:
+        return self.engine_tps / self.hf_tps
+
+
+def hf_generate_tps(
+    model: PreTrainedModel, prompt: Sequence[int], batch: int, new_tokens: int
+) -> float:
+    """New tokens/s of ``model.generate`` sampling ``new_tokens`` for ``batch`` rows."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([list(prompt)] * batch, device=device)  # [B, P]
+    config = GenerationConfig(
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    _sync(device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(  # type: ignore[operator]
+            ids, attention_mask=torch.ones_like(ids), generation_config=config
+        )
+    _sync(device)
+    return (out.shape[1] - len(prompt)) * batch / (time.perf_counter() - t0)
+
+
+async def engine_tps(
+    engine: TorchEngine, prompt: Sequence[int], batch: int, new_tokens: int
+) -> float:
+    """New tokens/s of ``batch`` concurrent ``generate`` calls (sampling, own seeds)."""
+
+    async def one(i: int) -> int:
+        req = SampleRequest(
+            key=f"bench-{i}",
+            prompt_token_ids=tuple(prompt),
+            sampling=SamplingParams(max_new_tokens=new_tokens, temperature=1.0, seed=i),
+        )
+        return sum([len(c.token_ids) async for c in engine.generate(req)])
+
+    t0 = time.perf_counter()
+    counts = await asyncio.gather(*(one(i) for i in range(batch)))
+    return sum(counts) / (time.perf_counter() - t0)
+
+
+async def measure_engine(
+    model_dir: Path,
+    *,
+    batches: Sequence[int],
+    new_tokens: int,
+    device: Literal["cpu", "cuda"] = "cpu",
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+    repeats: int = 3,
+) -> list[EngineFigures]:
+    engine = TorchEngine(
+        TorchEngineConfig(model=model_dir, device=device, dtype=dtype, max_batch=max(batches))
+    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), dtype=getattr(torch, dtype), attn_implementation="sdpa"
+        ).eval()
+        model.to(device)
+        prompt = engine.tokenizer.encode(PROMPT)
+        # Warm both (allocator, kernels, thread pools) before anything counts.
+        hf_generate_tps(model, prompt, min(batches), 8)
+        await engine_tps(engine, prompt, min(batches), 8)
+        figures = []
+        for batch in batches:
+            hf, ours = 0.0, 0.0
+            for _ in range(repeats):
+                hf = max(hf, hf_generate_tps(model, prompt, batch, new_tokens))
+                ours = max(ours, await engine_tps(engine, prompt, batch, new_tokens))
+            figures.append(
+                EngineFigures(batch=batch, new_tokens=new_tokens, engine_tps=ours, hf_tps=hf)
+            )
+        return figures
+    finally:
+        await engine.close()
+
+
+async def run_rollout_bench(
+    model_dir: Path | None,
+    *,
+    batches: Sequence[int] = (16, 64),
+    new_tokens: int = 64,
+    device: Literal["cpu", "cuda"] = "cpu",
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+    repeats: int = 3,
+) -> int:
+    """Print the engine figures (a tiny model made here when ``model_dir`` is None)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device here")
+    if model_dir is not None and not (model_dir / "config.json").is_file():
+        raise UsageError(f"{model_dir}: not a model directory (no config.json)")
+    with tempfile.TemporaryDirectory(prefix="rlfleet-bench-") as tmp:
+        if model_dir is None:
+            model_dir = Path(tmp) / "tiny"
+            write_model(model_dir, preset="tiny", seed=0)
+            where = "tiny model (rlfleet model init --preset tiny)"
+        else:
+            where = str(model_dir)
+        print(
+            f"engine: {where}, {device} {dtype}, {torch.get_num_threads()} CPU threads, "
+            f"{new_tokens} new tokens per sequence, sampling T=1, best of {repeats}"
+        )
+        figures = await measure_engine(
+            model_dir,
+            batches=batches,
+            new_tokens=new_tokens,
+            device=device,
+            dtype=dtype,
+            repeats=repeats,
+        )
+    for f in figures:
+        print(
+            f"batch {f.batch:>4}: torch engine {f.engine_tps:>9.0f} tok/s   "
+            f"HF generate {f.hf_tps:>9.0f} tok/s   ratio {f.ratio:.2f}x"
+        )
+    sys.stdout.flush()
+    return 0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

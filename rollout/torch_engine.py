@@ -1,0 +1,503 @@
+"""The built-in ``torch`` engine: an HF-format causal LM through transformers, on the CPU or
+one GPU, with continuous batching.
+
+One background thread owns the model and runs the loop (the event loop never waits on
+torch): between two decode steps it applies a pending weight update, drops the sequences
+whose callers went away, and prefills queued requests into free rows; then it decodes one
+token for every row and hands the tokens to the waiting ``generate`` iterators, one
+``call_soon_threadsafe`` per step.
+
+Conventions (the same as SGLang's):
+- A sequence ends on the tokenizer's end-of-sequence token(s), a stop token id or a stop
+  string (finish reason STOP), or after ``max_new_tokens`` (LENGTH). The token that ended
+  it is kept in the token ids, with its logprob: it was sampled, and the learner scores it.
+  Stop strings are matched on the decoded completion; cutting the text there is the
+  caller's (``stops.cut_at_stop``).
+- A prompt plus its completion fits in ``max_seq_len`` tokens: a longer prompt is refused
+  (``ValueError``), a completion that reaches the limit ends with LENGTH.
+- A weight update lands between two steps; sequences in flight go on with the new weights
+  and their next chunks carry the new version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+import time
+from collections.abc import AsyncGenerator, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+from rlfleet.rollout.engine import EngineError, WeightMismatch, WeightUpdate
+from rlfleet.rollout.records import (
+    DType,
+    EngineStatus,
+    FinishReason,
+    SampleRequest,
+    TokenChunk,
+    WeightManifest,
+)
+from rlfleet.rollout.stops import StopMatcher
+from rlfleet.rollout.torch_batch import DecodeBatch, NewRow
+
+log = logging.getLogger(__name__)
+
+TORCH_DTYPES = {
+    DType.FLOAT32: torch.float32,
+    DType.FLOAT16: torch.float16,
+    DType.BFLOAT16: torch.bfloat16,
+}
+SAFETENSORS_DTYPES = {DType.FLOAT32: "F32", DType.FLOAT16: "F16", DType.BFLOAT16: "BF16"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TorchEngineConfig:
+    model: Path
+    """HF-format model directory (config, safetensors weights, tokenizer.json)."""
+    device: Literal["cpu", "cuda"] = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights, activations and KV cache; logprobs are always computed in float32."""
+    max_batch: int = 64
+    """Sequences decoded together (rows of the KV cache); more wait in the queue."""
+    max_seq_len: int = 2048
+    """Prompt plus completion, in tokens (the KV cache is allocated for it up front)."""
+    version: int = 0
+    """Policy version of the weights in ``model``."""
+    flush_interval_s: float = 0.005
+    """Tokens are handed to the callers at most this often (and whenever a sequence
+    finishes): waking every caller after every step costs as much as the step on a small
+    model. 0: after every step."""
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError("max_batch: must be >= 1")
+        if self.max_seq_len < 2:
+            raise ValueError("max_seq_len: must be >= 2")
+        if self.flush_interval_s < 0:
+            raise ValueError("flush_interval_s: must be >= 0")
+
+
+class HFTokenizer:
+    """The model directory's ``tokenizer.json``, exactly: ``PreTrainedTokenizerFast``, not
+    ``AutoTokenizer`` (which swaps in an architecture's own class for some directories and
+    re-tokenises differently). Decoding skips special tokens."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self._tok = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
+        self._backend = self._tok.backend_tokenizer
+
+    @property
+    def eos_token_id(self) -> int | None:
+        eos = self._tok.eos_token_id
+        return eos if isinstance(eos, int) else None
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text))
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return str(self._backend.decode(list(token_ids), skip_special_tokens=True))
+
+
+@dataclass(eq=False)
+class _Stream:
+    """One sequence: what the caller asked, what it has got, where its tokens go."""
+
+    request: SampleRequest
+    queue: asyncio.Queue[tuple[int, float, int] | FinishReason]
+    """(token, logprob, version) items, then the finish reason."""
+    stop_ids: frozenset[int]
+    max_new_tokens: int
+    stops: StopMatcher | None
+    seed: int
+    generated: list[int] = field(default_factory=list)
+
+
+class TorchEngine:
+    """``Engine`` over transformers (see the module docstring)."""
+
+    def __init__(self, config: TorchEngineConfig) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        self._tokenizer = HFTokenizer(config.model)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            str(config.model),
+            dtype=getattr(torch, config.dtype),
+            attn_implementation="sdpa",  # (the masks built here are boolean, as sdpa takes)
+        ).eval()
+        self.model.to(self.device)  # (in place)
+        self._dtype = next(self.model.parameters()).dtype
+        # Every name a pushed tensor may have: tied weights answer to both of theirs.
+        self._params = dict(self.model.named_parameters(remove_duplicate=False))
+        self._batch = DecodeBatch(self.model, slots=config.max_batch, max_len=config.max_seq_len)
+        self._eos_ids = self._eos_token_ids()
+        self._version = config.version
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = threading.Condition()
+        self._queued: list[_Stream] = []  # guarded by _wake
+        self._cancelled: set[_Stream] = set()  # guarded by _wake
+        self._updates: list[tuple[WeightUpdate, asyncio.Future[None]]] = []  # guarded by _wake
+        self._stopping = False
+        self._failed: str | None = None
+        self._running: list[_Stream] = []  # row i of the batch; the loop thread's own
+        self._pending: list[tuple[_Stream, tuple[int, float, int] | FinishReason]] = []
+        self._flushed_at = 0.0  # (the loop thread's own, like _pending)
+        self._thread = threading.Thread(target=self._run, name="torch-engine", daemon=True)
+        self._thread.start()
+
+    # -- the Engine protocol (called on the event loop) --
+
+    @property
+    def tokenizer(self) -> HFTokenizer:
+        return self._tokenizer
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def vocab_size(self) -> int:
+        return self._batch.vocab_size
+
+    async def generate(self, request: SampleRequest) -> AsyncGenerator[TokenChunk, None]:
+        stream = self._submit(request)
+        finished = False
+        try:
+            while not finished:
+                items = [await stream.queue.get()]
+                while not stream.queue.empty():
+                    items.append(stream.queue.get_nowait())
+                for chunk in _chunks(items, self._version):
+                    finished = chunk.finish_reason is not None
+                    yield chunk
+        finally:
+            if not finished:
+                self._cancel(stream)
+
+    def check_manifest(self, manifest: WeightManifest) -> None:
+        for spec in manifest.tensors:
+            param = self._params.get(spec.name)
+            if param is None:
+                raise WeightMismatch(f"{spec.name}: not a parameter of the model")
+            if tuple(param.shape) != spec.shape:
+                raise WeightMismatch(
+                    f"{spec.name}: shape {list(spec.shape)}, the model's is {list(param.shape)}"
+                )
+            if TORCH_DTYPES[spec.dtype] != self._dtype:
+                raise WeightMismatch(
+                    f"{spec.name}: dtype {spec.dtype}, the model's is {_dtype_name(self._dtype)}"
+                )
+
+    async def update_weights(self, update: WeightUpdate) -> None:
+        self.check_manifest(update.manifest)
+        done: asyncio.Future[None] = self._bind_loop().create_future()
+        with self._wake:
+            self._raise_if_unusable()
+            self._updates.append((update, done))
+            self._wake.notify()
+        await done
+
+    def status(self) -> EngineStatus:
+        return EngineStatus(
+            engine="torch",
+            model=str(self.config.model),
+            version=self._version,
+            running=len(self._running),
+            queued=len(self._queued),
+            device=str(self.device),
+        )
+
+    async def close(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        await asyncio.to_thread(self._thread.join)
+        # The loop has stopped: whoever still waits gets ABORT (and updates an error).
+        for stream in (*self._running, *self._queued):
+            stream.queue.put_nowait(FinishReason.ABORT)
+        for _, done in self._updates:
+            if not done.done():
+                done.set_exception(EngineError("the engine closed before applying the update"))
+        self._running, self._queued, self._updates = [], [], []
+
+    # -- submission (event loop side) --
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if self._loop is None or self._loop.is_closed():
+            self._loop = loop
+        elif self._loop is not loop:
+            raise EngineError("the torch engine serves one event loop; this is another")
+        return loop
+
+    def _raise_if_unusable(self) -> None:
+        if self._failed is not None:
+            raise EngineError(f"the torch engine failed ({self._failed}); restart the server")
+        if self._stopping:
+            raise EngineError("the torch engine is closed")
+
+    def _submit(self, request: SampleRequest) -> _Stream:
+        self._bind_loop()
+        prompt_len = len(request.prompt_token_ids)
+        room = self.config.max_seq_len - prompt_len
+        if prompt_len == 0:
+            raise ValueError(f"{request.key}: empty prompt")
+        if room < 1:
+            raise ValueError(
+                f"{request.key}: prompt of {prompt_len} tokens leaves no room for a completion "
+                f"(max_seq_len {self.config.max_seq_len})"
+            )
+        vocab = self._batch.vocab_size
+        if any(not 0 <= t < vocab for t in request.prompt_token_ids):
+            raise ValueError(f"{request.key}: prompt token ids must be in [0, {vocab})")
+        sampling = request.sampling
+        stream = _Stream(
+            request=request,
+            queue=asyncio.Queue(),
+            stop_ids=self._eos_ids | frozenset(sampling.stop_token_ids),
+            max_new_tokens=min(sampling.max_new_tokens, room),
+            stops=StopMatcher(sampling.stop) if sampling.stop else None,
+            seed=secrets.randbits(63) if sampling.seed is None else sampling.seed,
+        )
+        with self._wake:
+            self._raise_if_unusable()
+            self._queued.append(stream)
+            self._wake.notify()
+        return stream
+
+    def _cancel(self, stream: _Stream) -> None:
+        with self._wake:
+            if stream in self._queued:
+                self._queued.remove(stream)
+            else:
+                self._cancelled.add(stream)
+                self._wake.notify()
+
+    def _eos_token_ids(self) -> frozenset[int]:
+        ids: set[int] = set()
+        if self._tokenizer.eos_token_id is not None:
+            ids.add(self._tokenizer.eos_token_id)
+        generation = getattr(self.model, "generation_config", None)
+        eos = getattr(generation, "eos_token_id", None)
+        ids.update([eos] if isinstance(eos, int) else (eos or []))
+        return frozenset(ids)
+
+    # -- the loop (its own thread) --
+
+    def _run(self) -> None:
+        try:
+            with torch.inference_mode():
+                while self._iterate():
+                    pass
+        except Exception as e:  # the thread's top: a crash must end every stream
+            # Not a result: every sequence in flight ends with ABORT and the engine refuses
+            # new work, instead of callers waiting forever on a dead thread.
+            log.exception("torch engine loop failed")
+            self._failed = f"{type(e).__name__}: {e}"
+            self._abort_all()
+
+    def _iterate(self) -> bool:
+        """One turn: updates, departures, arrivals, one decode step. False: stop."""
+        with self._wake:
+            while not (
+                self._stopping or self._updates or self._cancelled or self._queued or self._running
+            ):
+                self._wake.wait()
+            if self._stopping:
+                self._flush()
+                return False
+            updates, self._updates = self._updates, []
+            cancelled, self._cancelled = self._cancelled, set()
+            arriving = self._queued[: self._batch.free]
+            del self._queued[: len(arriving)]
+        for update, done in updates:
+            self._apply(update, done)
+        if cancelled:
+            self._remove([i for i, s in enumerate(self._running) if s in cancelled])
+        finished = False
+        if arriving:
+            tokens, logprobs = self._batch.add([_new_row(s) for s in arriving])
+            self._running += arriving
+            finished |= self._emit(arriving, tokens.tolist(), logprobs.tolist())
+        if self._running:
+            tokens, logprobs = self._batch.step()
+            finished |= self._emit(self._running, tokens.tolist(), logprobs.tolist())
+        if (
+            finished
+            or not self._running
+            or time.monotonic() - self._flushed_at >= self.config.flush_interval_s
+        ):
+            self._flush()
+        return True
+
+    def _flush(self) -> None:
+        self._deliver(self._pending)
+        self._pending = []
+        self._flushed_at = time.monotonic()
+
+    def _emit(
+        self,
+        streams: Sequence[_Stream],
+        tokens: Sequence[int],
+        logprobs: Sequence[float],
+    ) -> bool:
+        """Queue the step's tokens for their callers; True if a sequence finished."""
+        out = self._pending
+        finished = []
+        for stream, token, logprob in zip(streams, tokens, logprobs, strict=True):
+            stream.generated.append(token)
+            out.append((stream, (token, logprob, self._version)))
+            reason = self._finish_reason(stream, token)
+            if reason is not None:
+                out.append((stream, reason))
+                finished.append(stream)
+        if finished:
+            gone = set(finished)
+            self._remove([i for i, s in enumerate(self._running) if s in gone])
+        return bool(finished)
+
+    def _finish_reason(self, stream: _Stream, token: int) -> FinishReason | None:
+        if token in stream.stop_ids:
+            return FinishReason.STOP
+        if stream.stops is not None and stream.stops.found(
+            self._tokenizer.decode(stream.generated)
+        ):
+            return FinishReason.STOP
+        if len(stream.generated) >= stream.max_new_tokens:
+            return FinishReason.LENGTH
+        return None
+
+    def _remove(self, rows: list[int]) -> None:
+        for dst, src in self._batch.remove(rows):
+            self._running[dst] = self._running[src]
+        del self._running[self._batch.n :]
+
+    def _deliver(self, out: list[tuple[_Stream, tuple[int, float, int] | FinishReason]]) -> None:
+        if out and self._loop is not None:
+            self._call_soon(_put_all, out)
+
+    def _call_soon(self, fn: object, *args: object) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)  # type: ignore[arg-type]
+        except RuntimeError:
+            # The event loop is closed: nobody is left to read the tokens.
+            log.debug("event loop closed; dropped a delivery")
+
+    def _apply(self, update: WeightUpdate, done: asyncio.Future[None]) -> None:
+        """Load the update's tensors into the model, one at a time (peak extra memory: one
+        tensor). Everything is checked from the file's header before the first copy."""
+        try:
+            names = _check_file(update, self._dtype)
+        except (WeightMismatch, OSError) as e:
+            self._call_soon(_settle, done, e)
+            return
+        try:
+            with safe_open(str(update.path), framework="pt", device=str(self.device)) as f:
+                for name in names:
+                    self._params[name].copy_(f.get_tensor(name))
+        except OSError as e:
+            # Some tensors are new, some old: this model must not serve again.
+            self._call_soon(_settle, done, EngineError(f"weight update failed midway: {e}"))
+            raise
+        self._version = update.manifest.version
+        self._call_soon(_settle, done, None)
+
+    def _abort_all(self) -> None:
+        with self._wake:
+            streams = [*self._running, *self._queued]
+            updates, self._updates = self._updates, []
+            self._running, self._queued = [], []
+        self._deliver([*self._pending, *((s, FinishReason.ABORT) for s in streams)])
+        self._pending = []
+        error = EngineError(f"the torch engine failed ({self._failed})")
+        for _, done in updates:
+            self._call_soon(_settle, done, error)
+
+
+def _new_row(stream: _Stream) -> NewRow:
+    sampling = stream.request.sampling
+    return NewRow(
+        prompt=stream.request.prompt_token_ids,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=sampling.top_k,
+        seed=stream.seed,
+        max_new_tokens=stream.max_new_tokens,
+    )
+
+
+def _check_file(update: WeightUpdate, dtype: torch.dtype) -> list[str]:
+    """The update's file holds exactly the manifest's tensors, as the manifest says."""
+    manifest = update.manifest
+    with safe_open(str(update.path), framework="pt", device="cpu") as f:
+        present = set(f.keys())
+        names = [t.name for t in manifest.tensors]
+        if present != set(names):
+            extra, missing = sorted(present - set(names)), sorted(set(names) - present)
+            raise WeightMismatch(
+                f"{update.path.name}: tensors differ from the manifest "
+                f"(missing {missing[:3]}, unexpected {extra[:3]})"
+            )
+        for spec in manifest.tensors:
+            view = f.get_slice(spec.name)
+            if tuple(view.get_shape()) != spec.shape:
+                raise WeightMismatch(f"{spec.name}: the file's shape differs from the manifest")
+            if view.get_dtype() != SAFETENSORS_DTYPES[spec.dtype]:
+                raise WeightMismatch(f"{spec.name}: the file's dtype differs from the manifest")
+    return names
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return next(d.value for d, t in TORCH_DTYPES.items() if t == dtype)
+
+
+def _put_all(out: Iterable[tuple[_Stream, tuple[int, float, int] | FinishReason]]) -> None:
+    for stream, item in out:
+        stream.queue.put_nowait(item)
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+    if done.done():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
+
+
+def _chunks(
+    items: Sequence[tuple[int, float, int] | FinishReason], current: int
+) -> Iterable[TokenChunk]:
+    """Merge consecutive tokens of one version into a chunk; the finish reason rides on the
+    last one (alone, with no tokens and the ``current`` version, when the sequence was
+    aborted)."""
+    tokens: list[int] = []
+    logprobs: list[float] = []
+    version: int | None = None
+    for item in items:
+        if isinstance(item, FinishReason):
+            yield TokenChunk(
+                token_ids=tuple(tokens),
+                logprobs=tuple(logprobs),
+                version=current if version is None else version,
+                finish_reason=item,
+            )
+            return
+        token, logprob, v = item
+        if version is not None and v != version:
+            yield TokenChunk(token_ids=tuple(tokens), logprobs=tuple(logprobs), version=version)
+            tokens, logprobs = [], []
+        tokens.append(token)
+        logprobs.append(logprob)
+        version = v
+    if tokens:
+        assert version is not None
+        yield TokenChunk(token_ids=tuple(tokens), logprobs=tuple(logprobs), version=version)
