@@ -317,7 +317,10 @@ class RolloutService(pb_grpc.RolloutServicer):
                 await _uncancelled(asyncio.ensure_future(self.engine.update_weights(update)))
                 applied = time.perf_counter()
             finally:
-                await asyncio.to_thread(shutil.rmtree, spool_dir, True)
+                # (Shielded: a call cancelled now must still remove its spool.)
+                await _uncancelled(
+                    asyncio.ensure_future(asyncio.to_thread(shutil.rmtree, spool_dir, True))
+                )
         self.metrics.update_seconds.labels("apply").observe(applied - received)
         self.metrics.update_bytes.inc(manifest.nbytes)
         log.info("weights: version %d applied (%d bytes)", manifest.version, manifest.nbytes)

@@ -129,14 +129,21 @@ class Spool:
         self.expected = manifest.nbytes
         self.received = 0
         self._sha = hashlib.sha256()
-        self._file: BinaryIO = path.open("wb")
-        self._file.write(safetensors_header(manifest.tensors))
+        # Unbuffered: each chunk goes to the OS as it arrives (nothing accumulates here).
+        self._file = path.open("wb", buffering=0)
+        self._write_all(safetensors_header(manifest.tensors))
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = self._file.write(view)
+            view = view[written or 0 :]
 
     def write(self, data: bytes) -> None:
         """Append one chunk (blocking file I/O: call it off the event loop)."""
         if self.received + len(data) > self.expected:
             raise CorruptStream(f"data: more than the {self.expected} bytes the manifest announces")
-        self._file.write(data)
+        self._write_all(data)
         self._sha.update(data)
         self.received += len(data)
 
