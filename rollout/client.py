@@ -18,7 +18,7 @@ import asyncio
 import hashlib
 import json
 import random
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +29,7 @@ import grpc
 from rlfleet.errors import Unavailable
 from rlfleet.rollout.convert import (
     completion_from_pb,
+    data_chunk_bytes,
     manifest_to_pb,
     request_to_pb,
     status_from_pb,
@@ -40,6 +41,9 @@ from rlfleet.sandbox.client import channel_target
 from rlfleet.v1 import rollout_pb2 as pb
 from rlfleet.v1 import rollout_pb2_grpc as pb_grpc
 
+ACCEPTED_KEY, ACCEPTED_VALUE = "rlfleet-update", "accepted"
+"""The server's initial metadata once it has accepted an update's manifest (as
+``servicer.ACCEPTED``; not imported from there, which would bring the server's imports)."""
 DEFAULT_BUCKET_BYTES = 32 << 20
 """Bytes of tensor data per pushed message (the receiver holds about one at a time)."""
 
@@ -103,29 +107,38 @@ class ClientConfig:
     """Deadline of a Status call and of a whole weight push (None: none)."""
 
 
-def iter_weight_chunks(
+def weight_stream(
     source: WeightSource, version: int, bucket_bytes: int = DEFAULT_BUCKET_BYTES
-) -> Iterator[pb.WeightChunk]:
-    """An UpdateWeights stream: the manifest, the tensors' bytes in buckets of
+) -> Iterator[bytes]:
+    """An UpdateWeights stream, serialized: the manifest, the tensors' bytes in buckets of
     ``bucket_bytes``, then the sha256 of all of them."""
-    yield pb.WeightChunk(begin=manifest_to_pb(source.manifest(version)))
+    yield pb.WeightChunk(begin=manifest_to_pb(source.manifest(version))).SerializeToString()
     sha = hashlib.sha256()
     for data in source.chunks(bucket_bytes):
         sha.update(data)
-        yield pb.WeightChunk(data=data)
-    yield pb.WeightChunk(sha256=sha.hexdigest())
+        yield data_chunk_bytes(data)
+    yield pb.WeightChunk(sha256=sha.hexdigest()).SerializeToString()
 
 
-async def _off_loop(chunks: Iterator[pb.WeightChunk]) -> AsyncIterator[pb.WeightChunk]:
-    """Reading and hashing a bucket blocks for milliseconds: done in a thread, so the
-    event loop keeps sending the previous one."""
-    end = object()
-    while True:
-        chunk = await asyncio.to_thread(next, chunks, end)
-        if chunk is end:
-            return
-        assert isinstance(chunk, pb.WeightChunk)
-        yield chunk
+def iter_weight_chunks(
+    source: WeightSource, version: int, bucket_bytes: int = DEFAULT_BUCKET_BYTES
+) -> Iterator[pb.WeightChunk]:
+    """``weight_stream`` as messages."""
+    for raw in weight_stream(source, version, bucket_bytes):
+        yield pb.WeightChunk.FromString(raw)
+
+
+async def _prefetched(messages: Iterator[bytes]) -> AsyncGenerator[bytes, None]:
+    """Reading and hashing a bucket blocks for milliseconds: done in a thread, one bucket
+    ahead, while gRPC sends the one before."""
+    end = b""
+    ahead = asyncio.ensure_future(asyncio.to_thread(next, messages, end))
+    try:
+        while (message := await ahead) != end:
+            ahead = asyncio.ensure_future(asyncio.to_thread(next, messages, end))
+            yield message
+    finally:
+        ahead.cancel()
 
 
 class RolloutClient:
@@ -149,6 +162,12 @@ class RolloutClient:
         else:
             self._channel = grpc.aio.insecure_channel(resolved, options)
         self._stub = pb_grpc.RolloutStub(self._channel)
+        # UpdateWeights with messages serialized here (``weight_stream``): the buckets are
+        # not copied into and out of protobuf messages on the way.
+        self._update_weights = self._channel.stream_unary(
+            "/rlfleet.v1.Rollout/UpdateWeights",
+            response_deserializer=pb.WeightUpdateResult.FromString,
+        )
 
     async def __aenter__(self) -> RolloutClient:
         return self
@@ -216,9 +235,8 @@ class RolloutClient:
         weights = source if isinstance(source, WeightSource) else open_source(source)
         retry = 0
         while True:
-            chunks = _off_loop(iter_weight_chunks(weights, version, bucket_bytes))
             try:
-                reply = await self._stub.UpdateWeights(chunks, timeout=self.config.timeout_s)
+                reply = await self._push(weight_stream(weights, version, bucket_bytes))
                 return update_result_from_pb(reply)
             except grpc.aio.AioRpcError as e:
                 if e.code() in REJECTED_UPDATE:
@@ -227,6 +245,25 @@ class RolloutClient:
                     raise
             await asyncio.sleep(self._delay(retry))
             retry += 1
+
+    async def _push(self, stream: Iterator[bytes]) -> pb.WeightUpdateResult:
+        """One UpdateWeights call: ``begin``, then (once the server has accepted it, in its
+        initial metadata) the data. A refusal thus ends the call before any data is on the
+        way, and its status comes back as sent (gRPC reports a write that races the
+        server's answer as INTERNAL)."""
+        call = self._update_weights(timeout=self.config.timeout_s)
+        messages = _prefetched(stream)
+        try:
+            await call.write(await anext(messages))
+            metadata = await call.initial_metadata()
+            if (ACCEPTED_KEY, ACCEPTED_VALUE) in tuple(metadata or ()):
+                async for message in messages:
+                    await call.write(message)
+                await call.done_writing()
+            return await call
+        finally:
+            await messages.aclose()
+            call.cancel()  # (nothing, once it has ended)
 
     async def status(self) -> EngineStatus:
         retry = 0

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 
+from google.protobuf.message import DecodeError
+
 from rlfleet.grpc_server import BadRequest
 from rlfleet.rollout.records import (
     Completion,
@@ -329,3 +331,48 @@ def status_from_pb(s: pb.StatusResponse) -> EngineStatus:
         queued=s.queued,
         device=s.device,
     )
+
+
+# -- UpdateWeights on the wire: data chunks without protobuf copies --------------------------
+# A WeightChunk that carries only ``data`` is the field's tag, its length as a varint, then
+# the bytes. Building and reading those by hand spares the two copies protobuf makes of each
+# bucket (into the message, and out of it again), which at gigabytes per push is most of the
+# CPU the transport costs. Every other message goes through protobuf.
+
+_DATA_TAG = 0x12  # field 2 (data), wire type 2 (length-delimited)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        if n:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def data_chunk_bytes(data: bytes) -> bytes:
+    """The serialized ``WeightChunk(data=data)``."""
+    return b"".join((bytes([_DATA_TAG]), _varint(len(data)), data))
+
+
+def weight_chunk_from_bytes(raw: bytes) -> memoryview | pb.WeightChunk:
+    """A data-only chunk as a view of its bytes (no copy), any other chunk parsed; raises
+    ``BadRequest`` for bytes that are not a ``WeightChunk``."""
+    if len(raw) > 1 and raw[0] == _DATA_TAG:
+        length, shift, i = 0, 0, 1
+        while i < len(raw) and i < 11:
+            byte = raw[i]
+            length |= (byte & 0x7F) << shift
+            i += 1
+            if not byte & 0x80:
+                if i + length == len(raw):
+                    return memoryview(raw)[i:]
+                break
+            shift += 7
+    try:
+        return pb.WeightChunk.FromString(raw)
+    except DecodeError:
+        raise BadRequest("request", "not a valid WeightChunk message") from None

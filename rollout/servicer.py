@@ -31,10 +31,10 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -45,7 +45,6 @@ from rlfleet.grpc_server import (
     FailedPrecondition,
     Server,
     ServerConfig,
-    Undecodable,
     build_server,
 )
 from rlfleet.rollout.convert import (
@@ -54,6 +53,7 @@ from rlfleet.rollout.convert import (
     request_from_pb,
     status_to_pb,
     update_result_to_pb,
+    weight_chunk_from_bytes,
 )
 from rlfleet.rollout.engine import Engine, WeightMismatch, WeightUpdate
 from rlfleet.rollout.metrics import RolloutMetrics
@@ -75,6 +75,8 @@ from rlfleet.v1 import rollout_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Rollout"].full_name
+ACCEPTED = ("rlfleet-update", "accepted")
+"""Initial metadata of an UpdateWeights call whose manifest and version were accepted."""
 SEED_BITS = 63
 """Server-drawn seeds stay below 2**63, so ``seed + i`` fits every engine's seed type."""
 T = TypeVar("T")
@@ -261,13 +263,12 @@ class RolloutService(pb_grpc.RolloutServicer):
     # -- UpdateWeights ----------------------------------------------------------------------
 
     async def UpdateWeights(
-        self,
-        request_iterator: AsyncIterator[pb.WeightChunk | Undecodable],
-        context: grpc.aio.ServicerContext,
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> pb.WeightUpdateResult:
+        """Takes the stream's messages undecoded (see ``build_rollout_server``)."""
         outcome = "rejected"
         try:
-            result = await self._update(request_iterator)
+            result = await self._update(request_iterator, context)
             outcome = "applied"
             return update_result_to_pb(result)
         except (BadRequest, DataLoss, FailedPrecondition, asyncio.CancelledError):
@@ -279,16 +280,15 @@ class RolloutService(pb_grpc.RolloutServicer):
             self.metrics.updates.labels(outcome).inc()
 
     async def _update(
-        self, request_iterator: AsyncIterator[pb.WeightChunk | Undecodable]
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> WeightUpdateResult:
         t0 = time.perf_counter()
         messages = aiter(request_iterator)
-        first = await anext(messages, None)
-        if first is None:
+        raw = await anext(messages, None)
+        if raw is None:
             raise BadRequest("begin", "missing (the stream was empty)")
-        if isinstance(first, Undecodable):
-            raise BadRequest("request", "not a valid WeightChunk message")
-        if not first.HasField("begin"):
+        first = weight_chunk_from_bytes(raw)
+        if isinstance(first, memoryview) or not first.HasField("begin"):
             raise BadRequest("begin", "missing from the first message")
         manifest = manifest_from_pb(first.begin)
         async with self._updating:
@@ -302,6 +302,9 @@ class RolloutService(pb_grpc.RolloutServicer):
                 self.engine.check_manifest(manifest)
             except WeightMismatch as e:
                 raise BadRequest("begin.tensors", str(e)) from None
+            # Tells the client to send the data (``ACCEPTED``): a refusal is the call's status
+            # instead, which a client still writing could only see as an INTERNAL error.
+            await context.send_initial_metadata((ACCEPTED,))
             spool_dir = Path(tempfile.mkdtemp(prefix="rlfleet-weights-", dir=self.config.spool_dir))
             try:
                 spool = Spool(manifest, spool_dir / "update.safetensors")
@@ -332,27 +335,37 @@ class RolloutService(pb_grpc.RolloutServicer):
         )
 
     async def _receive(
-        self,
-        spool: Spool,
-        first: pb.WeightChunk,
-        messages: AsyncIterator[pb.WeightChunk | Undecodable],
+        self, spool: Spool, first: pb.WeightChunk, messages: AsyncIterator[bytes]
     ) -> None:
-        """Spool every chunk as it arrives (one chunk in memory at a time), then check the
-        stream is whole; raises ``CorruptStream`` or ``BadRequest``."""
+        """Spool every chunk as it arrives, then check the stream is whole; raises
+        ``CorruptStream`` or ``BadRequest``. One chunk is written (in a thread) while the
+        next is received: at most two are held here."""
         sha256: str | None = None
-        msg: pb.WeightChunk | Undecodable | None = first
-        while msg is not None:
-            if isinstance(msg, Undecodable):
-                raise BadRequest("request", "not a valid WeightChunk message")
-            if msg is not first and msg.HasField("begin"):
-                raise BadRequest("begin", "only in the first message")
-            if sha256 is not None:
-                raise BadRequest("sha256", "only in the last message")
-            if msg.data:
-                await _write(spool.write, msg.data)
-            if msg.sha256:
-                sha256 = msg.sha256
-            msg = await anext(messages, None)
+        writing: asyncio.Future[None] | None = None
+        msg: memoryview | pb.WeightChunk | None = first
+        try:
+            while msg is not None:
+                if sha256 is not None:
+                    raise BadRequest("sha256", "only in the last message")
+                if isinstance(msg, memoryview):
+                    data: memoryview | bytes = msg
+                else:
+                    if msg is not first and msg.HasField("begin"):
+                        raise BadRequest("begin", "only in the first message")
+                    data = msg.data
+                    sha256 = msg.sha256 or None
+                if data:
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.ensure_future(asyncio.to_thread(spool.write, data))
+                raw = await anext(messages, None)
+                msg = None if raw is None else weight_chunk_from_bytes(raw)
+            if writing is not None:
+                await writing
+        finally:
+            if writing is not None and not writing.done():
+                # The spool is closed next: never under a write in progress.
+                await _uncancelled(writing)
         spool.finish(sha256)
 
     # -- Status -----------------------------------------------------------------------------
@@ -361,11 +374,6 @@ class RolloutService(pb_grpc.RolloutServicer):
         self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.StatusResponse:
         return status_to_pb(self.engine.status())
-
-
-async def _write(write: Callable[[bytes], Any], data: bytes) -> None:
-    # Off the event loop: a bucket of tens of MB takes milliseconds to hash and write.
-    await _uncancelled(asyncio.ensure_future(asyncio.to_thread(write, data)))
 
 
 def _cut_at_stop(text: str, stop: tuple[str, ...], finish: FinishReason) -> str:
@@ -385,7 +393,28 @@ def build_rollout_server(
 ) -> tuple[Server, RolloutService]:
     """A bound, not yet started server with the rollout service on it."""
     servicer = RolloutService(engine, verifier, registry, service)
-    srv = build_server(
-        server, lambda s: pb_grpc.add_RolloutServicer_to_server(servicer, s), [SERVICE_NAME]
-    )
+    srv = build_server(server, lambda s: _register(servicer, s), [SERVICE_NAME])
     return srv, servicer
+
+
+def _register(servicer: RolloutService, server: grpc.aio.Server) -> None:
+    """As ``add_RolloutServicer_to_server``, except that UpdateWeights takes its messages
+    undecoded: data chunks are read straight out of the received bytes
+    (``convert.weight_chunk_from_bytes``)."""
+    handlers = {
+        "Generate": grpc.unary_stream_rpc_method_handler(
+            servicer.Generate,
+            request_deserializer=pb.GenerateRequest.FromString,
+            response_serializer=pb.Completion.SerializeToString,
+        ),
+        "UpdateWeights": grpc.stream_unary_rpc_method_handler(
+            servicer.UpdateWeights,
+            response_serializer=pb.WeightUpdateResult.SerializeToString,
+        ),
+        "Status": grpc.unary_unary_rpc_method_handler(
+            servicer.Status,
+            request_deserializer=pb.StatusRequest.FromString,
+            response_serializer=pb.StatusResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -133,13 +133,13 @@ class Spool:
         self._file = path.open("wb", buffering=0)
         self._write_all(safetensors_header(manifest.tensors))
 
-    def _write_all(self, data: bytes) -> None:
+    def _write_all(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while view:
             written = self._file.write(view)
             view = view[written or 0 :]
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         """Append one chunk (blocking file I/O: call it off the event loop)."""
         if self.received + len(data) > self.expected:
             raise CorruptStream(f"data: more than the {self.expected} bytes the manifest announces")

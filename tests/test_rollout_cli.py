@@ -101,7 +101,9 @@ async def test_generate_prints_one_line_per_completion_and_flags_invalid_lines()
         else:
             assert (r["reward"], r["verdict"], r["result"]["passed"]) == (1.0, "AC", 1)
     code_case = next(c for c in verifier.seen if c.id == "c/0")
-    assert isinstance(code_case, CodeCase) and code_case.tests == (StdioTest(stdin="1 2", stdout="3"),)
+    assert isinstance(code_case, CodeCase) and code_case.tests == (
+        StdioTest(stdin="1 2", stdout="3"),
+    )
 
 
 def write_model(path: Path, seed: int = 0) -> Path:
@@ -130,7 +132,7 @@ async def test_push_weights_then_refused_for_an_old_version(tmp_path: Path) -> N
         code, out, err = await rlfleet(
             "push-weights", "--server", s.target, "--model", str(model), "--version", "2"
         )
-        assert (code, out) == (2, "")
+        assert (code, out) == (2, ""), err
         assert err.startswith("rlfleet push-weights: the server refused the update: ")
         assert "begin.version: 2 is not newer than the version serving (3)" in err
         assert engine.version == 3
