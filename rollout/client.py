@@ -254,12 +254,15 @@ class RolloutClient:
         call = self._update_weights(timeout=self.config.timeout_s)
         messages = _prefetched(stream)
         try:
-            await call.write(await anext(messages))
-            metadata = await call.initial_metadata()
-            if (ACCEPTED_KEY, ACCEPTED_VALUE) in tuple(metadata or ()):
-                async for message in messages:
-                    await call.write(message)
-                await call.done_writing()
+            try:
+                await call.write(await anext(messages))
+                metadata = await call.initial_metadata()
+                if (ACCEPTED_KEY, ACCEPTED_VALUE) in tuple(metadata or ()):
+                    async for message in messages:
+                        await call.write(message)
+                    await call.done_writing()
+            except asyncio.InvalidStateError:
+                pass  # the call has ended (no server, a refusal): its status says why
             return await call
         finally:
             await messages.aclose()
