@@ -8,8 +8,8 @@ serves ``batch`` concurrent ``generate`` calls through its public async API, eac
 ``new_tokens`` tokens (a row that samples end-of-sequence stops early), so tokens/s counts
 the tokens each actually produced.
 
-The weight-push half of the benchmark (throughput against a raw loopback socket) is a
-separate function beside this one.
+The weight-push half (UpdateWeights against a raw loopback socket carrying the same bytes)
+is in ``weight_push_bench`` and runs after it.
 """
 
 from __future__ import annotations
@@ -133,8 +133,11 @@ async def run_rollout_bench(
     device: Literal["cpu", "cuda"] = "cpu",
     dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     repeats: int = 3,
+    push_mb: int = 256,
+    bucket_mb: int = 16,
 ) -> int:
-    """Print the engine figures (a tiny model made here when ``model_dir`` is None)."""
+    """Print the engine figures (a tiny model made here when ``model_dir`` is None), then
+    the weight-push figures (``push_mb`` MB in ``bucket_mb`` MB buckets; 0: skip)."""
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device here")
     if model_dir is not None and not (model_dir / "config.json").is_file():
@@ -164,6 +167,13 @@ async def run_rollout_bench(
             f"HF generate {f.hf_tps:>9.0f} tok/s   ratio {f.ratio:.2f}x"
         )
     sys.stdout.flush()
+    if push_mb:
+        from rlfleet.bench.weight_push_bench import bench_weight_push
+
+        push = await bench_weight_push(size_mb=push_mb, bucket_mb=bucket_mb, repeats=repeats)
+        for line in push.lines():
+            print(line)
+        sys.stdout.flush()
     return 0
 
 

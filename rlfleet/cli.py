@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import select
 import signal
@@ -69,6 +70,22 @@ def _count(text: str) -> int:
 
 def _port(text: str) -> int:
     return _int(text, 0, 65535)
+
+
+def _float(text: str, low: float, high: float | None = None, low_open: bool = False) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    too_low = value <= low if low_open else value < low
+    if math.isnan(value) or too_low or (high is not None and value > high):  # (NaN too)
+        bounds = (
+            f"in ({low:g}, {high:g}]"
+            if high is not None
+            else f"{'>' if low_open else '>='} {low:g}"
+        )
+        raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+    return value
 
 
 def _command(
@@ -143,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="cases queued or running before RESOURCE_EXHAUSTED",
     )
 
+    _add_rollout_commands(sub, serve_sub)
+
     sb = sub.add_parser("sandbox", help="sandbox maintenance")
     sb_sub = sb.add_subparsers(dest="action", required=True, metavar="ACTION")
     prepare = _command(sb_sub, "prepare", _prepare, "check (and build) what a backend needs")
@@ -162,7 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--math", type=_count, default=None, help="math corpus size (default: all; 0: skip)"
     )
     brol = _command(
-        bench_sub, "rollout", _bench_rollout, "torch engine tokens/s against HF generate"
+        bench_sub,
+        "rollout",
+        _bench_rollout,
+        "torch engine tokens/s against HF generate; weight push against raw TCP",
     )
     brol.add_argument(
         "--model",
@@ -179,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     brol.add_argument(
         "--repeats", type=_positive_int, default=3, help="runs per measurement; best kept"
     )
+    brol.add_argument(
+        "--push-mb", type=_count, default=256, help="weights pushed, in MB (0: skip the push)"
+    )
+    brol.add_argument("--bucket-mb", type=_positive_int, default=16, help="push bucket size")
 
     model = sub.add_parser("model", help="model tooling")
     model_sub = model.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -194,6 +220,72 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="write into OUT_DIR even when it is not empty"
     )
     return parser
+
+
+def _add_rollout_commands(
+    sub: argparse._SubParsersAction[Parser], serve_sub: argparse._SubParsersAction[Parser]
+) -> None:
+    """``serve rollout``, ``generate``, ``push-weights``."""
+    rollout = _command(serve_sub, "rollout", _serve_rollout, "the rollout service (gRPC)")
+    rollout.add_argument(
+        "--engine", choices=("torch", "sglang"), default="torch", help="(default: torch)"
+    )
+    rollout.add_argument("--model", type=Path, required=True, help="HF model directory")
+    rollout.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    rollout.add_argument("--port", type=_port, default=50052, help="gRPC port (0: any free port)")
+    rollout.add_argument(
+        "--metrics-port", type=_port, default=None, help="serve Prometheus metrics on this port"
+    )
+    rollout.add_argument(
+        "--verifier",
+        metavar="HOST:PORT[,...]",
+        help="verifier fleet that scores completions (host:port, dns:///name:port, or a "
+        "comma list of ip:port); without it completions are returned unscored",
+    )
+    rollout.add_argument("--tls-cert", type=Path, help="PEM certificate (enables TLS)")
+    rollout.add_argument("--tls-key", type=Path, help="PEM private key")
+    rollout.add_argument("--device", default="cpu", help="torch engine: cpu or cuda[:N]")
+    rollout.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default="float32", help="(default: float32)"
+    )
+
+    gen = _command(sub, "generate", _generate, "sample scored completions from a rollout server")
+    gen.add_argument("--server", required=True, help="a running `rlfleet serve rollout`")
+    gen.add_argument(
+        "--prompts", type=Path, required=True, help="JSONL file, one prompt per line (-: stdin)"
+    )
+    gen.add_argument("--n", type=_positive_int, default=1, help="samples per prompt (default: 1)")
+    gen.add_argument(
+        "--temperature",
+        type=lambda t: _float(t, 0.0),
+        default=1.0,
+        help="0: greedy (default: 1)",
+    )
+    gen.add_argument("--max-new-tokens", type=_positive_int, default=256, help="(default: 256)")
+    gen.add_argument(
+        "--top-p",
+        type=lambda t: _float(t, 0.0, 1.0, low_open=True),
+        default=1.0,
+        help="(default: 1)",
+    )
+    gen.add_argument(
+        "--seed", type=_count, default=None, help="sample i of each prompt uses seed + i"
+    )
+
+    push = _command(
+        sub, "push-weights", _push_weights, "push a model's weights to a rollout server"
+    )
+    push.add_argument("--server", required=True, help="a running `rlfleet serve rollout`")
+    push.add_argument("--model", type=Path, required=True, help="HF model directory")
+    push.add_argument(
+        "--version", type=_positive_int, required=True, help="policy version (newer than served)"
+    )
+    push.add_argument(
+        "--bucket-mb",
+        type=lambda t: _int(t, 1, 63),
+        default=32,
+        help="MiB per message (default: 32)",
+    )
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
@@ -299,6 +391,8 @@ def _bench_rollout(args: argparse.Namespace) -> int:
             device=args.device,
             dtype=args.dtype,
             repeats=args.repeats,
+            push_mb=args.push_mb,
+            bucket_mb=args.bucket_mb,
         )
     )
 
@@ -307,6 +401,62 @@ def _model_init(args: argparse.Namespace) -> int:
     from rlfleet.rollout import commands
 
     return commands.model_init(args.preset, args.seed, args.out_dir, force=args.force)
+
+
+def _serve_rollout(args: argparse.Namespace) -> int:
+    from rlfleet.grpc_server import ServerConfig
+    from rlfleet.rollout import commands
+
+    try:
+        config = commands.ServeRolloutConfig(
+            server=ServerConfig(
+                host=args.host,
+                port=args.port,
+                metrics_port=args.metrics_port,
+                tls_cert=args.tls_cert,
+                tls_key=args.tls_key,
+            ),
+            engine=commands.RolloutEngineConfig(
+                kind=args.engine, model=args.model, device=args.device, dtype=args.dtype
+            ),
+            verifier=args.verifier,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    return _run(commands.serve_rollout(config))
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from rlfleet.rollout import commands
+    from rlfleet.rollout.records import SamplingParams
+
+    try:
+        config = commands.GenerateConfig(
+            server=args.server,
+            prompts=args.prompts,
+            n=args.n,
+            sampling=SamplingParams(
+                max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature,
+                top_p=args.top_p,
+                seed=args.seed,
+            ),
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    return _run(commands.generate(config))
+
+
+def _push_weights(args: argparse.Namespace) -> int:
+    from rlfleet.rollout import commands
+
+    try:
+        config = commands.PushWeightsConfig(
+            server=args.server, model=args.model, version=args.version, bucket_mb=args.bucket_mb
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    return _run(commands.push_weights(config))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,10 +59,24 @@ class NotFound(KeyError):
         return str(self.args[0]) if self.args else "not found"
 
 
+class FailedPrecondition(RuntimeError):
+    """The request is valid but the server is not in a state to do it (a weight update
+    whose version is not newer than the one serving): FAILED_PRECONDITION."""
+
+
+class DataLoss(ValueError):
+    """A streamed payload arrived incomplete or corrupt (truncated, checksum mismatch):
+    DATA_LOSS."""
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message a failure is reported with (no internals for bugs)."""
     if isinstance(exc, BadRequest):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, DataLoss):
+        return grpc.StatusCode.DATA_LOSS, str(exc)
+    if isinstance(exc, FailedPrecondition):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
     if isinstance(exc, NotFound):
         return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, ResourceExhausted):

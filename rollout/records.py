@@ -187,3 +187,17 @@ class EngineStatus:
     running: int
     queued: int
     device: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class WeightUpdateResult:
+    """A weight update that was received, checked and applied."""
+
+    version: int
+    """Policy version now serving."""
+    bytes: int
+    """Tensor bytes received (the manifest's total)."""
+    receive_s: float
+    """From the first message to the checksum verified (spooled to disk)."""
+    apply_s: float
+    """The engine's ``update_weights``."""

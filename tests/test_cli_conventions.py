@@ -24,6 +24,12 @@ import pytest
 RLFLEET = [sys.executable, "-m", "rlfleet.cli"]
 MATH_OK = '{"id": "ok", "kind": "math", "completion": "\\\\boxed{1}", "gold": "1"}'
 TIMEOUT_S = 60.0
+# One float32 tensor "w" of shape [1], value 0 (a model directory for push-weights).
+TINY_SAFETENSORS = (
+    b"@\x00\x00\x00\x00\x00\x00\x00"
+    + b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'.ljust(64)
+    + bytes(4)
+)
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,114 @@ FAILURES = {
     "model init cannot write": Failure(
         "model init /proc/rlfleet-model", "rlfleet model init:", 1, "cannot write it"
     ),
+    # rlfleet serve rollout
+    "serve rollout without model": Failure(
+        "serve rollout --port 0", "rlfleet serve rollout:", 2, "required: --model"
+    ),
+    "serve rollout unknown engine": Failure(
+        "serve rollout --engine vllm --model {model}", "rlfleet serve rollout:", 2, "'vllm'"
+    ),
+    "serve rollout missing model": Failure(
+        "serve rollout --model {tmp}/nope --port 0",
+        "rlfleet serve rollout:",
+        2,
+        "nope: no such directory",
+    ),
+    "serve rollout bad dtype": Failure(
+        "serve rollout --model {model} --dtype int8", "rlfleet serve rollout:", 2, "--dtype"
+    ),
+    "serve rollout bad verifier list": Failure(
+        "serve rollout --model {model} --port 0 --verifier a,b",
+        "rlfleet serve rollout:",
+        2,
+        "--verifier: target 'a,b'",
+    ),
+    "serve rollout tls not pem": Failure(
+        "serve rollout --model {model} --port 0 --tls-cert {garbage} --tls-key {garbage}",
+        "rlfleet serve rollout:",
+        2,
+        "not a PEM certificate",
+    ),
+    "serve rollout port taken": Failure(
+        "serve rollout --model {model} --port {taken}",
+        "rlfleet serve rollout:",
+        1,
+        "Address already in use",
+    ),
+    # rlfleet generate
+    "generate without server": Failure(
+        "generate --prompts {prompts}", "rlfleet generate:", 2, "required: --server"
+    ),
+    "generate missing file": Failure(
+        "generate --server 127.0.0.1:{closed} --prompts {tmp}/nope.jsonl",
+        "rlfleet generate:",
+        2,
+        "no such file",
+    ),
+    "generate bad n": Failure(
+        "generate --server 127.0.0.1:1 --prompts {prompts} --n 0",
+        "rlfleet generate:",
+        2,
+        "--n: must be >= 1",
+    ),
+    "generate bad temperature": Failure(
+        "generate --server 127.0.0.1:1 --prompts {prompts} --temperature -1",
+        "rlfleet generate:",
+        2,
+        "--temperature: must be >= 0",
+    ),
+    "generate bad top-p": Failure(
+        "generate --server 127.0.0.1:1 --prompts {prompts} --top-p 0",
+        "rlfleet generate:",
+        2,
+        "--top-p: must be in (0, 1]",
+    ),
+    "generate bad server list": Failure(
+        "generate --server a,b --prompts {prompts}", "rlfleet generate:", 2, "--server"
+    ),
+    "generate no server": Failure(
+        "generate --server 127.0.0.1:{closed} --prompts {prompts}",
+        "rlfleet generate:",
+        1,
+        "no rollout server answers at 127.0.0.1:",
+    ),
+    # rlfleet push-weights
+    "push-weights without version": Failure(
+        "push-weights --server 127.0.0.1:1 --model {model}",
+        "rlfleet push-weights:",
+        2,
+        "required: --version",
+    ),
+    "push-weights bad version": Failure(
+        "push-weights --server 127.0.0.1:1 --model {model} --version 0",
+        "rlfleet push-weights:",
+        2,
+        "--version: must be >= 1",
+    ),
+    "push-weights bad bucket": Failure(
+        "push-weights --server 127.0.0.1:1 --model {model} --version 1 --bucket-mb 64",
+        "rlfleet push-weights:",
+        2,
+        "--bucket-mb: must be 1 to 63",
+    ),
+    "push-weights missing model": Failure(
+        "push-weights --server 127.0.0.1:1 --model {tmp}/nope --version 1",
+        "rlfleet push-weights:",
+        2,
+        "nope: not a directory",
+    ),
+    "push-weights no weights": Failure(
+        "push-weights --server 127.0.0.1:1 --model {tmp} --version 1",
+        "rlfleet push-weights:",
+        2,
+        "no *.safetensors files",
+    ),
+    "push-weights no server": Failure(
+        "push-weights --server 127.0.0.1:{closed} --model {model} --version 1",
+        "rlfleet push-weights:",
+        1,
+        "no rollout server answers at 127.0.0.1:",
+    ),
 }
 
 
@@ -213,6 +327,12 @@ def places(tmp_path: Path) -> Iterator[dict[str, str]]:
     """What the ``{name}``s in a failure's arguments stand for."""
     (tmp_path / "cases.jsonl").write_text(MATH_OK + "\n")
     (tmp_path / "garbage.pem").write_text("not a certificate\n")
+    (tmp_path / "prompts.jsonl").write_text(
+        '{"id": "p", "prompt": "1+1=", "kind": "math", "gold": "2"}\n'
+    )
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(TINY_SAFETENSORS)
     (tmp_path / "loop").symlink_to(tmp_path / "loop")  # (root reads any file; not this one)
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
@@ -223,6 +343,8 @@ def places(tmp_path: Path) -> Iterator[dict[str, str]]:
         yield {
             "tmp": str(tmp_path),
             "cases": str(tmp_path / "cases.jsonl"),
+            "prompts": str(tmp_path / "prompts.jsonl"),
+            "model": str(model),
             "loop": str(tmp_path / "loop"),
             "garbage": str(tmp_path / "garbage.pem"),
             "closed": str(closed_port),
@@ -321,6 +443,9 @@ def test_help_exits_zero() -> None:
         ["bench", "sandbox"],
         ["model", "init"],
         ["bench", "rollout"],
+        ["serve", "rollout"],
+        ["generate"],
+        ["push-weights"],
     ):
         run = rlfleet([*args, "--help"])
         assert run.code == 0 and run.stdout.startswith("usage: rlfleet"), args

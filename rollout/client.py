@@ -1,0 +1,281 @@
+"""Client of the rollout service, for the learner and the operator CLI.
+
+Targets are those of ``VerifierClient``: ``host:port``, ``dns:///name:port`` (every address
+the name resolves to), or a comma-separated list of ``ip:port``; calls are spread with
+gRPC's ``round_robin`` policy.
+
+What is retried is only what cannot have had an effect: a Generate call that failed with
+UNAVAILABLE before its first completion arrived, a weight push the server never answered
+(UNAVAILABLE: nothing is applied before the whole stream has arrived and checked out),
+Status. Once the retries are spent, no server answering is ``RolloutUnavailable`` (an
+``rlfleet.errors.Unavailable``); a request the server refuses is ``RequestRejected``; a
+weight update it refuses is ``WeightsRejected``, with the status code that says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from rlfleet.errors import Unavailable
+from rlfleet.rollout.convert import (
+    completion_from_pb,
+    data_chunk_bytes,
+    manifest_to_pb,
+    request_to_pb,
+    status_from_pb,
+    update_result_from_pb,
+)
+from rlfleet.rollout.records import Completion, EngineStatus, GenerateRequest, WeightUpdateResult
+from rlfleet.rollout.weights import WeightSource, open_source
+from rlfleet.sandbox.client import channel_target
+from rlfleet.v1 import rollout_pb2 as pb
+from rlfleet.v1 import rollout_pb2_grpc as pb_grpc
+
+ACCEPTED_KEY, ACCEPTED_VALUE = "rlfleet-update", "accepted"
+"""The server's initial metadata once it has accepted an update's manifest (as
+``servicer.ACCEPTED``; not imported from there, which would bring the server's imports)."""
+DEFAULT_BUCKET_BYTES = 32 << 20
+"""Bytes of tensor data per pushed message (the receiver holds about one at a time)."""
+
+
+class RolloutUnavailable(grpc.aio.AioRpcError, Unavailable):
+    """No server at ``target`` answered (UNAVAILABLE) in any of the client's attempts.
+    Still the ``AioRpcError`` it replaces (``code()``, ``details()``)."""
+
+    def __init__(self, target: str, attempts: int, last: grpc.aio.AioRpcError) -> None:
+        super().__init__(
+            last.code(),
+            last.initial_metadata(),
+            last.trailing_metadata(),
+            last.details(),
+            last.debug_error_string(),
+        )
+        self.target = target
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        tries = f"{self.attempts} attempt{'s' if self.attempts != 1 else ''}"
+        return f"no rollout server answers at {self.target} after {tries} ({self.details()})"
+
+
+class RequestRejected(ValueError):
+    """The server refused a Generate request as invalid; the message names the field."""
+
+
+class WeightsRejected(ValueError):
+    """The server refused a weight update and kept its old weights: ``code`` is
+    INVALID_ARGUMENT (a tensor does not fit the model), FAILED_PRECONDITION (the version is
+    not newer than the one serving) or DATA_LOSS (the bytes arrived incomplete or corrupt)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+
+
+REJECTED_UPDATE = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientConfig:
+    attempts: int = 4
+    """Tries per call, for what may be retried (see the module's docstring)."""
+    backoff_s: float = 0.05
+    """Delay before the first retry; doubles each time, with up to 100% jitter."""
+    max_backoff_s: float = 2.0
+    """Ceiling of the retry delay."""
+    max_message_mb: int = 64
+    """Largest message (match the server's); pushed buckets must fit in it."""
+    tls_ca: Path | None = None
+    """PEM roots to verify the servers with; enables TLS."""
+    timeout_s: float | None = None
+    """Deadline of a Status call and of a whole weight push (None: none)."""
+
+
+def weight_stream(
+    source: WeightSource, version: int, bucket_bytes: int = DEFAULT_BUCKET_BYTES
+) -> Iterator[bytes]:
+    """An UpdateWeights stream, serialized: the manifest, the tensors' bytes in buckets of
+    ``bucket_bytes``, then the sha256 of all of them."""
+    yield pb.WeightChunk(begin=manifest_to_pb(source.manifest(version))).SerializeToString()
+    sha = hashlib.sha256()
+    for data in source.chunks(bucket_bytes):
+        sha.update(data)
+        yield data_chunk_bytes(data)
+    yield pb.WeightChunk(sha256=sha.hexdigest()).SerializeToString()
+
+
+def iter_weight_chunks(
+    source: WeightSource, version: int, bucket_bytes: int = DEFAULT_BUCKET_BYTES
+) -> Iterator[pb.WeightChunk]:
+    """``weight_stream`` as messages."""
+    for raw in weight_stream(source, version, bucket_bytes):
+        yield pb.WeightChunk.FromString(raw)
+
+
+async def _prefetched(messages: Iterator[bytes]) -> AsyncGenerator[bytes, None]:
+    """Reading and hashing a bucket blocks for milliseconds: done in a thread, one bucket
+    ahead, while gRPC sends the one before."""
+    end = b""
+    ahead = asyncio.ensure_future(asyncio.to_thread(next, messages, end))
+    try:
+        while (message := await ahead) != end:
+            ahead = asyncio.ensure_future(asyncio.to_thread(next, messages, end))
+            yield message
+    finally:
+        ahead.cancel()
+
+
+class RolloutClient:
+    """Async client; use as ``async with RolloutClient("127.0.0.1:50052") as c: ...``."""
+
+    def __init__(self, target: str, config: ClientConfig = ClientConfig()) -> None:
+        self.config = config
+        self.target = target
+        size = config.max_message_mb << 20
+        options = [
+            ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+            ("grpc.max_receive_message_length", size),
+            ("grpc.max_send_message_length", size),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 5000),
+        ]
+        resolved = channel_target(target)  # ValueError for a malformed list
+        if config.tls_ca is not None:
+            creds = grpc.ssl_channel_credentials(config.tls_ca.read_bytes())
+            self._channel = grpc.aio.secure_channel(resolved, creds, options)
+        else:
+            self._channel = grpc.aio.insecure_channel(resolved, options)
+        self._stub = pb_grpc.RolloutStub(self._channel)
+        # UpdateWeights with messages serialized here (``weight_stream``): the buckets are
+        # not copied into and out of protobuf messages on the way.
+        self._update_weights = self._channel.stream_unary(
+            "/rlfleet.v1.Rollout/UpdateWeights",
+            response_deserializer=pb.WeightUpdateResult.FromString,
+        )
+
+    async def __aenter__(self) -> RolloutClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    def _delay(self, retry: int) -> float:
+        base = min(self.config.backoff_s * (2**retry), self.config.max_backoff_s)
+        return base * (1 + random.random())
+
+    def _unavailable(self, e: grpc.aio.AioRpcError, retry: int) -> bool:
+        """Whether ``e`` is UNAVAILABLE with attempts left (else raise it, typed)."""
+        if e.code() is not grpc.StatusCode.UNAVAILABLE:
+            return False
+        if retry + 1 >= self.config.attempts:
+            raise RolloutUnavailable(self.target, self.config.attempts, e) from e
+        return True
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[Completion]:
+        """Completions as they finish (any order; ``prompt_id`` and ``sample`` identify
+        them). Closing the iterator cancels the call, and with it the server's work."""
+        message = request_to_pb(request)
+        retry = 0
+        while True:
+            call = self._stub.Generate(message)
+            received = False
+            try:
+                async for reply in call:
+                    received = True
+                    yield completion_from_pb(reply)
+                return
+            except grpc.aio.AioRpcError as e:
+                if e.code() is grpc.StatusCode.INVALID_ARGUMENT:
+                    raise RequestRejected(e.details() or "invalid request") from None
+                if received or not self._unavailable(e, retry):
+                    if e.code() is grpc.StatusCode.UNAVAILABLE:
+                        raise RolloutUnavailable(self.target, retry + 1, e) from e
+                    raise
+            finally:
+                call.cancel()
+            await asyncio.sleep(self._delay(retry))
+            retry += 1
+
+    async def push_weights(
+        self,
+        source: Path | Mapping[str, Any] | WeightSource,
+        version: int,
+        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+    ) -> WeightUpdateResult:
+        """Push a model directory's ``*.safetensors`` (or ``{name: tensor}``) as policy
+        ``version``; returns once the server serves it. Raises ``WeightsRejected``,
+        ``RolloutUnavailable``, or ``weights.WeightFileError`` for a source that cannot be
+        read."""
+        if bucket_bytes > (self.config.max_message_mb << 20) - 1024:
+            raise ValueError(f"bucket_bytes: {bucket_bytes} does not fit in one message")
+        weights = source if isinstance(source, WeightSource) else open_source(source)
+        retry = 0
+        while True:
+            try:
+                reply = await self._push(weight_stream(weights, version, bucket_bytes))
+                return update_result_from_pb(reply)
+            except grpc.aio.AioRpcError as e:
+                if e.code() in REJECTED_UPDATE:
+                    raise WeightsRejected(e.code(), e.details() or "refused") from None
+                if not self._unavailable(e, retry):
+                    raise
+            await asyncio.sleep(self._delay(retry))
+            retry += 1
+
+    async def _push(self, stream: Iterator[bytes]) -> pb.WeightUpdateResult:
+        """One UpdateWeights call: ``begin``, then (once the server has accepted it, in its
+        initial metadata) the data. A refusal thus ends the call before any data is on the
+        way, and its status comes back as sent (gRPC reports a write that races the
+        server's answer as INTERNAL)."""
+        call = self._update_weights(timeout=self.config.timeout_s)
+        messages = _prefetched(stream)
+        try:
+            try:
+                await call.write(await anext(messages))
+                metadata = await call.initial_metadata()
+                if (ACCEPTED_KEY, ACCEPTED_VALUE) in tuple(metadata or ()):
+                    async for message in messages:
+                        await call.write(message)
+                    await call.done_writing()
+            except asyncio.InvalidStateError:
+                pass  # the call has ended (no server, a refusal): its status says why
+            return await call
+        finally:
+            await messages.aclose()
+            call.cancel()  # (nothing, once it has ended)
+
+    async def status(self) -> EngineStatus:
+        retry = 0
+        while True:
+            try:
+                reply = await self._stub.Status(pb.StatusRequest(), timeout=self.config.timeout_s)
+                return status_from_pb(reply)
+            except grpc.aio.AioRpcError as e:
+                if not self._unavailable(e, retry):
+                    raise
+            await asyncio.sleep(self._delay(retry))
+            retry += 1

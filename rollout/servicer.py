@@ -1,0 +1,423 @@
+"""The rollout gRPC service: a thin servicer over an ``Engine``.
+
+Generate: each prompt becomes ``n`` sample requests (sample i seeded ``seed + i``; without a
+seed the server draws one per prompt and reports each sample's), all handed to the engine at
+once (it batches them). Each sample, once finished, is decoded, scored by the verifier
+(``scoring.Scorer``: at once, never waiting for the rest of the batch, never for longer than
+its timeout) and streamed back. Cancelling the call (client gone, deadline) cancels every
+sample still generating (the engine sees its iterators closed) and every pending
+verification.
+
+UpdateWeights: the manifest is checked first (``engine.check_manifest``, and the version
+must be newer than the one serving), before any byte is taken; the bytes go straight to a
+spool file (``weights.Spool``: a safetensors file, hashed as it is written), and only a
+stream that arrived whole and matches its checksum is handed to ``engine.update_weights``.
+Anything refused leaves the old weights serving. Updates run one at a time. Once every byte
+is in and checked the update is applied even if the client leaves meanwhile (an apply is
+never cut in half); the spool is deleted afterwards in every case.
+
+Sequences in flight when an update lands go on with the new weights: their later tokens
+carry the new version, and the completion reports one ``VersionSpan`` per version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import logging
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+from prometheus_client import CollectorRegistry
+
+from rlfleet.grpc_server import (
+    BadRequest,
+    DataLoss,
+    FailedPrecondition,
+    Server,
+    ServerConfig,
+    build_server,
+)
+from rlfleet.rollout.convert import (
+    completion_to_pb,
+    manifest_from_pb,
+    request_from_pb,
+    status_to_pb,
+    update_result_to_pb,
+    weight_chunk_from_bytes,
+)
+from rlfleet.rollout.engine import Engine, WeightMismatch, WeightUpdate
+from rlfleet.rollout.metrics import RolloutMetrics
+from rlfleet.rollout.records import (
+    Completion,
+    FinishReason,
+    Prompt,
+    SampleRequest,
+    SamplingParams,
+    Timings,
+    VersionSpan,
+    WeightUpdateResult,
+)
+from rlfleet.rollout.scoring import Scorer, Verifier
+from rlfleet.rollout.weights import CorruptStream, Spool
+from rlfleet.v1 import rollout_pb2 as pb
+from rlfleet.v1 import rollout_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Rollout"].full_name
+ACCEPTED = ("rlfleet-update", "accepted")
+"""Initial metadata of an UpdateWeights call whose manifest and version were accepted."""
+SEED_BITS = 63
+"""Server-drawn seeds stay below 2**63, so ``seed + i`` fits every engine's seed type."""
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceConfig:
+    verify_timeout_s: float = 60.0
+    """Longest wait for the verifier's answer to one completion; past it the completion is
+    returned unscored (the verifier client's own retries are bounded too)."""
+    max_samples_per_call: int = 65536
+    """Samples (prompts x n) one Generate call may ask for."""
+    spool_dir: Path | None = None
+    """Where weight updates are spooled while they arrive (None: the system's temp dir);
+    needs room for one copy of the pushed tensors."""
+
+    def __post_init__(self) -> None:
+        if self.verify_timeout_s <= 0:
+            raise ValueError("verify_timeout_s: must be > 0")
+        if self.max_samples_per_call < 1:
+            raise ValueError("max_samples_per_call: must be >= 1")
+
+
+async def _uncancelled(work: asyncio.Future[T]) -> T:
+    """Await ``work``; if we are cancelled meanwhile, let it finish first, then re-raise (a
+    spool file must not be closed or deleted under a write or an apply in progress)."""
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        while not work.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({work})
+        raise
+
+
+class RolloutService(pb_grpc.RolloutServicer):
+    def __init__(
+        self,
+        engine: Engine,
+        verifier: Verifier | None,
+        registry: CollectorRegistry,
+        config: ServiceConfig = ServiceConfig(),
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.metrics = RolloutMetrics(registry)
+        self.scorer = Scorer(verifier, self.metrics, config.verify_timeout_s)
+        self._calls = itertools.count()
+        self._updating = asyncio.Lock()
+        self.metrics.version.set_function(lambda: engine.status().version)
+        self.metrics.running.set_function(lambda: engine.status().running)
+        self.metrics.queued.set_function(lambda: engine.status().queued)
+
+    # -- Generate ---------------------------------------------------------------------------
+
+    def _prompt_tokens(self, prompt: Prompt, where: str) -> tuple[int, ...]:
+        if prompt.token_ids is not None:
+            return prompt.token_ids
+        ids = tuple(self.engine.tokenizer.encode(prompt.text or ""))
+        if not ids:
+            raise BadRequest(f"{where}text", "encodes to no tokens")
+        return ids
+
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.Completion]:
+        arrival = time.perf_counter()
+        req = request_from_pb(request)
+        samples = sum(p.n for p in req.prompts)
+        if samples > self.config.max_samples_per_call:
+            raise BadRequest(
+                "prompts",
+                f"{samples} samples, more than the {self.config.max_samples_per_call} "
+                "one call may ask for",
+            )
+        prompt_ids = [self._prompt_tokens(p, f"prompts[{i}].") for i, p in enumerate(req.prompts)]
+        call = next(self._calls)
+        out: asyncio.Queue[Completion | BaseException] = asyncio.Queue()
+        tasks: list[asyncio.Task[None]] = []
+
+        async def run(prompt: Prompt, ids: tuple[int, ...], sample: int, seed: int) -> None:
+            try:
+                sampling = dataclasses.replace(req.sampling, seed=seed)
+                out.put_nowait(await self._sample(call, prompt, ids, sample, sampling, arrival))
+            except Exception as e:  # the call fails with it (its status), not a hang
+                out.put_nowait(e)
+
+        self.metrics.requests.inc()
+        try:
+            for prompt, ids in zip(req.prompts, prompt_ids, strict=True):
+                base = req.sampling.seed
+                if base is None:
+                    base = secrets.randbits(SEED_BITS)
+                for i in range(prompt.n):
+                    seed = (base + i) % (1 << 64)
+                    tasks.append(asyncio.create_task(run(prompt, ids, i, seed)))
+            for _ in range(len(tasks)):
+                item = await out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield completion_to_pb(item)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.metrics.requests.dec()
+
+    async def _sample(
+        self,
+        call: int,
+        prompt: Prompt,
+        prompt_ids: tuple[int, ...],
+        sample: int,
+        sampling: SamplingParams,
+        arrival: float,
+    ) -> Completion:
+        assert sampling.seed is not None
+        request = SampleRequest(
+            key=f"{call}/{prompt.id}/{sample}", prompt_token_ids=prompt_ids, sampling=sampling
+        )
+        tokens: list[int] = []
+        logprobs: list[float] = []
+        spans: list[VersionSpan] = []
+        finish: FinishReason | None = None
+        started = time.perf_counter()
+        first: float | None = None
+        chunks = self.engine.generate(request)
+        try:
+            async for chunk in chunks:
+                if chunk.token_ids:
+                    if first is None:
+                        first = time.perf_counter()
+                        self.metrics.first_token.observe(first - arrival)
+                    start = len(tokens)
+                    end = start + len(chunk.token_ids)
+                    if spans and spans[-1].version == chunk.version:
+                        spans[-1] = dataclasses.replace(spans[-1], end=end)
+                    else:
+                        spans.append(VersionSpan(version=chunk.version, start=start, end=end))
+                    tokens.extend(chunk.token_ids)
+                    logprobs.extend(chunk.logprobs)
+                    self.metrics.tokens.inc(len(chunk.token_ids))
+                if chunk.finish_reason is not None:
+                    finish = chunk.finish_reason
+                    break
+        finally:
+            # Closing the iterator is how the engine learns the sample is not wanted any
+            # more (cancelled call), and frees its slot.
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        done = time.perf_counter()
+        if finish is None:
+            log.error("engine ended sample %s without a finish reason", request.key)
+            finish = FinishReason.ABORT
+        text = _cut_at_stop(self.engine.tokenizer.decode(tokens), sampling.stop, finish)
+        if finish is FinishReason.ABORT:
+            score_result, reason, verify_s = None, "generation aborted", 0.0
+        else:
+            score = await self.scorer.score(prompt.verification, text, f"{prompt.id}/{sample}")
+            score_result, reason = score.result, score.reason
+            verify_s = score.seconds if score.result is not None else 0.0
+        self.metrics.completions.labels(finish.value, str(score_result is not None).lower()).inc()
+        return Completion(
+            prompt_id=prompt.id,
+            sample=sample,
+            prompt_token_ids=prompt_ids,
+            token_ids=tuple(tokens),
+            logprobs=tuple(logprobs),
+            finish_reason=finish,
+            versions=tuple(spans),
+            text=text,
+            seed=sampling.seed,
+            result=score_result,
+            unscored_reason=reason,
+            timings=Timings(
+                queued_s=started - arrival,
+                first_token_s=(first if first is not None else done) - arrival,
+                generate_s=done - arrival,
+                verify_s=verify_s,
+            ),
+        )
+
+    # -- UpdateWeights ----------------------------------------------------------------------
+
+    async def UpdateWeights(
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> pb.WeightUpdateResult:
+        """Takes the stream's messages undecoded (see ``build_rollout_server``)."""
+        outcome = "rejected"
+        # A hung update never records a duration: this shows it (WeightUpdateStuck alert).
+        self.metrics.update_started.set_to_current_time()
+        try:
+            result = await self._update(request_iterator, context)
+            outcome = "applied"
+            return update_result_to_pb(result)
+        except (BadRequest, DataLoss, FailedPrecondition, asyncio.CancelledError):
+            raise
+        except Exception:
+            outcome = "failed"
+            raise
+        finally:
+            self.metrics.updates.labels(outcome).inc()
+            self.metrics.update_started.set(0)
+
+    async def _update(
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> WeightUpdateResult:
+        t0 = time.perf_counter()
+        messages = aiter(request_iterator)
+        raw = await anext(messages, None)
+        if raw is None:
+            raise BadRequest("begin", "missing (the stream was empty)")
+        first = weight_chunk_from_bytes(raw)
+        if isinstance(first, memoryview) or not first.HasField("begin"):
+            raise BadRequest("begin", "missing from the first message")
+        manifest = manifest_from_pb(first.begin)
+        async with self._updating:
+            serving = self.engine.status().version
+            if manifest.version <= serving:
+                raise FailedPrecondition(
+                    f"begin.version: {manifest.version} is not newer than the version "
+                    f"serving ({serving})"
+                )
+            try:
+                self.engine.check_manifest(manifest)
+            except WeightMismatch as e:
+                raise BadRequest("begin.tensors", str(e)) from None
+            # Tells the client to send the data (``ACCEPTED``): a refusal is the call's status
+            # instead, which a client still writing could only see as an INTERNAL error.
+            await context.send_initial_metadata((ACCEPTED,))
+            spool_dir = Path(tempfile.mkdtemp(prefix="rlfleet-weights-", dir=self.config.spool_dir))
+            try:
+                spool = Spool(manifest, spool_dir / "update.safetensors")
+                try:
+                    await self._receive(spool, first, messages)
+                except CorruptStream as e:
+                    raise DataLoss(str(e)) from None
+                finally:
+                    spool.close()
+                received = time.perf_counter()
+                self.metrics.update_seconds.labels("receive").observe(received - t0)
+                update = WeightUpdate(manifest=manifest, path=spool.path)
+                await _uncancelled(asyncio.ensure_future(self.engine.update_weights(update)))
+                applied = time.perf_counter()
+            finally:
+                # (Shielded: a call cancelled now must still remove its spool.)
+                await _uncancelled(
+                    asyncio.ensure_future(asyncio.to_thread(shutil.rmtree, spool_dir, True))
+                )
+        self.metrics.update_seconds.labels("apply").observe(applied - received)
+        self.metrics.update_bytes.inc(manifest.nbytes)
+        log.info("weights: version %d applied (%d bytes)", manifest.version, manifest.nbytes)
+        return WeightUpdateResult(
+            version=manifest.version,
+            bytes=manifest.nbytes,
+            receive_s=received - t0,
+            apply_s=applied - received,
+        )
+
+    async def _receive(
+        self, spool: Spool, first: pb.WeightChunk, messages: AsyncIterator[bytes]
+    ) -> None:
+        """Spool every chunk as it arrives, then check the stream is whole; raises
+        ``CorruptStream`` or ``BadRequest``. One chunk is written (in a thread) while the
+        next is received: at most two are held here."""
+        sha256: str | None = None
+        writing: asyncio.Future[None] | None = None
+        msg: memoryview | pb.WeightChunk | None = first
+        try:
+            while msg is not None:
+                if sha256 is not None:
+                    raise BadRequest("sha256", "only in the last message")
+                if isinstance(msg, memoryview):
+                    data: memoryview | bytes = msg
+                else:
+                    if msg is not first and msg.HasField("begin"):
+                        raise BadRequest("begin", "only in the first message")
+                    data = msg.data
+                    sha256 = msg.sha256 or None
+                if data:
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.ensure_future(asyncio.to_thread(spool.write, data))
+                raw = await anext(messages, None)
+                msg = None if raw is None else weight_chunk_from_bytes(raw)
+            if writing is not None:
+                await writing
+        finally:
+            if writing is not None and not writing.done():
+                # The spool is closed next: never under a write in progress.
+                await _uncancelled(writing)
+        spool.finish(sha256)
+
+    # -- Status -----------------------------------------------------------------------------
+
+    async def Status(
+        self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StatusResponse:
+        return status_to_pb(self.engine.status())
+
+
+def _cut_at_stop(text: str, stop: tuple[str, ...], finish: FinishReason) -> str:
+    """The text up to the stop string that ended it (stop strings are not returned)."""
+    if finish is not FinishReason.STOP or not stop:
+        return text
+    cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return text[: min(cuts)] if cuts else text
+
+
+def build_rollout_server(
+    server: ServerConfig,
+    service: ServiceConfig,
+    engine: Engine,
+    verifier: Verifier | None,
+    registry: CollectorRegistry,
+) -> tuple[Server, RolloutService]:
+    """A bound, not yet started server with the rollout service on it."""
+    servicer = RolloutService(engine, verifier, registry, service)
+    srv = build_server(server, lambda s: _register(servicer, s), [SERVICE_NAME])
+    return srv, servicer
+
+
+def _register(servicer: RolloutService, server: grpc.aio.Server) -> None:
+    """As ``add_RolloutServicer_to_server``, except that UpdateWeights takes its messages
+    undecoded: data chunks are read straight out of the received bytes
+    (``convert.weight_chunk_from_bytes``)."""
+    handlers = {
+        "Generate": grpc.unary_stream_rpc_method_handler(
+            servicer.Generate,
+            request_deserializer=pb.GenerateRequest.FromString,
+            response_serializer=pb.Completion.SerializeToString,
+        ),
+        "UpdateWeights": grpc.stream_unary_rpc_method_handler(
+            servicer.UpdateWeights,
+            response_serializer=pb.WeightUpdateResult.SerializeToString,
+        ),
+        "Status": grpc.unary_unary_rpc_method_handler(
+            servicer.Status,
+            request_deserializer=pb.StatusRequest.FromString,
+            response_serializer=pb.StatusResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -1,0 +1,419 @@
+"""Weight updates: the sender's buckets, the receiver's spool (a real safetensors file),
+pushes through the client, updates landing mid-generation, and every way a stream is
+refused with the old weights still serving."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import tracemalloc
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+from rollout_fakes import PARAMS, FakeEngine, Running, generate_request, math_prompt, until
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from rlfleet.rollout.client import RolloutClient, WeightsRejected, iter_weight_chunks
+from rlfleet.rollout.convert import manifest_to_pb
+from rlfleet.rollout.engine import EngineError
+from rlfleet.rollout.records import DType, TensorSpec, WeightManifest
+from rlfleet.rollout.weights import (
+    DirectorySource,
+    Spool,
+    TensorSource,
+    WeightFileError,
+    WeightSource,
+    open_source,
+    read_safetensors_header,
+)
+from rlfleet.v1 import rollout_pb2 as pb
+
+TORCH_DTYPES = {
+    DType.FLOAT32: torch.float32,
+    DType.FLOAT16: torch.float16,
+    DType.BFLOAT16: torch.bfloat16,
+}
+
+
+def model_tensors(seed: int = 1) -> dict[str, torch.Tensor]:
+    """Tensors that fit the fake engine's parameter table."""
+    g = torch.Generator().manual_seed(seed)
+    return {t.name: torch.randn(t.shape, generator=g).to(TORCH_DTYPES[t.dtype]) for t in PARAMS}
+
+
+def raw(t: torch.Tensor) -> bytes:
+    return bytes(t.contiguous().view(-1).view(torch.uint8).tolist())
+
+
+def write_model(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
+    """An HF-style directory with two shards."""
+    path.mkdir(parents=True, exist_ok=True)
+    names = sorted(tensors)
+    save_file({n: tensors[n] for n in names[:1]}, str(path / "model-00001-of-00002.safetensors"))
+    save_file({n: tensors[n] for n in names[1:]}, str(path / "model-00002-of-00002.safetensors"))
+    (path / "config.json").write_text("{}")
+    return path
+
+
+# -- the bytes ----------------------------------------------------------------------------
+
+
+def test_the_spool_is_a_safetensors_file_safetensors_loads(tmp_path: Path) -> None:
+    tensors = {
+        "a": torch.randn(3, 5),
+        "b.weight": torch.randn(7).to(torch.bfloat16),
+        "c": torch.randn(2, 2, 2).to(torch.float16),
+        "scalar": torch.tensor(3.5),
+        "empty": torch.zeros(0, 4),
+    }
+    source = TensorSource(tensors)
+    manifest = source.manifest(3)
+    spool = Spool(manifest, tmp_path / "u.safetensors")
+    sha = hashlib.sha256()
+    for data in source.chunks(5):
+        spool.write(data)
+        sha.update(data)
+    spool.finish(sha.hexdigest())
+    with safe_open(str(tmp_path / "u.safetensors"), framework="pt") as f:
+        assert list(f.keys()) == sorted(tensors)
+        for name, t in tensors.items():
+            assert torch.equal(f.get_tensor(name), t), name
+    assert [s.spec for s in read_safetensors_header(tmp_path / "u.safetensors")] == list(
+        manifest.tensors
+    )
+
+
+@pytest.mark.parametrize("bucket", [1, 7, 100, 1 << 20])
+def test_chunks_are_buckets_of_the_tensors_in_file_order(tmp_path: Path, bucket: int) -> None:
+    tensors = model_tensors()
+    source = DirectorySource(write_model(tmp_path / "m", tensors))
+    names = [t.name for t in source.tensors]
+    assert sorted(names) == sorted(tensors)
+    chunks = list(source.chunks(bucket))
+    assert all(len(c) == bucket for c in chunks[:-1]) and 0 < len(chunks[-1]) <= bucket
+    assert b"".join(chunks) == b"".join(raw(tensors[n]) for n in names)
+    # The same bytes from the tensors themselves.
+    assert b"".join(open_source(tensors).chunks(bucket)) == b"".join(
+        raw(tensors[n]) for n in tensors
+    )
+
+
+def test_unusable_sources_are_named(tmp_path: Path) -> None:
+    with pytest.raises(WeightFileError, match="not a directory"):
+        DirectorySource(tmp_path / "nope")
+    with pytest.raises(WeightFileError, match=r"no \*\.safetensors files"):
+        DirectorySource(tmp_path)
+    save_file({"steps": torch.zeros(2, dtype=torch.int64)}, str(tmp_path / "x.safetensors"))
+    with pytest.raises(WeightFileError, match="steps: dtype I64 cannot be pushed"):
+        DirectorySource(tmp_path)
+    (tmp_path / "x.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{]")
+    with pytest.raises(WeightFileError, match="not a safetensors file"):
+        DirectorySource(tmp_path)
+    with pytest.raises(WeightFileError, match=r"ids: dtype torch\.int64"):
+        TensorSource({"ids": torch.zeros(2, dtype=torch.int64)})
+
+
+def test_the_spool_refuses_what_did_not_arrive_whole(tmp_path: Path) -> None:
+    manifest = WeightManifest(
+        version=1, tensors=(TensorSpec(name="w", dtype=DType.FLOAT32, shape=(2,)),)
+    )
+    data = bytes(range(8))
+    good = hashlib.sha256(data).hexdigest()
+    s = Spool(manifest, tmp_path / "a")
+    s.write(data[:4])
+    with pytest.raises(ValueError, match="truncated: the stream ended after 4 of 8 bytes"):
+        s.finish(good)
+    s = Spool(manifest, tmp_path / "b")
+    with pytest.raises(ValueError, match="more than the 8 bytes"):
+        s.write(data + b"x")
+    s = Spool(manifest, tmp_path / "c")
+    s.write(data)
+    with pytest.raises(ValueError, match="sha256: the data hashes to"):
+        s.finish("0" * 64)
+    s = Spool(manifest, tmp_path / "d")
+    s.write(data)
+    s.finish(good.upper())
+
+
+# -- pushes through the service -------------------------------------------------------------
+
+
+async def test_push_a_model_directory_then_serve_it(tmp_path: Path) -> None:
+    tensors = model_tensors()
+    model = write_model(tmp_path / "m", tensors)
+    engine = FakeEngine()
+    async with Running(engine, spool_dir=tmp_path / "spool") as s:
+        (tmp_path / "spool").mkdir()
+        async with RolloutClient(s.target) as client:
+            result = await client.push_weights(model, version=5, bucket_bytes=100)
+            assert (result.version, result.bytes) == (5, sum(t.nbytes for t in PARAMS))
+            assert result.receive_s > 0 and result.apply_s >= 0
+            assert (await client.status()).version == 5
+            assert {n: engine.weights[n] for n in tensors} == {
+                n: raw(t) for n, t in tensors.items()
+            }
+            # And a state dict, in one bucket.
+            newer = model_tensors(seed=2)
+            assert (await client.push_weights(newer, version=6)).version == 6
+            assert engine.weights == {n: raw(t) for n, t in newer.items()}
+        assert list((tmp_path / "spool").iterdir()) == [], "the spool is deleted"
+        assert s.metric("rlfleet_rollout_weight_updates_total", result="applied") == 2
+        assert s.metric("rlfleet_rollout_weight_update_bytes_total") == 2 * result.bytes
+        assert s.metric("rlfleet_rollout_policy_version") == 6
+
+
+async def test_weights_pushed_mid_generation_tag_the_tokens_after_them(tmp_path: Path) -> None:
+    engine = FakeEngine(step_s=0.01)
+    async with Running(engine) as s, RolloutClient(s.target) as client:
+        call = s.stub.Generate(generate_request(math_prompt("m", n=3), max_new_tokens=40))
+        await until(lambda: engine.running == 3, "generation to start")
+        await asyncio.sleep(0.1)
+        await client.push_weights(model_tensors(), version=1)
+        out = [c async for c in call]
+    for c in out:
+        spans = [(v.version, v.start, v.end) for v in c.versions]
+        assert len(spans) == 2, spans
+        (v0, s0, e0), (v1, s1, e1) = spans
+        assert (v0, s0, v1, e1) == (0, 0, 1, 40) and e0 == s1 and 0 < s1 < 40
+        assert len(c.token_ids) == 40
+
+
+def stream(
+    tensors: list[TensorSpec] | None = None,
+    version: int = 1,
+    data: bytes | None = None,
+    sha: str | None = None,
+    pieces: int = 3,
+) -> list[pb.WeightChunk]:
+    """An UpdateWeights stream built by hand (default: a valid one for the fake engine)."""
+    tensors = list(PARAMS) if tensors is None else tensors
+    if data is None:
+        data = bytes(i % 251 for i in range(sum(t.nbytes for t in tensors)))
+    out = [
+        pb.WeightChunk(
+            begin=manifest_to_pb(WeightManifest(version=version, tensors=tuple(tensors)))
+        )
+    ]
+    step = max(1, -(-len(data) // pieces))
+    out += [pb.WeightChunk(data=data[i : i + step]) for i in range(0, len(data), step)]
+    out.append(pb.WeightChunk(sha256=hashlib.sha256(data).hexdigest() if sha is None else sha))
+    return out
+
+
+def _valid_bytes() -> bytes:
+    return bytes(i % 251 for i in range(sum(t.nbytes for t in PARAMS)))
+
+
+def _flip(data: bytes) -> bytes:
+    return data[:10] + bytes([data[10] ^ 1]) + data[11:]
+
+
+emb, up, norm = PARAMS
+REFUSED: dict[str, tuple[Callable[[], list[pb.WeightChunk]], grpc.StatusCode, str]] = {
+    "checksum mismatch": (
+        lambda: stream(sha="ab" * 32),
+        grpc.StatusCode.DATA_LOSS,
+        "sha256: the data hashes to",
+    ),
+    "corrupt byte": (
+        lambda: (
+            [*stream()[:-1], pb.WeightChunk(sha256=stream(data=_flip(_valid_bytes()))[-1].sha256)]
+        ),
+        grpc.StatusCode.DATA_LOSS,
+        "sha256:",
+    ),
+    "truncated data": (
+        lambda: [*stream()[:2], stream()[-1]],
+        grpc.StatusCode.DATA_LOSS,
+        "truncated: the stream ended after",
+    ),
+    "ends before its checksum": (
+        lambda: stream()[:-1],
+        grpc.StatusCode.DATA_LOSS,
+        "truncated: the stream ended before its sha256",
+    ),
+    "more bytes than announced": (
+        lambda: stream(data=_valid_bytes() + b"xx"),
+        grpc.StatusCode.DATA_LOSS,
+        "data: more than the",
+    ),
+    "mis-shaped": (
+        lambda: stream([emb, TensorSpec(name=up.name, dtype=up.dtype, shape=(8, 16)), norm]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"begin.tensors: {up.name}: shape (8, 16)",
+    ),
+    "wrong dtype": (
+        lambda: stream([emb, up, TensorSpec(name=norm.name, dtype=DType.FLOAT16, shape=(8,))]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"begin.tensors: {norm.name}: dtype float16",
+    ),
+    "unknown tensor": (
+        lambda: stream([emb, TensorSpec(name="lm_head.bias", dtype=DType.FLOAT32, shape=(8,))]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "begin.tensors: lm_head.bias: not a parameter",
+    ),
+    "dtype missing": (
+        lambda: [
+            pb.WeightChunk(
+                begin=pb.WeightUpdateBegin(version=1, tensors=[pb.TensorSpec(name="w", shape=[2])])
+            )
+        ],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "begin.tensors[0].dtype: missing",
+    ),
+    "old version": (
+        lambda: stream(version=0),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "begin.version: 0 is not newer than the version serving (0)",
+    ),
+    "no begin": (
+        lambda: stream()[1:],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "begin: missing from the first message",
+    ),
+    "empty stream": (lambda: [], grpc.StatusCode.INVALID_ARGUMENT, "begin: missing"),
+    "begin twice": (
+        lambda: [*stream()[:2], stream()[0], *stream()[2:]],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "begin: only in the first message",
+    ),
+    "data after the checksum": (
+        lambda: [*stream(), pb.WeightChunk(data=b"x")],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "sha256: only in the last message",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+async def test_a_refused_stream_leaves_the_old_weights_serving(tmp_path: Path, case: str) -> None:
+    make, code, says = REFUSED[case]
+    engine = FakeEngine()
+    before = dict(engine.weights)
+    (tmp_path / "spool").mkdir()
+    async with Running(engine, spool_dir=tmp_path / "spool") as s:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.stub.UpdateWeights(iter(make()), timeout=10)
+        assert err.value.code() == code, err.value.details()
+        assert err.value.details().startswith(says), err.value.details()
+        assert engine.updates == [] and engine.weights == before
+        assert (await s.stub.Status(pb.StatusRequest(), timeout=10)).version == 0
+        (c,) = [c async for c in s.stub.Generate(generate_request(math_prompt("m")), timeout=10)]
+        assert [v.version for v in c.versions] == [0]
+        assert list((tmp_path / "spool").iterdir()) == []
+        assert s.metric("rlfleet_rollout_weight_updates_total", result="rejected") == 1
+        assert await s.health() == 1  # SERVING
+
+
+async def test_the_manifest_is_checked_before_any_data_is_taken() -> None:
+    sent_data = asyncio.Event()
+
+    async def begin_then_wait() -> AsyncIterator[pb.WeightChunk]:
+        bad = TensorSpec(name="nope", dtype=DType.FLOAT32, shape=(1 << 30,))  # 4 GiB announced
+        yield stream([bad], data=b"")[0]
+        await asyncio.sleep(30)
+        sent_data.set()
+
+    async with Running(FakeEngine()) as s:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(s.stub.UpdateWeights(begin_then_wait()), 10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "nope" in err.value.details()
+        assert not sent_data.is_set()
+
+
+async def test_the_client_refusals_are_typed(tmp_path: Path) -> None:
+    async with Running(FakeEngine()) as s, RolloutClient(s.target) as client:
+        await client.push_weights(model_tensors(), version=2)
+        with pytest.raises(WeightsRejected) as err:
+            await client.push_weights(model_tensors(), version=2)
+        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        with pytest.raises(WeightsRejected) as err:
+            await client.push_weights({"x": torch.zeros(3)}, version=3)
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "x:" in str(err.value)
+
+
+async def test_a_client_that_leaves_mid_stream_changes_nothing(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    (tmp_path / "spool").mkdir()
+    half = stream(pieces=4)[:3]
+
+    async def then_hang() -> AsyncIterator[pb.WeightChunk]:
+        for m in half:
+            yield m
+        await asyncio.sleep(30)
+
+    async with Running(engine, spool_dir=tmp_path / "spool") as s:
+        call = s.stub.UpdateWeights(then_hang())
+        await until(lambda: any((tmp_path / "spool").iterdir()), "the spool to start")
+        call.cancel()
+        await until(lambda: not any((tmp_path / "spool").iterdir()), "the spool to go")
+        assert engine.updates == [] and engine.version == 0
+
+
+async def test_an_engine_that_fails_to_apply_keeps_serving_the_old_version(tmp_path: Path) -> None:
+    engine = FakeEngine(apply_fail=EngineError("out of memory loading the update"))
+    (tmp_path / "spool").mkdir()
+    async with Running(engine, spool_dir=tmp_path / "spool") as s:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.stub.UpdateWeights(iter(stream()), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INTERNAL
+        assert engine.version == 0 and list((tmp_path / "spool").iterdir()) == []
+        assert s.metric("rlfleet_rollout_weight_updates_total", result="failed") == 1
+
+
+async def test_the_receiver_spools_as_data_arrives_holding_about_one_chunk(tmp_path: Path) -> None:
+    """16 MiB pushed in 256 KiB buckets: each bucket is on disk before the next is sent, and
+    the Python heap of both ends together never holds more than a few buckets."""
+    bucket = 256 << 10
+    total = 16 << 20
+    big = [TensorSpec(name=f"w{i}", dtype=DType.FLOAT32, shape=(1 << 20,)) for i in range(4)]
+
+    class BigEngine(FakeEngine):
+        def check_manifest(self, manifest: WeightManifest) -> None:
+            pass
+
+        async def update_weights(self, update: object) -> None:
+            self.version = 1
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+
+    def on_disk() -> int:
+        files = list(spool.rglob("*.safetensors"))
+        return files[0].stat().st_size if files else 0
+
+    class Source(WeightSource):
+        """Generated bytes: nothing of the model is held anywhere."""
+
+        def read(self, index: int, start: int, length: int) -> bytes:
+            return bytes([index]) * length
+
+    async with Running(BigEngine(), spool_dir=spool) as s:
+        chunks = iter_weight_chunks(Source(big), 1, bucket)
+        header = 0
+
+        async def paced() -> AsyncIterator[pb.WeightChunk]:
+            nonlocal header
+            sent = 0
+            for m in chunks:
+                yield m
+                if m.HasField("begin"):
+                    await until(lambda: on_disk() > 0, "the header")
+                    header = on_disk()
+                sent += len(m.data)
+                want = header + sent
+                await until(lambda w=want: on_disk() == w, f"{sent} bytes on disk")  # type: ignore[misc]
+
+        tracemalloc.start()
+        try:
+            reply = await s.stub.UpdateWeights(paced(), timeout=60)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert reply.bytes == total == sum(t.nbytes for t in big)
+    assert peak < 8 * bucket, f"peak {peak} bytes traced for {bucket}-byte buckets"
