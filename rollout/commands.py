@@ -68,7 +68,12 @@ async def start_engine(config: RolloutEngineConfig) -> Engine:
     """Start the configured engine; what a user can fix becomes a ``CommandError``."""
     try:
         if config.kind == "torch":
+            from transformers.utils import logging as hf_logging
+
             from rlfleet.rollout.torch_engine import TorchEngine, TorchEngineConfig
+
+            # A server's stderr is for its own lines (docs/cli.md), not a loading bar.
+            hf_logging.disable_progress_bar()
 
             # Loading the model blocks: off the event loop.
             return await asyncio.to_thread(
