@@ -42,7 +42,7 @@ class RolloutEngineConfig:
     model: Path
     """Hugging Face model directory (config, tokenizer, ``*.safetensors``)."""
     device: Literal["cpu", "cuda"] = "cpu"
-    """torch engine: ``cpu`` or ``cuda`` (the first visible GPU: pick it with CUDA_VISIBLE_DEVICES)."""
+    """torch engine: ``cpu`` or ``cuda`` (the first visible GPU; CUDA_VISIBLE_DEVICES picks)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Weights and compute type."""
 
