@@ -114,9 +114,9 @@ def weight_stream(
     ``bucket_bytes``, then the sha256 of all of them."""
     yield pb.WeightChunk(begin=manifest_to_pb(source.manifest(version))).SerializeToString()
     sha = hashlib.sha256()
-    for data in source.chunks(bucket_bytes):
-        sha.update(data)
-        yield data_chunk_bytes(data)
+    for view in source.buckets(bucket_bytes):
+        sha.update(view)
+        yield data_chunk_bytes(view)
     yield pb.WeightChunk(sha256=sha.hexdigest()).SerializeToString()
 
 
