@@ -141,20 +141,26 @@ async def _prefetched(messages: Iterator[bytes]) -> AsyncGenerator[bytes, None]:
         ahead.cancel()
 
 
+def channel_options(config: ClientConfig) -> list[tuple[str, Any]]:
+    """The gRPC channel options of a ``RolloutClient`` (the weight-push bench's bare
+    baseline uses the same)."""
+    size = config.max_message_mb << 20
+    return [
+        ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+        ("grpc.max_receive_message_length", size),
+        ("grpc.max_send_message_length", size),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 5000),
+    ]
+
+
 class RolloutClient:
     """Async client; use as ``async with RolloutClient("127.0.0.1:50052") as c: ...``."""
 
     def __init__(self, target: str, config: ClientConfig = ClientConfig()) -> None:
         self.config = config
         self.target = target
-        size = config.max_message_mb << 20
-        options = [
-            ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
-            ("grpc.max_receive_message_length", size),
-            ("grpc.max_send_message_length", size),
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 5000),
-        ]
+        options = channel_options(config)
         resolved = channel_target(target)  # ValueError for a malformed list
         if config.tls_ca is not None:
             creds = grpc.ssl_channel_credentials(config.tls_ca.read_bytes())
