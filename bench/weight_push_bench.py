@@ -209,7 +209,7 @@ async def _grpc_send(channel: grpc.aio.Channel, path: Path, data_offset: int, bu
 
 
 async def bench_weight_push(
-    size_mb: int = 256, bucket_mb: int = 16, repeats: int = 3, work_dir: Path | None = None
+    size_mb: int = 256, bucket_mb: int = 8, repeats: int = 3, work_dir: Path | None = None
 ) -> WeightPushFigures:
     """Push ``size_mb`` MB through UpdateWeights, bare gRPC and raw TCP, ``repeats`` times
     each, alternating; the best of each."""

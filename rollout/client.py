@@ -44,8 +44,10 @@ from rlfleet.v1 import rollout_pb2_grpc as pb_grpc
 ACCEPTED_KEY, ACCEPTED_VALUE = "rlfleet-update", "accepted"
 """The server's initial metadata once it has accepted an update's manifest (as
 ``servicer.ACCEPTED``; not imported from there, which would bring the server's imports)."""
-DEFAULT_BUCKET_BYTES = 32 << 20
-"""Bytes of tensor data per pushed message (the receiver holds about one at a time)."""
+DEFAULT_BUCKET_BYTES = 8 << 20
+"""Bytes of tensor data per pushed message. 8 MiB measured fastest here (4, 8, 16 and 32
+MiB tried: larger buckets cost more in page faults and gRPC buffering, smaller ones more
+per-message overhead); the receiver holds a few at a time."""
 
 
 class RolloutUnavailable(grpc.aio.AioRpcError, Unavailable):
