@@ -134,7 +134,7 @@ async def run_rollout_bench(
     dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     repeats: int = 3,
     push_mb: int = 256,
-    bucket_mb: int = 16,
+    bucket_mb: int = 8,
 ) -> int:
     """Print the engine figures (a tiny model made here when ``model_dir`` is None), then
     the weight-push figures (``push_mb`` MB in ``bucket_mb`` MB buckets; 0: skip)."""

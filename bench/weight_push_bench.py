@@ -5,9 +5,12 @@ Weight push (``bench_weight_push``): a model directory's safetensors pushed thro
 UpdateWeights to a rollout server in another process (whose engine applies nothing, so the
 figure is the transport: read, hash, send, receive, spool to disk, hash, check), against
 the same bytes over a raw loopback TCP socket between the same two kinds of process (read
-from the same file, received into a fixed buffer and dropped). Also measured: the receiving
-server's peak resident memory above its resting size during the push, to compare with the
-bucket size and the model size.
+from the same file, received into a fixed buffer and dropped), and against the ceiling gRPC
+itself sets: the same buckets as raw bytes over a bare client-streaming method of the same
+server (no protobuf, no hashing, no disk). Also measured: the receiving server's peak
+resident memory above its resting size during a push (after one unmeasured warm-up push,
+which also pays the server's one-time allocations), to compare with the bucket size and the
+model size.
 """
 
 from __future__ import annotations
@@ -19,16 +22,20 @@ import struct
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+
 import rlfleet
-from rlfleet.rollout.client import ClientConfig, RolloutClient
+from rlfleet.rollout.client import ClientConfig, RolloutClient, channel_options
 from rlfleet.rollout.records import DType, TensorSpec
 from rlfleet.rollout.weights import safetensors_header
 
 SINK_SERVER = """
 import asyncio, sys
+import grpc
 from prometheus_client import CollectorRegistry
 from rlfleet.grpc_server import ServerConfig
 from rlfleet.rollout.records import EngineStatus
@@ -45,15 +52,27 @@ class SinkEngine:
                             queued=0, device="cpu")
     async def close(self): pass
 
+async def bare(requests, context):
+    # The ceiling: the same buckets as raw bytes, no proto, no hashing, no disk.
+    total = 0
+    async for message in requests:
+        total += len(message)
+    return total.to_bytes(8, "little")
+
 async def main():
     srv, _ = build_rollout_server(ServerConfig(port=0), ServiceConfig(spool_dir=sys.argv[1]),
                                   SinkEngine(), None, CollectorRegistry())
+    handler = grpc.stream_unary_rpc_method_handler(bare)
+    srv.server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("rlfleet.bench.Sink", {"Push": handler}),))
     await srv.start()
     print(srv.port, flush=True)
     await asyncio.Event().wait()
 
 asyncio.run(main())
 """
+
+BARE_METHOD = "/rlfleet.bench.Sink/Push"
 
 TCP_SINK = """
 import socket, struct, sys
@@ -80,19 +99,29 @@ class WeightPushFigures:
     """Best UpdateWeights push, client call to applied."""
     tcp_s: float
     """Best raw loopback TCP transfer of the same bytes."""
+    grpc_s: float
+    """Best transfer of the same buckets over a bare gRPC client stream (the ceiling)."""
     receiver_peak_extra_bytes: int
     """The server's peak resident memory during a push, above its size before it."""
 
     @property
     def ratio(self) -> float:
+        """UpdateWeights against raw TCP."""
         return self.tcp_s / self.push_s
+
+    @property
+    def grpc_ratio(self) -> float:
+        """UpdateWeights against bare gRPC."""
+        return self.grpc_s / self.push_s
 
     def lines(self) -> list[str]:
         mb = self.bytes / 1e6
         return [
-            f"weight push: {mb:.0f} MB in {self.bucket_bytes >> 20} MiB buckets: "
+            f"weight push: {mb:.0f} MB in {self.bucket_bytes / 2**20:g} MiB buckets: "
             f"UpdateWeights {mb / self.push_s:.0f} MB/s, raw TCP {mb / self.tcp_s:.0f} MB/s "
-            f"({self.ratio:.2f}x of raw)",
+            f"({self.ratio:.2f}x of raw), bare gRPC {mb / self.grpc_s:.0f} MB/s "
+            f"({self.grpc_ratio:.2f}x of bare gRPC; bare gRPC is {self.tcp_s / self.grpc_s:.2f}x "
+            "of raw)",
             f"receiver peak memory above rest: {self.receiver_peak_extra_bytes / 2**20:.1f} MiB "
             f"(bucket {self.bucket_bytes / 2**20:.0f} MiB, model {self.bytes / 2**20:.0f} MiB)",
         ]
@@ -153,10 +182,36 @@ def _tcp_send(port: int, path: Path, data_offset: int, bucket: int) -> float:
     return time.perf_counter() - t0
 
 
+def _file_buckets(path: Path, data_offset: int, bucket: int) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        f.seek(data_offset)
+        while chunk := f.read(bucket):
+            yield chunk
+
+
+async def _grpc_send(channel: grpc.aio.Channel, path: Path, data_offset: int, bucket: int) -> float:
+    """The same buckets over the sink's bare method, read one ahead in a thread as
+    ``push_weights`` reads them."""
+    t0 = time.perf_counter()
+    call = channel.stream_unary(BARE_METHOD)()
+    buckets = _file_buckets(path, data_offset, bucket)
+    end = b""
+    ahead = asyncio.ensure_future(asyncio.to_thread(next, buckets, end))
+    sent = 0
+    while (chunk := await ahead) != end:
+        ahead = asyncio.ensure_future(asyncio.to_thread(next, buckets, end))
+        await call.write(chunk)
+        sent += len(chunk)
+    await call.done_writing()
+    received = int.from_bytes(await call, "little")
+    assert received == sent
+    return time.perf_counter() - t0
+
+
 async def bench_weight_push(
-    size_mb: int = 256, bucket_mb: int = 16, repeats: int = 3, work_dir: Path | None = None
+    size_mb: int = 256, bucket_mb: int = 8, repeats: int = 3, work_dir: Path | None = None
 ) -> WeightPushFigures:
-    """Push ``size_mb`` MB through UpdateWeights and through raw TCP, ``repeats`` times
+    """Push ``size_mb`` MB through UpdateWeights, bare gRPC and raw TCP, ``repeats`` times
     each, alternating; the best of each."""
     bucket = bucket_mb << 20
     with tempfile.TemporaryDirectory(prefix="rlfleet-bench-", dir=work_dir) as tmp:
@@ -170,10 +225,18 @@ async def bench_weight_push(
         total = (model / "model.safetensors").stat().st_size - data_offset
         server, grpc_port = await _start(SINK_SERVER, str(spool))
         sink, tcp_port = await _start(TCP_SINK, str(bucket))
-        push_s, tcp_s, peak = [], [], 0
+        push_s, tcp_s, grpc_s, peak = [], [], [], 0
+        path = model / "model.safetensors"
+        config = ClientConfig()
         try:
-            async with RolloutClient(f"127.0.0.1:{grpc_port}", ClientConfig()) as client:
-                for version in range(1, repeats + 1):
+            async with (
+                RolloutClient(f"127.0.0.1:{grpc_port}", config) as client,
+                grpc.aio.insecure_channel(
+                    f"127.0.0.1:{grpc_port}", channel_options(config)
+                ) as channel,
+            ):
+                await client.push_weights(model, 1, bucket)  # warm-up
+                for version in range(2, repeats + 2):
                     rest = _proc_status(server.pid, "VmRSS")
                     _reset_peak(server.pid)
                     t0 = time.perf_counter()
@@ -181,10 +244,9 @@ async def bench_weight_push(
                     push_s.append(time.perf_counter() - t0)
                     assert result.bytes == total
                     peak = max(peak, _proc_status(server.pid, "VmHWM") - rest)
+                    grpc_s.append(await _grpc_send(channel, path, data_offset, bucket))
                     tcp_s.append(
-                        await asyncio.to_thread(
-                            _tcp_send, tcp_port, model / "model.safetensors", data_offset, bucket
-                        )
+                        await asyncio.to_thread(_tcp_send, tcp_port, path, data_offset, bucket)
                     )
         finally:
             for proc in (server, sink):
@@ -195,5 +257,6 @@ async def bench_weight_push(
         bucket_bytes=bucket,
         push_s=min(push_s),
         tcp_s=min(tcp_s),
+        grpc_s=min(grpc_s),
         receiver_peak_extra_bytes=peak,
     )

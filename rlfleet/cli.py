@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     brol.add_argument(
         "--push-mb", type=_count, default=256, help="weights pushed, in MB (0: skip the push)"
     )
-    brol.add_argument("--bucket-mb", type=_positive_int, default=16, help="push bucket size")
+    brol.add_argument("--bucket-mb", type=_positive_int, default=8, help="push bucket size")
 
     model = sub.add_parser("model", help="model tooling")
     model_sub = model.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -283,8 +283,8 @@ def _add_rollout_commands(
     push.add_argument(
         "--bucket-mb",
         type=lambda t: _int(t, 1, 63),
-        default=32,
-        help="MiB per message (default: 32)",
+        default=8,
+        help="MiB per message (default: 8)",
     )
 
 

@@ -370,8 +370,8 @@ class PushWeightsConfig:
     """HF model directory whose ``*.safetensors`` are pushed."""
     version: int
     """Policy version the server serves once they are applied (newer than its current)."""
-    bucket_mb: int = 32
-    """MiB of tensor data per message (what the server holds in memory at a time)."""
+    bucket_mb: int = 8
+    """MiB of tensor data per message (the server holds a few at a time)."""
 
     def __post_init__(self) -> None:
         if self.version < 1:

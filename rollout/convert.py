@@ -353,7 +353,7 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def data_chunk_bytes(data: bytes) -> bytes:
+def data_chunk_bytes(data: bytes | memoryview) -> bytes:
     """The serialized ``WeightChunk(data=data)``."""
     return b"".join((bytes([_DATA_TAG]), _varint(len(data)), data))
 

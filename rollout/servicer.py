@@ -341,10 +341,9 @@ class RolloutService(pb_grpc.RolloutServicer):
         self, spool: Spool, first: pb.WeightChunk, messages: AsyncIterator[bytes]
     ) -> None:
         """Spool every chunk as it arrives, then check the stream is whole; raises
-        ``CorruptStream`` or ``BadRequest``. One chunk is written (in a thread) while the
-        next is received: at most two are held here."""
+        ``CorruptStream`` or ``BadRequest``. Chunks are hashed and written in the spool's
+        threads while the next ones are received: at most ``spool.depth`` are held there."""
         sha256: str | None = None
-        writing: asyncio.Future[None] | None = None
         msg: memoryview | pb.WeightChunk | None = first
         try:
             while msg is not None:
@@ -358,17 +357,13 @@ class RolloutService(pb_grpc.RolloutServicer):
                     data = msg.data
                     sha256 = msg.sha256 or None
                 if data:
-                    if writing is not None:
-                        await writing
-                    writing = asyncio.ensure_future(asyncio.to_thread(spool.write, data))
+                    await spool.put(data)
                 raw = await anext(messages, None)
                 msg = None if raw is None else weight_chunk_from_bytes(raw)
-            if writing is not None:
-                await writing
+            await spool.drain()
         finally:
-            if writing is not None and not writing.done():
-                # The spool is closed next: never under a write in progress.
-                await _uncancelled(writing)
+            # The spool is closed next: never under a write in progress.
+            await _uncancelled(asyncio.ensure_future(spool.drain(quiet=True)))
         spool.finish(sha256)
 
     # -- Status -----------------------------------------------------------------------------

@@ -13,15 +13,20 @@ order (little-endian, C order), cut into chunks of any size; ``sha256`` over all
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import hashlib
 import json
+import os
 import struct
 import sys
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from io import FileIO
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from rlfleet.rollout.records import DType, TensorSpec, WeightManifest
 
@@ -119,38 +124,88 @@ def read_tensor_bytes(tensor: StoredTensor) -> bytes:
 class Spool:
     """Writes an update's bytes to ``path`` (a safetensors file) as they arrive.
 
-    ``write`` each chunk, then ``finish`` with the sender's checksum; every check that can
-    fail early does (more bytes than announced fail at the chunk that overflows).
+    ``put`` each chunk (or ``write`` it, synchronously), then ``finish`` with the sender's
+    checksum; every check that can fail early does (more bytes than announced fail at the
+    chunk that overflows, before it is written).
+
+    ``put`` hands the chunk to two threads, one hashing and one writing (hashlib and
+    ``os.pwrite`` release the GIL), and returns at once while fewer than ``depth`` chunks are
+    in their hands: the caller receives the next chunk meanwhile. The spool holds at most
+    ``depth`` chunks, so memory stays bounded by the bucket size, not the model's.
     """
 
-    def __init__(self, manifest: WeightManifest, path: Path) -> None:
+    def __init__(self, manifest: WeightManifest, path: Path, depth: int = 2) -> None:
+        if depth < 1:
+            raise ValueError("depth: must be >= 1")
         self.manifest = manifest
         self.path = path
         self.expected = manifest.nbytes
         self.received = 0
+        self.depth = depth
         self._sha = hashlib.sha256()
-        # Unbuffered: each chunk goes to the OS as it arrives (nothing accumulates here).
-        self._file = path.open("wb", buffering=0)
-        self._write_all(safetensors_header(manifest.tensors))
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        header = safetensors_header(manifest.tensors)
+        self._write_at(header, 0)
+        self._offset = len(header)
+        # One worker each: the hash sees the chunks in order; writes carry their offset.
+        self._hasher = ThreadPoolExecutor(1, "spool-sha256")
+        self._writer = ThreadPoolExecutor(1, "spool-write")
+        self._pending: deque[asyncio.Future[None]] = deque()
 
-    def _write_all(self, data: bytes | memoryview) -> None:
+    def _write_at(self, data: bytes | memoryview, offset: int) -> None:
         view = memoryview(data)
         while view:
-            written = self._file.write(view)
-            view = view[written or 0 :]
+            written = os.pwrite(self._fd, view, offset)
+            view = view[written:]
+            offset += written
+
+    def _take(self, size: int) -> int:
+        """Count ``size`` more bytes in; their offset in the file."""
+        if self.received + size > self.expected:
+            raise CorruptStream(f"data: more than the {self.expected} bytes the manifest announces")
+        self.received += size
+        offset = self._offset
+        self._offset += size
+        return offset
 
     def write(self, data: bytes | memoryview) -> None:
-        """Append one chunk (blocking file I/O: call it off the event loop)."""
-        if self.received + len(data) > self.expected:
-            raise CorruptStream(f"data: more than the {self.expected} bytes the manifest announces")
-        self._write_all(data)
+        """Append one chunk, here and now (blocking file I/O)."""
+        offset = self._take(len(data))
+        self._write_at(data, offset)
         self._sha.update(data)
-        self.received += len(data)
+
+    async def put(self, data: bytes | memoryview) -> None:
+        """Append one chunk in the background; waits while ``depth`` chunks are in progress.
+        ``data`` must not change until ``drain``. Raises ``CorruptStream`` for a chunk past
+        the announced size, and the error of an earlier chunk's write."""
+        offset = self._take(len(data))
+        loop = asyncio.get_running_loop()
+        hashed = loop.run_in_executor(self._hasher, self._sha.update, data)
+        written = loop.run_in_executor(self._writer, self._write_at, data, offset)
+        self._pending.append(asyncio.ensure_future(_both(hashed, written)))
+        while len(self._pending) >= self.depth + 1 or (self._pending and self._pending[0].done()):
+            # (Shielded: a cancelled receiver must still be able to wait for it in ``drain``.)
+            await asyncio.shield(self._pending[0])
+            self._pending.popleft()
+
+    async def drain(self, *, quiet: bool = False) -> None:
+        """Wait for every chunk ``put`` so far; raise the first one's error unless ``quiet``
+        (the clean-up path, which only needs the threads to be done with the file)."""
+        while self._pending:
+            first = self._pending[0]
+            try:
+                await asyncio.shield(first)
+            except Exception:
+                if not quiet:
+                    raise
+            finally:
+                if first.done():
+                    self._pending.popleft()
 
     def finish(self, sha256: str | None) -> None:
-        """Close the file; raise ``CorruptStream`` unless every byte arrived and matches
-        ``sha256`` (None: the stream ended before its last message)."""
-        self._file.close()
+        """Close the file (after ``drain``); raise ``CorruptStream`` unless every byte
+        arrived and matches ``sha256`` (None: the stream ended before its last message)."""
+        self.close()
         if self.received < self.expected:
             raise CorruptStream(
                 f"truncated: the stream ended after {self.received} of {self.expected} bytes"
@@ -163,7 +218,19 @@ class Spool:
             )
 
     def close(self) -> None:
-        self._file.close()
+        """Let go of the file and the threads (after ``drain``; idempotent)."""
+        self._hasher.shutdown(wait=False)
+        self._writer.shutdown(wait=False)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+async def _both(*work: asyncio.Future[None]) -> None:
+    """Wait for all of ``work`` (never leaving one running), then raise the first error."""
+    for outcome in await asyncio.gather(*work, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 # -- the sender: reading weights bucket by bucket --------------------------------------------
@@ -186,31 +253,44 @@ class WeightSource:
         """Bytes ``[start, start + length)`` of tensor ``index`` (called in order)."""
         raise NotImplementedError
 
+    def read_into(self, index: int, start: int, out: memoryview) -> None:
+        """Fill ``out`` with bytes ``[start, start + len(out))`` of tensor ``index`` (called
+        in order); sources override it to skip the copy that ``read`` makes."""
+        out[:] = self.read(index, start, len(out))
+
     def close(self) -> None:
         """Let go of what ``read`` keeps open."""
 
-    def chunks(self, bucket_bytes: int) -> Iterator[bytes]:
-        """All tensors' bytes in manifest order, cut into chunks of ``bucket_bytes`` (the
-        last one shorter); small tensors share a chunk, large ones span several."""
+    def buckets(self, bucket_bytes: int) -> Iterator[memoryview]:
+        """All tensors' bytes in manifest order, cut into buckets of ``bucket_bytes`` (the
+        last one shorter); small tensors share a bucket, large ones span several. Each is a
+        view of one buffer that the next overwrites: use it before asking for the next."""
         if bucket_bytes < 1:
             raise ValueError("bucket_bytes: must be >= 1")
-        pending: list[bytes] = []
+        total = sum(t.nbytes for t in self.tensors)
+        # One buffer, reused: no fresh allocation (page faults, zeroing) per bucket.
+        buffer = memoryview(bytearray(min(bucket_bytes, total)))
         size = 0
         try:
             for i, spec in enumerate(self.tensors):
                 done = 0
                 while done < spec.nbytes:
                     take = min(bucket_bytes - size, spec.nbytes - done)
-                    pending.append(self.read(i, done, take))
+                    self.read_into(i, done, buffer[size : size + take])
                     size += take
                     done += take
                     if size == bucket_bytes:
-                        yield pending[0] if len(pending) == 1 else b"".join(pending)
-                        pending, size = [], 0
-            if pending:
-                yield b"".join(pending)
+                        yield buffer
+                        size = 0
+            if size:
+                yield buffer[:size]
         finally:
             self.close()
+
+    def chunks(self, bucket_bytes: int) -> Iterator[bytes]:
+        """``buckets``, each copied out."""
+        for view in self.buckets(bucket_bytes):
+            yield bytes(view)
 
 
 class DirectorySource(WeightSource):
@@ -226,19 +306,26 @@ class DirectorySource(WeightSource):
         self.stored = [t for f in files for t in read_safetensors_header(f)]
         super().__init__([t.spec for t in self.stored])
 
-        self._open: tuple[Path, BinaryIO] | None = None
+        self._open: tuple[Path, FileIO] | None = None
 
     def read(self, index: int, start: int, length: int) -> bytes:
+        out = bytearray(length)
+        self.read_into(index, start, memoryview(out))
+        return bytes(out)
+
+    def read_into(self, index: int, start: int, out: memoryview) -> None:
         stored = self.stored[index]
         if self._open is None or self._open[0] != stored.path:
             self.close()
-            self._open = (stored.path, stored.path.open("rb"))
+            self._open = (stored.path, stored.path.open("rb", buffering=0))
         f = self._open[1]
         f.seek(stored.offset + start)
-        data = f.read(length)
-        if len(data) != length:
-            raise WeightFileError(f"{stored.path}: {stored.spec.name}: file truncated")
-        return data
+        done = 0
+        while done < len(out):
+            n = f.readinto(out[done:])
+            if not n:
+                raise WeightFileError(f"{stored.path}: {stored.spec.name}: file truncated")
+            done += n
 
     def close(self) -> None:
         if self._open is not None:
@@ -271,14 +358,24 @@ class TensorSource(WeightSource):
 
         self._current: tuple[int, Any] | None = None
 
-    def read(self, index: int, start: int, length: int) -> bytes:
+    def _host(self, index: int) -> Any:
         if self._current is None or self._current[0] != index:
             # One tensor on the host at a time (a copy only when it is elsewhere).
             self._current = (index, self._tensors[index].detach().to("cpu").contiguous())
-        t = self._current[1]
-        # A copy of just this piece: torch offers no buffer view of bf16 without numpy,
-        # which is not a dependency. ``t`` stays referenced while the copy is made.
+        return self._current[1]
+
+    def read(self, index: int, start: int, length: int) -> bytes:
+        # torch offers no buffer view of bf16 without numpy, which is not a dependency:
+        # the bytes are copied from the tensor's address (``t`` stays referenced meanwhile).
+        t = self._host(index)
         return ctypes.string_at(t.data_ptr() + start, length)
+
+    def read_into(self, index: int, start: int, out: memoryview) -> None:
+        t = self._host(index)
+        if len(out):
+            ctypes.memmove(
+                (ctypes.c_char * len(out)).from_buffer(out), t.data_ptr() + start, len(out)
+            )
 
     def close(self) -> None:
         self._current = None
