@@ -434,6 +434,9 @@ async def test_sigterm_drains_calls_in_flight_then_exits_clean() -> None:
             proc.send_signal(signal.SIGTERM)
             # Load balancers watching health learn first; the call in flight still finishes.
             assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            # Hang up the watch while the call in flight still holds the server open: a
+            # watch left to the server's shutdown is cancelled there, and grpc prints that.
+            watch.cancel()
             reply = await call
             assert (reply.id, reply.verdict) == ("inflight", pb.VERDICT_AC)
         assert await asyncio.wait_for(proc.wait(), 60) == 0
