@@ -190,7 +190,7 @@ def policy_loss(
         loss = pg_loss + kl_beta * kl_loss  # []
 
     with torch.no_grad():
-        metrics = {"loss": float(loss), "pg_loss": float(pg_loss)}
+        metrics = {"loss": loss.item(), "pg_loss": pg_loss.item()}
         metrics.update(_ratio_metrics(ratio, log_ratio, adv, mask, clip_eps_low, clip_eps_high))
         learner = old if learner_old is not None else logp.detach()  # [B, T]
         metrics.update(_mismatch_metrics(learner, rollout, mask))
@@ -199,7 +199,7 @@ def policy_loss(
             metrics["tis_clip_frac"] = _masked_mean((old - rollout).exp() > tis_cap, mask)
         if kl is not None:
             metrics["kl"] = _masked_mean(kl, mask)
-            metrics["kl_loss"] = float(kl_loss)
+            metrics["kl_loss"] = kl_loss.item()
         if inputs.entropy is not None:
             metrics["entropy"] = _masked_mean(inputs.entropy, mask)
         metrics["tokens"] = float(mask.sum())
