@@ -179,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     brol.add_argument(
         "--repeats", type=_positive_int, default=3, help="runs per measurement; best kept"
     )
+    brol.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help="intra-op CPU threads, HF and the engine alike (default: 1)",
+    )
 
     model = sub.add_parser("model", help="model tooling")
     model_sub = model.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -299,6 +305,7 @@ def _bench_rollout(args: argparse.Namespace) -> int:
             device=args.device,
             dtype=args.dtype,
             repeats=args.repeats,
+            threads=args.threads,
         )
     )
 

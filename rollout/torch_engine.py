@@ -70,6 +70,12 @@ class TorchEngineConfig:
     """Prompt plus completion, in tokens (the KV cache is allocated for it up front)."""
     version: int = 0
     """Policy version of the weights in ``model``."""
+    threads: int | None = None
+    """Intra-op CPU threads of the engine's loop thread (``torch.set_num_threads`` there
+    only: OpenMP and MKL keep the count per thread); None: torch's default. On a small
+    model, 1 is faster: its operations are too small to split, and a second OpenMP team
+    (the one that loaded the model, or another user of torch in the process) waiting
+    beside the loop's own slowed every step measurably on a 2-core machine."""
     flush_interval_s: float = 0.005
     """Tokens are handed to the callers at most this often (and whenever a sequence
     finishes): waking every caller after every step costs as much as the step on a small
@@ -80,6 +86,8 @@ class TorchEngineConfig:
             raise ValueError("max_batch: must be >= 1")
         if self.max_seq_len < 2:
             raise ValueError("max_seq_len: must be >= 2")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("threads: must be >= 1")
         if self.flush_interval_s < 0:
             raise ValueError("flush_interval_s: must be >= 0")
 
@@ -292,6 +300,8 @@ class TorchEngine:
     # -- the loop (its own thread) --
 
     def _run(self) -> None:
+        if self.config.threads is not None:
+            torch.set_num_threads(self.config.threads)  # (this thread's count)
         try:
             with torch.inference_mode():
                 while self._iterate():
