@@ -118,8 +118,9 @@ class _Stream:
     """One sequence: what the caller asked, what it has got, where its tokens go."""
 
     request: SampleRequest
-    queue: asyncio.Queue[tuple[int, float, int] | FinishReason]
-    """(token, logprob, version) items, then the finish reason."""
+    queue: asyncio.Queue[list[tuple[int, float, int] | FinishReason]]
+    """Lists of (token, logprob, version) items, one list per delivery; the finish reason
+    last."""
     stop_ids: frozenset[int]
     max_new_tokens: int
     stops: StopMatcher | None
@@ -179,9 +180,9 @@ class TorchEngine:
         finished = False
         try:
             while not finished:
-                items = [await stream.queue.get()]
+                items = await stream.queue.get()
                 while not stream.queue.empty():
-                    items.append(stream.queue.get_nowait())
+                    items += stream.queue.get_nowait()
                 for chunk in _chunks(items, self._version):
                     finished = chunk.finish_reason is not None
                     yield chunk
@@ -229,7 +230,7 @@ class TorchEngine:
         await asyncio.to_thread(self._thread.join)
         # The loop has stopped: whoever still waits gets ABORT (and updates an error).
         for stream in (*self._running, *self._queued):
-            stream.queue.put_nowait(FinishReason.ABORT)
+            stream.queue.put_nowait([FinishReason.ABORT])
         for _, done in self._updates:
             if not done.done():
                 done.set_exception(EngineError("the engine closed before applying the update"))
@@ -470,8 +471,12 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _put_all(out: Iterable[tuple[_Stream, tuple[int, float, int] | FinishReason]]) -> None:
+    # One put (one wakeup of the caller) per stream and delivery, not per token.
+    by_stream: dict[_Stream, list[tuple[int, float, int] | FinishReason]] = {}
     for stream, item in out:
-        stream.queue.put_nowait(item)
+        by_stream.setdefault(stream, []).append(item)
+    for stream, items in by_stream.items():
+        stream.queue.put_nowait(items)
 
 
 def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
