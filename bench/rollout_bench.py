@@ -8,8 +8,13 @@ serves ``batch`` concurrent ``generate`` calls through its public async API, eac
 ``new_tokens`` tokens (a row that samples end-of-sequence stops early), so tokens/s counts
 the tokens each actually produced.
 
-The weight-push half (UpdateWeights against a raw loopback socket carrying the same bytes)
-is in ``weight_push_bench`` and runs after it.
+Both run on ``threads`` intra-op CPU threads (HF ``generate`` on the calling thread, the
+engine on its loop thread): like for like. With 2 threads each on a 2-core machine, the two
+OpenMP teams (the caller's and the engine's) slowed both sides two- to threefold and made
+the figures mostly noise; 1 thread each measures the generation loops themselves.
+
+The weight-push half (UpdateWeights against a raw loopback socket and a bare gRPC method
+carrying the same bytes) is in ``weight_push_bench`` and runs after it.
 """
 
 from __future__ import annotations
@@ -98,10 +103,16 @@ async def measure_engine(
     device: Literal["cpu", "cuda"] = "cpu",
     dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     repeats: int = 3,
+    threads: int | None = 1,
 ) -> list[EngineFigures]:
     engine = TorchEngine(
-        TorchEngineConfig(model=model_dir, device=device, dtype=dtype, max_batch=max(batches))
+        TorchEngineConfig(
+            model=model_dir, device=device, dtype=dtype, max_batch=max(batches), threads=threads
+        )
     )
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)  # (HF generate runs on this thread)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(model_dir), dtype=getattr(torch, dtype), attn_implementation="sdpa"
@@ -122,6 +133,7 @@ async def measure_engine(
             )
         return figures
     finally:
+        torch.set_num_threads(before)
         await engine.close()
 
 
@@ -135,6 +147,7 @@ async def run_rollout_bench(
     repeats: int = 3,
     push_mb: int = 256,
     bucket_mb: int = 8,
+    threads: int | None = 1,
 ) -> int:
     """Print the engine figures (a tiny model made here when ``model_dir`` is None), then
     the weight-push figures (``push_mb`` MB in ``bucket_mb`` MB buckets; 0: skip)."""
@@ -150,7 +163,8 @@ async def run_rollout_bench(
         else:
             where = str(model_dir)
         print(
-            f"engine: {where}, {device} {dtype}, {torch.get_num_threads()} CPU threads, "
+            f"engine: {where}, {device} {dtype}, "
+            f"{threads or torch.get_num_threads()} CPU thread(s) each, "
             f"{new_tokens} new tokens per sequence, sampling T=1, best of {repeats}"
         )
         figures = await measure_engine(
@@ -160,6 +174,7 @@ async def run_rollout_bench(
             device=device,
             dtype=dtype,
             repeats=repeats,
+            threads=threads,
         )
     for f in figures:
         print(

@@ -205,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--push-mb", type=_count, default=256, help="weights pushed, in MB (0: skip the push)"
     )
     brol.add_argument("--bucket-mb", type=_positive_int, default=8, help="push bucket size")
+    brol.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help="intra-op CPU threads, HF and the engine alike (default: 1)",
+    )
 
     model = sub.add_parser("model", help="model tooling")
     model_sub = model.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -393,6 +399,7 @@ def _bench_rollout(args: argparse.Namespace) -> int:
             repeats=args.repeats,
             push_mb=args.push_mb,
             bucket_mb=args.bucket_mb,
+            threads=args.threads,
         )
     )
 

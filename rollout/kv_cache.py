@@ -37,11 +37,11 @@ class SlotCache:
         self._decode_pos: Tensor | None = None  # [n]
         self._read_len = 0
 
-    def for_decode(self, n: int, positions: Tensor, read_len: int) -> None:
-        """Next forward: rows 0..n-1, one token each at ``positions`` [n]; attention reads
-        positions [0, read_len)."""
-        self._rows = slice(0, n)
-        self._decode_rows = torch.arange(n, device=positions.device)
+    def for_decode(self, rows: Tensor, positions: Tensor, read_len: int) -> None:
+        """Next forward: rows 0..n-1 (``rows`` [n]: that range), one token each at
+        ``positions`` [n]; attention reads positions [0, read_len)."""
+        self._rows = slice(0, len(rows))
+        self._decode_rows = rows
         self._decode_pos = positions
         self._read_len = read_len
 
@@ -71,15 +71,6 @@ class SlotCache:
         """Copy rows ``src`` [m] into rows ``dst`` [m], positions [0, length)."""
         for t in (*self.keys, *self.values):
             t[dst, :, :length] = t[src, :, :length]
-
-
-def decode_mask(positions: Tensor, read_len: int) -> Tensor:
-    """Each row attends to its own positions 0..p (True: attend).
-
-    positions: [n] -> [n, 1, 1, read_len] bool
-    """
-    keys = torch.arange(read_len, device=positions.device)  # [L]
-    return (keys[None, :] <= positions[:, None])[:, None, None, :]
 
 
 def prefill_mask(lengths: Tensor, length: int) -> Tensor:

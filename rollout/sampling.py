@@ -22,6 +22,18 @@ def logits_to_logprobs(logits: Tensor, temperature: Tensor) -> Tensor:
     returns: [n, V]
     """
     scale = torch.where(temperature > 0, temperature, torch.ones_like(temperature))  # [n]
+    return scaled_logprobs(logits, scale)
+
+
+def scaled_logprobs(logits: Tensor, scale: Tensor | None) -> Tensor:
+    """``log_softmax(logits / scale)`` in float32; scale None: all rows at 1 (x / 1 == x,
+    so skipping the division changes no number).
+
+    logits: [n, V]; scale: [n] > 0
+    returns: [n, V]
+    """
+    if scale is None:
+        return torch.log_softmax(logits.float(), dim=-1)
     return torch.log_softmax(logits.float() / scale[:, None], dim=-1)  # [n, V]
 
 
@@ -54,28 +66,32 @@ def inverse_cdf(weights: Tensor, uniform: Tensor) -> Tensor:
 
 def sample(
     logprobs: Tensor,
-    temperature: Tensor,
+    greedy: Tensor | bool,
     top_k: Tensor,
     top_p: Tensor,
     uniform: Tensor,
     *,
     filtered: bool,
 ) -> Tensor:
-    """Next token per row: argmax where temperature is 0, else a draw.
+    """Next token per row: the argmax for greedy rows (temperature 0), else a draw.
 
-    logprobs: [n, V] (from ``logits_to_logprobs``); temperature, top_p, uniform: [n];
-    top_k: [n] long; filtered: whether any row has top_k > 0 or top_p < 1 (known on the
-    host, so the sort is skipped when no row needs it)
+    logprobs: [n, V] (from ``logits_to_logprobs``); greedy: [n] bool, or one bool for
+    every row (known on the host: only the work some row needs is done); top_p,
+    uniform: [n]; top_k: [n] long; filtered: whether any row has top_k > 0 or top_p < 1
+    (known on the host, so the sort is skipped when no row needs it)
     returns: [n] long
     """
-    greedy = logprobs.argmax(dim=-1)  # [n]
+    if greedy is True:
+        return logprobs.argmax(dim=-1)  # [n]
     probs = logprobs.exp()  # [n, V]
     if filtered:
         # Masked in vocabulary order, so that an unfiltered row draws exactly what it
         # draws when no row is filtered (its result must not depend on its neighbours).
         probs = probs * top_k_top_p_mask(probs, top_k, top_p)  # [n, V]
     drawn = inverse_cdf(probs, uniform)  # [n]
-    return torch.where(temperature > 0, drawn, greedy)
+    if greedy is False:
+        return drawn
+    return torch.where(greedy, logprobs.argmax(dim=-1), drawn)
 
 
 def token_logprobs(logprobs: Tensor, tokens: Tensor) -> Tensor:

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from rlfleet.rollout.engine import EngineError
-from rlfleet.rollout.kv_cache import SlotCache, decode_mask, prefill_mask
-from rlfleet.rollout.sampling import logits_to_logprobs, sample, token_logprobs, uniforms_for_seed
+from rlfleet.rollout.kv_cache import SlotCache, prefill_mask
+from rlfleet.rollout.sampling import sample, scaled_logprobs, token_logprobs, uniforms_for_seed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,11 +40,17 @@ PLAIN_DECODERS = frozenset({"LlamaModel", "Qwen2Model", "Qwen3Model", "MistralMo
 
 
 def forward_hidden(
-    decoder: nn.Module, cache: SlotCache, input_ids: Tensor, position_ids: Tensor, mask: Tensor
+    decoder: nn.Module,
+    cache: SlotCache,
+    input_ids: Tensor,
+    position_ids: Tensor,
+    mask: Tensor,
+    rotary: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
-    """input_ids, position_ids: [b, q]; mask: [b, 1, q, L] bool -> hidden [b, q, H]"""
+    """input_ids, position_ids: [b, q]; mask: [b, 1, q, L] (bool, or additive float);
+    rotary: (cos, sin) for ``position_ids`` if already known -> hidden [b, q, H]"""
     if type(decoder).__name__ in PLAIN_DECODERS:
-        return forward_layers(decoder, cache, input_ids, position_ids, mask)
+        return forward_layers(decoder, cache, input_ids, position_ids, mask, rotary)
     out = decoder(
         input_ids=input_ids,
         position_ids=position_ids,
@@ -58,12 +64,18 @@ def forward_hidden(
 
 
 def forward_layers(
-    decoder: Any, cache: SlotCache, input_ids: Tensor, position_ids: Tensor, mask: Tensor
+    decoder: Any,
+    cache: SlotCache,
+    input_ids: Tensor,
+    position_ids: Tensor,
+    mask: Tensor,
+    rotary: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """``forward_hidden`` for ``PLAIN_DECODERS``, module by module (same numbers);
     ``decoder`` is one of those classes (typed loosely: its submodules are attributes)."""
     hidden = decoder.embed_tokens(input_ids)  # [b, q, H]
-    rotary = decoder.rotary_emb(hidden, position_ids)  # (cos, sin)
+    if rotary is None:
+        rotary = decoder.rotary_emb(hidden, position_ids)  # (cos, sin)
     for layer in decoder.layers:
         hidden = layer(
             hidden,
@@ -93,6 +105,11 @@ def check_supported(model: PreTrainedModel) -> None:
                 f"{type(model).__name__}: {name} is not supported by the torch engine; "
                 "use the sglang engine"
             )
+
+
+# RoPE variants whose cos/sin depend on the position alone (not on the sequence length):
+# for these the table is computed once, by the model's own rotary module, and indexed.
+STATIC_ROPE = frozenset({"default", "linear", "llama3", "yarn"})
 
 
 class DecodeBatch:
@@ -125,14 +142,22 @@ class DecodeBatch:
         # Per-row state, rows 0..n-1 live.
         self.positions = torch.zeros(slots, dtype=torch.long, device=device)  # tokens in cache
         self.tokens = torch.zeros(slots, dtype=torch.long, device=device)  # fed at next step
-        self.steps = torch.zeros(slots, dtype=torch.long, device=device)  # tokens generated
-        self.temperature = torch.zeros(slots, device=device)
+        self.scale = torch.ones(slots, device=device)  # temperature, 1 for greedy
         self.top_p = torch.ones(slots, device=device)
         self.top_k = torch.zeros(slots, dtype=torch.long, device=device)
-        self.uniforms = torch.zeros(slots, max_len, device=device)  # one per step
-        self.lengths: list[int] = []  # host copy of positions[:n]
+        # The uniform number for the token sampled while a row holds p tokens sits at
+        # column p - 1 (the first, from the prefill, at prompt length - 1).
+        self.uniforms = torch.zeros(slots, max_len, device=device)  # [slots, L]
+        # Additive attention mask of the decode steps: 0 where a row has a token, -inf
+        # elsewhere; one column opens per step instead of a mask built per step.
+        self.bias = torch.full((slots, 1, 1, max_len), float("-inf"), dtype=param.dtype)
+        self.bias = self.bias.to(device)  # [slots, 1, 1, L]
+        # Host copies of what decides which work a step does (no device reads).
+        self.lengths: list[int] = []  # positions[:n]
+        self.temperatures: list[float] = []
         self.filtered: list[bool] = []  # rows that need top-k/top-p filtering
         self._rows = torch.arange(slots, device=device)
+        self._rope: tuple[Tensor, Tensor] | None = None  # (cos, sin) [L, D], on first use
 
     @property
     def free(self) -> int:
@@ -161,17 +186,22 @@ class DecodeBatch:
         last = hidden[torch.arange(m, device=self.device), lengths - 1]  # [m, H]
         logits = self.head(last)  # [m, V]
 
-        self.temperature[new] = torch.tensor([r.temperature for r in rows])
+        self.scale[new] = torch.tensor([r.temperature if r.temperature > 0 else 1.0 for r in rows])
         self.top_p[new] = torch.tensor([r.top_p for r in rows])
         self.top_k[new] = torch.tensor([r.top_k for r in rows])
+        self.bias[new] = float("-inf")
         for i, r in enumerate(rows):
-            self.uniforms[start + i, : r.max_new_tokens] = uniforms_for_seed(
-                r.seed, r.max_new_tokens
+            n_prompt = len(r.prompt)
+            self.uniforms[start + i, n_prompt - 1 : n_prompt - 1 + r.max_new_tokens] = (
+                uniforms_for_seed(r.seed, r.max_new_tokens)
             )
+            self.bias[start + i, :, :, :n_prompt] = 0
+        self.temperatures += [r.temperature for r in rows]
         self.filtered += [r.top_k > 0 or r.top_p < 1 for r in rows]
-        tokens, logprobs = self._sample(logits, new, self.uniforms[new, 0])
+        tokens, logprobs = self._sample(
+            logits, new, self.uniforms[new][self._rows[:m], lengths - 1]
+        )
         self.positions[new] = lengths
-        self.steps[new] = 1
         self.tokens[new] = tokens
         self.lengths += [len(r.prompt) for r in rows]
         self.n += m
@@ -180,33 +210,51 @@ class DecodeBatch:
     def step(self) -> tuple[Tensor, Tensor]:
         """One token for every live row. returns: tokens [n], logprobs [n]"""
         n = self.n
-        live = slice(0, n)
-        positions = self.positions[live]  # [n]
+        rows = self._rows[:n]  # [n]
+        positions = self.positions[:n]  # [n]
         read_len = max(self.lengths) + 1
-        self.cache.for_decode(n, positions, read_len)
+        self.cache.for_decode(rows, positions, read_len)
+        self.bias[rows, 0, 0, positions] = 0  # each row's new token sees itself
         hidden = forward_hidden(
             self.decoder,
             self.cache,
-            self.tokens[live, None],  # [n, 1]
+            self.tokens[:n, None],  # [n, 1]
             positions[:, None],  # [n, 1]
-            decode_mask(positions, read_len),  # [n, 1, 1, L]
+            self.bias[:n, :, :, :read_len],  # [n, 1, 1, L]
+            self.rotary(positions),
         )  # [n, 1, H]
         logits = self.head(hidden[:, 0])  # [n, V]
-        uniform = self.uniforms[self._rows[:n], self.steps[live]]  # [n]
-        tokens, logprobs = self._sample(logits, live, uniform)
-        self.positions[live] += 1
-        self.steps[live] += 1
-        self.tokens[live] = tokens
+        tokens, logprobs = self._sample(logits, slice(0, n), self.uniforms[rows, positions])
+        positions.add_(1)
+        self.tokens[:n] = tokens
         self.lengths = [length + 1 for length in self.lengths]
         return tokens, logprobs
 
+    def rotary(self, positions: Tensor) -> tuple[Tensor, Tensor] | None:
+        """(cos, sin) [n, 1, D] for ``positions`` [n] from a table, where the model's RoPE
+        allows one (None: the decoder computes them)."""
+        rotary = getattr(self.decoder, "rotary_emb", None)
+        if getattr(rotary, "rope_type", None) not in STATIC_ROPE:
+            return None
+        if self._rope is None:
+            assert rotary is not None
+            every = torch.arange(self.max_len, device=self.device)[None, :]  # [1, L]
+            cos, sin = rotary(self.bias[:1, 0, 0], every)  # [1, L, D]
+            self._rope = cos[0], sin[0]
+        cos, sin = self._rope
+        return cos[positions[:, None]], sin[positions[:, None]]
+
     def _sample(self, logits: Tensor, rows: slice, uniform: Tensor) -> tuple[Tensor, Tensor]:
         # logits: [b, V]; uniform: [b]
-        temperature = self.temperature[rows]
-        logprobs = logits_to_logprobs(logits, temperature)  # [b, V]
+        temperatures = self.temperatures[rows]
+        unscaled = all(t in (0, 1) for t in temperatures)
+        logprobs = scaled_logprobs(logits, None if unscaled else self.scale[rows])  # [b, V]
+        greedy: Tensor | bool = all(t == 0 for t in temperatures)
+        if not greedy and 0 in temperatures:  # some greedy rows, some not
+            greedy = torch.tensor([t == 0 for t in temperatures], device=self.device)
         tokens = sample(
             logprobs,
-            temperature,
+            greedy,
             self.top_k[rows],
             self.top_p[rows],
             uniform,
@@ -231,16 +279,17 @@ class DecodeBatch:
             for t in (
                 self.positions,
                 self.tokens,
-                self.steps,
-                self.temperature,
+                self.scale,
                 self.top_p,
                 self.top_k,
                 self.uniforms,
+                self.bias,
             ):
                 t[dst] = t[src]
             for d, s in moves:
                 self.lengths[d] = self.lengths[s]
+                self.temperatures[d] = self.temperatures[s]
                 self.filtered[d] = self.filtered[s]
-        del self.lengths[keep_n:], self.filtered[keep_n:]
+        del self.lengths[keep_n:], self.temperatures[keep_n:], self.filtered[keep_n:]
         self.n = keep_n
         return moves

@@ -70,6 +70,12 @@ class TorchEngineConfig:
     """Prompt plus completion, in tokens (the KV cache is allocated for it up front)."""
     version: int = 0
     """Policy version of the weights in ``model``."""
+    threads: int | None = None
+    """Intra-op CPU threads of the engine's loop thread (``torch.set_num_threads`` there
+    only: OpenMP and MKL keep the count per thread); None: torch's default. On a small
+    model, 1 is faster: its operations are too small to split, and a second OpenMP team
+    (the one that loaded the model, or another user of torch in the process) waiting
+    beside the loop's own slowed every step measurably on a 2-core machine."""
     flush_interval_s: float = 0.005
     """Tokens are handed to the callers at most this often (and whenever a sequence
     finishes): waking every caller after every step costs as much as the step on a small
@@ -80,6 +86,8 @@ class TorchEngineConfig:
             raise ValueError("max_batch: must be >= 1")
         if self.max_seq_len < 2:
             raise ValueError("max_seq_len: must be >= 2")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("threads: must be >= 1")
         if self.flush_interval_s < 0:
             raise ValueError("flush_interval_s: must be >= 0")
 
@@ -110,8 +118,9 @@ class _Stream:
     """One sequence: what the caller asked, what it has got, where its tokens go."""
 
     request: SampleRequest
-    queue: asyncio.Queue[tuple[int, float, int] | FinishReason]
-    """(token, logprob, version) items, then the finish reason."""
+    queue: asyncio.Queue[list[tuple[int, float, int] | FinishReason]]
+    """Lists of (token, logprob, version) items, one list per delivery; the finish reason
+    last."""
     stop_ids: frozenset[int]
     max_new_tokens: int
     stops: StopMatcher | None
@@ -171,9 +180,9 @@ class TorchEngine:
         finished = False
         try:
             while not finished:
-                items = [await stream.queue.get()]
+                items = await stream.queue.get()
                 while not stream.queue.empty():
-                    items.append(stream.queue.get_nowait())
+                    items += stream.queue.get_nowait()
                 for chunk in _chunks(items, self._version):
                     finished = chunk.finish_reason is not None
                     yield chunk
@@ -221,7 +230,7 @@ class TorchEngine:
         await asyncio.to_thread(self._thread.join)
         # The loop has stopped: whoever still waits gets ABORT (and updates an error).
         for stream in (*self._running, *self._queued):
-            stream.queue.put_nowait(FinishReason.ABORT)
+            stream.queue.put_nowait([FinishReason.ABORT])
         for _, done in self._updates:
             if not done.done():
                 done.set_exception(EngineError("the engine closed before applying the update"))
@@ -292,6 +301,8 @@ class TorchEngine:
     # -- the loop (its own thread) --
 
     def _run(self) -> None:
+        if self.config.threads is not None:
+            torch.set_num_threads(self.config.threads)  # (this thread's count)
         try:
             with torch.inference_mode():
                 while self._iterate():
@@ -460,8 +471,12 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _put_all(out: Iterable[tuple[_Stream, tuple[int, float, int] | FinishReason]]) -> None:
+    # One put (one wakeup of the caller) per stream and delivery, not per token.
+    by_stream: dict[_Stream, list[tuple[int, float, int] | FinishReason]] = {}
     for stream, item in out:
-        stream.queue.put_nowait(item)
+        by_stream.setdefault(stream, []).append(item)
+    for stream, items in by_stream.items():
+        stream.queue.put_nowait(items)
 
 
 def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:

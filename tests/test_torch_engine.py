@@ -31,7 +31,7 @@ from rlfleet.rollout.records import (
 )
 from rlfleet.rollout.sampling import inverse_cdf, logits_to_logprobs, sample
 from rlfleet.rollout.stops import StopMatcher, cut_at_stop
-from rlfleet.rollout.torch_batch import PLAIN_DECODERS, forward_layers
+from rlfleet.rollout.torch_batch import PLAIN_DECODERS, DecodeBatch, forward_layers
 from rlfleet.rollout.torch_engine import TorchEngine, TorchEngineConfig
 
 PROMPTS = ["What is 12 + 34?", "def add(a, b):\n", "The quick brown fox"]
@@ -132,11 +132,11 @@ def test_sampling_functions() -> None:
     assert torch.allclose(lp[1], torch.log_softmax(logits[1], -1))  # greedy: unscaled
     u = torch.tensor([0.99, 0.5])
     one = torch.ones(2, dtype=torch.long)
-    top1 = sample(lp, torch.ones(2), one, torch.ones(2), u, filtered=True)
+    top1 = sample(lp, False, one, torch.ones(2), u, filtered=True)
     assert top1.tolist() == [0, 1]  # top-k 1 is greedy
-    tiny_p = sample(lp, torch.ones(2), 0 * one, torch.full((2,), 1e-3), u, filtered=True)
+    tiny_p = sample(lp, False, 0 * one, torch.full((2,), 1e-3), u, filtered=True)
     assert tiny_p.tolist() == [0, 1]
-    greedy = sample(lp, torch.zeros(2), 0 * one, torch.ones(2), u, filtered=False)
+    greedy = sample(lp, True, 0 * one, torch.ones(2), u, filtered=False)
     assert greedy.tolist() == [0, 1]
     weights = torch.tensor([[0.0, 1.0, 0.0, 1.0]])
     drawn = {inverse_cdf(weights, torch.tensor([x])).item() for x in (0.0, 0.3, 0.5, 0.999)}
@@ -181,6 +181,18 @@ def test_the_direct_layer_loop_equals_the_decoder_forward(qwen_dir: Path, llama_
                 use_cache=True,
             )
         assert torch.equal(direct, out.last_hidden_state)
+
+
+def test_the_rotary_table_equals_the_rotary_module(qwen_dir: Path, llama_dir: Path) -> None:
+    for model_dir in (qwen_dir, llama_dir):
+        model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        batch = DecodeBatch(model, slots=2, max_len=64)
+        positions = torch.tensor([0, 5, 63])
+        with torch.inference_mode():
+            table = batch.rotary(positions)
+            direct = model.base_model.rotary_emb(batch.bias[:1, 0, 0], positions[:, None])
+        assert table is not None
+        assert torch.equal(table[0], direct[0]) and torch.equal(table[1], direct[1])
 
 
 # -- the engine --
