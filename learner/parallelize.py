@@ -42,7 +42,9 @@ class ParallelConfig:
 def mixed_precision(config: ParallelConfig, device_type: str) -> MixedPrecisionPolicy:
     param = config.param_dtype or ("bfloat16" if device_type == "cuda" else "float32")
     reduce = config.reduce_dtype or "float32"
-    return MixedPrecisionPolicy(param_dtype=getattr(torch, param), reduce_dtype=getattr(torch, reduce))
+    return MixedPrecisionPolicy(
+        param_dtype=getattr(torch, param), reduce_dtype=getattr(torch, reduce)
+    )
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -77,5 +79,7 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, config: ParallelConfig) -> n
         # The last layer's parameters are needed again at once by backward: keep them.
         reshard = config.reshard_after_forward and i < len(layers) - 1
         fully_shard(layer, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
-    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=config.reshard_after_forward)
+    fully_shard(
+        model, mesh=mesh, mp_policy=policy, reshard_after_forward=config.reshard_after_forward
+    )
     return model
