@@ -157,11 +157,9 @@ def load_checkpoint(
     if not rng_file.is_file():
         raise FileNotFoundError(f"{rng_file}: no RNG state for this rank (another world size?)")
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    loaded = {"model": model_sd, "optim": optim_sd}
-    dcp.load(loaded, checkpoint_id=path)
-    set_state_dict(
-        model, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"]
-    )
+    # (DCP loads in place: the dicts are filled with the stored shards.)
+    dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
+    set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
     if scheduler is not None and trainer["scheduler"] is not None:
         scheduler.load_state_dict(trainer["scheduler"])
     set_rng_state(torch.load(rng_file, weights_only=True))

@@ -79,11 +79,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig) -> La
 def clip_gradients(model: nn.Module, max_norm: float | None) -> float:
     """Clip the gradients' global L2 norm to ``max_norm`` (None: leave them) and return the
     norm before clipping, the same on every rank."""
-    grads = [p for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm([p.grad for p in grads], foreach=None)
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
     if isinstance(norm, DTensor):
         # Each rank holds the norm of its shards: the reduction makes it the global one.
         norm = norm.full_tensor()
     if max_norm is not None:
-        torch.nn.utils.clip_grads_with_norm_(grads, max_norm, norm, foreach=None)
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
     return float(norm)

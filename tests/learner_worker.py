@@ -71,9 +71,12 @@ def step(model: Any, optimizer: Any, scheduler: Any, ctx: DistContext) -> dict[s
 
 def main(args: dict[str, Any]) -> None:
     out = Path(args["out"])
-    with distributed(DistConfig(device="cpu", timeout_s=60)) as ctx:
+    with distributed(DistConfig(device=args.get("device", "cpu"), timeout_s=60)) as ctx:
         if args["mode"] == "extras":
             extras(args, ctx, out)
+            return
+        if args["mode"] == "gpu":
+            gpu(args, ctx, out)
             return
         random.seed(1)
         torch.manual_seed(1)
@@ -152,6 +155,37 @@ def extras(args: dict[str, Any], ctx: DistContext, out: Path) -> None:
         found[name] = {"loss": loss.item(), "grads": grads, "names": sorted(gathered)}
     if ctx.is_main:
         torch.save(found, out / "extras.pt")
+
+
+def gpu(args: dict[str, Any], ctx: DistContext, out: Path) -> None:
+    """NCCL, bf16 compute (the CUDA default), steps, a checkpoint round trip and a bf16
+    export, on the GPU."""
+    torch.manual_seed(1)
+    model = build(args, ctx, ParallelConfig())
+    optimizer = build_optimizer(model, OPTIM)
+    ids = torch.randint(0, model.config.vocab_size, (BATCH, SEQ), device=ctx.device)
+    losses = []
+    for _ in range(5):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        clip_gradients(model, OPTIM.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    path = save_checkpoint(out / "ckpt", TrainerState(step=5), model, optimizer)
+    assert load_checkpoint(path, model, optimizer).step == 5
+    gathered = dict(iter_full_tensors(model, dtype=torch.bfloat16))
+    export_hf_dir(model, out / "hf", source_dir=Path(args["model"]), dtype=torch.bfloat16)
+    if ctx.is_main:
+        torch.save(
+            {
+                "losses": losses,
+                "device": str(next(model.parameters()).device),
+                "dtypes": sorted({str(t.dtype) for t in gathered.values()}),
+                "devices": sorted({t.device.type for t in gathered.values()}),
+            },
+            out / "gpu.pt",
+        )
 
 
 if __name__ == "__main__":

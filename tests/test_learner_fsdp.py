@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
 import sys
@@ -27,6 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "learner_worker.py"
 LAUNCH_TIMEOUT_S = 120
 FP32_TOL = 1e-5
+PARAM_TOL = 1e-4
+"""Parameters after 4 AdamW steps at lr 1e-2: Adam divides by the root of the second
+moment, so early updates are near +-lr whatever the gradient's size, and a 1e-7 difference
+in a near-zero gradient can move a weight by a visible fraction of lr (measured: 1e-5)."""
 
 
 async def launch(args: dict[str, Any], ranks: int) -> None:
@@ -135,7 +140,7 @@ def test_two_ranks_match_one_process_loss_gradients_and_parameters(runs: dict[st
         assert worst < FP32_TOL, worst
     assert two["gathered"].keys() == one["gathered"].keys()
     worst = max(max_diff(two["gathered"][n], one["gathered"][n]) for n in one["gathered"])
-    assert worst < FP32_TOL, worst
+    assert worst < PARAM_TOL, worst
     # The steps did move the weights, and the loss with them.
     assert two["steps"][0]["loss"] != two["steps"][-1]["loss"]
 
@@ -205,3 +210,21 @@ def test_activation_checkpointing_and_bf16_on_cpu(runs: dict[str, Any]) -> None:
     assert bf16["loss"] == pytest.approx(plain["loss"], abs=0.05)
     assert all(g.dtype == torch.float32 for g in bf16["grads"].values()), "fp32 master grads"
     assert all(torch.isfinite(g).all() for g in bf16["grads"].values())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_nccl_and_bf16_on_a_gpu(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    write_model(tmp_path / "model", seed=5)
+    ranks = min(2, torch.cuda.device_count())
+    args = {"model": str(tmp_path / "model"), "out": str(tmp_path), "mode": "gpu", "device": "cuda"}
+    asyncio.run(launch(args, ranks=ranks))
+    found = load(tmp_path / "gpu.pt")
+    assert found["device"].startswith("cuda")
+    assert all(math.isfinite(x) for x in found["losses"])
+    assert found["losses"][-1] < found["losses"][0], "steps on one batch lower its loss"
+    assert found["dtypes"] == ["torch.bfloat16"] and found["devices"] == ["cpu"]
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"))
+    assert next(model.parameters()).dtype == torch.bfloat16
