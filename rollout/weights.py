@@ -21,7 +21,7 @@ import os
 import struct
 import sys
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from io import FileIO
@@ -369,6 +369,52 @@ class TensorSource(WeightSource):
         # the bytes are copied from the tensor's address (``t`` stays referenced meanwhile).
         t = self._host(index)
         return ctypes.string_at(t.data_ptr() + start, length)
+
+    def read_into(self, index: int, start: int, out: memoryview) -> None:
+        t = self._host(index)
+        if len(out):
+            ctypes.memmove(
+                (ctypes.c_char * len(out)).from_buffer(out), t.data_ptr() + start, len(out)
+            )
+
+    def close(self) -> None:
+        self._current = None
+
+
+class StreamSource(WeightSource):
+    """Tensors that arrive one at a time from an iterator of ``(name, tensor)`` pairs, in the
+    order of ``tensors`` (a learner gathering its shards as the push goes): nothing but the
+    current tensor is held. A stream is read once: a second pass (a retried push) raises
+    ``WeightFileError``, as does a pair that does not match its spec."""
+
+    def __init__(self, tensors: Sequence[TensorSpec], stream: Iterable[tuple[str, Any]]) -> None:
+        if sys.byteorder != "little":
+            raise WeightFileError("pushing tensors needs a little-endian host")
+        super().__init__(tensors)
+        self._stream = iter(stream)
+        self._taken = 0  # pairs taken from the stream
+        self._current: tuple[int, Any] | None = None
+
+    def _host(self, index: int) -> Any:
+        if self._current is not None and self._current[0] == index:
+            return self._current[1]
+        if index < self._taken:
+            raise WeightFileError(f"{self.tensors[index].name}: a stream is read once, in order")
+        while self._taken <= index:  # (pairs of tensors with no bytes are never read)
+            spec = self.tensors[self._taken]
+            pair = next(self._stream, None)
+            if pair is None:
+                raise WeightFileError(f"{spec.name}: the stream ended before this tensor")
+            name, t = pair
+            got = (name, str(t.dtype).removeprefix("torch."), tuple(t.shape))
+            if got != (spec.name, spec.dtype.value, spec.shape):
+                raise WeightFileError(f"{spec.name}: the stream sent {got} for this tensor")
+            self._taken += 1
+        self._current = (index, t.detach().to("cpu").contiguous())
+        return self._current[1]
+
+    def read(self, index: int, start: int, length: int) -> bytes:
+        return ctypes.string_at(self._host(index).data_ptr() + start, length)
 
     def read_into(self, index: int, start: int, out: memoryview) -> None:
         t = self._host(index)
