@@ -153,6 +153,9 @@ async def run_rollout_bench(
     the weight-push figures (``push_mb`` MB in ``bucket_mb`` MB buckets; 0: skip)."""
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device here")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the figures are the output, not loading bars
     if model_dir is not None and not (model_dir / "config.json").is_file():
         raise UsageError(f"{model_dir}: not a model directory (no config.json)")
     with tempfile.TemporaryDirectory(prefix="rlfleet-bench-") as tmp:
