@@ -198,3 +198,35 @@ def test_reward_is_a_plain_record() -> None:
     reward = Reward(total=0.5, components=())
     assert reward.scored and reward.value("accuracy") is None
     assert not math.isnan(reward.total or 0.0)
+
+
+def test_r1_template_renders_the_paper_preamble_per_task_type() -> None:
+    from rlfleet.learner.data import Task
+    from rlfleet.learner.templates import R1_PREAMBLE
+    from rlfleet.sandbox.records import CodeCase, MathCase, StdioTest
+
+    math_task = Task(
+        id="m", prompt="What is 2+2?", verification=MathCase(id="", completion="", gold="4")
+    )
+    code_task = Task(
+        id="c",
+        prompt="Add two numbers.",
+        verification=CodeCase(
+            id="", language="python", code="", tests=(StdioTest(stdin="", stdout="0"),)
+        ),
+        starter_code="def add(a, b):\n",
+    )
+    text = R1.render(math_task)
+    assert text.startswith("A conversation between User and Assistant. The user asks a question")
+    assert (
+        text
+        == f"{R1_PREAMBLE} Put the final answer alone in the answer tags.\nUser: What is 2+2?\nAssistant:"
+    )
+    code_text = R1.render(code_task)
+    assert "```python code block" in code_text
+    assert code_text.endswith(
+        "User: Add two numbers.\nComplete this code:\n```python\ndef add(a, b):\n```\nAssistant:"
+    )
+    assert get_template("plain").render(math_task) == "What is 2+2?"
+    with pytest.raises(ValueError, match=r"verification\.completion must be empty"):
+        Task(id="m", prompt="p", verification=MathCase(id="", completion="x", gold="4"))
