@@ -22,9 +22,15 @@ per digit, so every answer is exactly one of its tokens and a single sampled tok
 with probability p(gold) (1/512 for a uniform policy). The format reward (weight 0.1: the
 completion is an integer, i.e. one of the 10 digit tokens) is earned ten times as often and
 first teaches the policy to answer with digits; among digits the right one is then a 1 in
-10 chance, the regime where a measured GRPO prototype (single-token answers, G=16, lr 1e-3)
-reached 0.9 in ~120-140 steps. ``chance_reward`` gives the expected reward of a policy from
-its token probabilities.
+10 chance. ``chance_reward`` gives the expected reward of a policy from its token
+probabilities: 0.0037 for a uniform one, about that for the tiny random model.
+
+Measured with an in-process GRPO loop on the tiny preset (random init, these tasks and
+rewards, exact match standing in for the verifier, which accepts exactly the gold token:
+tests/test_tasks.py): 32 prompts x G=16 per step, advantages (r - mean) / (std + 1e-4),
+Adam lr 1e-3, clip 1.0, temperature 1: mean reward 0.10 by step ~40 (digits learned), 0.9 at
+step 656 (seed 0) and 564 (seed 1), ~40 ms a step on 2 cores. lr 2e-3: step 737; hidden 128
+instead of 64: steps 597 and 810 (no faster).
 """
 
 from __future__ import annotations
