@@ -29,6 +29,9 @@ OPTIONAL_IMPORTS = {
     # The math benchmark compares against math-verify when it is installed (dev extra) and
     # says so when it is not.
     "math_verify": {"bench/math_bench.py"},
+    # Training data in parquet is read with pyarrow when it is installed; without it the
+    # loader says to install it (JSONL needs nothing).
+    "pyarrow": {"learner/data.py"},
 }
 
 
