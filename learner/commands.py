@@ -150,6 +150,8 @@ async def train(cmd: TrainCommand) -> int:
         ):
             raise UsageError(f"--resume {run_dir}: not a run directory")
     else:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UsageError(f"--run-dir {run_dir}: not a directory")
         if run_dir.exists() and any(run_dir.iterdir()):
             raise UsageError(f"--run-dir {run_dir}: not empty; continue it with --resume {run_dir}")
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,9 @@ from rlfleet.errors import CommandError
 
 PR_SET_PDEATHSIG = 1
 STOP_GRACE_S = 10.0
+RUN_MARKER = "RLFLEET_TRAIN_RUN"
+"""Set in the embedded servers' environment to the run dir: which processes a run started
+(inherited by whatever they start) can be found by it."""
 
 
 def _die_with_parent() -> None:
@@ -48,15 +51,17 @@ class Child:
         return self.proc.pid  # (the leader of its own session and group)
 
 
-def start_child(name: str, args: list[str], log: Path) -> Child:
+def start_child(name: str, args: list[str], log: Path, run_dir: Path) -> Child:
     """Start ``rlfleet <args> --port 0`` in a new session, stderr to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, RUN_MARKER: str(run_dir.resolve())}
     with log.open("wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "rlfleet.cli", *args, "--host", "127.0.0.1", "--port", "0"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=err,
+            env=env,
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
@@ -129,10 +134,10 @@ async def embedded_fleet(
         logs = run_dir / "logs"
         if verifier is None:
             args = ["serve", "sandbox", "--workers", str(sandbox_workers)]
-            children.append(start_child("sandbox", args, logs / "sandbox.log"))
+            children.append(start_child("sandbox", args, logs / "sandbox.log", run_dir))
         if rollout is None:
             args = ["serve", "rollout", "--engine", "torch", "--model", str(model)]
-            children.append(start_child("rollout", args, logs / "rollout.log"))
+            children.append(start_child("rollout", args, logs / "rollout.log", run_dir))
         for child in children:
             await wait_listening(child, start_timeout_s)
         by_name = {c.name: c.target for c in children}
