@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from rlfleet.errors import CommandError, Unavailable, UsageError
 from rlfleet.learner.config import (
@@ -74,7 +75,7 @@ def load_task_list(config: TrainConfig) -> list[Task]:
         raise UsageError(str(e)) from None
 
 
-def read_metrics(path: Path, before: int) -> list[dict[str, object]]:
+def read_metrics(path: Path, before: int) -> list[dict[str, Any]]:
     """The records of steps < ``before`` (a run killed after its last checkpoint wrote
     steps the resumed run takes again)."""
     if not path.is_file():
@@ -87,32 +88,39 @@ def read_metrics(path: Path, before: int) -> list[dict[str, object]]:
             record = json.loads(line)
         except json.JSONDecodeError:
             break  # (a line cut off by a kill: the steps after it are taken again)
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
-            if record["step"] < before:
-                out.append(record)
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, int) and step < before:
+            out.append(record)
     return out
 
 
-def summary_lines(records: list[dict[str, object]], run_dir: Path) -> list[str]:
-    rewards = [(r["step"], r["reward_mean"]) for r in records if r.get("reward_mean") is not None]
-    if not rewards:
+Point = tuple[int, float, float]
+"""(step, mean reward, wall seconds) of a step whose samples were scored."""
+
+
+def curve(records: list[dict[str, Any]]) -> list[Point]:
+    return [
+        (int(r["step"]), float(r["reward_mean"]), float(r.get("wall_s", 0.0)))
+        for r in records
+        if r.get("reward_mean") is not None
+    ]
+
+
+def summary_lines(records: list[dict[str, Any]], run_dir: Path) -> list[str]:
+    points = curve(records)
+    if not points:
         return [f"no step finished; run dir {run_dir}"]
-    first = [float(v) for _, v in rewards[:10]]  # type: ignore[arg-type]
-    last = [float(v) for _, v in rewards[-20:]]  # type: ignore[arg-type]
-    reached = next((r for r in records if (r.get("reward_mean") or 0.0) >= 0.9), None)  # type: ignore[operator]
-    wall = float(records[-1].get("wall_s", 0.0))  # type: ignore[arg-type]
+    first = [r for _, r, _ in points[:10]]
+    last = [r for _, r, _ in points[-20:]]
     lines = [
-        f"steps: {len(records)} (last {records[-1]['step']}), {wall:.0f} s of training",
+        f"steps: {len(records)} (last {points[-1][0]}), {points[-1][2]:.0f} s of training",
         f"reward: {sum(first) / len(first):.3f} over the first {len(first)} steps, "
         f"{sum(last) / len(last):.3f} over the last {len(last)}",
     ]
+    reached = next((p for p in points if p[1] >= 0.9), None)
     if reached is not None:
-        lines.append(
-            f"reward >= 0.9 first at step {reached['step']} ({float(reached['wall_s']):.0f} s)"  # type: ignore[arg-type]
-        )
-    lines += [
-        f"run dir: {run_dir} ({METRICS_FILE}, {PLOT_FILE}, {CHECKPOINTS}/)",
-    ]
+        lines.append(f"reward >= 0.9 first at step {reached[0]} ({reached[2]:.0f} s)")
+    lines.append(f"run dir: {run_dir} ({METRICS_FILE}, {PLOT_FILE}, {CHECKPOINTS}/)")
     return lines
 
 
@@ -130,14 +138,17 @@ async def train(cmd: TrainCommand) -> int:
     """Run (or resume) a training run; returns the exit code."""
     import torch
 
-    from rlfleet.learner.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-    from rlfleet.learner.checkpoint import TrainerState
+    from rlfleet.learner.checkpoint import (
+        TrainerState,
+        latest_checkpoint,
+        load_checkpoint,
+        save_checkpoint,
+    )
     from rlfleet.learner.distributed import distributed
     from rlfleet.learner.fleet import embedded_fleet
     from rlfleet.learner.loop import Trainer
     from rlfleet.learner.optim import build_optimizer, build_scheduler
     from rlfleet.learner.parallelize import parallelize
-    from rlfleet.learner.plot import write_reward_curve
     from rlfleet.learner.templates import get_template
     from rlfleet.rollout.client import RolloutClient
     from rlfleet.sandbox.client import VerifierClient
@@ -187,8 +198,8 @@ async def train(cmd: TrainCommand) -> int:
         if config.dist.device == "cpu":
             torch.set_num_threads(config.cpu_threads)
         with distributed(config.dist) as ctx:
-            model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-            model = parallelize(model.to(ctx.device), ctx.mesh, config.parallel)
+            loaded = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+            model = parallelize(loaded.to(ctx.device), ctx.mesh, config.parallel)  # type: ignore[arg-type]
             optimizer = build_optimizer(model, config.optim)
             scheduler = build_scheduler(optimizer, config.optim)
             start = 0
@@ -237,7 +248,7 @@ async def train(cmd: TrainCommand) -> int:
                                 scheduler,
                                 config.checkpoint,
                             )
-                            _plot(write_reward_curve, run_dir, records)
+                            plot(run_dir, records)
                 except Unavailable as e:
                     raise CommandError(str(e)) from None
     for line in summary_lines(records, run_dir):
@@ -245,6 +256,8 @@ async def train(cmd: TrainCommand) -> int:
     return 0
 
 
-def _plot(write, run_dir: Path, records: list[dict[str, object]]) -> None:  # type: ignore[no-untyped-def]
-    points = [(r["step"], r["reward_mean"]) for r in records if r.get("reward_mean") is not None]
-    write(run_dir / PLOT_FILE, [int(s) for s, _ in points], [float(v) for _, v in points])  # type: ignore[arg-type]
+def plot(run_dir: Path, records: list[dict[str, Any]]) -> None:
+    from rlfleet.learner.plot import write_reward_curve
+
+    points = curve(records)
+    write_reward_curve(run_dir / PLOT_FILE, [p[0] for p in points], [p[1] for p in points])

@@ -12,6 +12,7 @@ is read from (no pipe that could fill and block it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import signal
@@ -94,20 +95,19 @@ async def wait_listening(child: Child, timeout_s: float) -> str:
 def stop_child(child: Child, grace_s: float = STOP_GRACE_S) -> None:
     """SIGTERM to the child's group, then SIGKILL to it after ``grace_s``; returns once the
     child is reaped and its group is empty."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(child.pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         child.proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
+    with contextlib.suppress(ProcessLookupError):
         # The leader is gone or stuck; whatever is left in its group goes too.
         os.killpg(child.pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     child.proc.wait()
+
+
+def stop_children(children: list[Child]) -> None:
+    for child in reversed(children):
+        stop_child(child)
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ async def embedded_fleet(
     the children are stopped on the way out, whatever ends the block (cancellation too)."""
     children: list[Child] = []
     async with AsyncExitStack() as stack:
-        stack.callback(lambda: [stop_child(c) for c in reversed(children)])
+        stack.callback(stop_children, children)
         logs = run_dir / "logs"
         if verifier is None:
             args = ["serve", "sandbox", "--workers", str(sandbox_workers)]

@@ -7,6 +7,7 @@ text: the numbers are in ``metrics.jsonl``.
 
 from __future__ import annotations
 
+import itertools
 import struct
 import zlib
 from collections.abc import Sequence
@@ -107,7 +108,7 @@ def reward_curve_png(
         points = [px(s, v) for s, v in zip(steps, series, strict=True)]
         if len(points) == 1:
             canvas.dot(*points[0], color, size + 2)
-        for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        for (x0, y0), (x1, y1) in itertools.pairwise(points):
             canvas.line(x0, y0, x1, y1, color, size)
     return canvas.png()
 

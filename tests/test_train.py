@@ -6,7 +6,6 @@ batches as an uninterrupted one."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import struct
 import subprocess
@@ -68,7 +67,7 @@ def test_sample_seeds_differ_by_step_and_group() -> None:
 def test_config_from_toml_overrides_and_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "train.toml"
     path.write_text(
-        'seed = 3\nsteps = 50\n[optim]\nlr = 3e-4\nbetas = [0.9, 0.95]\n'
+        "seed = 3\nsteps = 50\n[optim]\nlr = 3e-4\nbetas = [0.9, 0.95]\n"
         '[rollout]\nn = 8\n[algorithm]\nalgorithm = "dapo"\nmax_length = 4\n'
     )
     config = load_config(path, ["rollout.temperature=0.7", "fleet.verifier=127.0.0.1:9"], steps=60)
@@ -191,7 +190,9 @@ def records(run_dir: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def wait_steps(proc: subprocess.Popen[str], run_dir: Path, steps: int, timeout_s: float = 180) -> None:
+def wait_steps(
+    proc: subprocess.Popen[str], run_dir: Path, steps: int, timeout_s: float = 180
+) -> None:
     deadline = time.monotonic() + timeout_s
     path = run_dir / "metrics.jsonl"
     while time.monotonic() < deadline:
@@ -204,7 +205,9 @@ def wait_steps(proc: subprocess.Popen[str], run_dir: Path, steps: int, timeout_s
 
 def test_a_short_run_keeps_the_contract(tmp_path: Path, require_root: None) -> None:
     run_dir = tmp_path / "run"
-    r = train("--run-dir", str(run_dir), "--steps", "3", "--seed", "5", *SMALL, "checkpoint_every=2")
+    r = train(
+        "--run-dir", str(run_dir), "--steps", "3", "--seed", "5", *SMALL, "checkpoint_every=2"
+    )
     assert r.returncode == 0, r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert all(line.startswith("rlfleet train: ") for line in lines), r.stderr
@@ -212,7 +215,7 @@ def test_a_short_run_keeps_the_contract(tmp_path: Path, require_root: None) -> N
     steps = records(run_dir)
     assert [s["step"] for s in steps] == [0, 1, 2]
     for s in steps:
-        assert STEP_FIELDS <= set(s), set(s)
+        assert set(s) >= STEP_FIELDS, set(s)
         assert len(s["prompt_ids"]) == 4  # type: ignore[arg-type]
         assert s["samples"] == 16
     assert [s["policy_version"] for s in steps] == [0, 1, 2]
