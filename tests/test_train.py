@@ -271,3 +271,17 @@ def test_resume_after_kill_9_takes_the_same_batches(tmp_path: Path, require_root
     assert [s["prompt_ids"] for s in got] == [s["prompt_ids"] for s in want]
     assert [s["policy_version"] for s in got] == list(range(6))
     assert run_processes(cut) == []
+
+
+@pytest.mark.slow
+def test_the_default_learns_within_ten_minutes(tmp_path: Path, require_root: None) -> None:
+    """The acceptance run: `rlfleet train` with its defaults, on this machine's cores."""
+    run_dir = tmp_path / "run"
+    r = train("--run-dir", str(run_dir), timeout=900)
+    assert r.returncode == 0, r.stderr
+    steps = records(run_dir)
+    first = [float(s["reward_mean"]) for s in steps[:10]]  # type: ignore[arg-type]
+    assert sum(first) / len(first) <= 0.3
+    reached = [s for s in steps if float(s["reward_mean"]) >= 0.9]  # type: ignore[arg-type]
+    assert reached, f"best {max(float(s['reward_mean']) for s in steps)}"  # type: ignore[arg-type]
+    assert float(reached[0]["wall_s"]) <= 600  # type: ignore[arg-type]
