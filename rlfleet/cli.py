@@ -212,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="intra-op CPU threads, HF and the engine alike (default: 1)",
     )
 
+    _add_train_command(sub)
+
     model = sub.add_parser("model", help="model tooling")
     model_sub = model.add_subparsers(dest="action", required=True, metavar="ACTION")
     minit = _command(
@@ -292,6 +294,59 @@ def _add_rollout_commands(
         default=8,
         help="MiB per message (default: 8)",
     )
+
+
+def _add_train_command(sub: argparse._SubParsersAction[Parser]) -> None:
+    train = _command(
+        sub,
+        "train",
+        _train,
+        "RL on the fleet; with no arguments: a tiny model on a built-in task, servers embedded",
+    )
+    train.add_argument("--config", type=Path, help="TOML file of TrainConfig's tables")
+    train.add_argument(
+        "--run-dir", type=Path, help="where the run is written (default: ./runs/TIME)"
+    )
+    train.add_argument(
+        "--resume", type=Path, metavar="DIR", help="continue the run in DIR from its checkpoint"
+    )
+    train.add_argument("--seed", type=_count, default=None, help="(default: 0)")
+    train.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps")
+    train.add_argument(
+        "--rollout", metavar="HOST:PORT[,...]", help="rollout servers (default: start one)"
+    )
+    train.add_argument(
+        "--verifier", metavar="HOST:PORT[,...]", help="verifier servers (default: start one)"
+    )
+    train.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=3e-4"
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from rlfleet.learner import commands
+    from rlfleet.learner.config import ConfigError, load_config
+
+    if args.resume is not None:
+        if args.config or args.run_dir or args.seed is not None or args.overrides:
+            raise UsageError("--resume takes the run's own config: only --steps may go with it")
+        config = commands.resume_config(args.resume, args.steps)
+        return _run(
+            commands.train(commands.TrainCommand(config=config, run_dir=args.resume, resume=True))
+        )
+    try:
+        config = load_config(
+            args.config,
+            args.overrides,
+            seed=args.seed,
+            steps=args.steps,
+            fleet__rollout=args.rollout,
+            fleet__verifier=args.verifier,
+        )
+    except ConfigError as e:
+        raise UsageError(str(e)) from e
+    run_dir = args.run_dir or commands.default_run_dir()
+    return _run(commands.train(commands.TrainCommand(config=config, run_dir=run_dir)))
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:

@@ -255,6 +255,23 @@ FAILURES = {
         1,
         "no rollout server answers at 127.0.0.1:",
     ),
+    # rlfleet train (none of these starts a server)
+    "train bad steps": Failure("train --steps 0", "rlfleet train:", 2, "--steps: must be >= 1"),
+    "train missing config": Failure(
+        "train --config {tmp}/nope.toml", "rlfleet train:", 2, "cannot read it"
+    ),
+    "train unknown key": Failure("train optim.lrr=1", "rlfleet train:", 2, "unknown key optim.lrr"),
+    "train bad value": Failure("train optim.lr=-1", "rlfleet train:", 2, "lr: must be > 0"),
+    "train bad override": Failure("train frob", "rlfleet train:", 2, "expected KEY=VALUE"),
+    "train run dir not empty": Failure(
+        "train --run-dir {tmp}", "rlfleet train:", 2, "not empty; continue it with --resume"
+    ),
+    "train resume not a run": Failure(
+        "train --resume {tmp}", "rlfleet train:", 2, "no config.json there"
+    ),
+    "train resume with seed": Failure(
+        "train --resume {tmp} --seed 1", "rlfleet train:", 2, "only --steps may go with it"
+    ),
     # rlfleet push-weights
     "push-weights without version": Failure(
         "push-weights --server 127.0.0.1:1 --model {model}",

@@ -1,0 +1,263 @@
+"""``rlfleet train``: the typed command behind the CLI.
+
+A run directory holds (the run dir contract)::
+
+    config.json       the resolved TrainConfig (``--resume`` reads it back)
+    policy/           the initial model (the tiny preset, when no model is given)
+    metrics.jsonl     one JSON object per step (``loop.StepRecord``)
+    reward.png        the reward curve (rewritten at every checkpoint and at the end)
+    checkpoints/      DCP checkpoints (``learner.checkpoint``)
+    logs/             the embedded servers' stderr
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rlfleet.errors import CommandError, Unavailable, UsageError
+from rlfleet.learner.config import (
+    ConfigError,
+    TrainConfig,
+    from_mapping,
+    read_mapping,
+    write_config,
+)
+from rlfleet.learner.data import DataError, LoadConfig, Task, load_tasks
+from rlfleet.learner.loop import StepRecord
+from rlfleet.learner.tasks import BuiltinConfig, builtin_tasks
+
+PREFIX = "rlfleet train"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "reward.png"
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainCommand:
+    config: TrainConfig
+    run_dir: Path
+    resume: bool = False
+    """Continue the run in ``run_dir`` from its latest checkpoint."""
+
+
+def progress(line: str) -> None:
+    print(f"{PREFIX}: {line}", file=sys.stderr, flush=True)
+
+
+def default_run_dir() -> Path:
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def resume_config(run_dir: Path, steps: int | None) -> TrainConfig:
+    """The config a run was started with (``--steps`` may lengthen it)."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise UsageError(f"--resume {run_dir}: no {CONFIG_FILE} there (not a run directory)")
+    try:
+        config: TrainConfig = from_mapping(TrainConfig, read_mapping(path))
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    return replace(config, steps=steps) if steps is not None else config
+
+
+def load_task_list(config: TrainConfig) -> list[Task]:
+    if config.data.path is None:
+        return builtin_tasks(BuiltinConfig(seed=config.seed))
+    try:
+        return load_tasks(config.data.path, LoadConfig(format=config.data.format))
+    except (DataError, ValueError) as e:
+        raise UsageError(str(e)) from None
+
+
+def read_metrics(path: Path, before: int) -> list[dict[str, Any]]:
+    """The records of steps < ``before`` (a run killed after its last checkpoint wrote
+    steps the resumed run takes again)."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break  # (a line cut off by a kill: the steps after it are taken again)
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, int) and step < before:
+            out.append(record)
+    return out
+
+
+Point = tuple[int, float, float]
+"""(step, mean reward, wall seconds) of a step whose samples were scored."""
+
+
+def curve(records: list[dict[str, Any]]) -> list[Point]:
+    return [
+        (int(r["step"]), float(r["reward_mean"]), float(r.get("wall_s", 0.0)))
+        for r in records
+        if r.get("reward_mean") is not None
+    ]
+
+
+def summary_lines(records: list[dict[str, Any]], run_dir: Path) -> list[str]:
+    points = curve(records)
+    if not points:
+        return [f"no step finished; run dir {run_dir}"]
+    first = [r for _, r, _ in points[:10]]
+    last = [r for _, r, _ in points[-20:]]
+    lines = [
+        f"steps: {len(records)} (last {points[-1][0]}), {points[-1][2]:.0f} s of training",
+        f"reward: {sum(first) / len(first):.3f} over the first {len(first)} steps, "
+        f"{sum(last) / len(last):.3f} over the last {len(last)}",
+    ]
+    reached = next((p for p in points if p[1] >= 0.9), None)
+    if reached is not None:
+        lines.append(f"reward >= 0.9 first at step {reached[0]} ({reached[2]:.0f} s)")
+    lines.append(f"run dir: {run_dir} ({METRICS_FILE}, {PLOT_FILE}, {CHECKPOINTS}/)")
+    return lines
+
+
+def _progress_line(r: StepRecord, steps: int) -> str:
+    reward = "-" if r.reward_mean is None else f"{r.reward_mean:.3f}"
+    return (
+        f"step {r.step + 1}/{steps} reward {reward} | {r.time_step_s:.2f} s/step "
+        f"(generate {r.time_generate_s:.2f}, reward {r.time_reward_s:.2f}, "
+        f"train {r.time_train_s:.2f}, push {r.time_push_s:.2f}) | "
+        f"{r.tokens_per_s:.0f} tok/s | verified {r.verified}/{r.unique_pairs} | {r.wall_s:.0f} s"
+    )
+
+
+async def train(cmd: TrainCommand) -> int:
+    """Run (or resume) a training run; returns the exit code."""
+    import torch
+
+    from rlfleet.learner.checkpoint import (
+        TrainerState,
+        latest_checkpoint,
+        load_checkpoint,
+        save_checkpoint,
+    )
+    from rlfleet.learner.distributed import distributed
+    from rlfleet.learner.fleet import embedded_fleet
+    from rlfleet.learner.loop import Trainer
+    from rlfleet.learner.optim import build_optimizer, build_scheduler
+    from rlfleet.learner.parallelize import parallelize
+    from rlfleet.learner.templates import get_template
+    from rlfleet.rollout.client import RolloutClient
+    from rlfleet.sandbox.client import VerifierClient
+
+    config, run_dir = cmd.config, cmd.run_dir
+    if cmd.resume:
+        if (
+            latest_checkpoint(run_dir / CHECKPOINTS) is None
+            and not (run_dir / CONFIG_FILE).is_file()
+        ):
+            raise UsageError(f"--resume {run_dir}: not a run directory")
+    else:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UsageError(f"--run-dir {run_dir}: not a directory")
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise UsageError(f"--run-dir {run_dir}: not empty; continue it with --resume {run_dir}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(config, run_dir / CONFIG_FILE)
+    try:
+        template = get_template(config.template)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    tasks = load_task_list(config)
+    model_dir = config.model or run_dir / "policy"
+    if config.model is None and not (model_dir / "config.json").is_file():
+        from rlfleet.rollout.model_init import write_model
+
+        write_model(model_dir, preset="tiny", seed=config.seed)
+    if not (model_dir / "config.json").is_file():
+        raise UsageError(f"model {model_dir}: no config.json there (not an HF model directory)")
+
+    fleet = config.fleet
+    async with embedded_fleet(
+        run_dir=run_dir,
+        model=model_dir,
+        rollout=fleet.rollout,
+        verifier=fleet.verifier,
+        sandbox_workers=fleet.sandbox_workers,
+        start_timeout_s=fleet.start_timeout_s,
+    ) as targets:
+        if fleet.rollout is None or fleet.verifier is None:
+            progress(f"embedded fleet: rollout {targets.rollout}, verifier {targets.verifier}")
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        if config.dist.device == "cpu":
+            torch.set_num_threads(config.cpu_threads)
+        with distributed(config.dist) as ctx:
+            loaded = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+            model = parallelize(loaded.to(ctx.device), ctx.mesh, config.parallel)  # type: ignore[arg-type]
+            optimizer = build_optimizer(model, config.optim)
+            scheduler = build_scheduler(optimizer, config.optim)
+            start = 0
+            latest = latest_checkpoint(run_dir / CHECKPOINTS)
+            if cmd.resume and latest is not None:
+                start = load_checkpoint(latest, model, optimizer, scheduler).step
+            records = read_metrics(run_dir / METRICS_FILE, start)
+            metrics_path = run_dir / METRICS_FILE
+            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+            async with (
+                RolloutClient(targets.rollout) as rollout,
+                VerifierClient(targets.verifier) as verifier,
+            ):
+                trainer = Trainer(
+                    config=config,
+                    tasks=tasks,
+                    template=template,
+                    model=model,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    rollout=rollout,
+                    verifier=verifier,
+                    device=ctx.device,
+                )
+                try:
+                    if start > 0:
+                        progress(f"resuming at step {start + 1} from {latest}")
+                        await trainer.push(start)
+                    for step in range(start, config.steps):
+                        record = await trainer.step(step)
+                        records.append(record.to_json())
+                        with metrics_path.open("a") as f:
+                            f.write(json.dumps(record.to_json()) + "\n")
+                        done = step + 1
+                        if done == 1 or done % config.log_every == 0 or done == config.steps:
+                            progress(_progress_line(record, config.steps))
+                        if done % config.checkpoint_every == 0 or done == config.steps:
+                            state = TrainerState(
+                                step=done, data_position=done * config.rollout.prompts_per_step
+                            )
+                            save_checkpoint(
+                                run_dir / CHECKPOINTS,
+                                state,
+                                model,
+                                optimizer,
+                                scheduler,
+                                config.checkpoint,
+                            )
+                            plot(run_dir, records)
+                except Unavailable as e:
+                    raise CommandError(str(e)) from None
+    for line in summary_lines(records, run_dir):
+        print(line, flush=True)
+    return 0
+
+
+def plot(run_dir: Path, records: list[dict[str, Any]]) -> None:
+    from rlfleet.learner.plot import write_reward_curve
+
+    points = curve(records)
+    write_reward_curve(run_dir / PLOT_FILE, [p[0] for p in points], [p[1] for p in points])
