@@ -26,7 +26,7 @@ from typing import Any
 
 import grpc
 
-from rlfleet.errors import Unavailable
+from rlfleet.grpc_client import ServerUnavailable
 from rlfleet.rollout.convert import (
     completion_from_pb,
     data_chunk_bytes,
@@ -50,24 +50,10 @@ MiB tried: larger buckets cost more in page faults and gRPC buffering, smaller o
 per-message overhead); the receiver holds a few at a time."""
 
 
-class RolloutUnavailable(grpc.aio.AioRpcError, Unavailable):
-    """No server at ``target`` answered (UNAVAILABLE) in any of the client's attempts.
-    Still the ``AioRpcError`` it replaces (``code()``, ``details()``)."""
+class RolloutUnavailable(ServerUnavailable):
+    """No rollout server at ``target`` answered in any of the client's attempts."""
 
-    def __init__(self, target: str, attempts: int, last: grpc.aio.AioRpcError) -> None:
-        super().__init__(
-            last.code(),
-            last.initial_metadata(),
-            last.trailing_metadata(),
-            last.details(),
-            last.debug_error_string(),
-        )
-        self.target = target
-        self.attempts = attempts
-
-    def __str__(self) -> str:
-        tries = f"{self.attempts} attempt{'s' if self.attempts != 1 else ''}"
-        return f"no rollout server answers at {self.target} after {tries} ({self.details()})"
+    what = "rollout server"
 
 
 class RequestRejected(ValueError):

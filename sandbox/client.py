@@ -37,7 +37,7 @@ from typing import NoReturn
 
 import grpc
 
-from rlfleet.errors import Unavailable
+from rlfleet.grpc_client import ServerUnavailable
 from rlfleet.sandbox.convert import (
     case_to_request,
     problem_from_case,
@@ -55,27 +55,10 @@ RETRYABLE_ITEM = frozenset(
 )
 
 
-class VerifierUnavailable(grpc.aio.AioRpcError, Unavailable):
-    """No server at ``target`` answered (UNAVAILABLE) in any of the client's attempts.
+class VerifierUnavailable(ServerUnavailable):
+    """No verifier at ``target`` answered in any of the client's attempts."""
 
-    Still the ``AioRpcError`` it replaces (``code()``, ``details()``), with a message a
-    person can read.
-    """
-
-    def __init__(self, target: str, attempts: int, last: grpc.aio.AioRpcError) -> None:
-        super().__init__(
-            last.code(),
-            last.initial_metadata(),
-            last.trailing_metadata(),
-            last.details(),
-            last.debug_error_string(),
-        )
-        self.target = target
-        self.attempts = attempts
-
-    def __str__(self) -> str:
-        tries = f"{self.attempts} attempt{'s' if self.attempts != 1 else ''}"
-        return f"no verifier answers at {self.target} after {tries} ({self.details()})"
+    what = "verifier"
 
 
 @dataclass(frozen=True, kw_only=True)
