@@ -274,6 +274,7 @@ def test_resume_after_kill_9_takes_the_same_batches(tmp_path: Path, require_root
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the run may take up to its 10 minutes (the suite's default is 300 s)
 def test_the_default_learns_within_ten_minutes(tmp_path: Path, require_root: None) -> None:
     """The acceptance run: `rlfleet train` with its defaults, on this machine's cores."""
     run_dir = tmp_path / "run"
