@@ -33,6 +33,7 @@ from rlfleet.errors import (
 )
 
 if TYPE_CHECKING:
+    from rlfleet.grpc_server import ServerConfig
     from rlfleet.sandbox.engine import EngineConfig
 
 Run = Callable[[argparse.Namespace], int]
@@ -394,20 +395,26 @@ def _verify(args: argparse.Namespace) -> int:
     return _run(commands.verify(config))
 
 
-def _serve_sandbox(args: argparse.Namespace) -> int:
+def _server_config(args: argparse.Namespace) -> ServerConfig:
+    """The gRPC server flags every `serve` command shares."""
     from rlfleet.grpc_server import ServerConfig
+
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
+
+
+def _serve_sandbox(args: argparse.Namespace) -> int:
     from rlfleet.sandbox import commands
     from rlfleet.sandbox.servicer import ServiceConfig
 
     try:
         config = commands.ServeConfig(
-            server=ServerConfig(
-                host=args.host,
-                port=args.port,
-                metrics_port=args.metrics_port,
-                tls_cert=args.tls_cert,
-                tls_key=args.tls_key,
-            ),
+            server=_server_config(args),
             service=ServiceConfig(max_pending=args.max_pending),
             engine=_engine_config(args),
         )
@@ -466,18 +473,11 @@ def _model_init(args: argparse.Namespace) -> int:
 
 
 def _serve_rollout(args: argparse.Namespace) -> int:
-    from rlfleet.grpc_server import ServerConfig
     from rlfleet.rollout import commands
 
     try:
         config = commands.ServeRolloutConfig(
-            server=ServerConfig(
-                host=args.host,
-                port=args.port,
-                metrics_port=args.metrics_port,
-                tls_cert=args.tls_cert,
-                tls_key=args.tls_key,
-            ),
+            server=_server_config(args),
             engine=commands.RolloutEngineConfig(
                 kind=args.engine, model=args.model, device=args.device, dtype=args.dtype
             ),
