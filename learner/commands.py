@@ -12,6 +12,7 @@ A run directory holds (the run dir contract)::
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -130,7 +131,8 @@ def _progress_line(r: StepRecord, steps: int) -> str:
         f"step {r.step + 1}/{steps} reward {reward} | {r.time_step_s:.2f} s/step "
         f"(generate {r.time_generate_s:.2f}, reward {r.time_reward_s:.2f}, "
         f"train {r.time_train_s:.2f}, push {r.time_push_s:.2f}) | "
-        f"{r.tokens_per_s:.0f} tok/s | verified {r.verified}/{r.unique_pairs} | {r.wall_s:.0f} s"
+        f"{r.tokens_per_s:.0f} tok/s | verified {r.verified}/{r.unique_pairs} | "
+        f"staleness {r.staleness} | {r.wall_s:.0f} s"
     )
 
 
@@ -149,8 +151,8 @@ async def train(cmd: TrainCommand) -> int:
     from rlfleet.learner.loop import Trainer
     from rlfleet.learner.optim import build_optimizer, build_scheduler
     from rlfleet.learner.parallelize import parallelize
+    from rlfleet.learner.pool import PoolConfig, RolloutPool
     from rlfleet.learner.templates import get_template
-    from rlfleet.rollout.client import RolloutClient
     from rlfleet.sandbox.client import VerifierClient
 
     config, run_dir = cmd.config, cmd.run_dir
@@ -209,8 +211,11 @@ async def train(cmd: TrainCommand) -> int:
             records = read_metrics(run_dir / METRICS_FILE, start)
             metrics_path = run_dir / METRICS_FILE
             metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+            pool_config = PoolConfig(
+                push_timeout_s=fleet.push_timeout_s, max_resends=fleet.max_resends
+            )
             async with (
-                RolloutClient(targets.rollout) as rollout,
+                RolloutPool(targets.rollout, pool_config) as rollout,
                 VerifierClient(targets.verifier) as verifier,
             ):
                 trainer = Trainer(
@@ -223,32 +228,35 @@ async def train(cmd: TrainCommand) -> int:
                     rollout=rollout,
                     verifier=verifier,
                     device=ctx.device,
+                    spool_dir=run_dir / "spool",
                 )
+
+                async def on_step(record: StepRecord) -> None:
+                    records.append(record.to_json())
+                    with metrics_path.open("a") as f:
+                        f.write(json.dumps(record.to_json()) + "\n")
+                    done = record.step + 1
+                    if done == 1 or done % config.log_every == 0 or done == config.steps:
+                        progress(_progress_line(record, config.steps))
+                    if done % config.checkpoint_every == 0 or done == config.steps:
+                        state = TrainerState(
+                            step=done, data_position=done * config.rollout.prompts_per_step
+                        )
+                        await asyncio.to_thread(
+                            save_checkpoint,
+                            run_dir / CHECKPOINTS,
+                            state,
+                            model,
+                            optimizer,
+                            scheduler,
+                            config.checkpoint,
+                        )
+                        plot(run_dir, records)
+
+                if start > 0:
+                    progress(f"resuming at step {start + 1} from {latest}")
                 try:
-                    if start > 0:
-                        progress(f"resuming at step {start + 1} from {latest}")
-                        await trainer.push(start)
-                    for step in range(start, config.steps):
-                        record = await trainer.step(step)
-                        records.append(record.to_json())
-                        with metrics_path.open("a") as f:
-                            f.write(json.dumps(record.to_json()) + "\n")
-                        done = step + 1
-                        if done == 1 or done % config.log_every == 0 or done == config.steps:
-                            progress(_progress_line(record, config.steps))
-                        if done % config.checkpoint_every == 0 or done == config.steps:
-                            state = TrainerState(
-                                step=done, data_position=done * config.rollout.prompts_per_step
-                            )
-                            save_checkpoint(
-                                run_dir / CHECKPOINTS,
-                                state,
-                                model,
-                                optimizer,
-                                scheduler,
-                                config.checkpoint,
-                            )
-                            plot(run_dir, records)
+                    await trainer.run(start, config.steps, on_step)
                 except Unavailable as e:
                     raise CommandError(str(e)) from None
     for line in summary_lines(records, run_dir):

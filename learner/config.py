@@ -61,7 +61,9 @@ class RolloutConfig:
     max_new_tokens: int = BUILTIN_MAX_NEW_TOKENS
     """Completion length limit in tokens."""
     max_staleness: int = 0
-    """Policy versions a sample may lag the learner by; 0: synchronous (the only mode yet)."""
+    """Steps generation may run ahead of training: a sample is at most this many policy
+    versions older than the policy it trains (0: synchronous; 1: the next batch is
+    generated while this one trains)."""
 
     def __post_init__(self) -> None:
         if self.prompts_per_step < 1:
@@ -74,8 +76,8 @@ class RolloutConfig:
             raise ValueError("top_p: must be in (0, 1]")
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens: must be >= 1")
-        if self.max_staleness != 0:
-            raise ValueError("max_staleness: only 0 (synchronous) is implemented")
+        if self.max_staleness < 0:
+            raise ValueError("max_staleness: must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,12 +91,22 @@ class FleetConfig:
     """Workers of the embedded sandbox server."""
     start_timeout_s: float = 120.0
     """How long an embedded server may take to listen."""
+    push_timeout_s: float = 300.0
+    """Deadline of one weight push to one rollout server; one that misses it (or fails)
+    gets no prompts until it takes a later push."""
+    max_resends: int = 8
+    """Times one prompt's group may be re-sent to another rollout server after its server
+    failed, before the run stops."""
 
     def __post_init__(self) -> None:
         if self.sandbox_workers < 1:
             raise ValueError("sandbox_workers: must be >= 1")
         if self.start_timeout_s <= 0:
             raise ValueError("start_timeout_s: must be > 0")
+        if self.push_timeout_s <= 0:
+            raise ValueError("push_timeout_s: must be > 0")
+        if self.max_resends < 0:
+            raise ValueError("max_resends: must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
