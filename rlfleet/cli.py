@@ -525,9 +525,14 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = build_parser().parse_known_args(argv)
     if unknown:  # (argparse would report them as the top command's)
         args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    # Servers (and -v) log with times and sources; other commands' warnings are lines of
+    # the command's own, as its other messages are.
+    plain = not args.verbose and not args.prog.startswith("rlfleet serve")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"{args.prog}: %(levelname)s: %(message)s"
+        if plain
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     run: Run = args.run
     try:
