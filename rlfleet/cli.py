@@ -212,6 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="intra-op CPU threads, HF and the engine alike (default: 1)",
     )
+    btrain = _command(
+        bench_sub,
+        "train",
+        _bench_train,
+        "learner step time, generation one step ahead against synchronous",
+    )
+    btrain.add_argument("--steps", type=_positive_int, default=20, help="measured, per mode")
+    btrain.add_argument("--warmup", type=_count, default=3, help="steps left out, per mode")
+    btrain.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="train config overrides")
 
     _add_train_command(sub)
 
@@ -464,6 +473,17 @@ def _bench_rollout(args: argparse.Namespace) -> int:
             threads=args.threads,
         )
     )
+
+
+def _bench_train(args: argparse.Namespace) -> int:
+    from rlfleet.bench.train_bench import PRESET, run_train_bench
+    from rlfleet.learner.config import ConfigError, load_config
+
+    try:
+        load_config(None, [*PRESET, *args.overrides])
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    return _run(run_train_bench(args.steps, args.warmup, args.overrides))
 
 
 def _model_init(args: argparse.Namespace) -> int:

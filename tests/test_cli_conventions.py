@@ -159,6 +159,11 @@ FAILURES = {
         "no Docker engine answers",
         env=NO_DOCKER,
     ),
+    # rlfleet bench train
+    "bench train bad steps": Failure("bench train --steps 0", "rlfleet bench train:", 2, "--steps"),
+    "bench train bad override": Failure(
+        "bench train rollout.n=0", "rlfleet bench train:", 2, "n: must be >= 1"
+    ),
     # rlfleet bench rollout
     "bench rollout bad batches": Failure(
         "bench rollout --batches 0,x", "rlfleet bench rollout:", 2, "--batches"

@@ -244,3 +244,18 @@ async def test_a_run_survives_losing_a_rollout_and_a_sandbox_server(
     lines = [line for line in err.splitlines() if line.strip()]
     assert all(line.startswith("rlfleet train: ") for line in lines), err
     assert "did not take version" in err and "re-sent" in err
+
+
+def test_bench_train_prints_both_modes(require_root: None) -> None:
+    r = subprocess.run(
+        [*RLFLEET, "bench", "train", "--steps", "2", "--warmup", "1", "rollout.prompts_per_step=2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].strip().startswith("synchronous:") and "over 2 steps" in lines[0]
+    assert lines[1].strip().startswith("max_staleness=1:") and "staleness <= 1" in lines[1]
+    assert lines[2].startswith("speed-up of max_staleness=1: ")
