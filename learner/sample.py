@@ -418,7 +418,7 @@ async def sample(cmd: SampleCommand) -> int:
     """Run rejection sampling; returns the exit code (0)."""
     from rlfleet.learner.fleet import embedded_fleet
     from rlfleet.rollout.client import RolloutClient
-    from rlfleet.sandbox.client import VerifierClient
+    from rlfleet.sandbox.client import VerifierClient, channel_target
 
     if cmd.rollout is None and cmd.model is None:
         raise UsageError("give --model DIR (served by an embedded rollout server) or --rollout")
@@ -428,6 +428,14 @@ async def sample(cmd: SampleCommand) -> int:
         )
     if cmd.model is not None and not (cmd.model / "config.json").is_file():
         raise UsageError(f"--model {cmd.model}: no config.json there (not an HF model directory)")
+    if cmd.data is None and cmd.data_format is not None:
+        raise UsageError("--format: goes with --data (the built-in task has its own)")
+    for flag, target in (("--rollout", cmd.rollout), ("--verifier", cmd.verifier)):
+        try:
+            if target is not None:
+                channel_target(target)
+        except ValueError as e:
+            raise UsageError(f"{flag}: {e}") from None
     tasks = load_sample_tasks(cmd)
     template, sampling = resolve(cmd)
     totals = Totals()
@@ -443,12 +451,10 @@ async def sample(cmd: SampleCommand) -> int:
         ) as targets:
             if cmd.rollout is None or cmd.verifier is None:
                 progress(f"embedded fleet: rollout {targets.rollout}, verifier {targets.verifier}")
-            try:
-                rollout = RolloutClient(targets.rollout)
-                verifier = VerifierClient(targets.verifier)
-            except ValueError as e:
-                raise UsageError(str(e)) from None
-            async with rollout, verifier:
+            async with (
+                RolloutClient(targets.rollout) as rollout,
+                VerifierClient(targets.verifier) as verifier,
+            ):
                 sampler = Sampler(
                     config=cmd.sample,
                     template=template,
