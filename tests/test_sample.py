@@ -251,7 +251,7 @@ def check_lines(out: Path, cap: int) -> list[dict[str, object]]:
     assert len(set(pairs)) == len(pairs), "a completion kept twice"
     for line in lines:
         assert line["verdict"] == "AC" and line["completion"] == golds[str(line["prompt_id"])]
-        assert line["rewards"]["format"] == 1.0  # type: ignore[index]
+        assert line["rewards"]["format"] == 1.0
     per_prompt = [p for p, _ in pairs]
     assert max(per_prompt.count(p) for p in per_prompt) <= cap
     return lines
