@@ -28,11 +28,11 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import grpc
 
@@ -326,6 +326,12 @@ def resolve(cmd: SampleCommand) -> tuple[Template, SamplingParams]:
     )
 
 
+class RolloutLike(Protocol):
+    """What ``Sampler`` needs of ``RolloutClient`` (fakes in tests)."""
+
+    def generate(self, request: GenerateRequest) -> AsyncIterator[Completion]: ...
+
+
 class Sampler:
     """Samples, scores and selects one prompt at a time (the clients are the caller's)."""
 
@@ -335,7 +341,7 @@ class Sampler:
         config: SampleConfig,
         template: Template,
         sampling: SamplingParams,
-        rollout: Any,
+        rollout: RolloutLike,
         verifier: VerifierLike,
     ) -> None:
         self.config = config
@@ -344,7 +350,6 @@ class Sampler:
         self.rollout = rollout
         self.verifier = verifier
         self.reward_fn = RewardFunction(config.rewards, template)
-        self.cache = VerdictCache()
 
     async def generate(self, index: int, task: Task) -> list[Completion]:
         from rlfleet.rollout.client import RequestRejected
@@ -363,7 +368,9 @@ class Sampler:
 
     async def prompt(self, index: int, task: Task) -> tuple[list[Scored], Selection]:
         completions = await self.generate(index, task)
-        results, _ = await score(self.verifier, [(task, c.text) for c in completions], self.cache)
+        # (A cache per prompt: its keys hold the task's id, so none would be asked again.)
+        pairs = [(task, c.text) for c in completions]
+        results, _ = await score(self.verifier, pairs, VerdictCache())
         scored = []
         for c, result in zip(completions, results, strict=True):
             inp = reward_input(
