@@ -373,18 +373,10 @@ class Sampler:
         results, _ = await score(self.verifier, pairs, VerdictCache())
         scored = []
         for c, result in zip(completions, results, strict=True):
-            inp = reward_input(
-                dataclasses.replace(c, result=result),
-                task.task_type,
-                self.sampling.max_new_tokens,
-            )
-            reward = self.reward_fn(inp)
+            c = dataclasses.replace(c, result=result)
+            reward = self.reward_fn(reward_input(c, task.task_type, self.sampling.max_new_tokens))
             correct = is_correct(reward, self.config.require_format)
-            scored.append(
-                Scored(
-                    completion=dataclasses.replace(c, result=result), reward=reward, correct=correct
-                )
-            )
+            scored.append(Scored(completion=c, reward=reward, correct=correct))
         return scored, select(scored, self.config.max_per_prompt)
 
 
