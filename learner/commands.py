@@ -7,6 +7,7 @@ A run directory holds (the run dir contract)::
     metrics.jsonl     one JSON object per step (``loop.StepRecord``)
     reward.png        the reward curve (rewritten at every checkpoint and at the end)
     checkpoints/      DCP checkpoints (``learner.checkpoint``)
+    final/            the policy at the end, an HF-format directory both engines load
     logs/             the embedded servers' stderr
 """
 
@@ -37,6 +38,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "reward.png"
 CHECKPOINTS = "checkpoints"
+FINAL_DIR = "final"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -259,6 +261,9 @@ async def train(cmd: TrainCommand) -> int:
                     await trainer.run(start, config.steps, on_step)
                 except Unavailable as e:
                     raise CommandError(str(e)) from None
+            from rlfleet.learner.export import export_hf_dir
+
+            export_hf_dir(model, run_dir / FINAL_DIR, source_dir=model_dir)
     for line in summary_lines(records, run_dir):
         print(line, flush=True)
     return 0

@@ -223,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     btrain.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="train config overrides")
 
     _add_train_command(sub)
+    _add_sample_command(sub)
 
     model = sub.add_parser("model", help="model tooling")
     model_sub = model.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -357,6 +358,102 @@ def _train(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from e
     run_dir = args.run_dir or commands.default_run_dir()
     return _run(commands.train(commands.TrainCommand(config=config, run_dir=run_dir)))
+
+
+def _add_sample_command(sub: argparse._SubParsersAction[Parser]) -> None:
+    sample = _command(
+        sub,
+        "sample",
+        _sample,
+        "rejection sampling: keep only verified-correct completions, as SFT data",
+    )
+    sample.add_argument(
+        "--model", type=Path, help="HF model directory (served by an embedded rollout server)"
+    )
+    sample.add_argument(
+        "--data",
+        type=Path,
+        help="JSONL or parquet tasks, as `rlfleet train` reads them (default: the built-in task)",
+    )
+    sample.add_argument("--format", help="the data file's format (default: recognised per record)")
+    sample.add_argument(
+        "--template",
+        help="prompt template: r1 or plain (default: plain for the built-in task, r1 for --data)",
+    )
+    sample.add_argument(
+        "--out", type=Path, required=True, help="JSONL file of the kept completions (-: stdout)"
+    )
+    sample.add_argument("--force", action="store_true", help="overwrite --out if it holds data")
+    sample.add_argument(
+        "--n", type=_positive_int, default=16, help="samples per prompt (default: 16)"
+    )
+    sample.add_argument(
+        "--max-per-prompt",
+        type=_positive_int,
+        default=4,
+        help="unique correct completions kept per prompt (default: 4)",
+    )
+    sample.add_argument(
+        "--any-format",
+        action="store_true",
+        help="keep correct answers even when not in the template's format",
+    )
+    sample.add_argument(
+        "--temperature", type=lambda t: _float(t, 0.0), default=1.0, help="(default: 1)"
+    )
+    sample.add_argument(
+        "--top-p",
+        type=lambda t: _float(t, 0.0, 1.0, low_open=True),
+        default=1.0,
+        help="(default: 1)",
+    )
+    sample.add_argument(
+        "--max-new-tokens",
+        type=_positive_int,
+        default=None,
+        help="(default: 1 for the built-in task, 1024 for --data)",
+    )
+    sample.add_argument("--seed", type=_count, default=0, help="sampling seeds (default: 0)")
+    sample.add_argument("--limit", type=_positive_int, default=None, help="first N prompts only")
+    sample.add_argument(
+        "--concurrency", type=_positive_int, default=8, help="prompts in flight (default: 8)"
+    )
+    sample.add_argument(
+        "--rollout", metavar="HOST:PORT[,...]", help="rollout servers (default: start one)"
+    )
+    sample.add_argument(
+        "--verifier", metavar="HOST:PORT[,...]", help="verifier servers (default: start one)"
+    )
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from rlfleet.learner import sample
+
+    try:
+        command = sample.SampleCommand(
+            out=args.out,
+            model=args.model,
+            data=args.data,
+            data_format=args.format,
+            rollout=args.rollout,
+            verifier=args.verifier,
+            force=args.force,
+            sample=sample.SampleConfig(
+                n=args.n,
+                max_per_prompt=args.max_per_prompt,
+                temperature=args.temperature,
+                top_p=args.top_p,
+                max_new_tokens=args.max_new_tokens,
+                seed=args.seed,
+                template=args.template,
+                require_format=not args.any_format,
+                limit=args.limit,
+                concurrency=args.concurrency,
+            ),
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    return _run(sample.sample(command))
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
