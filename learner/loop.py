@@ -74,6 +74,10 @@ class StepRecord:
     grad_norm: float | None
     train: dict[str, float] = field(default_factory=dict)
     """The loss's metrics (loss, clip fractions, learner/engine logprob mismatch, ...)."""
+    reward_min: float | None = None
+    reward_max: float | None = None
+    push_bytes: int = 0
+    """Tensor bytes the rollout servers applied in the step's weight push."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -219,11 +223,13 @@ class Trainer:
         self.scheduler.step()
         return metrics, grad_norm
 
-    async def push(self, version: int) -> None:
+    async def push(self, version: int) -> int:
+        """Push the weights as ``version``; the tensor bytes the servers applied."""
         results = await push_weights([self.rollout], self.model, version)
         served = results[0].version if results else None
         if served != version:
             raise RuntimeError(f"weight push: the rollout server serves {served}, not {version}")
+        return sum(r.bytes for r in results)
 
     async def step(self, step: int) -> StepRecord:
         t0 = time.monotonic()
@@ -239,7 +245,7 @@ class Trainer:
         if weighted:
             metrics, grad_norm = self.train(weighted)
         t3 = time.monotonic()
-        await self.push(step + 1)
+        pushed = await self.push(step + 1)
         t4 = time.monotonic()
         totals = [s.reward.total for s in samples if s.reward.total is not None]
         accuracy = [s.reward.value("accuracy") for s in samples if s.reward.total is not None]
@@ -271,4 +277,7 @@ class Trainer:
             lr=lr,
             grad_norm=grad_norm,
             train=metrics,
+            reward_min=min(totals) if totals else None,
+            reward_max=max(totals) if totals else None,
+            push_bytes=pushed,
         )
