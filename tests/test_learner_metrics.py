@@ -14,9 +14,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
+from learner_fakes import step_record
 from prometheus_client import CollectorRegistry
 
 from rlfleet.learner.config import ConfigError, load_config
@@ -24,38 +24,6 @@ from rlfleet.learner.loop import StepRecord
 from rlfleet.learner.metrics import LearnerMetrics, Unobserved, serve_metrics
 
 RLFLEET = [sys.executable, "-m", "rlfleet.cli"]
-
-
-def record(**changes: Any) -> StepRecord:
-    fields: dict[str, Any] = dict(
-        step=4,
-        policy_version=4,
-        staleness=0,
-        prompt_ids=["a", "b"],
-        reward_mean=0.25,
-        reward_min=0.0,
-        reward_max=1.0,
-        accuracy_mean=0.5,
-        samples=8,
-        scored=6,
-        unique_pairs=5,
-        cache_hits=1,
-        verified=4,
-        tokens=120,
-        tokens_per_s=60.0,
-        time_generate_s=0.5,
-        time_reward_s=0.75,
-        time_train_s=0.5,
-        time_push_s=0.25,
-        time_step_s=2.0,
-        wall_s=10.0,
-        lr=1e-3,
-        grad_norm=0.5,
-        train={"loss": -0.125, "mismatch_abs_mean": 0.01, "mismatch_abs_max": 0.5},
-        push_bytes=4096,
-    )
-    fields.update(changes)
-    return StepRecord(**fields)
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
@@ -71,8 +39,8 @@ def test_a_step_record_sets_every_metric() -> None:
     assert abs(started - time.time()) < 60  # the stall alert counts from the start
     assert math.isnan(value(registry, "rlfleet_learner_reward_mean"))
     assert value(registry, "rlfleet_learner_samples_total", scored="false") == 0
-    metrics.observe(record())
-    metrics.observe(record(step=5, reward_mean=0.75, push_bytes=4096, tokens=80))
+    metrics.observe(step_record())
+    metrics.observe(step_record(step=5, reward_mean=0.75, push_bytes=4096, tokens=80))
     v = lambda name, **labels: value(registry, name, **labels)  # noqa: E731
     assert v("rlfleet_learner_steps_total") == 2
     assert v("rlfleet_learner_policy_version") == 6  # after step 5, version 6 is pushed
@@ -113,11 +81,11 @@ class AsyncStepRecord(StepRecord):
 def test_a_step_without_reward_reads_nan_and_optional_fields_are_taken() -> None:
     registry = CollectorRegistry()
     metrics = LearnerMetrics(registry, max_staleness=1)
-    metrics.observe(record(reward_mean=None, reward_min=None, reward_max=None, scored=0))
+    metrics.observe(step_record(reward_mean=None, reward_min=None, reward_max=None, scored=0))
     assert math.isnan(value(registry, "rlfleet_learner_reward_mean"))
     assert math.isnan(value(registry, "rlfleet_learner_reward_max"))
     assert value(registry, "rlfleet_learner_samples_total", scored="false") == 8
-    fields = {**record().__dict__, "staleness": 2}
+    fields = {**step_record().__dict__, "staleness": 2}
     metrics.observe(AsyncStepRecord(**fields, sample_staleness=[0, 1, 1, 2], push_failures=1))
     staleness = "rlfleet_learner_sample_staleness_versions_bucket"
     # 8 samples of the first step at 0, then 0, 1, 1, 2.
@@ -143,7 +111,7 @@ async def test_metrics_are_served_over_http_for_the_block() -> None:
     port = free_port()
     async with serve_metrics(port, "127.0.0.1", max_staleness=0) as metrics:
         assert isinstance(metrics, LearnerMetrics)
-        metrics.observe(record())
+        metrics.observe(step_record())
         body = await asyncio.to_thread(scrape, port)
     assert "rlfleet_learner_steps_total 1.0" in body
     assert "rlfleet_learner_policy_version 5.0" in body
@@ -157,7 +125,7 @@ async def test_metrics_are_served_over_http_for_the_block() -> None:
 async def test_metrics_off_serve_nothing(port: int | None, serve: bool) -> None:
     async with serve_metrics(port, "127.0.0.1", max_staleness=0, serve=serve) as metrics:
         assert isinstance(metrics, Unobserved)
-        metrics.observe(record())
+        metrics.observe(step_record())
 
 
 def test_metrics_port_in_the_train_config() -> None:
