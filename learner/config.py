@@ -39,8 +39,9 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    path: Path | None = None
-    """JSONL or parquet file of tasks (``learner.data`` formats); None: the built-in task."""
+    path: Path | tuple[Path, ...] | None = None
+    """JSONL or parquet file of tasks (``learner.data`` formats), or a list of them (their
+    tasks together, in order; an id in two files is an error); None: the built-in task."""
     format: str | None = None
     """The file's format (a ``learner.data.FORMATS`` name); None: recognised per record."""
     template: str | None = None
