@@ -473,9 +473,35 @@ def test_the_gpu_preset_loads_and_trains_on_the_shipped_code_and_math_sets(
     assert sorted(REPO / p for p in config.data.path) == shipped
     assert config.rollout.prompts_per_step == len(tasks)
     assert config.optim.total_steps == config.steps
-    # The fleet it names is what docs/learner.md starts: SGLang behind `serve rollout`.
-    docs = (REPO / "docs" / "learner.md").read_text()
-    assert "--engine sglang" in docs and str(PRESET.relative_to(REPO)) in docs
-    assert config.fleet.rollout is not None and config.fleet.verifier is not None
-    assert f"--port {config.fleet.rollout.rsplit(':', 1)[1]}" in docs
-    assert f"--port {config.fleet.verifier.rsplit(':', 1)[1]}" in docs
+    # (The fleet it names is the one docs/learner.md starts: checked below.)
+
+
+def doc_commands() -> list[list[str]]:
+    """The `rlfleet ...` command lines of docs/learner.md's GPU preset, as argv."""
+    text = (REPO / "docs" / "learner.md").read_text()
+    block = text[text.index("## A GPU preset") :]
+    block = block[block.index("```") + 3 :]
+    block = block[: block.index("```")].replace("\\\n", " ")
+    lines = [ln.strip().removesuffix("&") for ln in block.splitlines()]
+    return [
+        shlex.split(ln.replace("$MODEL", "/models/policy"))[1:]
+        for ln in lines
+        if ln.startswith("rlfleet ")
+    ]
+
+
+def test_the_gpu_preset_commands_in_the_docs_parse() -> None:
+    parser = build_parser()
+    commands = [parser.parse_args(argv) for argv in doc_commands()]
+    sandbox, rollout, train = commands
+    assert (sandbox.command, sandbox.service) == ("serve", "sandbox")
+    assert (rollout.service, rollout.engine, rollout.sglang_surface) == (
+        "rollout",
+        "sglang",
+        "http",
+    )
+    assert train.command == "train" and train.config == PRESET.relative_to(REPO)
+    config = load_config(PRESET, train.overrides)
+    assert config.model == Path(rollout.model)
+    assert config.fleet.rollout == f"127.0.0.1:{rollout.port}"
+    assert config.fleet.verifier == f"127.0.0.1:{sandbox.port}"
