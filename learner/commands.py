@@ -151,6 +151,7 @@ async def train(cmd: TrainCommand) -> int:
     from rlfleet.learner.distributed import distributed
     from rlfleet.learner.fleet import embedded_fleet
     from rlfleet.learner.loop import Trainer
+    from rlfleet.learner.metrics import serve_metrics
     from rlfleet.learner.optim import build_optimizer, build_scheduler
     from rlfleet.learner.parallelize import parallelize
     from rlfleet.learner.pool import PoolConfig, RolloutPool
@@ -219,6 +220,12 @@ async def train(cmd: TrainCommand) -> int:
             async with (
                 RolloutPool(targets.rollout, pool_config) as rollout,
                 VerifierClient(targets.verifier) as verifier,
+                serve_metrics(
+                    config.metrics_port,
+                    config.metrics_host,
+                    max_staleness=config.rollout.max_staleness,
+                    serve=ctx.is_main,
+                ) as prometheus,
             ):
                 trainer = Trainer(
                     config=config,
@@ -235,6 +242,7 @@ async def train(cmd: TrainCommand) -> int:
 
                 async def on_step(record: StepRecord) -> None:
                     records.append(record.to_json())
+                    prometheus.observe(record)
                     with metrics_path.open("a") as f:
                         f.write(json.dumps(record.to_json()) + "\n")
                     done = record.step + 1

@@ -39,8 +39,9 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    path: Path | None = None
-    """JSONL or parquet file of tasks (``learner.data`` formats); None: the built-in task."""
+    path: Path | tuple[Path, ...] | None = None
+    """JSONL or parquet file of tasks (``learner.data`` formats), or a list of them (their
+    tasks together, in order; an id in two files is an error); None: the built-in task."""
     format: str | None = None
     """The file's format (a ``learner.data.FORMATS`` name); None: recognised per record."""
     template: str | None = None
@@ -124,6 +125,11 @@ class TrainConfig:
     """Steps between checkpoints (one is always written at the end)."""
     cpu_threads: int = 1
     """The learner's intra-op threads on CPU (the embedded servers share the cores)."""
+    metrics_port: int | None = None
+    """Serve the learner's Prometheus metrics (``learner.metrics``) over HTTP on this port
+    (rank 0 of a distributed run); None or 0: don't."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics port binds; loopback unless told otherwise."""
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     rewards: RewardConfig = field(default_factory=builtin_reward_config)
@@ -146,6 +152,8 @@ class TrainConfig:
             raise ValueError("checkpoint_every: must be >= 1")
         if self.cpu_threads < 1:
             raise ValueError("cpu_threads: must be >= 1")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError("metrics_port: must be a port number (0-65535)")
 
     @property
     def template(self) -> str:

@@ -120,9 +120,19 @@ class StepRecord:
     """Bytes of the weights pushed to each server."""
     train: dict[str, float] = field(default_factory=dict)
     """The loss's metrics (loss, clip fractions, learner/engine logprob mismatch, ...)."""
+    reward_min: float | None = None
+    reward_max: float | None = None
+    push_failures: int = 0
+    """Rollout servers that did not take the step's weights (they get no prompts until
+    they take a later push)."""
+    sample_staleness: list[int] = field(default_factory=list)
+    """Versions each sample's oldest token lags the trained policy by (for the metrics;
+    not written to ``metrics.jsonl``, where ``staleness``/``staleness_mean`` sum it up)."""
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["sample_staleness"]
+        return out
 
 
 class Trainer:
@@ -421,4 +431,8 @@ class Trainer:
             grad_norm=grad_norm,
             push_bytes=report.bytes,
             train=metrics,
+            reward_min=min(totals) if totals else None,
+            reward_max=max(totals) if totals else None,
+            push_failures=len(report.failed),
+            sample_staleness=[trained - v for v in oldest],
         )

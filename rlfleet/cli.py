@@ -267,6 +267,13 @@ def _add_rollout_commands(
     rollout.add_argument(
         "--dtype", choices=("float32", "bfloat16"), default="float32", help="(default: float32)"
     )
+    rollout.add_argument(
+        "--sglang-surface",
+        choices=("grpc", "http"),
+        default="grpc",
+        help="sglang engine: generate over SGLang's gRPC scheduler API, or its HTTP server, "
+        "the one that takes weight updates (default: grpc)",
+    )
 
     gen = _command(sub, "generate", _generate, "sample scored completions from a rollout server")
     gen.add_argument("--server", required=True, help="a running `rlfleet serve rollout`")
@@ -596,7 +603,11 @@ def _serve_rollout(args: argparse.Namespace) -> int:
         config = commands.ServeRolloutConfig(
             server=_server_config(args),
             engine=commands.RolloutEngineConfig(
-                kind=args.engine, model=args.model, device=args.device, dtype=args.dtype
+                kind=args.engine,
+                model=args.model,
+                device=args.device,
+                dtype=args.dtype,
+                sglang_surface=args.sglang_surface,
             ),
             verifier=args.verifier,
         )
