@@ -5,11 +5,9 @@ train``, the deploy rules (deploy/prometheus/rlfleet-learner.rules.yml) and the 
 ``LearnerMetrics.observe`` takes a finished step's record (``loop.StepRecord``) and reads
 its fields by name: ``step``, ``staleness``, ``reward_mean``/``reward_min``/``reward_max``,
 ``accuracy_mean``, ``samples``, ``scored``, ``tokens``, ``tokens_per_s``, the ``time_*_s``
-phase timings, ``push_bytes``, ``lr``, ``grad_norm`` and the loss's metrics in ``train``
-(``loss``, ``mismatch_*``). Two fields a record may lack are taken when present: ``push_failures``
-(rollout servers a step's push did not reach, for a loop that carries on without them) and
-``sample_staleness`` (one value per sample; without it every sample counts at the step's
-``staleness``, its oldest: exact for the synchronous loop, an upper bound otherwise).
+phase timings, ``push_bytes``, ``push_failures`` (rollout servers the step's push did not
+reach), ``sample_staleness`` (one value per sample), ``lr``, ``grad_norm`` and the loss's
+metrics in ``train`` (``loss``, ``mismatch_*``).
 
 Versions are optimizer steps: after step ``s`` the learner holds (and has pushed) policy
 version ``s + 1``. A value the step did not have (no sample scored: no reward) is NaN, so a
@@ -22,7 +20,7 @@ histograms' at zero, so that ``increase()`` sees the first event).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -187,14 +185,11 @@ class LearnerMetrics:
         self.samples.labels(scored="false").inc(record.samples - record.scored)
         self.tokens.inc(record.tokens)
         self.tokens_per_s.set(record.tokens_per_s)
-        per_sample: Sequence[int] | None = getattr(record, "sample_staleness", None)
-        if per_sample is None:
-            per_sample = [record.staleness] * record.samples
-        for lag in per_sample:
+        for lag in record.sample_staleness:
             self.staleness.observe(lag)
         self.staleness_last.set(record.staleness)
         self.push_bytes.inc(record.push_bytes)
-        self.push_failures.inc(getattr(record, "push_failures", 0))
+        self.push_failures.inc(record.push_failures)
         for stat in MISMATCH_STATS:
             self.mismatch.labels(stat=stat).set(record.train.get(f"mismatch_{stat}", NAN))
         self.loss.set(record.train.get("loss", NAN))

@@ -12,7 +12,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,6 @@ from learner_fakes import step_record
 from prometheus_client import CollectorRegistry
 
 from rlfleet.learner.config import ConfigError, load_config
-from rlfleet.learner.loop import StepRecord
 from rlfleet.learner.metrics import LearnerMetrics, Unobserved, serve_metrics
 
 RLFLEET = [sys.executable, "-m", "rlfleet.cli"]
@@ -70,23 +68,14 @@ def test_a_step_record_sets_every_metric() -> None:
     assert v("rlfleet_learner_last_step_timestamp_seconds") >= started
 
 
-@dataclass(frozen=True, kw_only=True)
-class AsyncStepRecord(StepRecord):
-    """A record with the fields an asynchronous, several-server loop adds."""
-
-    sample_staleness: list[int] = field(default_factory=list)
-    push_failures: int = 0
-
-
-def test_a_step_without_reward_reads_nan_and_optional_fields_are_taken() -> None:
+def test_a_step_without_reward_reads_nan_and_staleness_counts_per_sample() -> None:
     registry = CollectorRegistry()
     metrics = LearnerMetrics(registry, max_staleness=1)
     metrics.observe(step_record(reward_mean=None, reward_min=None, reward_max=None, scored=0))
     assert math.isnan(value(registry, "rlfleet_learner_reward_mean"))
     assert math.isnan(value(registry, "rlfleet_learner_reward_max"))
     assert value(registry, "rlfleet_learner_samples_total", scored="false") == 8
-    fields = {**step_record().__dict__, "staleness": 2}
-    metrics.observe(AsyncStepRecord(**fields, sample_staleness=[0, 1, 1, 2], push_failures=1))
+    metrics.observe(step_record(staleness=2, sample_staleness=[0, 1, 1, 2], push_failures=1))
     staleness = "rlfleet_learner_sample_staleness_versions_bucket"
     # 8 samples of the first step at 0, then 0, 1, 1, 2.
     assert value(registry, staleness, le="0.0") == 9
