@@ -13,10 +13,11 @@ A run directory holds (the run dir contract)::
 
 from __future__ import annotations
 
-import asyncio
 import json
+import os
 import sys
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,10 @@ from rlfleet.learner.config import (
     write_config,
 )
 from rlfleet.learner.data import DataError, LoadConfig, Task, load_tasks
-from rlfleet.learner.loop import StepRecord
+from rlfleet.learner.loop import StepRecord, Trainer
+from rlfleet.learner.pool import PoolConfig, RolloutPool
 from rlfleet.learner.tasks import BuiltinConfig, builtin_tasks
+from rlfleet.sandbox.client import VerifierClient
 
 PREFIX = "rlfleet train"
 CONFIG_FILE = "config.json"
@@ -142,60 +145,55 @@ async def train(cmd: TrainCommand) -> int:
     """Run (or resume) a training run; returns the exit code."""
     import torch
 
-    from rlfleet.learner.checkpoint import (
-        TrainerState,
-        latest_checkpoint,
-        load_checkpoint,
-        save_checkpoint,
-    )
+    from rlfleet.learner.checkpoint import latest_checkpoint, load_checkpoint
     from rlfleet.learner.distributed import distributed
     from rlfleet.learner.fleet import embedded_fleet
-    from rlfleet.learner.loop import Trainer
-    from rlfleet.learner.metrics import serve_metrics
     from rlfleet.learner.optim import build_optimizer, build_scheduler
     from rlfleet.learner.parallelize import parallelize
-    from rlfleet.learner.pool import PoolConfig, RolloutPool
     from rlfleet.learner.templates import get_template
-    from rlfleet.sandbox.client import VerifierClient
 
     config, run_dir = cmd.config, cmd.run_dir
-    if cmd.resume:
-        if (
-            latest_checkpoint(run_dir / CHECKPOINTS) is None
-            and not (run_dir / CONFIG_FILE).is_file()
-        ):
-            raise UsageError(f"--resume {run_dir}: not a run directory")
-    else:
-        if run_dir.exists() and not run_dir.is_dir():
-            raise UsageError(f"--run-dir {run_dir}: not a directory")
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise UsageError(f"--run-dir {run_dir}: not empty; continue it with --resume {run_dir}")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(config, run_dir / CONFIG_FILE)
+    # Under torchrun every rank runs this; rank 0 alone writes the run dir and talks to
+    # the fleet (``learner.follow``), the others wait for it in the process group.
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if is_main:
+        prepare_run_dir(cmd)
     try:
         template = get_template(config.template)
     except ValueError as e:
         raise UsageError(str(e)) from None
     tasks = load_task_list(config)
     model_dir = config.model or run_dir / "policy"
-    if config.model is None and not (model_dir / "config.json").is_file():
+    if is_main and config.model is None and not (model_dir / "config.json").is_file():
         from rlfleet.rollout.model_init import write_model
 
         write_model(model_dir, preset="tiny", seed=config.seed)
-    if not (model_dir / "config.json").is_file():
+    if is_main and not (model_dir / "config.json").is_file():
         raise UsageError(f"model {model_dir}: no config.json there (not an HF model directory)")
 
     fleet = config.fleet
-    async with embedded_fleet(
-        run_dir=run_dir,
-        model=model_dir,
-        rollout=fleet.rollout,
-        verifier=fleet.verifier,
-        sandbox_workers=fleet.sandbox_workers,
-        start_timeout_s=fleet.start_timeout_s,
-    ) as targets:
-        if fleet.rollout is None or fleet.verifier is None:
-            progress(f"embedded fleet: rollout {targets.rollout}, verifier {targets.verifier}")
+    records: list[dict[str, Any]] = []
+    async with AsyncExitStack() as stack:
+        rollout: RolloutPool | None = None
+        verifier: VerifierClient | None = None
+        if is_main:
+            targets = await stack.enter_async_context(
+                embedded_fleet(
+                    run_dir=run_dir,
+                    model=model_dir,
+                    rollout=fleet.rollout,
+                    verifier=fleet.verifier,
+                    sandbox_workers=fleet.sandbox_workers,
+                    start_timeout_s=fleet.start_timeout_s,
+                )
+            )
+            if fleet.rollout is None or fleet.verifier is None:
+                progress(f"embedded fleet: rollout {targets.rollout}, verifier {targets.verifier}")
+            pool_config = PoolConfig(
+                push_timeout_s=fleet.push_timeout_s, max_resends=fleet.max_resends
+            )
+            rollout = await stack.enter_async_context(RolloutPool(targets.rollout, pool_config))
+            verifier = await stack.enter_async_context(VerifierClient(targets.verifier))
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
@@ -203,6 +201,8 @@ async def train(cmd: TrainCommand) -> int:
         if config.dist.device == "cpu":
             torch.set_num_threads(config.cpu_threads)
         with distributed(config.dist) as ctx:
+            if ctx.world_size > 1:
+                torch.distributed.barrier()  # (rank 0 has written the model)
             loaded = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
             model = parallelize(loaded.to(ctx.device), ctx.mesh, config.parallel)  # type: ignore[arg-type]
             optimizer = build_optimizer(model, config.optim)
@@ -211,70 +211,91 @@ async def train(cmd: TrainCommand) -> int:
             latest = latest_checkpoint(run_dir / CHECKPOINTS)
             if cmd.resume and latest is not None:
                 start = load_checkpoint(latest, model, optimizer, scheduler).step
-            records = read_metrics(run_dir / METRICS_FILE, start)
-            metrics_path = run_dir / METRICS_FILE
-            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
-            pool_config = PoolConfig(
-                push_timeout_s=fleet.push_timeout_s, max_resends=fleet.max_resends
+            trainer = Trainer(
+                config=config,
+                tasks=tasks,
+                template=template,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                rollout=rollout,
+                verifier=verifier,
+                device=ctx.device,
+                spool_dir=run_dir / "spool",
+                checkpoint_dir=run_dir / CHECKPOINTS,
             )
-            async with (
-                RolloutPool(targets.rollout, pool_config) as rollout,
-                VerifierClient(targets.verifier) as verifier,
-                serve_metrics(
-                    config.metrics_port,
-                    config.metrics_host,
-                    max_staleness=config.rollout.max_staleness,
-                    serve=ctx.is_main,
-                ) as prometheus,
-            ):
-                trainer = Trainer(
-                    config=config,
-                    tasks=tasks,
-                    template=template,
-                    model=model,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    rollout=rollout,
-                    verifier=verifier,
-                    device=ctx.device,
-                    spool_dir=run_dir / "spool",
-                )
-
-                async def on_step(record: StepRecord) -> None:
-                    records.append(record.to_json())
-                    prometheus.observe(record)
-                    with metrics_path.open("a") as f:
-                        f.write(json.dumps(record.to_json()) + "\n")
-                    done = record.step + 1
-                    if done == 1 or done % config.log_every == 0 or done == config.steps:
-                        progress(_progress_line(record, config.steps))
-                    if done % config.checkpoint_every == 0 or done == config.steps:
-                        state = TrainerState(
-                            step=done, data_position=done * config.rollout.prompts_per_step
-                        )
-                        await asyncio.to_thread(
-                            save_checkpoint,
-                            run_dir / CHECKPOINTS,
-                            state,
-                            model,
-                            optimizer,
-                            scheduler,
-                            config.checkpoint,
-                        )
-                        plot(run_dir, records)
-
-                if start > 0:
-                    progress(f"resuming at step {start + 1} from {latest}")
-                try:
-                    await trainer.run(start, config.steps, on_step)
-                except Unavailable as e:
-                    raise CommandError(str(e)) from None
+            if ctx.is_main:
+                records = await lead(trainer, cmd, start, latest)
+            else:
+                await trainer.follow()
             from rlfleet.learner.export import export_hf_dir
 
             export_hf_dir(model, run_dir / FINAL_DIR, source_dir=model_dir)
-    for line in summary_lines(records, run_dir):
-        print(line, flush=True)
+    if is_main:
+        for line in summary_lines(records, run_dir):
+            print(line, flush=True)
     return 0
+
+
+def prepare_run_dir(cmd: TrainCommand) -> None:
+    """Check the run dir (a new run's is empty; a resumed one is a run dir) and write the
+    config of a new run into it."""
+    from rlfleet.learner.checkpoint import latest_checkpoint
+
+    run_dir = cmd.run_dir
+    if cmd.resume:
+        if (
+            latest_checkpoint(run_dir / CHECKPOINTS) is None
+            and not (run_dir / CONFIG_FILE).is_file()
+        ):
+            raise UsageError(f"--resume {run_dir}: not a run directory")
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--run-dir {run_dir}: not a directory")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UsageError(f"--run-dir {run_dir}: not empty; continue it with --resume {run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(cmd.config, run_dir / CONFIG_FILE)
+
+
+async def lead(
+    trainer: Trainer, cmd: TrainCommand, start: int, latest: Path | None
+) -> list[dict[str, Any]]:
+    """Rank 0's part of a run: the loop, ``metrics.jsonl``, progress, checkpoints, the
+    plot and the metrics port; returns the run's step records."""
+    from rlfleet.learner.checkpoint import TrainerState
+    from rlfleet.learner.metrics import serve_metrics
+
+    config, run_dir = cmd.config, cmd.run_dir
+    records = read_metrics(run_dir / METRICS_FILE, start)
+    metrics_path = run_dir / METRICS_FILE
+    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    async with serve_metrics(
+        config.metrics_port, config.metrics_host, max_staleness=config.rollout.max_staleness
+    ) as prometheus:
+
+        async def on_step(record: StepRecord) -> None:
+            records.append(record.to_json())
+            prometheus.observe(record)
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record.to_json()) + "\n")
+            done = record.step + 1
+            if done == 1 or done % config.log_every == 0 or done == config.steps:
+                progress(_progress_line(record, config.steps))
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                state = TrainerState(
+                    step=done, data_position=done * config.rollout.prompts_per_step
+                )
+                await trainer.save(state)
+                plot(run_dir, records)
+
+        if start > 0:
+            progress(f"resuming at step {start + 1} from {latest}")
+        try:
+            await trainer.run(start, config.steps, on_step)
+        except Unavailable as e:
+            raise CommandError(str(e)) from None
+    return records
 
 
 def plot(run_dir: Path, records: list[dict[str, Any]]) -> None:

@@ -29,7 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from rlfleet.learner import follow
 from rlfleet.learner.algorithms import LossFn, make_advantages, make_loss
+from rlfleet.learner.checkpoint import TrainerState, save_checkpoint
 from rlfleet.learner.config import TrainConfig
 from rlfleet.learner.data import Task
 from rlfleet.learner.export import push_weights_each
@@ -147,10 +149,11 @@ class Trainer:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
-        rollout: RolloutPool,
-        verifier: VerifierLike,
+        rollout: RolloutPool | None,
+        verifier: VerifierLike | None,
         device: torch.device,
         spool_dir: Path,
+        checkpoint_dir: Path,
     ) -> None:
         self.config = config
         self.tasks = list(tasks)
@@ -162,6 +165,7 @@ class Trainer:
         self.verifier = verifier
         self.device = device
         self.spool_dir = spool_dir
+        self.checkpoint_dir = checkpoint_dir
         self.reward_fn = RewardFunction(config.rewards, template)
         self.loss_fn: LossFn = make_loss(config.algorithm)
         self.advantage_fn = make_advantages(config.algorithm)
@@ -172,6 +176,12 @@ class Trainer:
         self.served = asyncio.Condition()
         self.serving = -1
         """Newest version every live rollout server has taken (-1: none yet)."""
+
+    @property
+    def pool(self) -> RolloutPool:
+        if self.rollout is None:
+            raise RuntimeError("only rank 0 talks to the rollout servers")
+        return self.rollout
 
     def batch(self, step: int) -> list[Task]:
         per = self.config.rollout.prompts_per_step
@@ -206,7 +216,7 @@ class Trainer:
 
         async def one(group: int, task: Task) -> list[Sample]:
             nonlocal resent
-            done = await self.rollout.generate(self.request(step, group, task), oldest)
+            done = await self.pool.generate(self.request(step, group, task), oldest)
             generated.append(time.monotonic())
             servers.add(done.server)
             resent += done.resent
@@ -234,6 +244,8 @@ class Trainer:
     async def rewards(
         self, group: int, task: Task, completions: Sequence[Completion]
     ) -> tuple[list[Sample], dict[str, int]]:
+        if self.verifier is None:
+            raise RuntimeError("only rank 0 talks to the verifier fleet")
         results, stats = await score(
             self.verifier, [(task, c.text) for c in completions], self.cache
         )
@@ -263,8 +275,16 @@ class Trainer:
             out += [(s, float(a)) for s, a in zip(members, adv, strict=True)]
         return out
 
-    def train(self, batch: Sequence[tuple[Sample, float]]) -> tuple[dict[str, float], float]:
-        """One optimizer step on ``batch``; the loss's metrics and the gradient norm."""
+    def train(self, whole: Sequence[tuple[Sample, float]]) -> tuple[dict[str, float], float]:
+        """One optimizer step on the batch ``whole``; the loss's metrics and the gradient
+        norm. Collective: every rank calls it with the same batch and trains on its slice
+        (every ``world``-th sample); the slices' losses are scaled so that their gradients,
+        averaged by FSDP, are those of the whole batch's loss."""
+        world, rank = follow.world_size(), follow.rank()
+        batch = list(whole[rank::world])
+        weight = 1.0
+        if not batch:  # (fewer samples than ranks: this one still joins the collectives)
+            batch, weight = [whole[0]], 0.0
         completions = [s.completion for s, _ in batch]
         full = [c.prompt_token_ids + c.token_ids for c in completions]
         size, length = len(full), max(len(f) for f in full)
@@ -305,23 +325,55 @@ class Trainer:
                 rollout_logprobs=rollout_logprobs.to(self.device),
                 advantages=advantages.to(self.device),
                 mask=mask.to(self.device),
+                total_sequences=len(whole),
+                total_tokens=sum(len(s.completion.token_ids) for s, _ in whole),
             )
         )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * (weight * world)).backward()
+        if world > 1:
+            metrics = _combine(metrics if weight else {}, world)
         grad_norm = clip_gradients(self.model, self.config.optim.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         return metrics, grad_norm
+
+    async def save(self, state: TrainerState) -> None:
+        """A checkpoint of the learner at ``state`` (collective, in a thread: the batches
+        ahead keep streaming meanwhile)."""
+        follow.announce(follow.CheckpointOrder(state))
+        await asyncio.to_thread(
+            save_checkpoint,
+            self.checkpoint_dir,
+            state,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.config.checkpoint,
+        )
+
+    async def follow(self) -> None:
+        """A rank other than 0: enter the collectives rank 0 announces, until it stops."""
+        while True:
+            order = await asyncio.to_thread(follow.receive)
+            if isinstance(order, follow.StopOrder):
+                return
+            if isinstance(order, follow.TrainOrder):
+                await asyncio.to_thread(self.train, order.batch)
+            elif isinstance(order, follow.PushOrder):
+                await push_weights_each([], self.model, order.version, spool_dir=self.spool_dir)
+            else:
+                await self.save(order.state)
 
     async def push(self, version: int) -> PushReport:
         """The learner's weights as ``version`` to every rollout server; the batches waiting
         for that version may start once it is served."""
 
         async def each(clients: Sequence[RolloutClient]) -> list[Any]:
+            follow.announce(follow.PushOrder(version))
             return await push_weights_each(clients, self.model, version, spool_dir=self.spool_dir)
 
-        report = await self.rollout.push(version, each)
+        report = await self.pool.push(version, each)
         async with self.served:
             self.serving = version
             self.served.notify_all()
@@ -331,14 +383,14 @@ class Trainer:
         """Before step ``start``: the servers' versions read; the version numbering moved
         above any newer one; the learner's weights pushed unless every server already
         serves them (a fresh run on servers that loaded its model)."""
-        versions = await self.rollout.versions()
+        versions = await self.pool.versions()
         known = [v for v in versions.values() if v is not None]
         if not known:
-            why = "; ".join(f"{s.address}: {s.failure}" for s in self.rollout.servers.values())
+            why = "; ".join(f"{s.address}: {s.failure}" for s in self.pool.servers.values())
             raise NoRolloutServer(f"no rollout server answers: {why}")
         newest = max(known)
         if start == 0 and all(v == 0 for v in versions.values()):
-            self.rollout.adopt(versions, 0)
+            self.pool.adopt(versions, 0)
             async with self.served:
                 self.serving = 0
                 self.served.notify_all()
@@ -373,6 +425,7 @@ class Trainer:
                 record = await self.step(batch, wait_s=t1 - t0, since=last)
                 last = time.monotonic()
                 await on_step(record)
+            follow.announce(follow.StopOrder())
         finally:
             for task in batches.values():
                 task.cancel()
@@ -388,6 +441,7 @@ class Trainer:
         metrics: dict[str, float] = {}
         grad_norm: float | None = None
         if weighted:
+            follow.announce(follow.TrainOrder(weighted))
             metrics, grad_norm = await asyncio.to_thread(self.train, weighted)
         t3 = time.monotonic()
         report = await self.push(self.base + step + 1)
@@ -436,3 +490,20 @@ class Trainer:
             push_failures=len(report.failed),
             sample_staleness=[trained - v for v in oldest],
         )
+
+
+ADDITIVE_METRICS = frozenset({"loss", "pg_loss", "kl_loss", "tokens", "sequences"})
+"""Loss metrics that are sums over the batch's slices; the others are averaged over ranks."""
+
+
+def _combine(metrics: dict[str, float], world: int) -> dict[str, float]:
+    """The whole batch's loss metrics from each rank's slice's (collective)."""
+    import torch.distributed as dist
+
+    gathered: list[dict[str, float] | None] = [None] * world
+    dist.all_gather_object(gathered, metrics)
+    out: dict[str, float] = {}
+    for key in sorted({k for m in gathered if m for k in m}):
+        values = [m[key] for m in gathered if m and key in m]
+        out[key] = sum(values) if key in ADDITIVE_METRICS else sum(values) / len(values)
+    return out

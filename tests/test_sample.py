@@ -14,8 +14,7 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file, save_file
+from digit_model import write_digit_model
 
 from rlfleet.learner.fleet import RUN_MARKER, embedded_fleet
 from rlfleet.learner.rewards import Component, Reward
@@ -32,15 +31,10 @@ from rlfleet.learner.sample import (
 )
 from rlfleet.learner.tasks import addition_task, builtin_tasks, gold_digit
 from rlfleet.learner.templates import get_template
-from rlfleet.rollout.model_init import write_model
 from rlfleet.rollout.records import Completion, FinishReason, GenerateRequest, VersionSpan
 from rlfleet.sandbox.records import Case, CaseResult, MathCase, Verdict
 
 RLFLEET = [sys.executable, "-m", "rlfleet.cli"]
-DIGIT_IDS = range(18, 28)
-"""The tiny tokenizer's tokens ``0`` ... ``9``."""
-EQUALS_ID = 31
-"""Its token ``=``, the last of every built-in prompt."""
 
 
 # -- pure parts ------------------------------------------------------------------------------
@@ -198,26 +192,7 @@ async def test_a_prompt_is_sampled_scored_and_selected() -> None:
 
 @pytest.fixture(scope="module")
 def digit_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model, changed to answer a built-in prompt with a uniformly random digit:
-    with every attention and MLP output zeroed, the last hidden state is the embedding of
-    ``=`` (normalised), and an untied head gives the ten digit tokens the same large logit
-    for it and every other token 0."""
-    path = tmp_path_factory.mktemp("digits")
-    write_model(path, seed=0)
-    weights = load_file(str(path / "model.safetensors"))
-    for name in list(weights):
-        if name.endswith(("o_proj.weight", "down_proj.weight")):
-            weights[name] = torch.zeros_like(weights[name])
-    embed = weights["model.embed_tokens.weight"]
-    x = embed[EQUALS_ID]
-    h = x * torch.rsqrt(x.pow(2).mean() + 1e-6) * weights["model.norm.weight"]
-    head = torch.zeros_like(embed)
-    head[DIGIT_IDS.start : DIGIT_IDS.stop] = 12 * h / h.pow(2).sum()
-    weights["lm_head.weight"] = head
-    save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
-    config = json.loads((path / "config.json").read_text())
-    (path / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
-    return path
+    return write_digit_model(tmp_path_factory.mktemp("digits"))
 
 
 def marked_processes(under: Path) -> list[int]:

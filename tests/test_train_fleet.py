@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+from digit_model import write_digit_model
 
 from rlfleet.learner.fleet import Child, start_child, stop_child, wait_listening
 from rlfleet.learner.pool import NoRolloutServer, PoolConfig, RolloutPool, endpoints
@@ -259,3 +260,41 @@ def test_bench_train_prints_both_modes(require_root: None) -> None:
     assert lines[0].strip().startswith("synchronous:") and "over 2 steps" in lines[0]
     assert lines[1].strip().startswith("max_staleness=1:") and "staleness <= 1" in lines[1]
     assert lines[2].startswith("speed-up of max_staleness=1: ")
+
+
+@pytest.mark.timeout(600)
+def test_train_under_torchrun_on_two_ranks_takes_the_step_one_rank_takes(
+    tmp_path: Path, require_root: None
+) -> None:
+    """Rank 0 leads (fleet, run dir), rank 1 follows its collectives; on the same first
+    batch the two-rank FSDP step has the one-rank step's loss and gradient norm."""
+    model = write_digit_model(tmp_path / "digits")
+    args = [
+        "train", "--steps", "2", "--seed", "3", f"model={json.dumps(str(model))}",
+        "rollout.prompts_per_step=8", "rollout.n=8", "checkpoint_every=1",
+    ]  # fmt: skip
+    one = subprocess.run(
+        [*RLFLEET, *args, "--run-dir", str(tmp_path / "one")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    two = subprocess.run(
+        [*torchrun, "--nproc-per-node", "2", "-m", "rlfleet.cli", *args,
+         "--run-dir", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    got = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").open()]
+    want = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").open()]
+    assert [r["step"] for r in got] == [0, 1]
+    assert got[0]["prompt_ids"] == want[0]["prompt_ids"]
+    assert got[0]["reward_mean"] == want[0]["reward_mean"]
+    assert 0 < want[0]["reward_mean"] < 1  # (rewards differ: the step moves the weights)
+    assert got[0]["grad_norm"] == pytest.approx(want[0]["grad_norm"], rel=1e-4)
+    assert got[0]["train"]["loss"] == pytest.approx(want[0]["train"]["loss"], abs=1e-6)
+    assert got[0]["train"]["tokens"] == want[0]["train"]["tokens"]
+    # Both ranks wrote their shards of each checkpoint; rank 0 alone the rest.
+    checkpoints = sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir())
+    assert checkpoints == ["step-00000001", "step-00000002"]
+    assert (tmp_path / "two" / "final" / "model.safetensors").is_file()
