@@ -207,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     brol.add_argument("--bucket-mb", type=_positive_int, default=8, help="push bucket size")
     brol.add_argument(
+        "--only",
+        choices=("engine", "push"),
+        default=None,
+        help="run one half: engine tokens/s, or the weight push (default: both)",
+    )
+    brol.add_argument(
         "--threads",
         type=_positive_int,
         default=1,
@@ -459,9 +465,10 @@ def _bench_rollout(args: argparse.Namespace) -> int:
             device=args.device,
             dtype=args.dtype,
             repeats=args.repeats,
-            push_mb=args.push_mb,
+            push_mb=0 if args.only == "engine" else args.push_mb,
             bucket_mb=args.bucket_mb,
             threads=args.threads,
+            engine=args.only != "push",
         )
     )
 
