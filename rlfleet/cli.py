@@ -301,6 +301,13 @@ def _add_rollout_commands(
         default=8,
         help="MiB per message (default: 8)",
     )
+    push.add_argument(
+        "--transport",
+        choices=("auto", "data-plane", "grpc"),
+        default="auto",
+        help="the bytes over the server's data connection when it offers one (auto), only "
+        "there, or only in gRPC messages (default: auto)",
+    )
 
 
 def _add_train_command(sub: argparse._SubParsersAction[Parser]) -> None:
@@ -521,7 +528,11 @@ def _push_weights(args: argparse.Namespace) -> int:
 
     try:
         config = commands.PushWeightsConfig(
-            server=args.server, model=args.model, version=args.version, bucket_mb=args.bucket_mb
+            server=args.server,
+            model=args.model,
+            version=args.version,
+            bucket_mb=args.bucket_mb,
+            transport=args.transport,
         )
     except ValueError as e:
         raise UsageError(str(e)) from e
