@@ -27,11 +27,13 @@ import hmac
 import secrets
 import socket
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from rlfleet.rollout.weights import CorruptStream, Spool, WeightSource
 
 TOKEN_BYTES = 32
+SEND_BUFFERS = 3
+"""Buckets the sender holds: one being read, one being hashed and sent, one still hashing."""
 PORT_KEY = "rlfleet-data-port"
 """Initial metadata of an UpdateWeights call: the data connection's port (decimal)."""
 TOKEN_KEY = "rlfleet-data-token"
@@ -184,22 +186,42 @@ def send(
     timeout_s: float | None,
 ) -> str:
     """The sender's side: connect, present ``token``, write every tensor's bytes in manifest
-    order (``bucket_bytes`` at a time, each hashed in a second thread while it is sent) and
-    close; returns their sha256 (hex). Raises ``NoDataConnection`` when it cannot connect,
-    ``OSError`` when the connection breaks, and whatever reading ``source`` raises."""
+    order and close; returns their sha256 (hex). Raises ``NoDataConnection`` when it cannot
+    connect, ``OSError`` when the connection breaks, and whatever reading ``source`` raises.
+
+    Three stages run side by side, one bucket apart: reading the next bucket (a thread),
+    hashing this one (a thread), sending it (here); hashlib, file reads and ``sendall``
+    release the GIL. So ``SEND_BUFFERS`` buckets are held at a time."""
     sha = hashlib.sha256()
     try:
         conn = socket.create_connection((host, port), timeout=timeout_s)
     except OSError as e:
         raise NoDataConnection(f"data connection to {host}:{port}: {e.strerror or e}") from e
-    with conn, ThreadPoolExecutor(1, "push-sha256") as hasher:
-        conn.sendall(token)
-        for view in source.buckets(bucket_bytes):
-            # hashlib and sendall both release the GIL: the two run side by side.
-            hashed = hasher.submit(sha.update, view)
+    views = source.buckets(bucket_bytes, SEND_BUFFERS)
+    try:
+        with (
+            conn,
+            ThreadPoolExecutor(1, "push-read") as reader,
+            ThreadPoolExecutor(1, "push-sha256") as hasher,
+        ):
+            conn.sendall(token)
+            ahead = reader.submit(next, views, None)
+            hashed: Future[None] | None = None
             try:
-                conn.sendall(view)
+                while (view := ahead.result()) is not None:
+                    # Buffers in use: this bucket's, the next one's (being read), and the
+                    # last one's (its hash may still run until waited for below).
+                    ahead = reader.submit(next, views, None)
+                    if hashed is not None:
+                        hashed.result()
+                    hashed = hasher.submit(sha.update, view)
+                    conn.sendall(view)
+                if hashed is not None:
+                    hashed.result()
             finally:
-                hashed.result()  # (the bucket's buffer is reused next)
-        conn.shutdown(socket.SHUT_WR)
+                ahead.cancel()
+                wait([ahead])  # (the reader is done with the source before it closes)
+            conn.shutdown(socket.SHUT_WR)
+    finally:
+        views.close()
     return sha.hexdigest()

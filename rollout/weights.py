@@ -21,7 +21,7 @@ import os
 import struct
 import sys
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from io import FileIO
@@ -293,16 +293,19 @@ class WeightSource:
     def close(self) -> None:
         """Let go of what ``read`` keeps open."""
 
-    def buckets(self, bucket_bytes: int) -> Iterator[memoryview]:
+    def buckets(self, bucket_bytes: int, buffers: int = 1) -> Generator[memoryview, None, None]:
         """All tensors' bytes in manifest order, cut into buckets of ``bucket_bytes`` (the
         last one shorter); small tensors share a bucket, large ones span several. Each is a
-        view of one buffer that the next overwrites: use it before asking for the next."""
+        view of one of ``buffers`` buffers, taken in turn: a bucket stays as it is until
+        ``buffers`` more have been asked for (with one, use it before asking for the next)."""
         if bucket_bytes < 1:
             raise ValueError("bucket_bytes: must be >= 1")
+        if buffers < 1:
+            raise ValueError("buffers: must be >= 1")
         total = sum(t.nbytes for t in self.tensors)
-        # One buffer, reused: no fresh allocation (page faults, zeroing) per bucket.
-        buffer = memoryview(bytearray(min(bucket_bytes, total)))
-        size = 0
+        # Buffers reused: no fresh allocation (page faults, zeroing) per bucket.
+        ring = [memoryview(bytearray(min(bucket_bytes, total))) for _ in range(buffers)]
+        buffer, turn, size = ring[0], 0, 0
         try:
             for i, spec in enumerate(self.tensors):
                 done = 0
@@ -313,7 +316,8 @@ class WeightSource:
                     done += take
                     if size == bucket_bytes:
                         yield buffer
-                        size = 0
+                        turn += 1
+                        buffer, size = ring[turn % buffers], 0
             if size:
                 yield buffer[:size]
         finally:

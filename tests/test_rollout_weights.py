@@ -118,6 +118,16 @@ def test_chunks_are_buckets_of_the_tensors_in_file_order(tmp_path: Path, bucket:
     )
 
 
+def test_a_bucket_stays_as_read_until_as_many_more_as_buffers_are_read(tmp_path: Path) -> None:
+    source = DirectorySource(write_model(tmp_path / "m", model_tensors()))
+    want = list(source.chunks(7))
+    held: list[memoryview] = []
+    for i, view in enumerate(source.buckets(7, buffers=3)):
+        held = [*held[-2:], view]
+        assert [bytes(v) for v in held] == want[i + 1 - len(held) : i + 1]
+    assert len(want) > 3
+
+
 def test_unusable_sources_are_named(tmp_path: Path) -> None:
     with pytest.raises(WeightFileError, match="not a directory"):
         DirectorySource(tmp_path / "nope")
