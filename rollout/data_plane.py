@@ -32,8 +32,8 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from rlfleet.rollout.weights import CorruptStream, Spool, WeightSource
 
 TOKEN_BYTES = 32
-SEND_BUFFERS = 3
-"""Buckets the sender holds: one being read, one being hashed and sent, one still hashing."""
+SEND_BUFFERS = 2
+"""Buckets the sender holds: one being read while the other is hashed and sent."""
 PORT_KEY = "rlfleet-data-port"
 """Initial metadata of an UpdateWeights call: the data connection's port (decimal)."""
 TOKEN_KEY = "rlfleet-data-token"
@@ -189,9 +189,9 @@ def send(
     order and close; returns their sha256 (hex). Raises ``NoDataConnection`` when it cannot
     connect, ``OSError`` when the connection breaks, and whatever reading ``source`` raises.
 
-    Three stages run side by side, one bucket apart: reading the next bucket (a thread),
-    hashing this one (a thread), sending it (here); hashlib, file reads and ``sendall``
-    release the GIL. So ``SEND_BUFFERS`` buckets are held at a time."""
+    Three stages run side by side: reading the next bucket (a thread: a learner's source
+    gathers and copies tensors there), hashing this one (a thread) and sending it (here);
+    hashlib, file reads and ``sendall`` release the GIL. ``SEND_BUFFERS`` buckets are held."""
     sha = hashlib.sha256()
     try:
         conn = socket.create_connection((host, port), timeout=timeout_s)
@@ -209,11 +209,9 @@ def send(
             hashed: Future[None] | None = None
             try:
                 while (view := ahead.result()) is not None:
-                    # Buffers in use: this bucket's, the next one's (being read), and the
-                    # last one's (its hash may still run until waited for below).
-                    ahead = reader.submit(next, views, None)
                     if hashed is not None:
-                        hashed.result()
+                        hashed.result()  # the last bucket's buffer is free: read into it
+                    ahead = reader.submit(next, views, None)
                     hashed = hasher.submit(sha.update, view)
                     conn.sendall(view)
                 if hashed is not None:
