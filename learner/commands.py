@@ -7,11 +7,13 @@ A run directory holds (the run dir contract)::
     metrics.jsonl     one JSON object per step (``loop.StepRecord``)
     reward.png        the reward curve (rewritten at every checkpoint and at the end)
     checkpoints/      DCP checkpoints (``learner.checkpoint``)
+    final/            the policy at the end, an HF-format directory both engines load
     logs/             the embedded servers' stderr
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -36,6 +38,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "reward.png"
 CHECKPOINTS = "checkpoints"
+FINAL_DIR = "final"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,7 +133,8 @@ def _progress_line(r: StepRecord, steps: int) -> str:
         f"step {r.step + 1}/{steps} reward {reward} | {r.time_step_s:.2f} s/step "
         f"(generate {r.time_generate_s:.2f}, reward {r.time_reward_s:.2f}, "
         f"train {r.time_train_s:.2f}, push {r.time_push_s:.2f}) | "
-        f"{r.tokens_per_s:.0f} tok/s | verified {r.verified}/{r.unique_pairs} | {r.wall_s:.0f} s"
+        f"{r.tokens_per_s:.0f} tok/s | verified {r.verified}/{r.unique_pairs} | "
+        f"staleness {r.staleness} | {r.wall_s:.0f} s"
     )
 
 
@@ -147,10 +151,11 @@ async def train(cmd: TrainCommand) -> int:
     from rlfleet.learner.distributed import distributed
     from rlfleet.learner.fleet import embedded_fleet
     from rlfleet.learner.loop import Trainer
+    from rlfleet.learner.metrics import serve_metrics
     from rlfleet.learner.optim import build_optimizer, build_scheduler
     from rlfleet.learner.parallelize import parallelize
+    from rlfleet.learner.pool import PoolConfig, RolloutPool
     from rlfleet.learner.templates import get_template
-    from rlfleet.rollout.client import RolloutClient
     from rlfleet.sandbox.client import VerifierClient
 
     config, run_dir = cmd.config, cmd.run_dir
@@ -209,9 +214,18 @@ async def train(cmd: TrainCommand) -> int:
             records = read_metrics(run_dir / METRICS_FILE, start)
             metrics_path = run_dir / METRICS_FILE
             metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+            pool_config = PoolConfig(
+                push_timeout_s=fleet.push_timeout_s, max_resends=fleet.max_resends
+            )
             async with (
-                RolloutClient(targets.rollout) as rollout,
+                RolloutPool(targets.rollout, pool_config) as rollout,
                 VerifierClient(targets.verifier) as verifier,
+                serve_metrics(
+                    config.metrics_port,
+                    config.metrics_host,
+                    max_staleness=config.rollout.max_staleness,
+                    serve=ctx.is_main,
+                ) as prometheus,
             ):
                 trainer = Trainer(
                     config=config,
@@ -223,34 +237,41 @@ async def train(cmd: TrainCommand) -> int:
                     rollout=rollout,
                     verifier=verifier,
                     device=ctx.device,
+                    spool_dir=run_dir / "spool",
                 )
+
+                async def on_step(record: StepRecord) -> None:
+                    records.append(record.to_json())
+                    prometheus.observe(record)
+                    with metrics_path.open("a") as f:
+                        f.write(json.dumps(record.to_json()) + "\n")
+                    done = record.step + 1
+                    if done == 1 or done % config.log_every == 0 or done == config.steps:
+                        progress(_progress_line(record, config.steps))
+                    if done % config.checkpoint_every == 0 or done == config.steps:
+                        state = TrainerState(
+                            step=done, data_position=done * config.rollout.prompts_per_step
+                        )
+                        await asyncio.to_thread(
+                            save_checkpoint,
+                            run_dir / CHECKPOINTS,
+                            state,
+                            model,
+                            optimizer,
+                            scheduler,
+                            config.checkpoint,
+                        )
+                        plot(run_dir, records)
+
+                if start > 0:
+                    progress(f"resuming at step {start + 1} from {latest}")
                 try:
-                    if start > 0:
-                        progress(f"resuming at step {start + 1} from {latest}")
-                        await trainer.push(start)
-                    for step in range(start, config.steps):
-                        record = await trainer.step(step)
-                        records.append(record.to_json())
-                        with metrics_path.open("a") as f:
-                            f.write(json.dumps(record.to_json()) + "\n")
-                        done = step + 1
-                        if done == 1 or done % config.log_every == 0 or done == config.steps:
-                            progress(_progress_line(record, config.steps))
-                        if done % config.checkpoint_every == 0 or done == config.steps:
-                            state = TrainerState(
-                                step=done, data_position=done * config.rollout.prompts_per_step
-                            )
-                            save_checkpoint(
-                                run_dir / CHECKPOINTS,
-                                state,
-                                model,
-                                optimizer,
-                                scheduler,
-                                config.checkpoint,
-                            )
-                            plot(run_dir, records)
+                    await trainer.run(start, config.steps, on_step)
                 except Unavailable as e:
                     raise CommandError(str(e)) from None
+            from rlfleet.learner.export import export_hf_dir
+
+            export_hf_dir(model, run_dir / FINAL_DIR, source_dir=model_dir)
     for line in summary_lines(records, run_dir):
         print(line, flush=True)
     return 0

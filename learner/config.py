@@ -39,8 +39,9 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    path: Path | None = None
-    """JSONL or parquet file of tasks (``learner.data`` formats); None: the built-in task."""
+    path: Path | tuple[Path, ...] | None = None
+    """JSONL or parquet file of tasks (``learner.data`` formats), or a list of them (their
+    tasks together, in order; an id in two files is an error); None: the built-in task."""
     format: str | None = None
     """The file's format (a ``learner.data.FORMATS`` name); None: recognised per record."""
     template: str | None = None
@@ -61,7 +62,9 @@ class RolloutConfig:
     max_new_tokens: int = BUILTIN_MAX_NEW_TOKENS
     """Completion length limit in tokens."""
     max_staleness: int = 0
-    """Policy versions a sample may lag the learner by; 0: synchronous (the only mode yet)."""
+    """Steps generation may run ahead of training: a sample is at most this many policy
+    versions older than the policy it trains (0: synchronous; 1: the next batch is
+    generated while this one trains)."""
 
     def __post_init__(self) -> None:
         if self.prompts_per_step < 1:
@@ -74,8 +77,8 @@ class RolloutConfig:
             raise ValueError("top_p: must be in (0, 1]")
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens: must be >= 1")
-        if self.max_staleness != 0:
-            raise ValueError("max_staleness: only 0 (synchronous) is implemented")
+        if self.max_staleness < 0:
+            raise ValueError("max_staleness: must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,12 +92,22 @@ class FleetConfig:
     """Workers of the embedded sandbox server."""
     start_timeout_s: float = 120.0
     """How long an embedded server may take to listen."""
+    push_timeout_s: float = 300.0
+    """Deadline of one weight push to one rollout server; one that misses it (or fails)
+    gets no prompts until it takes a later push."""
+    max_resends: int = 8
+    """Times one prompt's group may be re-sent to another rollout server after its server
+    failed, before the run stops."""
 
     def __post_init__(self) -> None:
         if self.sandbox_workers < 1:
             raise ValueError("sandbox_workers: must be >= 1")
         if self.start_timeout_s <= 0:
             raise ValueError("start_timeout_s: must be > 0")
+        if self.push_timeout_s <= 0:
+            raise ValueError("push_timeout_s: must be > 0")
+        if self.max_resends < 0:
+            raise ValueError("max_resends: must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,6 +125,11 @@ class TrainConfig:
     """Steps between checkpoints (one is always written at the end)."""
     cpu_threads: int = 1
     """The learner's intra-op threads on CPU (the embedded servers share the cores)."""
+    metrics_port: int | None = None
+    """Serve the learner's Prometheus metrics (``learner.metrics``) over HTTP on this port
+    (rank 0 of a distributed run); None or 0: don't."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics port binds; loopback unless told otherwise."""
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     rewards: RewardConfig = field(default_factory=builtin_reward_config)
@@ -134,6 +152,8 @@ class TrainConfig:
             raise ValueError("checkpoint_every: must be >= 1")
         if self.cpu_threads < 1:
             raise ValueError("cpu_threads: must be >= 1")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError("metrics_port: must be a port number (0-65535)")
 
     @property
     def template(self) -> str:

@@ -488,16 +488,29 @@ READERS: dict[str, Callable[[Path], Iterator[tuple[str, Any]]]] = {
 }
 
 
-def load_tasks(path: str | Path, config: LoadConfig = LoadConfig()) -> list[Task]:
-    """Every record of ``path`` as a ``Task``; raises ``DataError`` naming the line and field
-    of the first bad record, or an id seen twice."""
+def load_tasks(
+    path: str | Path | tuple[str | Path, ...] | list[str | Path],
+    config: LoadConfig = LoadConfig(),
+) -> list[Task]:
+    """Every record of ``path`` (or of several files, in order) as a ``Task``; raises
+    ``DataError`` naming the line and field of the first bad record, or an id seen twice."""
+    if isinstance(path, tuple | list):
+        tasks: list[Task] = []
+        first: dict[str, Path] = {}
+        for one in map(Path, path):
+            for task in load_tasks(one, config):
+                if task.id in first:
+                    raise DataError(f"{one}: id {task.id!r} already used in {first[task.id]}")
+                first[task.id] = one
+                tasks.append(task)
+        return tasks
     path = Path(path)
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise DataError(f"{path}: unknown file type (one of {', '.join(READERS)})")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    tasks: list[Task] = []
+    tasks = []
     seen: dict[str, str] = {}
     for where, obj in reader(path):
         fallback = f"{path.stem}:{where.rsplit(':', 1)[-1].strip().removeprefix('row ')}"

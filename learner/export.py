@@ -182,7 +182,8 @@ async def push_weights(
     spool_dir: Path | None = None,
 ) -> list[WeightUpdateResult]:
     """Push the model's full weights as policy ``version`` to every client; collective (every
-    rank calls it, rank 0 pushes and gets the results, the others get ``[]``).
+    rank calls it, rank 0 pushes and gets the results, the others get ``[]``). The first
+    client that fails raises (``push_weights_each`` returns each client's outcome instead).
 
     With ``spool_dir`` None and one client, the tensors stream straight from the gather into
     the push (nothing on disk; a push is then not retried, since a gather cannot be read
@@ -217,3 +218,39 @@ async def push_weights(
         )
     finally:
         path.unlink(missing_ok=True)
+
+
+async def push_weights_each(
+    clients: Sequence[RolloutClient],
+    model: nn.Module,
+    version: int,
+    *,
+    spool_dir: Path,
+    dtype: torch.dtype | None = None,
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+) -> list[WeightUpdateResult | Exception]:
+    """``push_weights`` through ``spool_dir`` to all clients in parallel, each client's
+    result or the error it failed with (one server down does not stop the others). The
+    spool is written (and the gather done on every rank) whatever the clients do; rank
+    0 gets one outcome per client, the other ranks ``[]``."""
+    specs = tensor_specs(model, dtype)
+    stream = iter_full_tensors(model, bucket_bytes=bucket_bytes, dtype=dtype)
+    if not _is_main():
+        drain(stream)
+        return []
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    path = spool_dir / "model.safetensors"
+    await asyncio.to_thread(write_safetensors, path, specs, stream, bucket_bytes)
+    try:
+        outcomes = await asyncio.gather(
+            *(c.push_weights(spool_dir, version, bucket_bytes) for c in clients),
+            return_exceptions=True,
+        )
+    finally:
+        path.unlink(missing_ok=True)
+    out: list[WeightUpdateResult | Exception] = []
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+            raise outcome  # (cancellation, KeyboardInterrupt: not a server's failure)
+        out.append(outcome)
+    return out

@@ -1,19 +1,29 @@
-"""The synchronous GRPO step: sample from the rollout servers, score through the verifier
-fleet, compute group advantages, one optimizer step, push the new weights.
+"""The GRPO loop: batches sampled from the rollout servers and scored through the verifier
+fleet, group advantages, one optimizer step per batch, the new weights pushed after each.
 
-``Trainer.step`` runs one step and returns its ``StepRecord`` (the line of
-``metrics.jsonl``). The policy version of the samples is the number of optimizer steps
-behind them: the rollout servers serve version ``step`` while step ``step`` samples, and
-the push after it makes them serve ``step + 1``.
+Generation runs ahead of training by up to ``max_staleness`` steps: the batch of step ``j``
+is started once the rollout servers serve version ``j - max_staleness``, so while step ``k``
+trains, the batches of steps ``k+1 .. k+max_staleness`` are being generated and scored
+(``max_staleness = 0``: each batch waits for the previous step's weights, synchronous). A
+sample is thus at most ``max_staleness`` versions behind the learner that trains on it.
+
+Versions: step ``k`` trains the policy ``base + k`` into ``base + k + 1`` and pushes it.
+``base`` is 0 unless a rollout server already serves a newer version at the start (an
+external fleet that outlived a run): the run then numbers its versions above it.
+
+``Trainer.run`` drives the pipeline and hands each step's ``StepRecord`` (the line of
+``metrics.jsonl``) to a callback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,15 +32,18 @@ from torch import nn
 from rlfleet.learner.algorithms import LossFn, make_advantages, make_loss
 from rlfleet.learner.config import TrainConfig
 from rlfleet.learner.data import Task
-from rlfleet.learner.export import push_weights
+from rlfleet.learner.export import push_weights_each
 from rlfleet.learner.losses import LossInputs, token_logprobs
 from rlfleet.learner.optim import clip_gradients
+from rlfleet.learner.pool import NoRolloutServer, PushReport, RolloutPool
 from rlfleet.learner.rewards import Reward, RewardFunction, reward_input
 from rlfleet.learner.schedule import batch_indices, sample_seed
 from rlfleet.learner.scoring import VerdictCache, VerifierLike, score
 from rlfleet.learner.templates import Template
 from rlfleet.rollout.client import RolloutClient
 from rlfleet.rollout.records import Completion, GenerateRequest, Prompt, SamplingParams
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +55,26 @@ class Sample:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Batch:
+    """A step's prompts, generated and scored."""
+
+    step: int
+    tasks: list[Task]
+    samples: list[Sample]
+    unique_pairs: int
+    cache_hits: int
+    verified: int
+    resent: int
+    """Groups asked again of another rollout server after theirs failed."""
+    servers: int
+    """Rollout servers that generated groups of the batch."""
+    time_generate_s: float
+    """From the batch's start to its last group generated."""
+    time_reward_s: float
+    """From then to its last sample scored."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class StepRecord:
     """One line of ``metrics.jsonl``."""
 
@@ -49,7 +82,9 @@ class StepRecord:
     policy_version: int
     """Oldest policy version any of the step's tokens came from."""
     staleness: int
-    """How many optimizer steps that version is behind the learner (0: synchronous)."""
+    """How many versions that is behind the policy the step trains (0: synchronous)."""
+    staleness_mean: float
+    """Mean over the step's samples of the versions their oldest token lags by."""
     prompt_ids: list[str]
     reward_mean: float | None
     """Mean total reward over the scored samples (None: none scored)."""
@@ -59,28 +94,49 @@ class StepRecord:
     unique_pairs: int
     cache_hits: int
     verified: int
+    resent: int
+    """Groups re-sent to another rollout server after theirs failed."""
+    servers: int
+    """Rollout servers that took the weights pushed after the step."""
     tokens: int
     """Completion tokens generated."""
     tokens_per_s: float
     """Completion tokens per second of the whole step."""
     time_generate_s: float
+    """The batch's generation (overlapping earlier steps when running ahead)."""
     time_reward_s: float
+    """From the batch's last group generated to its last sample scored."""
+    time_wait_s: float
+    """How long the step waited for its batch (0 when generation kept ahead)."""
     time_train_s: float
     time_push_s: float
     time_step_s: float
+    """Wall time from the previous step's end (or the run's start) to this one's."""
     wall_s: float
     """Seconds since the run (or its resumption) started."""
     lr: float
     grad_norm: float | None
+    push_bytes: int = 0
+    """Bytes of the weights pushed to each server."""
     train: dict[str, float] = field(default_factory=dict)
     """The loss's metrics (loss, clip fractions, learner/engine logprob mismatch, ...)."""
+    reward_min: float | None = None
+    reward_max: float | None = None
+    push_failures: int = 0
+    """Rollout servers that did not take the step's weights (they get no prompts until
+    they take a later push)."""
+    sample_staleness: list[int] = field(default_factory=list)
+    """Versions each sample's oldest token lags the trained policy by (for the metrics;
+    not written to ``metrics.jsonl``, where ``staleness``/``staleness_mean`` sum it up)."""
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["sample_staleness"]
+        return out
 
 
 class Trainer:
-    """Holds the model, optimizer and clients of a run; ``step`` is one GRPO step."""
+    """Holds the model, optimizer and clients of a run; ``run`` drives the loop."""
 
     def __init__(
         self,
@@ -91,9 +147,10 @@ class Trainer:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
-        rollout: RolloutClient,
+        rollout: RolloutPool,
         verifier: VerifierLike,
         device: torch.device,
+        spool_dir: Path,
     ) -> None:
         self.config = config
         self.tasks = list(tasks)
@@ -104,49 +161,87 @@ class Trainer:
         self.rollout = rollout
         self.verifier = verifier
         self.device = device
+        self.spool_dir = spool_dir
         self.reward_fn = RewardFunction(config.rewards, template)
         self.loss_fn: LossFn = make_loss(config.algorithm)
         self.advantage_fn = make_advantages(config.algorithm)
         self.cache = VerdictCache()
         self.started = time.monotonic()
+        self.base = 0
+        """Version of the policy before step 0 (see the module's docstring)."""
+        self.served = asyncio.Condition()
+        self.serving = -1
+        """Newest version every live rollout server has taken (-1: none yet)."""
 
     def batch(self, step: int) -> list[Task]:
         per = self.config.rollout.prompts_per_step
         indices = batch_indices(len(self.tasks), self.config.seed, step * per, per)
         return [self.tasks[i] for i in indices]
 
-    async def generate(self, step: int, batch: Sequence[Task]) -> list[list[Completion]]:
-        """``n`` completions per prompt, each prompt its own call with its own seeds."""
+    def request(self, step: int, group: int, task: Task) -> GenerateRequest:
         r = self.config.rollout
+        return GenerateRequest(
+            prompts=(Prompt(id=task.id, text=self.template.render(task), n=r.n),),
+            sampling=SamplingParams(
+                max_new_tokens=r.max_new_tokens,
+                temperature=r.temperature,
+                top_p=r.top_p,
+                seed=sample_seed(self.config.seed, step, group),
+            ),
+        )
 
-        async def one(group: int, task: Task) -> list[Completion]:
-            request = GenerateRequest(
-                prompts=(Prompt(id=task.id, text=self.template.render(task), n=r.n),),
-                sampling=SamplingParams(
-                    max_new_tokens=r.max_new_tokens,
-                    temperature=r.temperature,
-                    top_p=r.top_p,
-                    seed=sample_seed(self.config.seed, step, group),
-                ),
-            )
-            out = [c async for c in self.rollout.generate(request)]
-            return sorted(out, key=lambda c: c.sample)
+    async def produce(self, step: int) -> Batch:
+        """Step ``step``'s batch: each group generated by one rollout server on a policy no
+        older than ``max_staleness`` versions before the step's, and scored as soon as it is
+        whole (groups overlap: the verifier works while the engines still generate)."""
+        oldest = self.base + step - self.config.rollout.max_staleness
+        async with self.served:
+            await self.served.wait_for(lambda: self.serving >= oldest)
+        t0 = time.monotonic()
+        batch = self.batch(step)
+        generated: list[float] = []
+        servers: set[str] = set()
+        resent = 0
+        counts = {"unique": 0, "cache_hits": 0, "verified": 0}
 
-        return list(await asyncio.gather(*(one(g, t) for g, t in enumerate(batch))))
+        async def one(group: int, task: Task) -> list[Sample]:
+            nonlocal resent
+            done = await self.rollout.generate(self.request(step, group, task), oldest)
+            generated.append(time.monotonic())
+            servers.add(done.server)
+            resent += done.resent
+            samples, stats = await self.rewards(group, task, done.completions)
+            for key, value in stats.items():
+                counts[key] += value
+            return samples
+
+        groups = await asyncio.gather(*(one(g, t) for g, t in enumerate(batch)))
+        t2 = time.monotonic()
+        t1 = max(generated, default=t2)
+        return Batch(
+            step=step,
+            tasks=batch,
+            samples=[s for group in groups for s in group],
+            unique_pairs=counts["unique"],
+            cache_hits=counts["cache_hits"],
+            verified=counts["verified"],
+            resent=resent,
+            servers=len(servers),
+            time_generate_s=t1 - t0,
+            time_reward_s=t2 - t1,
+        )
 
     async def rewards(
-        self, batch: Sequence[Task], groups: Sequence[Sequence[Completion]]
+        self, group: int, task: Task, completions: Sequence[Completion]
     ) -> tuple[list[Sample], dict[str, int]]:
-        pairs = [(task, c.text) for task, group in zip(batch, groups, strict=True) for c in group]
-        results, stats = await score(self.verifier, pairs, self.cache)
+        results, stats = await score(
+            self.verifier, [(task, c.text) for c in completions], self.cache
+        )
         samples = []
-        flat = [
-            (g, task, c) for g, (task, cs) in enumerate(zip(batch, groups, strict=True)) for c in cs
-        ]
-        for (g, task, c), result in zip(flat, results, strict=True):
+        for c, result in zip(completions, results, strict=True):
             scored = dataclasses.replace(c, result=result)
             inp = reward_input(scored, task.task_type, self.config.rollout.max_new_tokens)
-            samples.append(Sample(group=g, completion=c, reward=self.reward_fn(inp)))
+            samples.append(Sample(group=group, completion=c, reward=self.reward_fn(inp)))
         counts = {
             "unique": stats.unique,
             "cache_hits": stats.cache_hits,
@@ -219,56 +314,125 @@ class Trainer:
         self.scheduler.step()
         return metrics, grad_norm
 
-    async def push(self, version: int) -> None:
-        results = await push_weights([self.rollout], self.model, version)
-        served = results[0].version if results else None
-        if served != version:
-            raise RuntimeError(f"weight push: the rollout server serves {served}, not {version}")
+    async def push(self, version: int) -> PushReport:
+        """The learner's weights as ``version`` to every rollout server; the batches waiting
+        for that version may start once it is served."""
 
-    async def step(self, step: int) -> StepRecord:
-        t0 = time.monotonic()
-        batch = self.batch(step)
-        groups = await self.generate(step, batch)
-        t1 = time.monotonic()
-        samples, counts = await self.rewards(batch, groups)
+        async def each(clients: Sequence[RolloutClient]) -> list[Any]:
+            return await push_weights_each(clients, self.model, version, spool_dir=self.spool_dir)
+
+        report = await self.rollout.push(version, each)
+        async with self.served:
+            self.serving = version
+            self.served.notify_all()
+        return report
+
+    async def begin(self, start: int) -> PushReport | None:
+        """Before step ``start``: the servers' versions read; the version numbering moved
+        above any newer one; the learner's weights pushed unless every server already
+        serves them (a fresh run on servers that loaded its model)."""
+        versions = await self.rollout.versions()
+        known = [v for v in versions.values() if v is not None]
+        if not known:
+            why = "; ".join(f"{s.address}: {s.failure}" for s in self.rollout.servers.values())
+            raise NoRolloutServer(f"no rollout server answers: {why}")
+        newest = max(known)
+        if start == 0 and all(v == 0 for v in versions.values()):
+            self.rollout.adopt(versions, 0)
+            async with self.served:
+                self.serving = 0
+                self.served.notify_all()
+            return None
+        self.base = max(0, newest + 1 - start)
+        return await self.push(self.base + start)
+
+    async def run(
+        self,
+        start: int,
+        steps: int,
+        on_step: Callable[[StepRecord], Awaitable[None]],
+    ) -> None:
+        """Steps ``start .. steps-1``, each record handed to ``on_step`` (which may save a
+        checkpoint) before the next step trains."""
+        ahead = self.config.rollout.max_staleness
+        batches: dict[int, asyncio.Task[Batch]] = {}
+
+        def launch(upto: int) -> None:
+            for j in range(start, min(upto, steps - 1) + 1):
+                if j not in batches:
+                    batches[j] = asyncio.create_task(self.produce(j), name=f"batch {j}")
+
+        last = time.monotonic()
+        try:
+            await self.begin(start)
+            for step in range(start, steps):
+                launch(step + ahead)
+                t0 = time.monotonic()
+                batch = await batches.pop(step)
+                t1 = time.monotonic()
+                record = await self.step(batch, wait_s=t1 - t0, since=last)
+                last = time.monotonic()
+                await on_step(record)
+        finally:
+            for task in batches.values():
+                task.cancel()
+            await asyncio.gather(*batches.values(), return_exceptions=True)
+
+    async def step(self, batch: Batch, *, wait_s: float, since: float) -> StepRecord:
+        """Train on ``batch`` (in a thread: the batches ahead keep streaming meanwhile),
+        then push the new weights."""
+        step = batch.step
         t2 = time.monotonic()
         lr = float(self.scheduler.get_last_lr()[0])
-        weighted = self.advantages(samples)
+        weighted = self.advantages(batch.samples)
         metrics: dict[str, float] = {}
         grad_norm: float | None = None
         if weighted:
-            metrics, grad_norm = self.train(weighted)
+            metrics, grad_norm = await asyncio.to_thread(self.train, weighted)
         t3 = time.monotonic()
-        await self.push(step + 1)
+        report = await self.push(self.base + step + 1)
         t4 = time.monotonic()
+        samples = batch.samples
         totals = [s.reward.total for s in samples if s.reward.total is not None]
         accuracy = [s.reward.value("accuracy") for s in samples if s.reward.total is not None]
-        versions = [v.version for s in samples for v in s.completion.versions]
-        version = min(versions) if versions else step
+        trained = self.base + step
+        oldest = [
+            min(v.version for v in s.completion.versions) for s in samples if s.completion.versions
+        ]
+        version = min(oldest) if oldest else trained
         tokens = sum(len(s.completion.token_ids) for s in samples)
         return StepRecord(
             step=step,
             policy_version=version,
-            staleness=step - version,
-            prompt_ids=[t.id for t in batch],
+            staleness=trained - version,
+            staleness_mean=sum(trained - v for v in oldest) / len(oldest) if oldest else 0.0,
+            prompt_ids=[t.id for t in batch.tasks],
             reward_mean=sum(totals) / len(totals) if totals else None,
             accuracy_mean=sum(a for a in accuracy if a is not None) / len(accuracy)
             if accuracy
             else None,
             samples=len(samples),
             scored=len(totals),
-            unique_pairs=counts["unique"],
-            cache_hits=counts["cache_hits"],
-            verified=counts["verified"],
+            unique_pairs=batch.unique_pairs,
+            cache_hits=batch.cache_hits,
+            verified=batch.verified,
+            resent=batch.resent,
+            servers=len(report.served),
             tokens=tokens,
-            tokens_per_s=tokens / max(t4 - t0, 1e-9),
-            time_generate_s=t1 - t0,
-            time_reward_s=t2 - t1,
+            tokens_per_s=tokens / max(t4 - since, 1e-9),
+            time_generate_s=batch.time_generate_s,
+            time_reward_s=batch.time_reward_s,
+            time_wait_s=wait_s,
             time_train_s=t3 - t2,
             time_push_s=t4 - t3,
-            time_step_s=t4 - t0,
+            time_step_s=t4 - since,
             wall_s=t4 - self.started,
             lr=lr,
             grad_norm=grad_norm,
+            push_bytes=report.bytes,
             train=metrics,
+            reward_min=min(totals) if totals else None,
+            reward_max=max(totals) if totals else None,
+            push_failures=len(report.failed),
+            sample_staleness=[trained - v for v in oldest],
         )

@@ -1,8 +1,10 @@
 """The reward curve as a PNG, written with the standard library (zlib) alone.
 
 The picture: reward (y) against step (x); grey grid lines at every 0.1 of reward (darker at
-0, 0.5 and 1), the per-step mean reward in light blue, its moving average in dark blue. No
-text: the numbers are in ``metrics.jsonl``.
+0, 0.5 and 1), the per-step mean reward in light blue, its moving average in dark blue. A
+title above, the axes' names (``step`` under, ``reward`` up the left side) and values at
+the darker grid lines and a few steps, drawn with a built-in bitmap font
+(``learner.font``). Text needs room: a picture under ``MIN_TEXT_SIZE`` is drawn bare.
 """
 
 from __future__ import annotations
@@ -10,8 +12,12 @@ from __future__ import annotations
 import itertools
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+from rlfleet.learner.font import HEIGHT as FONT_HEIGHT
+from rlfleet.learner.font import text_pixels, text_width
 
 Color = tuple[int, int, int]
 WHITE: Color = (255, 255, 255)
@@ -19,6 +25,15 @@ GRID: Color = (225, 225, 225)
 GRID_MAJOR: Color = (170, 170, 170)
 RAW: Color = (150, 190, 235)
 SMOOTH: Color = (20, 70, 160)
+TEXT: Color = (40, 40, 40)
+AXIS: Color = (90, 90, 90)
+
+TITLE = "mean reward per step (dark: moving average)"
+X_LABEL = "step"
+Y_LABEL = "reward"
+TEXT_SCALE = 2
+MIN_TEXT_SIZE = (240, 120)
+"""(width, height) under which no text is drawn."""
 
 
 class Canvas:
@@ -51,6 +66,18 @@ class Canvas:
                 err += dx
                 y0 += sy
 
+    def text(
+        self, x: int, y: int, text: str, color: Color, scale: int = 1, vertical: bool = False
+    ) -> None:
+        """``text`` with its box's top left at (x, y); ``vertical``: turned a quarter to the
+        left (read bottom to top, as a y axis's name)."""
+        span = text_width(text, scale)
+        for px, py in text_pixels(text, scale):
+            if vertical:
+                self.dot(x + py, y + span - 1 - px, color)
+            else:
+                self.dot(x + px, y + py, color)
+
     def png(self) -> bytes:
         rows = b"".join(
             b"\x00" + bytes(self.pixels[3 * y * self.width : 3 * (y + 1) * self.width])
@@ -80,12 +107,92 @@ def moving_average(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
+@dataclass(frozen=True, kw_only=True)
+class Box:
+    """A rectangle in pixels: [left, right) x [top, bottom)."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Layout:
+    plot: Box
+    """Where the curve and the grid go."""
+    title: Box | None
+    x_label: Box | None
+    y_label: Box | None
+    """The texts' boxes (None: no text, the picture is too small)."""
+
+
+def layout(
+    width: int, height: int, title: str = TITLE, x_label: str = X_LABEL, y_label: str = Y_LABEL
+) -> Layout:
+    """Where each part of the picture goes: the title centred on top, ``x_label`` centred
+    under the x axis's values, ``y_label`` turned and centred left of the y axis's values."""
+    if width < MIN_TEXT_SIZE[0] or height < MIN_TEXT_SIZE[1]:
+        margin = 20
+        plot = Box(left=margin, top=margin, right=width - margin, bottom=height - margin)
+        return Layout(plot=plot, title=None, x_label=None, y_label=None)
+    line = FONT_HEIGHT * TEXT_SCALE  # (the height of a line of text)
+    plot = Box(left=4 * line + 8, top=line + 16, right=width - 24, bottom=height - 2 * line - 20)
+    middle_x = (plot.left + plot.right) // 2
+    middle_y = (plot.top + plot.bottom) // 2
+
+    def centred(text: str, top: int) -> Box:
+        left = middle_x - text_width(text, TEXT_SCALE) // 2
+        return Box(left=left, top=top, right=left + text_width(text, TEXT_SCALE), bottom=top + line)
+
+    y_span = text_width(y_label, TEXT_SCALE)
+    return Layout(
+        plot=plot,
+        title=centred(title, 6),
+        x_label=centred(x_label, height - line - 4),
+        y_label=Box(
+            left=4,
+            top=middle_y - y_span // 2,
+            right=4 + line,
+            bottom=middle_y - y_span // 2 + y_span,
+        ),
+    )
+
+
+def _round_strides() -> Iterator[int]:
+    """1, 2, 5, 10, 20, 50, ..."""
+    power = 1
+    while True:
+        yield from (power, 2 * power, 5 * power)
+        power *= 10
+
+
+def step_ticks(first: int, last: int, most: int = 6) -> list[int]:
+    """Round steps to label between ``first`` and ``last`` (1, 2 or 5 times a power of ten
+    apart, at most ``most`` of them), the two ends included."""
+    span = last - first
+    if span <= 0:
+        return [first]
+    stride = next(s for s in _round_strides() if span / s <= most - 1)
+    inner = range((first // stride + 1) * stride, last, stride)
+    # (an inner tick closer than half a stride to an end would crowd its label)
+    return [first, *(t for t in inner if min(t - first, last - t) >= stride / 2), last]
+
+
 def reward_curve_png(
-    steps: Sequence[int], rewards: Sequence[float], width: int = 800, height: int = 400
+    steps: Sequence[int],
+    rewards: Sequence[float],
+    width: int = 800,
+    height: int = 400,
+    *,
+    title: str = TITLE,
+    x_label: str = X_LABEL,
+    y_label: str = Y_LABEL,
 ) -> bytes:
     """The PNG of ``rewards`` over ``steps`` (y from min(0, lowest) to max(1, highest))."""
     canvas = Canvas(width, height)
-    margin = 20
+    parts = layout(width, height, title, x_label, y_label)
+    box = parts.plot
     low = min([0.0, *rewards])
     high = max([1.0, *rewards])
     first = steps[0] if steps else 0
@@ -93,14 +200,30 @@ def reward_curve_png(
     span = max(1, last - first)
 
     def px(step: int, value: float) -> tuple[int, int]:
-        x = margin + round((step - first) / span * (width - 2 * margin))
-        y = height - margin - round((value - low) / (high - low) * (height - 2 * margin))
+        x = box.left + round((step - first) / span * (box.right - box.left))
+        y = box.bottom - round((value - low) / (high - low) * (box.bottom - box.top))
         return x, y
 
+    labelled = parts.title is not None
     for tenth in range(round(low * 10), round(high * 10) + 1):
         _, y = px(first, tenth / 10)
-        color = GRID_MAJOR if tenth % 5 == 0 else GRID
-        canvas.line(margin, y, width - margin, y, color)
+        major = tenth % 5 == 0
+        canvas.line(box.left, y, box.right, y, GRID_MAJOR if major else GRID)
+        if labelled and major:
+            value = f"{tenth / 10:g}"
+            left = box.left - 8 - text_width(value, TEXT_SCALE)
+            canvas.text(left, y - FONT_HEIGHT * TEXT_SCALE // 2, value, TEXT, TEXT_SCALE)
+    if labelled:
+        canvas.line(box.left, box.top, box.left, box.bottom, AXIS)
+        canvas.line(box.left, box.bottom, box.right, box.bottom, AXIS)
+        for tick in step_ticks(first, last) if steps else []:
+            x, _ = px(tick, low)
+            canvas.line(x, box.bottom, x, box.bottom + 4, AXIS)
+            value = str(tick)
+            left = min(
+                x - text_width(value, TEXT_SCALE) // 2, width - 2 - text_width(value, TEXT_SCALE)
+            )
+            canvas.text(left, box.bottom + 12, value, TEXT, TEXT_SCALE)
     for series, color, size in (
         (list(rewards), RAW, 1),
         (moving_average(rewards, max(1, len(rewards) // 40)), SMOOTH, 2),
@@ -110,6 +233,13 @@ def reward_curve_png(
             canvas.dot(*points[0], color, size + 2)
         for (x0, y0), (x1, y1) in itertools.pairwise(points):
             canvas.line(x0, y0, x1, y1, color, size)
+    for text, where, vertical in (
+        (title, parts.title, False),
+        (x_label, parts.x_label, False),
+        (y_label, parts.y_label, True),
+    ):
+        if where is not None:
+            canvas.text(where.left, where.top, text, TEXT, TEXT_SCALE, vertical)
     return canvas.png()
 
 

@@ -218,8 +218,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="intra-op CPU threads, HF and the engine alike (default: 1)",
     )
+    btrain = _command(
+        bench_sub,
+        "train",
+        _bench_train,
+        "learner step time, generation one step ahead against synchronous",
+    )
+    btrain.add_argument("--steps", type=_positive_int, default=20, help="measured, per mode")
+    btrain.add_argument("--warmup", type=_count, default=3, help="steps left out, per mode")
+    btrain.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="train config overrides")
 
     _add_train_command(sub)
+    _add_sample_command(sub)
 
     model = sub.add_parser("model", help="model tooling")
     model_sub = model.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -262,6 +272,13 @@ def _add_rollout_commands(
     rollout.add_argument("--device", default="cpu", help="torch engine: cpu or cuda[:N]")
     rollout.add_argument(
         "--dtype", choices=("float32", "bfloat16"), default="float32", help="(default: float32)"
+    )
+    rollout.add_argument(
+        "--sglang-surface",
+        choices=("grpc", "http"),
+        default="grpc",
+        help="sglang engine: generate over SGLang's gRPC scheduler API, or its HTTP server, "
+        "the one that takes weight updates (default: grpc)",
     )
 
     gen = _command(sub, "generate", _generate, "sample scored completions from a rollout server")
@@ -361,6 +378,102 @@ def _train(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from e
     run_dir = args.run_dir or commands.default_run_dir()
     return _run(commands.train(commands.TrainCommand(config=config, run_dir=run_dir)))
+
+
+def _add_sample_command(sub: argparse._SubParsersAction[Parser]) -> None:
+    sample = _command(
+        sub,
+        "sample",
+        _sample,
+        "rejection sampling: keep only verified-correct completions, as SFT data",
+    )
+    sample.add_argument(
+        "--model", type=Path, help="HF model directory (served by an embedded rollout server)"
+    )
+    sample.add_argument(
+        "--data",
+        type=Path,
+        help="JSONL or parquet tasks, as `rlfleet train` reads them (default: the built-in task)",
+    )
+    sample.add_argument("--format", help="the data file's format (default: recognised per record)")
+    sample.add_argument(
+        "--template",
+        help="prompt template: r1 or plain (default: plain for the built-in task, r1 for --data)",
+    )
+    sample.add_argument(
+        "--out", type=Path, required=True, help="JSONL file of the kept completions (-: stdout)"
+    )
+    sample.add_argument("--force", action="store_true", help="overwrite --out if it holds data")
+    sample.add_argument(
+        "--n", type=_positive_int, default=16, help="samples per prompt (default: 16)"
+    )
+    sample.add_argument(
+        "--max-per-prompt",
+        type=_positive_int,
+        default=4,
+        help="unique correct completions kept per prompt (default: 4)",
+    )
+    sample.add_argument(
+        "--any-format",
+        action="store_true",
+        help="keep correct answers even when not in the template's format",
+    )
+    sample.add_argument(
+        "--temperature", type=lambda t: _float(t, 0.0), default=1.0, help="(default: 1)"
+    )
+    sample.add_argument(
+        "--top-p",
+        type=lambda t: _float(t, 0.0, 1.0, low_open=True),
+        default=1.0,
+        help="(default: 1)",
+    )
+    sample.add_argument(
+        "--max-new-tokens",
+        type=_positive_int,
+        default=None,
+        help="(default: 1 for the built-in task, 1024 for --data)",
+    )
+    sample.add_argument("--seed", type=_count, default=0, help="sampling seeds (default: 0)")
+    sample.add_argument("--limit", type=_positive_int, default=None, help="first N prompts only")
+    sample.add_argument(
+        "--concurrency", type=_positive_int, default=8, help="prompts in flight (default: 8)"
+    )
+    sample.add_argument(
+        "--rollout", metavar="HOST:PORT[,...]", help="rollout servers (default: start one)"
+    )
+    sample.add_argument(
+        "--verifier", metavar="HOST:PORT[,...]", help="verifier servers (default: start one)"
+    )
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from rlfleet.learner import sample
+
+    try:
+        command = sample.SampleCommand(
+            out=args.out,
+            model=args.model,
+            data=args.data,
+            data_format=args.format,
+            rollout=args.rollout,
+            verifier=args.verifier,
+            force=args.force,
+            sample=sample.SampleConfig(
+                n=args.n,
+                max_per_prompt=args.max_per_prompt,
+                temperature=args.temperature,
+                top_p=args.top_p,
+                max_new_tokens=args.max_new_tokens,
+                seed=args.seed,
+                template=args.template,
+                require_format=not args.any_format,
+                limit=args.limit,
+                concurrency=args.concurrency,
+            ),
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    return _run(sample.sample(command))
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
@@ -480,6 +593,17 @@ def _bench_rollout(args: argparse.Namespace) -> int:
     )
 
 
+def _bench_train(args: argparse.Namespace) -> int:
+    from rlfleet.bench.train_bench import PRESET, run_train_bench
+    from rlfleet.learner.config import ConfigError, load_config
+
+    try:
+        load_config(None, [*PRESET, *args.overrides])
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    return _run(run_train_bench(args.steps, args.warmup, args.overrides))
+
+
 def _model_init(args: argparse.Namespace) -> int:
     from rlfleet.rollout import commands
 
@@ -493,7 +617,11 @@ def _serve_rollout(args: argparse.Namespace) -> int:
         config = commands.ServeRolloutConfig(
             server=_server_config(args),
             engine=commands.RolloutEngineConfig(
-                kind=args.engine, model=args.model, device=args.device, dtype=args.dtype
+                kind=args.engine,
+                model=args.model,
+                device=args.device,
+                dtype=args.dtype,
+                sglang_surface=args.sglang_surface,
             ),
             verifier=args.verifier,
         )
@@ -543,9 +671,14 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = build_parser().parse_known_args(argv)
     if unknown:  # (argparse would report them as the top command's)
         args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    # Servers (and -v) log with times and sources; other commands' warnings are lines of
+    # the command's own, as its other messages are.
+    plain = not args.verbose and not args.prog.startswith("rlfleet serve")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"{args.prog}: %(levelname)s: %(message)s"
+        if plain
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     run: Run = args.run
     try:

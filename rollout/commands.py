@@ -45,6 +45,9 @@ class RolloutEngineConfig:
     """torch engine: ``cpu`` or ``cuda`` (the first visible GPU; CUDA_VISIBLE_DEVICES picks)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Weights and compute type."""
+    sglang_surface: Literal["grpc", "http"] = "grpc"
+    """sglang engine: SGLang's gRPC scheduler API, or its HTTP server (the pinned SGLang takes
+    weight updates over HTTP only: docs/sglang.md)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,7 +86,11 @@ async def start_engine(config: RolloutEngineConfig) -> Engine:
         from rlfleet.rollout.sglang_engine import SglangEngine, SglangEngineConfig
 
         return await SglangEngine.start(
-            SglangEngineConfig(model_dir=config.model, extra_args=("--dtype", config.dtype))
+            SglangEngineConfig(
+                model_dir=config.model,
+                surface=config.sglang_surface,
+                extra_args=("--dtype", config.dtype),
+            )
         )
     except ModuleNotFoundError as e:
         raise CommandError(

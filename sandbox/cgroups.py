@@ -275,12 +275,22 @@ def remove_base(h: Hierarchy, tag: str, timeout_s: float = 5.0) -> bool:
             continue
         deadline = time.monotonic() + timeout_s
         while True:
-            _kill_tree(base)
-            dirs = sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
             try:
+                _kill_tree(base)
+                dirs = sorted(
+                    (p for p in base.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)
+                )
                 for d in [*dirs, base]:
                     d.rmdir()
                 break
+            except FileNotFoundError:
+                # Another server sweeping the same stale cgroups got there first (two
+                # servers starting at once on a host): done once the base is gone.
+                if not base.exists():
+                    break
+                if time.monotonic() > deadline:
+                    ok = False
+                    break
             except OSError as e:
                 if e.errno not in (errno.EBUSY, errno.ENOTEMPTY) or time.monotonic() > deadline:
                     ok = False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,29 @@ def test_cli_names_a_bad_cgroup_parent(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "cgroup" in proc.stderr and ("nope" in proc.stderr or "v2" in proc.stderr)
+
+
+def test_servers_sweeping_the_same_stale_cgroups_at_once_do_not_fail(tmp_path: Path) -> None:
+    """Two sandbox servers starting together both remove a dead server's leftovers: each
+    may find the other has removed part of the tree under it."""
+    roots = {"memory": tmp_path / "memory", "pids": tmp_path / "pids"}
+    h = cgroups.Hierarchy(version=1, roots=roots)
+    for round_ in range(20):
+        for root in roots.values():
+            for tag in (f"{2**22 + round_}-0", f"{2**22 + round_}-1"):  # (no such pids)
+                for run in range(5):
+                    (root / "rlfleet" / tag / "worker" / f"run{run}").mkdir(parents=True)
+        errors: list[BaseException] = []
+
+        def sweep(errors: list[BaseException] = errors) -> None:
+            try:
+                cgroups.remove_stale_bases(h)
+            except BaseException as e:  # (collected for the assertion)
+                errors.append(e)
+
+        threads = [threading.Thread(target=sweep) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and cgroups.leftover_bases(h) == []

@@ -159,6 +159,11 @@ FAILURES = {
         "no Docker engine answers",
         env=NO_DOCKER,
     ),
+    # rlfleet bench train
+    "bench train bad steps": Failure("bench train --steps 0", "rlfleet bench train:", 2, "--steps"),
+    "bench train bad override": Failure(
+        "bench train rollout.n=0", "rlfleet bench train:", 2, "n: must be >= 1"
+    ),
     # rlfleet bench rollout
     "bench rollout bad batches": Failure(
         "bench rollout --batches 0,x", "rlfleet bench rollout:", 2, "--batches"
@@ -271,6 +276,70 @@ FAILURES = {
     ),
     "train resume with seed": Failure(
         "train --resume {tmp} --seed 1", "rlfleet train:", 2, "only --steps may go with it"
+    ),
+    # rlfleet sample (none of these samples anything)
+    "sample without out": Failure(
+        "sample --model {model}", "rlfleet sample:", 2, "required: --out"
+    ),
+    "sample without model": Failure(
+        "sample --out {tmp}/o.jsonl", "rlfleet sample:", 2, "give --model DIR"
+    ),
+    "sample model and rollout": Failure(
+        "sample --model {model} --rollout 127.0.0.1:1 --out {tmp}/o.jsonl",
+        "rlfleet sample:",
+        2,
+        "give one of the two",
+    ),
+    "sample not a model": Failure(
+        "sample --model {tmp} --out {tmp}/o.jsonl", "rlfleet sample:", 2, "no config.json there"
+    ),
+    "sample bad n": Failure(
+        "sample --model {model} --n 0 --out {tmp}/o.jsonl", "rlfleet sample:", 2, "--n: must be"
+    ),
+    "sample bad cap": Failure(
+        "sample --model {model} --max-per-prompt 0 --out {tmp}/o.jsonl",
+        "rlfleet sample:",
+        2,
+        "--max-per-prompt: must be >= 1",
+    ),
+    "sample bad template": Failure(
+        "sample --model {model} --template zz --out {tmp}/o.jsonl",
+        "rlfleet sample:",
+        2,
+        "template: unknown 'zz'",
+    ),
+    "sample missing data": Failure(
+        "sample --rollout 127.0.0.1:{closed} --data {tmp}/nope.jsonl --out {tmp}/o.jsonl",
+        "rlfleet sample:",
+        2,
+        "nope.jsonl: no such file",
+    ),
+    "sample bad data": Failure(
+        "sample --rollout 127.0.0.1:{closed} --data {cases} --out {tmp}/o.jsonl",
+        "rlfleet sample:",
+        2,
+        "no known format has these keys",
+    ),
+    "sample format without data": Failure(
+        "sample --rollout 127.0.0.1:{closed} --format gsm8k --out {tmp}/o.jsonl",
+        "rlfleet sample:",
+        2,
+        "--format: goes with --data",
+    ),
+    "sample bad rollout list": Failure(
+        "sample --rollout a,b --out {tmp}/o.jsonl", "rlfleet sample:", 2, "--rollout: target"
+    ),
+    "sample out holds data": Failure(
+        "sample --rollout 127.0.0.1:{closed} --verifier 127.0.0.1:{closed} --out {cases}",
+        "rlfleet sample:",
+        2,
+        "already holds data; choose a new file, or give --force",
+    ),
+    "sample no rollout server": Failure(
+        "sample --rollout 127.0.0.1:{closed} --verifier 127.0.0.1:{closed} --out {tmp}/o.jsonl",
+        "rlfleet sample:",
+        1,
+        "no rollout server answers at 127.0.0.1:",
     ),
     # rlfleet push-weights
     "push-weights without version": Failure(
@@ -463,6 +532,7 @@ def test_help_exits_zero() -> None:
         ["serve", "rollout"],
         ["generate"],
         ["push-weights"],
+        ["sample"],
     ):
         run = rlfleet([*args, "--help"])
         assert run.code == 0 and run.stdout.startswith("usage: rlfleet"), args

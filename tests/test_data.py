@@ -368,3 +368,19 @@ async def test_shipped_code_examples_pass_with_their_solutions(require_root: Non
                 assert result.verdict is Verdict.AC, (name, task.id, result.message)
     finally:
         await engine.close()
+
+
+def test_several_files_load_in_order_and_an_id_in_two_is_an_error(tmp_path: Path) -> None:
+    math = tmp_path / "m.jsonl"
+    math.write_text('{"id": "a", "question": "1+1?", "answer": "#### 2"}\n')
+    code = tmp_path / "c.jsonl"
+    code.write_text(
+        '{"problem_id": "b", "question": "echo", '
+        '"input_output": "{\\"inputs\\": [\\"1\\\\n\\"], \\"outputs\\": [\\"1\\\\n\\"]}"}\n'
+    )
+    tasks = load_tasks((math, code))
+    assert [(t.id, t.task_type) for t in tasks] == [("a", "math"), ("b", "code")]
+    again = tmp_path / "again.jsonl"
+    again.write_text('{"id": "a", "question": "2+2?", "answer": "#### 4"}\n')
+    with pytest.raises(DataError, match=r"again.jsonl: id 'a' already used in .*m.jsonl"):
+        load_tasks([math, again])

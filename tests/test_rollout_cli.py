@@ -226,3 +226,27 @@ def test_prompt_lines_become_prompts_with_their_spec() -> None:
         1.0,
         "",
     )
+
+
+async def test_serve_rollout_starts_sglang_on_the_surface_asked_for(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from rlfleet.cli import build_parser
+    from rlfleet.rollout import sglang_engine
+
+    started: list[sglang_engine.SglangEngineConfig] = []
+
+    async def start(config: sglang_engine.SglangEngineConfig) -> Any:
+        started.append(config)
+        return FakeEngine()
+
+    monkeypatch.setattr(sglang_engine.SglangEngine, "start", start)
+    for argv, surface in (([], "grpc"), (["--sglang-surface", "http"], "http")):
+        args = build_parser().parse_args(
+            ["serve", "rollout", "--engine", "sglang", "--model", str(tmp_path), *argv]
+        )
+        engine = commands.RolloutEngineConfig(
+            kind="sglang", model=args.model, sglang_surface=args.sglang_surface
+        )
+        await commands.start_engine(engine)
+        assert started[-1].surface == surface

@@ -2,7 +2,7 @@
 # Build the rollout service image from this checkout: rlfleet/rollout:<version> (or $1).
 # Every wheel (rlfleet[rollout], torch and their dependencies) is made here, with this
 # machine's own pip configuration, so the image build needs no package index.
-# Environment (all optional):
+# Environment (all optional; deploy/dev/torch-image.sh, which builds it, says more):
 #   TORCH          the torch release (default 2.13.0, the one CI installs)
 #   TORCH_VARIANT  cpu (default) or cuda. cpu insists on a +cpu wheel: where the host's pip
 #                  does not already provide one, set TORCH_INDEX=https://download.pytorch.org/whl/cpu
@@ -10,41 +10,4 @@
 #   BASE           the Debian bookworm base (default: the locally debootstrapped one when
 #                  present, deploy/host/setup.sh makes it; else debian:bookworm-slim)
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PYTHON:-.venv/bin/python}
-[ -x "$PY" ] || PY=python3
-version=$("$PY" -c 'import importlib.metadata as m; print(m.version("rlfleet"))' 2>/dev/null || echo dev)
-variant=${TORCH_VARIANT:-cpu}
-case "$variant" in
-  cpu) suffix="" ;;
-  cuda) suffix="-cuda" ;;
-  *) echo "rollout image: TORCH_VARIANT must be cpu or cuda, not $variant" >&2; exit 2 ;;
-esac
-tag=${1:-rlfleet/rollout:$version$suffix}
-if [ -z "${BASE:-}" ]; then
-  if docker image inspect rlfleet/bookworm-base:local >/dev/null 2>&1; then
-    BASE=rlfleet/bookworm-base:local
-  else
-    BASE=debian:bookworm-slim
-  fi
-fi
-ctx=$(mktemp -d /var/tmp/rlfleet-rollout-image.XXXXXX)
-trap 'rm -rf "$ctx"' EXIT
-index=()
-[ -n "${TORCH_INDEX:-}" ] && index=(--extra-index-url "$TORCH_INDEX")
-echo "rollout image: wheels for $(git rev-parse --short HEAD 2>/dev/null || echo this tree)" \
-  "with torch==${TORCH:-2.13.0} ($variant)" >&2
-EXTRAS=rollout PYTHON=$PY deploy/dev/wheel.sh "$ctx/wheels" "${index[@]}" "torch==${TORCH:-2.13.0}" \
-  >"$ctx/wheel.log" 2>&1 || { tail -n 20 "$ctx/wheel.log" >&2; exit 1; }
-torch_wheel=$(cd "$ctx/wheels" && ls torch-*.whl)
-case "$variant:$torch_wheel" in
-  cpu:*+cpu-*) ;;
-  cpu:*) echo "rollout image: got $torch_wheel, not a CPU build;" \
-    "set TORCH_INDEX=https://download.pytorch.org/whl/cpu" >&2; exit 1 ;;
-  cuda:*+cpu-*) echo "rollout image: got the CPU build $torch_wheel for the cuda variant;" \
-    "set TORCH_INDEX (e.g. https://download.pytorch.org/whl/cu128)" >&2; exit 1 ;;
-esac
-cp deploy/rollout/Dockerfile "$ctx/"
-echo "rollout image: building $tag FROM $BASE ($torch_wheel)" >&2
-docker build -q --build-arg "BASE=$BASE" -t "$tag" "$ctx" >/dev/null
-echo "$tag"
+exec "$(dirname "$0")/../dev/torch-image.sh" rollout "$@"

@@ -1,0 +1,261 @@
+"""`rlfleet train` on several servers: the rollout pool's re-send and rejoin rules with fake
+servers, and a run on two rollout and two sandbox servers (real processes on loopback) that
+loses one of each mid-run and goes on with no prompt lost or trained on twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from rlfleet.learner.fleet import Child, start_child, stop_child, wait_listening
+from rlfleet.learner.pool import NoRolloutServer, PoolConfig, RolloutPool, endpoints
+from rlfleet.learner.schedule import batch_indices
+from rlfleet.learner.tasks import BuiltinConfig, builtin_tasks
+from rlfleet.rollout.records import (
+    Completion,
+    FinishReason,
+    GenerateRequest,
+    Prompt,
+    SamplingParams,
+    VersionSpan,
+    WeightUpdateResult,
+)
+
+RLFLEET = [sys.executable, "-m", "rlfleet.cli"]
+
+
+# -- the pool, with fake servers -------------------------------------------------------------
+
+
+def completion(prompt: str, sample: int, server: str, reason: FinishReason) -> Completion:
+    return Completion(
+        prompt_id=prompt,
+        sample=sample,
+        prompt_token_ids=(1,),
+        token_ids=(2,),
+        logprobs=(-0.5,),
+        finish_reason=reason,
+        versions=(VersionSpan(version=0, start=0, end=1),),
+        text=server,
+        seed=sample,
+    )
+
+
+class FakeClient:
+    """Answers Generate with ``good`` samples, then fails as told."""
+
+    def __init__(self, name: str, good: int | None, fail: str = "unavailable") -> None:
+        self.name, self.good, self.fail = name, good, fail
+        self.calls = 0
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[Completion]:
+        self.calls += 1
+        (prompt,) = request.prompts
+        count = prompt.n if self.good is None else self.good
+        for i in range(count):
+            yield completion(prompt.id, i, self.name, FinishReason.STOP)
+        if self.good is None:
+            return
+        if self.fail == "abort":
+            yield completion(prompt.id, count, self.name, FinishReason.ABORT)
+            return
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "gone"
+        )
+
+    async def close(self) -> None:
+        pass
+
+
+def pool_of(clients: dict[str, FakeClient], version: int = 3) -> RolloutPool:
+    pool = RolloutPool(",".join(clients), PoolConfig(max_resends=2))
+    for address, client in clients.items():
+        pool.servers[address].client = client  # type: ignore[assignment]
+        pool.servers[address].version = version
+    return pool
+
+
+def request(n: int = 4) -> GenerateRequest:
+    return GenerateRequest(
+        prompts=(Prompt(id="p", text="x", n=n),),
+        sampling=SamplingParams(max_new_tokens=1, seed=7),
+    )
+
+
+@pytest.mark.parametrize("fail", ["unavailable", "abort"])
+async def test_a_group_cut_off_is_re_sent_whole_to_another_server(fail: str) -> None:
+    bad = FakeClient("bad", good=2, fail=fail)
+    good = FakeClient("good", good=None)
+    pool = pool_of({"10.0.0.1:1": bad, "10.0.0.2:1": good})
+    got = [await pool.generate(request(), version=3) for _ in range(3)]
+    # The failing server was tried once, its two samples dropped, and never asked again.
+    assert bad.calls == 1 and pool.servers["10.0.0.1:1"].version is None
+    for group in got:
+        assert [c.sample for c in group.completions] == [0, 1, 2, 3]
+        assert {c.text for c in group.completions} == {"good"}
+    assert sorted(g.resent for g in got) == [0, 0, 1]
+
+
+async def test_only_servers_on_a_recent_enough_version_get_prompts() -> None:
+    old, new = FakeClient("old", good=None), FakeClient("new", good=None)
+    pool = pool_of({"10.0.0.1:1": old, "10.0.0.2:1": new})
+    pool.servers["10.0.0.1:1"].version = 2
+    for _ in range(4):
+        assert (await pool.generate(request(), version=3)).server == "10.0.0.2:1"
+    assert old.calls == 0
+    pool.servers["10.0.0.2:1"].version = None
+    with pytest.raises(NoRolloutServer, match="no rollout server serves version 3"):
+        await pool.generate(request(), version=3)
+
+
+async def test_prompts_are_spread_over_the_servers() -> None:
+    a, b = FakeClient("a", good=None), FakeClient("b", good=None)
+    pool = pool_of({"10.0.0.1:1": a, "10.0.0.2:1": b})
+    await asyncio.gather(*(pool.generate(request(), version=3) for _ in range(10)))
+    assert a.calls + b.calls == 10 and min(a.calls, b.calls) >= 4
+
+
+async def test_too_many_failures_stop_the_group() -> None:
+    clients = {f"10.0.0.{i}:1": FakeClient(str(i), good=1) for i in range(1, 5)}
+    pool = pool_of(clients)
+    with pytest.raises(NoRolloutServer, match="failed on 3 servers"):
+        await pool.generate(request(), version=3)
+
+
+async def test_a_push_revives_a_server_and_drops_one_that_fails() -> None:
+    a, b = FakeClient("a", good=None), FakeClient("b", good=None)
+    pool = pool_of({"10.0.0.1:1": a, "10.0.0.2:1": b})
+    pool.servers["10.0.0.1:1"].version = None  # (failed earlier)
+
+    async def push(clients: Sequence[Any]) -> list[Any]:
+        assert clients == [a, b]  # the dead one is pushed to as well
+        return [WeightUpdateResult(version=4, bytes=10, receive_s=0, apply_s=0), OSError("down")]
+
+    report = await pool.push(4, push)
+    assert report.served == ["10.0.0.1:1"] and "OSError: down" in report.failed["10.0.0.2:1"]
+    assert pool.servers["10.0.0.1:1"].version == 4 and pool.servers["10.0.0.2:1"].version is None
+
+    async def nobody(clients: Sequence[Any]) -> list[Any]:
+        return [OSError("down")] * len(clients)
+
+    with pytest.raises(NoRolloutServer, match="no rollout server took weights version 5"):
+        await pool.push(5, nobody)
+
+
+def test_endpoints_of_lists_and_names() -> None:
+    assert endpoints("10.0.0.1:5, 10.0.0.2:6") == ["10.0.0.1:5", "10.0.0.2:6"]
+    assert endpoints("localhost:7") == ["localhost:7"]
+    assert endpoints("dns:///localhost:7")[0] in ("127.0.0.1:7", "[::1]:7")
+    with pytest.raises(ValueError, match="dns:///name:port"):
+        endpoints("dns:///localhost")
+
+
+# -- two of each, one of each killed ---------------------------------------------------------
+
+
+def _kill_group(child: Child) -> None:
+    os.killpg(child.pgid, signal.SIGKILL)
+    child.proc.wait()
+
+
+@pytest.mark.timeout(600)
+async def test_a_run_survives_losing_a_rollout_and_a_sandbox_server(
+    tmp_path: Path, require_root: None
+) -> None:
+    model = tmp_path / "model"
+    subprocess.run(
+        [*RLFLEET, "model", "init", "--preset", "tiny", "--seed", "0", str(model)], check=True
+    )
+    fleet_dir = tmp_path / "fleet"
+    children = [
+        start_child(
+            f"rollout{i}",
+            ["serve", "rollout", "--engine", "torch", "--model", str(model)],
+            fleet_dir / f"rollout{i}.log",
+            fleet_dir,
+        )
+        for i in range(2)
+    ] + [
+        start_child(
+            f"sandbox{i}",
+            ["serve", "sandbox", "--workers", "1"],
+            fleet_dir / f"sandbox{i}.log",
+            fleet_dir,
+        )
+        for i in range(2)
+    ]
+    run_dir = tmp_path / "run"
+    steps, per, n = 8, 4, 4
+    try:
+        for child in children:
+            await wait_listening(child, 120)
+        rollout = ",".join(c.target for c in children[:2])
+        verifier = ",".join(c.target for c in children[2:])
+        proc = subprocess.Popen(
+            [
+                *RLFLEET, "train", "--run-dir", str(run_dir), "--steps", str(steps),
+                "--seed", "4", "--rollout", rollout, "--verifier", verifier,
+                f"model={json.dumps(str(model))}", f"rollout.prompts_per_step={per}",
+                f"rollout.n={n}", "rollout.max_staleness=1", "log_every=1",
+                # (long enough that the next batch is still generating at the kill)
+                "rollout.max_new_tokens=48",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        metrics = run_dir / "metrics.jsonl"
+        deadline = time.monotonic() + 300
+        while not metrics.is_file() or len(metrics.read_text().splitlines()) < 3:
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "3 steps not done in 300 s"
+            await asyncio.sleep(0.05)
+        _kill_group(children[0])
+        _kill_group(children[2])
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    finally:
+        for child in children:
+            stop_child(child)
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(steps))
+    tasks = builtin_tasks(BuiltinConfig(seed=4))
+    for r in records:
+        want = [tasks[i].id for i in batch_indices(len(tasks), 4, r["step"] * per, per)]
+        assert r["prompt_ids"] == want
+        # Every prompt's group whole, once: a duplicate would make more, a loss fewer.
+        assert r["samples"] == per * n and r["scored"] == per * n, r
+        assert r["staleness"] <= 1
+    # The run went on with one rollout server once the other was gone.
+    assert records[0]["servers"] == 2 and records[-1]["servers"] == 1
+    # The groups the killed server was generating were generated again elsewhere.
+    assert sum(r["resent"] for r in records) >= 1
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert all(line.startswith("rlfleet train: ") for line in lines), err
+    assert "did not take version" in err and "re-sent" in err
+
+
+def test_bench_train_prints_both_modes(require_root: None) -> None:
+    r = subprocess.run(
+        [*RLFLEET, "bench", "train", "--steps", "2", "--warmup", "1", "rollout.prompts_per_step=2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].strip().startswith("synchronous:") and "over 2 steps" in lines[0]
+    assert lines[1].strip().startswith("max_staleness=1:") and "staleness <= 1" in lines[1]
+    assert lines[2].startswith("speed-up of max_staleness=1: ")
