@@ -5,6 +5,7 @@ refused with the old weights still serving."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import shutil
 import socket
@@ -683,9 +684,10 @@ async def test_a_client_that_dies_mid_transfer_changes_nothing(tmp_path: Path) -
             h.call.cancel()
             await until(lambda: not any((tmp_path / "spool").iterdir()), "the spool to go")
             assert engine.updates == [] and engine.version == 0
-            # The server closed its end.
+            # The server closed its end (an end of file, or a reset when bytes were unread).
             conn.settimeout(10)
-            assert conn.recv(1) == b""
+            with contextlib.suppress(ConnectionResetError):
+                assert conn.recv(1) == b""
         finally:
             conn.close()
         async with RolloutClient(s.target) as client:  # and takes the next push
