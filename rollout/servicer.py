@@ -467,7 +467,8 @@ class RolloutService(pb_grpc.RolloutServicer):
                     if (error := task.exception()) is not None:
                         raise error
                 if control in done and control.result() is None:
-                    break  # the call ended without its checksum: nothing can make it whole
+                    # Nothing can make the update whole now, whatever the connection brings.
+                    raise CorruptStream("truncated: the stream ended before its sha256")
             sha256 = control.result()
         finally:
             control.cancel()

@@ -557,7 +557,7 @@ def _over_connection(payload: bytes, *, close: bool = True) -> Callable[[HandCal
 
 DATA_PLANE_REFUSED: dict[str, tuple[list[Callable[[HandCall], Any]], grpc.StatusCode, str]] = {
     "wrong token": (
-        [lambda h: _over_connection(bytes(32) + _valid_bytes())(h), lambda h: h.send(None)],
+        [lambda h: _over_connection(bytes(32) + _valid_bytes())(h)],
         grpc.StatusCode.DATA_LOSS,
         "data connection: it did not present the update's token",
     ),
@@ -601,7 +601,7 @@ DATA_PLANE_REFUSED: dict[str, tuple[list[Callable[[HandCall], Any]], grpc.Status
     "ends before its data": (
         [lambda h: h.send(None)],
         grpc.StatusCode.DATA_LOSS,
-        "truncated: the stream ended after 0 of",
+        "truncated: the stream ended before its sha256",
     ),
     "data in messages": (
         [lambda h: h.send(pb.WeightChunk(data=_valid_bytes()))],
