@@ -759,3 +759,20 @@ async def test_a_data_plane_push_holds_a_few_buffers_at_a_time(tmp_path: Path) -
             tracemalloc.stop()
     assert result.bytes == 16 << 20
     assert peak < 8 * bucket, f"peak {peak} bytes traced for {bucket}-byte buckets"
+
+
+@pytest.mark.parametrize("case", ["mis-shaped", "wrong dtype", "unknown tensor", "old version"])
+async def test_a_manifest_refused_on_the_data_plane_is_refused_before_any_offer(
+    tmp_path: Path, case: str
+) -> None:
+    make, code, says = REFUSED[case]
+    first = make()[0]
+    first.begin.data_plane = True
+    engine = FakeEngine()
+    async with Running(engine) as s:
+        call = s.stub.UpdateWeights(iter([first]), timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert (err.value.code(), err.value.details()[: len(says)]) == (code, says)
+        assert PORT_KEY not in dict(await call.initial_metadata() or ())
+        assert engine.updates == [] and engine.version == 0
