@@ -1,8 +1,8 @@
 """The weight push's data plane: an update's bytes over a one-shot raw TCP connection beside
 its UpdateWeights call, which stays the control plane (manifest, checksum, final status).
 
-gRPC carries a push's bytes at about a third of what a plain socket does here (framing,
-HTTP/2 flow control, its own copies), and the receiver's hashing and spooling come on top.
+gRPC carries a push's bytes at less than half what a plain socket does (framing, HTTP/2
+flow control, its own copies and buffers), and the hashing and spooling come on top.
 So a sender that asks (``WeightUpdateBegin.data_plane``) is offered, in the call's initial
 metadata, a port and a token; it connects, presents the token, writes the tensors' raw bytes
 in manifest order and closes its side; then it sends the ``sha256`` message on the call,
@@ -50,8 +50,9 @@ class NoDataConnection(ConnectionError):
 
 
 class DataListener:
-    """The server's end of one update's data connection (``open``, offer ``port`` and
-    ``token`` to the sender, ``receive`` in a thread of its own, ``close``)."""
+    """The server's end of one update's data connection: made (bound and listening) before
+    ``port`` and ``token`` are offered to the sender, then ``receive`` in a thread of its
+    own, ``abort`` from any other, ``close``."""
 
     def __init__(self, host: str, timeout_s: float) -> None:
         if timeout_s <= 0:
