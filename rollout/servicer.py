@@ -401,7 +401,7 @@ class RolloutService(pb_grpc.RolloutServicer):
             "weights: version %d applied (%d bytes, %s)",
             manifest.version,
             manifest.nbytes,
-            "data connection" if first.begin.data_plane and self.data_host else "messages",
+            "messages" if listener is None else "data connection",
         )
         return WeightUpdateResult(
             version=manifest.version,
