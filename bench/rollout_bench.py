@@ -148,9 +148,11 @@ async def run_rollout_bench(
     push_mb: int = 256,
     bucket_mb: int = 8,
     threads: int | None = 1,
+    engine: bool = True,
 ) -> int:
-    """Print the engine figures (a tiny model made here when ``model_dir`` is None), then
-    the weight-push figures (``push_mb`` MB in ``bucket_mb`` MB buckets; 0: skip)."""
+    """Print the engine figures (a tiny model made here when ``model_dir`` is None; False
+    ``engine``: skip), then the weight-push figures (``push_mb`` MB in ``bucket_mb`` MB
+    buckets; 0: skip)."""
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device here")
     from transformers.utils import logging as hf_logging
@@ -158,6 +160,28 @@ async def run_rollout_bench(
     hf_logging.disable_progress_bar()  # the figures are the output, not loading bars
     if model_dir is not None and not (model_dir / "config.json").is_file():
         raise UsageError(f"{model_dir}: not a model directory (no config.json)")
+    if engine:
+        await _engine_half(model_dir, batches, new_tokens, device, dtype, repeats, threads)
+    if push_mb:
+        from rlfleet.bench.weight_push_bench import bench_weight_push
+
+        push = await bench_weight_push(size_mb=push_mb, bucket_mb=bucket_mb, repeats=repeats)
+        for line in push.lines():
+            print(line)
+        sys.stdout.flush()
+    return 0
+
+
+async def _engine_half(
+    model_dir: Path | None,
+    batches: Sequence[int],
+    new_tokens: int,
+    device: Literal["cpu", "cuda"],
+    dtype: Literal["float32", "bfloat16", "float16"],
+    repeats: int,
+    threads: int | None,
+) -> None:
+    """Print the engine's tokens/s against HF ``generate``'s."""
     with tempfile.TemporaryDirectory(prefix="rlfleet-bench-") as tmp:
         if model_dir is None:
             model_dir = Path(tmp) / "tiny"
@@ -185,14 +209,6 @@ async def run_rollout_bench(
             f"HF generate {f.hf_tps:>9.0f} tok/s   ratio {f.ratio:.2f}x"
         )
     sys.stdout.flush()
-    if push_mb:
-        from rlfleet.bench.weight_push_bench import bench_weight_push
-
-        push = await bench_weight_push(size_mb=push_mb, bucket_mb=bucket_mb, repeats=repeats)
-        for line in push.lines():
-            print(line)
-        sys.stdout.flush()
-    return 0
 
 
 def _sync(device: torch.device) -> None:

@@ -3,14 +3,17 @@ baseline.
 
 Weight push (``bench_weight_push``): a model directory's safetensors pushed through
 UpdateWeights to a rollout server in another process (whose engine applies nothing, so the
-figure is the transport: read, hash, send, receive, spool to disk, hash, check), against
-the same bytes over a raw loopback TCP socket between the same two kinds of process (read
-from the same file, received into a fixed buffer and dropped), and against the ceiling gRPC
-itself sets: the same buckets as raw bytes over a bare client-streaming method of the same
-server (no protobuf, no hashing, no disk). Also measured: the receiving server's peak
-resident memory above its resting size during a push (after one unmeasured warm-up push,
-which also pays the server's one-time allocations), to compare with the bucket size and the
-model size.
+figure is the transport: read, hash, send, receive, spool to disk, hash, check), the bytes
+over the data plane (a one-shot TCP connection beside the call, ``rollout/data_plane.py``)
+and, separately, in the call's gRPC messages; against the same bytes over a raw loopback
+TCP socket between the same two kinds of process (read from the same file, received into a
+fixed buffer and dropped), and against the ceiling gRPC itself sets for messages: the same
+buckets as raw bytes over a bare client-streaming method of the same server (no protobuf,
+no hashing, no disk). Each is run ``repeats`` times, interleaved; the best and the worst
+are reported (the machine may be shared). Also measured: the receiving server's peak
+resident memory above its resting size during a push of each kind (after one unmeasured
+warm-up push of each, which also pays the server's one-time allocations), to compare with
+the bucket size and the model size.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import grpc
 import rlfleet
 from rlfleet.rollout.client import ClientConfig, RolloutClient, channel_options
 from rlfleet.rollout.records import DType, TensorSpec
+from rlfleet.rollout.servicer import ServiceConfig
 from rlfleet.rollout.weights import safetensors_header
 
 SINK_SERVER = """
@@ -95,35 +99,55 @@ with socket.create_server(("127.0.0.1", 0)) as server:
 class WeightPushFigures:
     bytes: int
     bucket_bytes: int
-    push_s: float
-    """Best UpdateWeights push, client call to applied."""
-    tcp_s: float
-    """Best raw loopback TCP transfer of the same bytes."""
-    grpc_s: float
-    """Best transfer of the same buckets over a bare gRPC client stream (the ceiling)."""
+    receive_buffer_bytes: int
+    """The server's data-plane receive buffer (``ServiceConfig.data_buffer_bytes``)."""
+    push_s: tuple[float, ...]
+    """UpdateWeights pushes over the data plane, client call to applied, one per run."""
+    messages_s: tuple[float, ...]
+    """UpdateWeights pushes with the bytes in gRPC messages."""
+    tcp_s: tuple[float, ...]
+    """Raw loopback TCP transfers of the same bytes."""
+    grpc_s: tuple[float, ...]
+    """Transfers of the same buckets over a bare gRPC client stream (the messages' ceiling)."""
     receiver_peak_extra_bytes: int
-    """The server's peak resident memory during a push, above its size before it."""
+    """The server's peak resident memory during a data-plane push, above its size before."""
+    messages_peak_extra_bytes: int
+    """The same, during a push in messages."""
 
     @property
     def ratio(self) -> float:
-        """UpdateWeights against raw TCP."""
-        return self.tcp_s / self.push_s
+        """The data plane against raw TCP, best against best."""
+        return min(self.tcp_s) / min(self.push_s)
 
     @property
-    def grpc_ratio(self) -> float:
-        """UpdateWeights against bare gRPC."""
-        return self.grpc_s / self.push_s
+    def messages_ratio(self) -> float:
+        """Pushes in messages against raw TCP, best against best."""
+        return min(self.tcp_s) / min(self.messages_s)
 
     def lines(self) -> list[str]:
         mb = self.bytes / 1e6
+        tcp = min(self.tcp_s)
+
+        def row(name: str, runs: tuple[float, ...], note: str) -> str:
+            best, worst = mb / min(runs), mb / max(runs)
+            return f"  {name:<26}{best:>6.0f} MB/s (worst {worst:>5.0f}){note}"
+
         return [
-            f"weight push: {mb:.0f} MB in {self.bucket_bytes / 2**20:g} MiB buckets: "
-            f"UpdateWeights {mb / self.push_s:.0f} MB/s, raw TCP {mb / self.tcp_s:.0f} MB/s "
-            f"({self.ratio:.2f}x of raw), bare gRPC {mb / self.grpc_s:.0f} MB/s "
-            f"({self.grpc_ratio:.2f}x of bare gRPC; bare gRPC is {self.tcp_s / self.grpc_s:.2f}x "
-            "of raw)",
-            f"receiver peak memory above rest: {self.receiver_peak_extra_bytes / 2**20:.1f} MiB "
-            f"(bucket {self.bucket_bytes / 2**20:.0f} MiB, model {self.bytes / 2**20:.0f} MiB)",
+            f"weight push: {mb:.0f} MB in {self.bucket_bytes / 2**20:g} MiB buckets, "
+            f"{len(self.tcp_s)} runs each, interleaved; best (and worst) of them:",
+            row("raw loopback TCP", self.tcp_s, ""),
+            row("UpdateWeights, data plane", self.push_s, f"  {self.ratio:.2f}x of raw TCP"),
+            row(
+                "UpdateWeights, messages",
+                self.messages_s,
+                f"  {self.messages_ratio:.2f}x of raw TCP",
+            ),
+            row("bare gRPC stream", self.grpc_s, f"  {tcp / min(self.grpc_s):.2f}x of raw TCP"),
+            f"receiver peak memory above rest: data plane "
+            f"{self.receiver_peak_extra_bytes / 2**20:.1f} MiB (receive buffer "
+            f"{self.receive_buffer_bytes / 2**20:g} MiB), messages "
+            f"{self.messages_peak_extra_bytes / 2**20:.1f} MiB "
+            f"(bucket {self.bucket_bytes / 2**20:g} MiB, model {self.bytes / 2**20:.0f} MiB)",
         ]
 
 
@@ -208,11 +232,24 @@ async def _grpc_send(channel: grpc.aio.Channel, path: Path, data_offset: int, bu
     return time.perf_counter() - t0
 
 
+async def _push(
+    client: RolloutClient, pid: int, model: Path, version: int, bucket: int, total: int
+) -> tuple[float, int]:
+    """One push: its seconds, and the server's peak memory above its size before it."""
+    rest = _proc_status(pid, "VmRSS")
+    _reset_peak(pid)
+    t0 = time.perf_counter()
+    result = await client.push_weights(model, version, bucket)
+    seconds = time.perf_counter() - t0
+    assert result.bytes == total
+    return seconds, _proc_status(pid, "VmHWM") - rest
+
+
 async def bench_weight_push(
     size_mb: int = 256, bucket_mb: int = 8, repeats: int = 3, work_dir: Path | None = None
 ) -> WeightPushFigures:
-    """Push ``size_mb`` MB through UpdateWeights, bare gRPC and raw TCP, ``repeats`` times
-    each, alternating; the best of each."""
+    """Push ``size_mb`` MB through UpdateWeights (data plane, then messages), bare gRPC and
+    raw TCP, ``repeats`` times each, interleaved."""
     bucket = bucket_mb << 20
     with tempfile.TemporaryDirectory(prefix="rlfleet-bench-", dir=work_dir) as tmp:
         model = Path(tmp) / "model"
@@ -225,25 +262,36 @@ async def bench_weight_push(
         total = (model / "model.safetensors").stat().st_size - data_offset
         server, grpc_port = await _start(SINK_SERVER, str(spool))
         sink, tcp_port = await _start(TCP_SINK, str(bucket))
-        push_s, tcp_s, grpc_s, peak = [], [], [], 0
+        push_s: list[float] = []
+        messages_s: list[float] = []
+        tcp_s: list[float] = []
+        grpc_s: list[float] = []
+        peak, messages_peak = 0, 0
         path = model / "model.safetensors"
-        config = ClientConfig()
+        config = ClientConfig(weight_transport="data-plane")
         try:
             async with (
                 RolloutClient(f"127.0.0.1:{grpc_port}", config) as client,
+                RolloutClient(
+                    f"127.0.0.1:{grpc_port}", ClientConfig(weight_transport="grpc")
+                ) as messages,
                 grpc.aio.insecure_channel(
                     f"127.0.0.1:{grpc_port}", channel_options(config)
                 ) as channel,
             ):
                 await client.push_weights(model, 1, bucket)  # warm-up
-                for version in range(2, repeats + 2):
-                    rest = _proc_status(server.pid, "VmRSS")
-                    _reset_peak(server.pid)
-                    t0 = time.perf_counter()
-                    result = await client.push_weights(model, version, bucket)
-                    push_s.append(time.perf_counter() - t0)
-                    assert result.bytes == total
-                    peak = max(peak, _proc_status(server.pid, "VmHWM") - rest)
+                await messages.push_weights(model, 2, bucket)
+                version = 3
+                for _ in range(repeats):
+                    seconds, extra = await _push(client, server.pid, model, version, bucket, total)
+                    push_s.append(seconds)
+                    peak = max(peak, extra)
+                    seconds, extra = await _push(
+                        messages, server.pid, model, version + 1, bucket, total
+                    )
+                    messages_s.append(seconds)
+                    messages_peak = max(messages_peak, extra)
+                    version += 2
                     grpc_s.append(await _grpc_send(channel, path, data_offset, bucket))
                     tcp_s.append(
                         await asyncio.to_thread(_tcp_send, tcp_port, path, data_offset, bucket)
@@ -255,8 +303,11 @@ async def bench_weight_push(
     return WeightPushFigures(
         bytes=total,
         bucket_bytes=bucket,
-        push_s=min(push_s),
-        tcp_s=min(tcp_s),
-        grpc_s=min(grpc_s),
+        receive_buffer_bytes=ServiceConfig().data_buffer_bytes,
+        push_s=tuple(push_s),
+        messages_s=tuple(messages_s),
+        tcp_s=tuple(tcp_s),
+        grpc_s=tuple(grpc_s),
         receiver_peak_extra_bytes=peak,
+        messages_peak_extra_bytes=messages_peak,
     )

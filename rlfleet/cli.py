@@ -207,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     brol.add_argument("--bucket-mb", type=_positive_int, default=8, help="push bucket size")
     brol.add_argument(
+        "--only",
+        choices=("engine", "push"),
+        default=None,
+        help="run one half: engine tokens/s, or the weight push (default: both)",
+    )
+    brol.add_argument(
         "--threads",
         type=_positive_int,
         default=1,
@@ -311,6 +317,13 @@ def _add_rollout_commands(
         type=lambda t: _int(t, 1, 63),
         default=8,
         help="MiB per message (default: 8)",
+    )
+    push.add_argument(
+        "--transport",
+        choices=("auto", "data-plane", "grpc"),
+        default="auto",
+        help="the bytes over the server's data connection when it offers one (auto), only "
+        "there, or only in gRPC messages (default: auto)",
     )
 
 
@@ -572,9 +585,10 @@ def _bench_rollout(args: argparse.Namespace) -> int:
             device=args.device,
             dtype=args.dtype,
             repeats=args.repeats,
-            push_mb=args.push_mb,
+            push_mb=0 if args.only == "engine" else args.push_mb,
             bucket_mb=args.bucket_mb,
             threads=args.threads,
+            engine=args.only != "push",
         )
     )
 
@@ -642,7 +656,11 @@ def _push_weights(args: argparse.Namespace) -> int:
 
     try:
         config = commands.PushWeightsConfig(
-            server=args.server, model=args.model, version=args.version, bucket_mb=args.bucket_mb
+            server=args.server,
+            model=args.model,
+            version=args.version,
+            bucket_mb=args.bucket_mb,
+            transport=args.transport,
         )
     except ValueError as e:
         raise UsageError(str(e)) from e

@@ -10,6 +10,12 @@ UNAVAILABLE before its first completion arrived, a weight push the server never 
 Status. Once the retries are spent, no server answering is ``RolloutUnavailable`` (an
 ``rlfleet.errors.Unavailable``); a request the server refuses is ``RequestRejected``; a
 weight update it refuses is ``WeightsRejected``, with the status code that says why.
+
+Weight pushes send their bytes over the server's data plane (``data_plane.py``: a one-shot
+TCP connection beside the call) when the server offers it, the target names one server and
+the client has no TLS; otherwise, or when ``ClientConfig.weight_transport`` says "grpc", in
+the call's messages. A data connection that cannot be opened makes the push (and the
+client's later ones) go over messages instead, unless the transport was forced.
 """
 
 from __future__ import annotations
@@ -17,16 +23,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 
 from rlfleet.grpc_client import ServerUnavailable
+from rlfleet.rollout import data_plane
 from rlfleet.rollout.convert import (
     completion_from_pb,
     data_chunk_bytes,
@@ -40,6 +48,8 @@ from rlfleet.rollout.weights import WeightSource, open_source
 from rlfleet.sandbox.client import channel_target
 from rlfleet.v1 import rollout_pb2 as pb
 from rlfleet.v1 import rollout_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
 
 ACCEPTED_KEY, ACCEPTED_VALUE = "rlfleet-update", "accepted"
 """The server's initial metadata once it has accepted an update's manifest (as
@@ -58,6 +68,12 @@ class RolloutUnavailable(ServerUnavailable):
 
 class RequestRejected(ValueError):
     """The server refused a Generate request as invalid; the message names the field."""
+
+
+class DataPlaneUnavailable(ConnectionError):
+    """A push forced onto the data plane (``weight_transport="data-plane"``) could not use it:
+    the target may name several servers, the server did not offer it (TLS, or turned off),
+    or its data connection could not be opened or broke. Nothing was applied."""
 
 
 class WeightsRejected(ValueError):
@@ -93,6 +109,22 @@ class ClientConfig:
     """PEM roots to verify the servers with; enables TLS."""
     timeout_s: float | None = None
     """Deadline of a Status call and of a whole weight push (None: none)."""
+    weight_transport: Literal["auto", "data-plane", "grpc"] = "auto"
+    """How pushed bytes travel: "auto" over the server's data plane when it is offered (see
+    the module's docstring), else in the call's messages; "data-plane" only over it
+    (``DataPlaneUnavailable`` otherwise); "grpc" only in messages."""
+    data_timeout_s: float = 30.0
+    """Longest wait to open the data connection, and for each write on it."""
+
+    def __post_init__(self) -> None:
+        if self.weight_transport not in ("auto", "data-plane", "grpc"):
+            raise ValueError(
+                f"weight_transport: {self.weight_transport!r} (one of auto, data-plane, grpc)"
+            )
+        if self.weight_transport == "data-plane" and self.tls_ca is not None:
+            raise ValueError("weight_transport: the data plane has no TLS; use grpc or auto")
+        if self.data_timeout_s <= 0:
+            raise ValueError("data_timeout_s: must be > 0")
 
 
 def weight_stream(
@@ -101,6 +133,11 @@ def weight_stream(
     """An UpdateWeights stream, serialized: the manifest, the tensors' bytes in buckets of
     ``bucket_bytes``, then the sha256 of all of them."""
     yield pb.WeightChunk(begin=manifest_to_pb(source.manifest(version))).SerializeToString()
+    yield from data_messages(source, bucket_bytes)
+
+
+def data_messages(source: WeightSource, bucket_bytes: int) -> Iterator[bytes]:
+    """The part of an UpdateWeights stream after ``begin``, serialized."""
     sha = hashlib.sha256()
     for view in source.buckets(bucket_bytes):
         sha.update(view)
@@ -116,6 +153,28 @@ def iter_weight_chunks(
         yield pb.WeightChunk.FromString(raw)
 
 
+def _offer(metadata: Mapping[str, Any]) -> tuple[int, bytes] | None:
+    """The data connection an UpdateWeights call's initial metadata offers, if any."""
+    port, token = metadata.get(data_plane.PORT_KEY), metadata.get(data_plane.TOKEN_KEY)
+    if not isinstance(port, str) or not isinstance(token, str):
+        return None
+    try:
+        return int(port), bytes.fromhex(token)
+    except ValueError:
+        return None
+
+
+async def _send_messages(
+    call: grpc.aio.StreamUnaryCall, weights: WeightSource, bucket_bytes: int
+) -> None:
+    messages = _prefetched(data_messages(weights, bucket_bytes))
+    try:
+        async for message in messages:
+            await call.write(message)
+    finally:
+        await messages.aclose()
+
+
 async def _prefetched(messages: Iterator[bytes]) -> AsyncGenerator[bytes, None]:
     """Reading and hashing a bucket blocks for milliseconds: done in a thread, one bucket
     ahead, while gRPC sends the one before."""
@@ -127,6 +186,21 @@ async def _prefetched(messages: Iterator[bytes]) -> AsyncGenerator[bytes, None]:
             yield message
     finally:
         ahead.cancel()
+
+
+def one_server_host(target: str) -> str | None:
+    """The host of a target that names one server (``host:port``, ``dns:///host:port``):
+    where that server's data connections are. None for a list of servers. (A name that
+    resolves to several addresses spreads calls over them: push to each by its own name.)"""
+    target = target.strip()
+    if "," in target:
+        return None
+    for scheme in ("dns:///", "ipv4:", "ipv6:"):
+        target = target.removeprefix(scheme)
+    if target.startswith(("dns:", "unix:")) or ":" not in target:
+        return None
+    host = target.rsplit(":", 1)[0].strip("[]")
+    return host or None
 
 
 def channel_options(config: ClientConfig) -> list[tuple[str, Any]]:
@@ -156,6 +230,13 @@ class RolloutClient:
         else:
             self._channel = grpc.aio.insecure_channel(resolved, options)
         self._stub = pb_grpc.RolloutStub(self._channel)
+        # The data plane: never under TLS (it has none), only where the host is known.
+        self._data_host = (
+            one_server_host(target)
+            if config.tls_ca is None and config.weight_transport != "grpc"
+            else None
+        )
+        self._data_plane_works = True
         # UpdateWeights with messages serialized here (``weight_stream``): the buckets are
         # not copied into and out of protobuf messages on the way.
         self._update_weights = self._channel.stream_unary(
@@ -227,40 +308,102 @@ class RolloutClient:
         if bucket_bytes > (self.config.max_message_mb << 20) - 1024:
             raise ValueError(f"bucket_bytes: {bucket_bytes} does not fit in one message")
         weights = source if isinstance(source, WeightSource) else open_source(source)
+        forced = self.config.weight_transport == "data-plane"
+        if forced and self._data_host is None:
+            raise DataPlaneUnavailable(f"{self.target}: names more than one server")
         retry = 0
         while True:
+            use_data_plane = self._data_host is not None and (forced or self._data_plane_works)
             try:
-                reply = await self._push(weight_stream(weights, version, bucket_bytes))
+                reply = await self._push(weights, version, bucket_bytes, use_data_plane)
                 return update_result_from_pb(reply)
             except grpc.aio.AioRpcError as e:
                 if e.code() in REJECTED_UPDATE:
                     raise WeightsRejected(e.code(), e.details() or "refused") from None
                 if not self._unavailable(e, retry):
                     raise
+            except data_plane.NoDataConnection as e:
+                if forced:
+                    raise DataPlaneUnavailable(f"{self.target}: {e}") from e
+                # Nothing was read from the source yet: the same push goes over messages.
+                log.warning("%s: %s; pushing weights in gRPC messages instead", self.target, e)
+                self._data_plane_works = False
+                continue
             await asyncio.sleep(self._delay(retry))
             retry += 1
 
-    async def _push(self, stream: Iterator[bytes]) -> pb.WeightUpdateResult:
+    async def _push(
+        self, weights: WeightSource, version: int, bucket_bytes: int, use_data_plane: bool
+    ) -> pb.WeightUpdateResult:
         """One UpdateWeights call: ``begin``, then (once the server has accepted it, in its
-        initial metadata) the data. A refusal thus ends the call before any data is on the
-        way, and its status comes back as sent (gRPC reports a write that races the
-        server's answer as INTERNAL)."""
+        initial metadata) the data, over the data connection the server offers or in
+        messages. A refusal thus ends the call before any data is on the way, and its status
+        comes back as sent (gRPC reports a write that races the server's answer as
+        INTERNAL)."""
         call = self._update_weights(timeout=self.config.timeout_s)
-        messages = _prefetched(stream)
+        begin = manifest_to_pb(weights.manifest(version))
+        begin.data_plane = use_data_plane
         try:
             try:
-                await call.write(await anext(messages))
-                metadata = await call.initial_metadata()
-                if (ACCEPTED_KEY, ACCEPTED_VALUE) in tuple(metadata or ()):
-                    async for message in messages:
-                        await call.write(message)
+                await call.write(pb.WeightChunk(begin=begin).SerializeToString())
+                metadata = dict(await call.initial_metadata() or ())
+                if metadata.get(ACCEPTED_KEY) == ACCEPTED_VALUE:
+                    offer = _offer(metadata) if use_data_plane else None
+                    if offer is not None:
+                        await self._send_over_connection(call, offer, weights, bucket_bytes)
+                    elif use_data_plane and self.config.weight_transport == "data-plane":
+                        raise DataPlaneUnavailable(f"{self.target}: no data plane offered")
+                    else:
+                        await _send_messages(call, weights, bucket_bytes)
                     await call.done_writing()
             except asyncio.InvalidStateError:
                 pass  # the call has ended (no server, a refusal): its status says why
             return await call
         finally:
-            await messages.aclose()
             call.cancel()  # (nothing, once it has ended)
+
+    async def _send_over_connection(
+        self,
+        call: grpc.aio.StreamUnaryCall,
+        offer: tuple[int, bytes],
+        weights: WeightSource,
+        bucket_bytes: int,
+    ) -> None:
+        """Send the data over the offered connection (in a thread), then its sha256 on the
+        call. A connection that breaks is explained by the call's status when the server
+        has ended it (a refusal: ``InvalidStateError``), else raised: ``NoDataConnection``
+        or ``DataPlaneUnavailable``."""
+        assert self._data_host is not None
+        port, token = offer
+        work = asyncio.ensure_future(
+            asyncio.to_thread(
+                data_plane.send,
+                self._data_host,
+                port,
+                token,
+                weights,
+                bucket_bytes,
+                self.config.data_timeout_s,
+            )
+        )
+        try:
+            sha256 = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            call.cancel()  # the server drops the connection: the thread stops at once
+            await asyncio.wait({work})
+            raise
+        except data_plane.NoDataConnection:
+            raise
+        except OSError as e:
+            # A server that refused the update mid-way closes the connection: its answer
+            # comes on the call a moment later.
+            await asyncio.wait({asyncio.ensure_future(call.code())}, timeout=2.0)
+            if call.done():
+                raise asyncio.InvalidStateError("the call has ended") from e
+            raise DataPlaneUnavailable(
+                f"{self.target}: data connection: {e.strerror or e}; nothing was applied"
+            ) from e
+        await call.write(pb.WeightChunk(sha256=sha256).SerializeToString())
 
     async def status(self) -> EngineStatus:
         retry = 0

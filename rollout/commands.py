@@ -379,6 +379,8 @@ class PushWeightsConfig:
     """Policy version the server serves once they are applied (newer than its current)."""
     bucket_mb: int = 8
     """MiB of tensor data per message (the server holds a few at a time)."""
+    transport: Literal["auto", "data-plane", "grpc"] = "auto"
+    """How the bytes travel (``client.ClientConfig.weight_transport``)."""
 
     def __post_init__(self) -> None:
         if self.version < 1:
@@ -389,7 +391,12 @@ class PushWeightsConfig:
 
 async def push_weights(config: PushWeightsConfig, out: TextIO = sys.stdout) -> int:
     """Push ``config.model``'s weights; prints one JSON line with what was applied."""
-    from rlfleet.rollout.client import RolloutClient, WeightsRejected
+    from rlfleet.rollout.client import (
+        ClientConfig,
+        DataPlaneUnavailable,
+        RolloutClient,
+        WeightsRejected,
+    )
     from rlfleet.rollout.weights import DirectorySource, WeightFileError
 
     try:
@@ -397,7 +404,7 @@ async def push_weights(config: PushWeightsConfig, out: TextIO = sys.stdout) -> i
     except WeightFileError as e:
         raise UsageError(f"--model {e}") from e
     try:
-        client = RolloutClient(config.server)
+        client = RolloutClient(config.server, ClientConfig(weight_transport=config.transport))
     except ValueError as e:
         raise UsageError(f"--server: {e}") from e
     t0 = time.perf_counter()
@@ -410,6 +417,8 @@ async def push_weights(config: PushWeightsConfig, out: TextIO = sys.stdout) -> i
         raise UsageError(f"the server refused the update: {e}") from e
     except Unavailable as e:
         raise CommandError(f"{e}; start one with `rlfleet serve rollout`, or check --server") from e
+    except DataPlaneUnavailable as e:
+        raise CommandError(f"{e}; push with --transport auto or grpc") from e
     except WeightFileError as e:
         raise UsageError(f"--model {e}") from e
     seconds = time.perf_counter() - t0

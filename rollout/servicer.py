@@ -12,6 +12,9 @@ UpdateWeights: the manifest is checked first (``engine.check_manifest``, and the
 must be newer than the one serving), before any byte is taken; the bytes go straight to a
 spool file (``weights.Spool``: a safetensors file, hashed as it is written), and only a
 stream that arrived whole and matches its checksum is handed to ``engine.update_weights``.
+The bytes come in the call's messages, or, when the sender asks for it and the server has
+no TLS, over a one-shot TCP connection offered in the call's initial metadata
+(``data_plane``: the same checks, a faster transport).
 Anything refused leaves the old weights serving. Updates run one at a time. Once every byte
 is in and checked the update is applied even if the client leaves meanwhile (an apply is
 never cut in half); the spool is deleted afterwards in every case.
@@ -34,7 +37,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -55,6 +58,7 @@ from rlfleet.rollout.convert import (
     update_result_to_pb,
     weight_chunk_from_bytes,
 )
+from rlfleet.rollout.data_plane import PORT_KEY, TOKEN_KEY, DataListener
 from rlfleet.rollout.engine import Engine, WeightMismatch, WeightUpdate
 from rlfleet.rollout.metrics import RolloutMetrics
 from rlfleet.rollout.records import (
@@ -92,12 +96,25 @@ class ServiceConfig:
     spool_dir: Path | None = None
     """Where weight updates are spooled while they arrive (None: the system's temp dir);
     needs room for one copy of the pushed tensors."""
+    data_plane: bool = True
+    """Offer pushes that ask for it a one-shot TCP connection for their bytes, on the host
+    the gRPC server listens on (``data_plane.py``); never offered when the server has TLS."""
+    data_timeout_s: float = 30.0
+    """How long the data connection may take to come, and to send its next bytes, before
+    the update is refused."""
+    data_buffer_bytes: int = 4 << 20
+    """Receive buffer of the data connection; ``Spool.depth + 1`` of them are the memory a
+    push over it takes."""
 
     def __post_init__(self) -> None:
         if self.verify_timeout_s <= 0:
             raise ValueError("verify_timeout_s: must be > 0")
         if self.max_samples_per_call < 1:
             raise ValueError("max_samples_per_call: must be >= 1")
+        if self.data_timeout_s <= 0:
+            raise ValueError("data_timeout_s: must be > 0")
+        if self.data_buffer_bytes < 1:
+            raise ValueError("data_buffer_bytes: must be >= 1")
 
 
 async def _uncancelled(work: asyncio.Future[T]) -> T:
@@ -112,6 +129,37 @@ async def _uncancelled(work: asyncio.Future[T]) -> T:
         raise
 
 
+async def _finished(work: asyncio.Future[Any]) -> None:
+    """Wait until ``work`` is done, whatever its outcome (already reported elsewhere);
+    cancelled meanwhile, still wait for it first."""
+    try:
+        await asyncio.wait({work})
+    except asyncio.CancelledError:
+        while not work.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({work})
+        raise
+    finally:
+        if work.done() and not work.cancelled():
+            work.exception()  # (retrieved: its outcome is reported elsewhere)
+
+
+async def _checksum_message(messages: AsyncIterator[bytes]) -> str | None:
+    """The rest of an update whose data comes over its data connection: one message with
+    ``sha256`` (None: the call ended without it); ``BadRequest`` for anything else."""
+    sha256: str | None = None
+    async for raw in messages:
+        msg = weight_chunk_from_bytes(raw)
+        if sha256 is not None:
+            raise BadRequest("sha256", "only in the last message")
+        if isinstance(msg, memoryview) or msg.data:
+            raise BadRequest("data", "comes over the data connection, never in messages")
+        if msg.HasField("begin"):
+            raise BadRequest("begin", "only in the first message")
+        sha256 = msg.sha256 or None
+    return sha256
+
+
 class RolloutService(pb_grpc.RolloutServicer):
     def __init__(
         self,
@@ -119,9 +167,13 @@ class RolloutService(pb_grpc.RolloutServicer):
         verifier: Verifier | None,
         registry: CollectorRegistry,
         config: ServiceConfig = ServiceConfig(),
+        data_host: str | None = None,
     ) -> None:
+        """``data_host``: where to bind data connections (the gRPC server's host); None:
+        no data plane."""
         self.engine = engine
         self.config = config
+        self.data_host = data_host if config.data_plane else None
         self.metrics = RolloutMetrics(registry)
         self.scorer = Scorer(verifier, self.metrics, config.verify_timeout_s)
         self._calls = itertools.count()
@@ -305,14 +357,30 @@ class RolloutService(pb_grpc.RolloutServicer):
                 self.engine.check_manifest(manifest)
             except WeightMismatch as e:
                 raise BadRequest("begin.tensors", str(e)) from None
-            # Tells the client to send the data (``ACCEPTED``): a refusal is the call's status
-            # instead, which a client still writing could only see as an INTERNAL error.
-            await context.send_initial_metadata((ACCEPTED,))
-            spool_dir = Path(tempfile.mkdtemp(prefix="rlfleet-weights-", dir=self.config.spool_dir))
+            listener = self._listen() if first.begin.data_plane else None
+            # Tells the client to send the data (``ACCEPTED``), and where: a refusal is the
+            # call's status instead, which a client still writing could only see as INTERNAL.
+            offer = (
+                ()
+                if listener is None
+                else ((PORT_KEY, str(listener.port)), (TOKEN_KEY, listener.token.hex()))
+            )
+            try:
+                await context.send_initial_metadata((ACCEPTED, *offer))
+                spool_dir = Path(
+                    tempfile.mkdtemp(prefix="rlfleet-weights-", dir=self.config.spool_dir)
+                )
+            except BaseException:
+                if listener is not None:
+                    listener.close()
+                raise
             try:
                 spool = Spool(manifest, spool_dir / "update.safetensors")
                 try:
-                    await self._receive(spool, first, messages)
+                    if listener is None:
+                        await self._receive(spool, first, messages)
+                    else:
+                        await self._receive_connection(spool, listener, messages)
                 except CorruptStream as e:
                     raise DataLoss(str(e)) from None
                 finally:
@@ -329,7 +397,12 @@ class RolloutService(pb_grpc.RolloutServicer):
                 )
         self.metrics.update_seconds.labels("apply").observe(applied - received)
         self.metrics.update_bytes.inc(manifest.nbytes)
-        log.info("weights: version %d applied (%d bytes)", manifest.version, manifest.nbytes)
+        log.info(
+            "weights: version %d applied (%d bytes, %s)",
+            manifest.version,
+            manifest.nbytes,
+            "messages" if listener is None else "data connection",
+        )
         return WeightUpdateResult(
             version=manifest.version,
             bytes=manifest.nbytes,
@@ -366,6 +439,46 @@ class RolloutService(pb_grpc.RolloutServicer):
             await _uncancelled(asyncio.ensure_future(spool.drain(quiet=True)))
         spool.finish(sha256)
 
+    def _listen(self) -> DataListener | None:
+        """A data connection's listener for one update, if the server offers them."""
+        if self.data_host is None:
+            return None
+        try:
+            return DataListener(self.data_host, self.config.data_timeout_s)
+        except OSError as e:
+            log.warning("weights: no data connection (%s); the data comes in messages", e)
+            return None
+
+    async def _receive_connection(
+        self, spool: Spool, listener: DataListener, messages: AsyncIterator[bytes]
+    ) -> None:
+        """The data over ``listener``'s connection (in a thread), the checksum in the call's
+        last message; raises ``CorruptStream`` or ``BadRequest`` as ``_receive`` does. The
+        first of the two to fail ends the other."""
+        data = asyncio.ensure_future(
+            asyncio.to_thread(listener.receive, spool, self.config.data_buffer_bytes)
+        )
+        control = asyncio.ensure_future(_checksum_message(messages))
+        try:
+            pending: set[asyncio.Future[Any]] = {data, control}
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if (error := task.exception()) is not None:
+                        raise error
+                if control in done and control.result() is None:
+                    # Nothing can make the update whole now, whatever the connection brings.
+                    raise CorruptStream("truncated: the stream ended before its sha256")
+            sha256 = control.result()
+        finally:
+            control.cancel()
+            if not data.done():
+                listener.abort()
+            # The spool is closed next: never under the thread still writing to it.
+            await _finished(data)
+            listener.close()
+        spool.finish(sha256)
+
     # -- Status -----------------------------------------------------------------------------
 
     async def Status(
@@ -390,7 +503,9 @@ def build_rollout_server(
     registry: CollectorRegistry,
 ) -> tuple[Server, RolloutService]:
     """A bound, not yet started server with the rollout service on it."""
-    servicer = RolloutService(engine, verifier, registry, service)
+    # (The data plane has no TLS of its own: a server with TLS keeps every byte on gRPC.)
+    data_host = server.host if server.tls_cert is None else None
+    servicer = RolloutService(engine, verifier, registry, service, data_host)
     srv = build_server(server, lambda s: _register(servicer, s), [SERVICE_NAME])
     return srv, servicer
 

@@ -21,8 +21,8 @@ import os
 import struct
 import sys
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from io import FileIO
 from pathlib import Path
@@ -124,9 +124,9 @@ def read_tensor_bytes(tensor: StoredTensor) -> bytes:
 class Spool:
     """Writes an update's bytes to ``path`` (a safetensors file) as they arrive.
 
-    ``put`` each chunk (or ``write`` it, synchronously), then ``finish`` with the sender's
-    checksum; every check that can fail early does (more bytes than announced fail at the
-    chunk that overflows, before it is written).
+    ``put`` each chunk (``put_blocking`` from a thread, or ``write`` it synchronously), then
+    ``finish`` with the sender's checksum; every check that can fail early does (more bytes
+    than announced fail at the chunk that overflows, before it is written).
 
     ``put`` hands the chunk to two threads, one hashing and one writing (hashlib and
     ``os.pwrite`` release the GIL), and returns at once while fewer than ``depth`` chunks are
@@ -150,7 +150,7 @@ class Spool:
         # One worker each: the hash sees the chunks in order; writes carry their offset.
         self._hasher = ThreadPoolExecutor(1, "spool-sha256")
         self._writer = ThreadPoolExecutor(1, "spool-write")
-        self._pending: deque[asyncio.Future[None]] = deque()
+        self._pending: deque[tuple[Future[None], Future[None]]] = deque()
 
     def _write_at(self, data: bytes | memoryview, offset: int) -> None:
         view = memoryview(data)
@@ -174,33 +174,58 @@ class Spool:
         self._write_at(data, offset)
         self._sha.update(data)
 
+    def _submit(self, data: bytes | memoryview) -> None:
+        offset = self._take(len(data))
+        hashed = self._hasher.submit(self._sha.update, data)
+        written = self._writer.submit(self._write_at, data, offset)
+        self._pending.append((hashed, written))
+
+    def _full(self) -> bool:
+        """Whether the oldest chunk must be waited for (``depth`` are in progress, or it is
+        done and only needs collecting)."""
+        pending = self._pending
+        return len(pending) > self.depth or bool(pending and all(f.done() for f in pending[0]))
+
     async def put(self, data: bytes | memoryview) -> None:
         """Append one chunk in the background; waits while ``depth`` chunks are in progress.
         ``data`` must not change until ``drain``. Raises ``CorruptStream`` for a chunk past
         the announced size, and the error of an earlier chunk's write."""
-        offset = self._take(len(data))
-        loop = asyncio.get_running_loop()
-        hashed = loop.run_in_executor(self._hasher, self._sha.update, data)
-        written = loop.run_in_executor(self._writer, self._write_at, data, offset)
-        self._pending.append(asyncio.ensure_future(_both(hashed, written)))
-        while len(self._pending) >= self.depth + 1 or (self._pending and self._pending[0].done()):
+        self._submit(data)
+        while self._full():
             # (Shielded: a cancelled receiver must still be able to wait for it in ``drain``.)
-            await asyncio.shield(self._pending[0])
+            await asyncio.shield(_both(self._pending[0]))
+            self._pending.popleft()
+
+    def put_blocking(self, data: bytes | memoryview) -> None:
+        """``put`` for a caller that is a thread of its own (the data connection's)."""
+        self._submit(data)
+        while self._full():
+            _both_blocking(self._pending[0])
             self._pending.popleft()
 
     async def drain(self, *, quiet: bool = False) -> None:
         """Wait for every chunk ``put`` so far; raise the first one's error unless ``quiet``
         (the clean-up path, which only needs the threads to be done with the file)."""
         while self._pending:
-            first = self._pending[0]
             try:
-                await asyncio.shield(first)
+                await asyncio.shield(_both(self._pending[0]))
             except Exception:
                 if not quiet:
                     raise
             finally:
-                if first.done():
+                if all(f.done() for f in self._pending[0]):
                     self._pending.popleft()
+
+    def drain_blocking(self, *, quiet: bool = False) -> None:
+        """``drain`` for a caller that is a thread of its own."""
+        while self._pending:
+            try:
+                _both_blocking(self._pending[0])
+            except Exception:
+                if not quiet:
+                    raise
+            finally:
+                self._pending.popleft()
 
     def finish(self, sha256: str | None) -> None:
         """Close the file (after ``drain``); raise ``CorruptStream`` unless every byte
@@ -226,11 +251,18 @@ class Spool:
             self._fd = -1
 
 
-async def _both(*work: asyncio.Future[None]) -> None:
-    """Wait for all of ``work`` (never leaving one running), then raise the first error."""
-    for outcome in await asyncio.gather(*work, return_exceptions=True):
+async def _both(work: tuple[Future[None], Future[None]]) -> None:
+    """Wait for both of ``work`` (never leaving one running), then raise the first error."""
+    outcomes = await asyncio.gather(*map(asyncio.wrap_future, work), return_exceptions=True)
+    for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome
+
+
+def _both_blocking(work: tuple[Future[None], Future[None]]) -> None:
+    wait(work)
+    for f in work:
+        f.result()
 
 
 # -- the sender: reading weights bucket by bucket --------------------------------------------
@@ -261,16 +293,19 @@ class WeightSource:
     def close(self) -> None:
         """Let go of what ``read`` keeps open."""
 
-    def buckets(self, bucket_bytes: int) -> Iterator[memoryview]:
+    def buckets(self, bucket_bytes: int, buffers: int = 1) -> Generator[memoryview, None, None]:
         """All tensors' bytes in manifest order, cut into buckets of ``bucket_bytes`` (the
         last one shorter); small tensors share a bucket, large ones span several. Each is a
-        view of one buffer that the next overwrites: use it before asking for the next."""
+        view of one of ``buffers`` buffers, taken in turn: a bucket stays as it is until
+        ``buffers`` more have been asked for (with one, use it before asking for the next)."""
         if bucket_bytes < 1:
             raise ValueError("bucket_bytes: must be >= 1")
+        if buffers < 1:
+            raise ValueError("buffers: must be >= 1")
         total = sum(t.nbytes for t in self.tensors)
-        # One buffer, reused: no fresh allocation (page faults, zeroing) per bucket.
-        buffer = memoryview(bytearray(min(bucket_bytes, total)))
-        size = 0
+        # Buffers reused: no fresh allocation (page faults, zeroing) per bucket.
+        ring = [memoryview(bytearray(min(bucket_bytes, total))) for _ in range(buffers)]
+        buffer, turn, size = ring[0], 0, 0
         try:
             for i, spec in enumerate(self.tensors):
                 done = 0
@@ -281,7 +316,8 @@ class WeightSource:
                     done += take
                     if size == bucket_bytes:
                         yield buffer
-                        size = 0
+                        turn += 1
+                        buffer, size = ring[turn % buffers], 0
             if size:
                 yield buffer[:size]
         finally:

@@ -138,6 +138,26 @@ async def test_push_weights_then_refused_for_an_old_version(tmp_path: Path) -> N
         assert engine.version == 3
 
 
+async def test_push_weights_transports(tmp_path: Path) -> None:
+    model = write_model(tmp_path / "m")
+    engine = FakeEngine()
+    async with Running(engine, data_plane=False) as s:
+        code, out, err = await rlfleet(
+            "push-weights", "--server", s.target, "--model", str(model), "--version", "1",
+            "--transport", "data-plane",
+        )  # fmt: skip
+        assert (code, out) == (1, ""), err
+        assert err.startswith("rlfleet push-weights: ") and "no data plane offered" in err
+        assert "--transport auto or grpc" in err and engine.version == 0
+        for version, transport in ((1, "auto"), (2, "grpc")):
+            code, out, err = await rlfleet(
+                "push-weights", "--server", s.target, "--model", str(model),
+                "--version", str(version), "--transport", transport,
+            )  # fmt: skip
+            assert code == 0, err
+            assert engine.version == version
+
+
 async def test_serve_rollout_runs_the_engine_until_cancelled(tmp_path: Path) -> None:
     engine = FakeEngine()
     announced: asyncio.Queue[str] = asyncio.Queue()

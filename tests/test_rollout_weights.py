@@ -5,22 +5,38 @@ refused with the old weights still serving."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import shutil
+import socket
+import subprocess
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 import torch
+from prometheus_client import CollectorRegistry
 from rollout_fakes import PARAMS, FakeEngine, Running, generate_request, math_prompt, until
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from rlfleet.rollout.client import RolloutClient, WeightsRejected, iter_weight_chunks
+from rlfleet.grpc_server import ServerConfig
+from rlfleet.rollout.client import (
+    ClientConfig,
+    DataPlaneUnavailable,
+    RolloutClient,
+    WeightsRejected,
+    iter_weight_chunks,
+    one_server_host,
+)
 from rlfleet.rollout.convert import manifest_to_pb
+from rlfleet.rollout.data_plane import PORT_KEY, TOKEN_KEY
 from rlfleet.rollout.engine import EngineError
 from rlfleet.rollout.records import DType, TensorSpec, WeightManifest
+from rlfleet.rollout.servicer import ServiceConfig, build_rollout_server
 from rlfleet.rollout.weights import (
     DirectorySource,
     Spool,
@@ -31,6 +47,7 @@ from rlfleet.rollout.weights import (
     read_safetensors_header,
 )
 from rlfleet.v1 import rollout_pb2 as pb
+from rlfleet.v1 import rollout_pb2_grpc as pb_grpc
 
 TORCH_DTYPES = {
     DType.FLOAT32: torch.float32,
@@ -100,6 +117,16 @@ def test_chunks_are_buckets_of_the_tensors_in_file_order(tmp_path: Path, bucket:
     assert b"".join(open_source(tensors).chunks(bucket)) == b"".join(
         raw(tensors[n]) for n in tensors
     )
+
+
+def test_a_bucket_stays_as_read_until_as_many_more_as_buffers_are_read(tmp_path: Path) -> None:
+    source = DirectorySource(write_model(tmp_path / "m", model_tensors()))
+    want = list(source.chunks(7))
+    held: list[memoryview] = []
+    for i, view in enumerate(source.buckets(7, buffers=3)):
+        held = [*held[-2:], view]
+        assert [bytes(v) for v in held] == want[i + 1 - len(held) : i + 1]
+    assert len(want) > 3
 
 
 def test_unusable_sources_are_named(tmp_path: Path) -> None:
@@ -417,3 +444,335 @@ async def test_the_receiver_spools_as_data_arrives_holding_about_one_chunk(tmp_p
             tracemalloc.stop()
     assert reply.bytes == total == sum(t.nbytes for t in big)
     assert peak < 8 * bucket, f"peak {peak} bytes traced for {bucket}-byte buckets"
+
+
+# -- the data plane: the bytes over a one-shot TCP connection ---------------------------------
+
+
+async def test_a_push_over_the_data_plane_then_serve_it(tmp_path: Path) -> None:
+    tensors = model_tensors()
+    engine = FakeEngine()
+    (tmp_path / "spool").mkdir()
+    forced = ClientConfig(weight_transport="data-plane")
+    async with Running(engine, spool_dir=tmp_path / "spool") as s:
+        async with RolloutClient(s.target, forced) as client:
+            result = await client.push_weights(write_model(tmp_path / "m", tensors), 5, 100)
+            assert (result.version, result.bytes) == (5, sum(t.nbytes for t in PARAMS))
+            assert engine.weights == {n: raw(t) for n, t in tensors.items()}
+            newer = model_tensors(seed=2)
+            assert (await client.push_weights(newer, version=6)).version == 6
+            assert engine.weights == {n: raw(t) for n, t in newer.items()}
+            assert (await client.status()).version == 6
+        assert list((tmp_path / "spool").iterdir()) == [], "the spool is deleted"
+        assert s.metric("rlfleet_rollout_weight_updates_total", result="applied") == 2
+
+
+async def test_without_a_data_plane_offered_pushes_go_in_messages(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    async with Running(engine, data_plane=False) as s:
+        async with RolloutClient(s.target) as client:
+            assert (await client.push_weights(model_tensors(), version=1)).version == 1
+        async with RolloutClient(s.target, ClientConfig(weight_transport="data-plane")) as c:
+            with pytest.raises(DataPlaneUnavailable, match="no data plane offered"):
+                await c.push_weights(model_tensors(seed=2), version=2)
+        assert engine.version == 1
+
+
+async def test_a_data_connection_that_cannot_be_opened_falls_back_to_messages(
+    tmp_path: Path,
+) -> None:
+    engine = FakeEngine()
+    (tmp_path / "spool").mkdir()
+    async with Running(engine, spool_dir=tmp_path / "spool", data_timeout_s=60) as s:
+        # Offered on an address the client does not reach the server at: refused.
+        s.service.data_host = "127.0.0.2"
+        async with RolloutClient(s.target) as client:
+            assert (await client.push_weights(model_tensors(), version=1)).version == 1
+            assert (await client.push_weights(model_tensors(seed=2), version=2)).version == 2
+        async with RolloutClient(s.target, ClientConfig(weight_transport="data-plane")) as c:
+            with pytest.raises(DataPlaneUnavailable, match=r"data connection to 127\.0\.0\.1"):
+                await c.push_weights(model_tensors(seed=3), version=3)
+        assert engine.version == 2
+        assert engine.weights == {n: raw(t) for n, t in model_tensors(seed=2).items()}
+        await until(lambda: not any((tmp_path / "spool").iterdir()), "the spool to go")
+
+
+def test_the_data_plane_needs_a_target_that_names_one_server() -> None:
+    assert one_server_host("10.0.0.1:50052") == "10.0.0.1"
+    assert one_server_host("dns:///rollout-0.rollout.ns.svc:50052") == "rollout-0.rollout.ns.svc"
+    assert one_server_host("[::1]:50052") == "::1"
+    assert one_server_host("10.0.0.1:1,10.0.0.2:1") is None
+    assert one_server_host("unix:/run/rollout.sock") is None
+    with pytest.raises(ValueError, match="the data plane has no TLS"):
+        ClientConfig(weight_transport="data-plane", tls_ca=Path("ca.pem"))
+
+
+class HandCall:
+    """An UpdateWeights call that asks for the data plane, driven by hand: ``send`` puts a
+    message on the call (None ends it); ``port`` and ``token`` are what the server offered."""
+
+    def __init__(self, s: Running, first: pb.WeightChunk) -> None:
+        self.queue: asyncio.Queue[pb.WeightChunk | None] = asyncio.Queue()
+        first.begin.data_plane = True
+        self.queue.put_nowait(first)
+        self.call = s.stub.UpdateWeights(self._messages(), timeout=30)
+        self.port = 0
+        self.token = b""
+
+    async def _messages(self) -> AsyncIterator[pb.WeightChunk]:
+        while (m := await self.queue.get()) is not None:
+            yield m
+
+    async def offered(self) -> bool:
+        metadata = dict(await self.call.initial_metadata() or ())
+        if PORT_KEY not in metadata:
+            return False
+        self.port = int(str(metadata[PORT_KEY]))
+        self.token = bytes.fromhex(str(metadata[TOKEN_KEY]))
+        return True
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
+
+    def send(self, message: pb.WeightChunk | None) -> None:
+        self.queue.put_nowait(message)
+
+
+def _sha(data: bytes) -> pb.WeightChunk:
+    return pb.WeightChunk(sha256=hashlib.sha256(data).hexdigest())
+
+
+def _over_connection(payload: bytes, *, close: bool = True) -> Callable[[HandCall], Any]:
+    """Send ``payload`` over the data connection (then close it, or leave it open)."""
+
+    def act(h: HandCall) -> socket.socket:
+        conn = h.connect()
+        conn.sendall(payload)
+        if close:
+            conn.close()
+        return conn
+
+    return act
+
+
+DATA_PLANE_REFUSED: dict[str, tuple[list[Callable[[HandCall], Any]], grpc.StatusCode, str]] = {
+    "wrong token": (
+        [lambda h: _over_connection(bytes(32) + _valid_bytes())(h)],
+        grpc.StatusCode.DATA_LOSS,
+        "data connection: it did not present the update's token",
+    ),
+    "truncated connection": (
+        [
+            lambda h: _over_connection(h.token + _valid_bytes()[:50])(h),
+            lambda h: h.send(_sha(_valid_bytes())),
+            lambda h: h.send(None),
+        ],
+        grpc.StatusCode.DATA_LOSS,
+        "truncated: the data connection ended after 50 of",
+    ),
+    "more bytes than announced": (
+        [lambda h: _over_connection(h.token + _valid_bytes() + b"xx")(h)],
+        grpc.StatusCode.DATA_LOSS,
+        "data: more than the",
+    ),
+    "checksum mismatch": (
+        [
+            lambda h: _over_connection(h.token + _valid_bytes())(h),
+            lambda h: h.send(pb.WeightChunk(sha256="ab" * 32)),
+            lambda h: h.send(None),
+        ],
+        grpc.StatusCode.DATA_LOSS,
+        "sha256: the data hashes to",
+    ),
+    "corrupt byte": (
+        [
+            lambda h: _over_connection(h.token + _flip(_valid_bytes()))(h),
+            lambda h: h.send(_sha(_valid_bytes())),
+            lambda h: h.send(None),
+        ],
+        grpc.StatusCode.DATA_LOSS,
+        "sha256:",
+    ),
+    "ends before its checksum": (
+        [lambda h: _over_connection(h.token + _valid_bytes())(h), lambda h: h.send(None)],
+        grpc.StatusCode.DATA_LOSS,
+        "truncated: the stream ended before its sha256",
+    ),
+    "ends before its data": (
+        [lambda h: h.send(None)],
+        grpc.StatusCode.DATA_LOSS,
+        "truncated: the stream ended before its sha256",
+    ),
+    "data in messages": (
+        [lambda h: h.send(pb.WeightChunk(data=_valid_bytes()))],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "data: comes over the data connection, never in messages",
+    ),
+    "no connection comes": (
+        [],
+        grpc.StatusCode.DATA_LOSS,
+        "data connection: none came within 0.5 s",
+    ),
+    "the connection goes quiet": (
+        [lambda h: _over_connection(h.token + _valid_bytes()[:50], close=False)(h)],
+        grpc.StatusCode.DATA_LOSS,
+        "data connection: nothing arrived for 0.5 s",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", DATA_PLANE_REFUSED)
+async def test_a_refused_data_connection_leaves_the_old_weights_serving(
+    tmp_path: Path, case: str
+) -> None:
+    acts, code, says = DATA_PLANE_REFUSED[case]
+    engine = FakeEngine()
+    before = dict(engine.weights)
+    (tmp_path / "spool").mkdir()
+    opened: list[socket.socket] = []
+    async with Running(engine, spool_dir=tmp_path / "spool", data_timeout_s=0.5) as s:
+        h = HandCall(s, stream()[0])
+        assert await h.offered()
+        try:
+            for act in acts:
+                if isinstance(conn := act(h), socket.socket):
+                    opened.append(conn)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await asyncio.wait_for(h.call, 10)
+        finally:
+            for conn in opened:
+                conn.close()
+        assert err.value.code() == code, err.value.details()
+        assert err.value.details().startswith(says), err.value.details()
+        assert engine.updates == [] and engine.weights == before
+        assert (await s.stub.Status(pb.StatusRequest(), timeout=10)).version == 0
+        (c,) = [c async for c in s.stub.Generate(generate_request(math_prompt("m")), timeout=10)]
+        assert [v.version for v in c.versions] == [0]
+        assert list((tmp_path / "spool").iterdir()) == []
+        assert s.metric("rlfleet_rollout_weight_updates_total", result="rejected") == 1
+        assert await s.health() == 1  # SERVING
+        # The port took one connection and is closed.
+        with pytest.raises(ConnectionRefusedError):
+            h.connect().close()
+
+
+async def test_a_hand_made_data_plane_push_is_applied(tmp_path: Path) -> None:
+    """The wire contract as the proto states it, without the client."""
+    engine = FakeEngine()
+    async with Running(engine) as s:
+        h = HandCall(s, stream()[0])
+        assert await h.offered() and len(h.token) == 32
+        _over_connection(h.token + _valid_bytes())(h)
+        h.send(_sha(_valid_bytes()))
+        h.send(None)
+        reply = await asyncio.wait_for(h.call, 10)
+        assert reply.version == 1 and engine.version == 1
+        assert b"".join(engine.weights[t.name] for t in PARAMS) == _valid_bytes()
+
+
+async def test_a_client_that_dies_mid_transfer_changes_nothing(tmp_path: Path) -> None:
+    """The call cancelled with the connection still open: the server lets go at once (not
+    after its data timeout) and removes the spool."""
+    engine = FakeEngine()
+    (tmp_path / "spool").mkdir()
+    async with Running(engine, spool_dir=tmp_path / "spool", data_timeout_s=600) as s:
+        h = HandCall(s, stream()[0])
+        assert await h.offered()
+        conn = _over_connection(h.token + _valid_bytes()[:50], close=False)(h)
+        try:
+            await until(lambda: any((tmp_path / "spool").iterdir()), "the spool to start")
+            h.call.cancel()
+            await until(lambda: not any((tmp_path / "spool").iterdir()), "the spool to go")
+            assert engine.updates == [] and engine.version == 0
+            # The server closed its end (an end of file, or a reset when bytes were unread).
+            conn.settimeout(10)
+            with contextlib.suppress(ConnectionResetError):
+                assert conn.recv(1) == b""
+        finally:
+            conn.close()
+        async with RolloutClient(s.target) as client:  # and takes the next push
+            assert (await client.push_weights(model_tensors(), version=1)).version == 1
+
+
+async def test_a_server_with_tls_never_offers_the_data_plane(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed to make a test certificate (apt-get install openssl)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    engine = FakeEngine()
+    srv, _ = build_rollout_server(
+        ServerConfig(port=0, tls_cert=cert, tls_key=key),
+        ServiceConfig(),
+        engine,
+        None,
+        CollectorRegistry(),
+    )
+    await srv.start()
+    target = f"127.0.0.1:{srv.port}"
+    try:
+        creds = grpc.ssl_channel_credentials(cert.read_bytes())
+        async with grpc.aio.secure_channel(target, creds) as channel:
+            stream_pb = stream()
+            stream_pb[0].begin.data_plane = True
+            call = pb_grpc.RolloutStub(channel).UpdateWeights(iter(stream_pb), timeout=10)
+            metadata = dict(await call.initial_metadata() or ())
+            assert PORT_KEY not in metadata and TOKEN_KEY not in metadata
+            assert (await call).version == 1  # the data came in messages
+        async with RolloutClient(target, ClientConfig(tls_ca=cert)) as client:
+            assert (await client.push_weights(model_tensors(), version=2)).version == 2
+    finally:
+        await srv.server.stop(0)
+
+
+async def test_a_data_plane_push_holds_a_few_buffers_at_a_time(tmp_path: Path) -> None:
+    """16 MiB over the data connection with 256 KiB buckets and receive buffers: the Python
+    heap of both ends together never holds more than a few of them."""
+    bucket = 256 << 10
+    big = [TensorSpec(name=f"w{i}", dtype=DType.FLOAT32, shape=(1 << 20,)) for i in range(4)]
+
+    class BigEngine(FakeEngine):
+        def check_manifest(self, manifest: WeightManifest) -> None:
+            pass
+
+        async def update_weights(self, update: object) -> None:
+            self.version = 1
+
+    class Source(WeightSource):
+        def read(self, index: int, start: int, length: int) -> bytes:
+            return bytes([index]) * length
+
+    config = ClientConfig(weight_transport="data-plane")
+    async with (
+        Running(BigEngine(), spool_dir=tmp_path, data_buffer_bytes=bucket) as s,
+        RolloutClient(s.target, config) as client,
+    ):
+        tracemalloc.start()
+        try:
+            result = await client.push_weights(Source(big), 1, bucket)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert result.bytes == 16 << 20
+    assert peak < 8 * bucket, f"peak {peak} bytes traced for {bucket}-byte buckets"
+
+
+@pytest.mark.parametrize("case", ["mis-shaped", "wrong dtype", "unknown tensor", "old version"])
+async def test_a_manifest_refused_on_the_data_plane_is_refused_before_any_offer(
+    tmp_path: Path, case: str
+) -> None:
+    make, code, says = REFUSED[case]
+    first = make()[0]
+    first.begin.data_plane = True
+    engine = FakeEngine()
+    async with Running(engine) as s:
+        call = s.stub.UpdateWeights(iter([first]), timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert (err.value.code(), err.value.details()[: len(says)]) == (code, says)
+        assert PORT_KEY not in dict(await call.initial_metadata() or ())
+        assert engine.updates == [] and engine.version == 0

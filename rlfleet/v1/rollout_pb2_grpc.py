@@ -65,7 +65,8 @@ class RolloutServicer:
 
     def UpdateWeights(self, request_iterator, context):
         """INVALID_ARGUMENT (unknown tensor, wrong shape or dtype), DATA_LOSS (truncated stream or
-        checksum mismatch), FAILED_PRECONDITION (version not newer); the old weights keep serving.
+        checksum mismatch, a failed data connection), FAILED_PRECONDITION (version not newer);
+        the old weights keep serving.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
