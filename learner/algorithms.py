@@ -94,6 +94,9 @@ class AlgorithmConfig:
     Needs the learner's own logprobs of the batch (``LossInputs.old_logprobs``)."""
     dynamic_sampling: bool | None = None
     """Drop groups whose rewards are all equal and sample more; None: on for DAPO only."""
+    dynamic_sampling_rounds: int = 3
+    """Rounds of extra prompts at most to refill the dropped groups of a step (a step
+    that is still short trains on the groups it has)."""
     overlong_buffer: int | None = None
     """Soft overlong penalty ramp in tokens (DAPO's L_cache), 0: off; None: max_length // 5
     for DAPO (the paper's 4096 of 20480), 0 otherwise."""
@@ -115,6 +118,8 @@ class AlgorithmConfig:
             raise ValueError("kl_beta: must be >= 0")
         if self.tis_cap is not None and self.tis_cap <= 0:
             raise ValueError("tis_cap: must be > 0")
+        if self.dynamic_sampling_rounds < 0:
+            raise ValueError("dynamic_sampling_rounds: must be >= 0")
         if self.overlong_buffer is not None and self.overlong_buffer < 0:
             raise ValueError("overlong_buffer: must be >= 0")
         if self.recipe.aggregation == "seq_sum_norm" and self.max_length is None:

@@ -205,6 +205,13 @@ async def train(cmd: TrainCommand) -> int:
                 torch.distributed.barrier()  # (rank 0 has written the model)
             loaded = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
             model = parallelize(loaded.to(ctx.device), ctx.mesh, config.parallel)  # type: ignore[arg-type]
+            reference = None
+            if config.algorithm.kl_beta > 0:
+                # The initial policy, frozen, sharded as the policy is (its forward is
+                # collective too).
+                frozen = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+                frozen.requires_grad_(False)
+                reference = parallelize(frozen.to(ctx.device).eval(), ctx.mesh, config.parallel)  # type: ignore[arg-type]
             optimizer = build_optimizer(model, config.optim)
             scheduler = build_scheduler(optimizer, config.optim)
             start = 0
@@ -223,6 +230,7 @@ async def train(cmd: TrainCommand) -> int:
                 device=ctx.device,
                 spool_dir=run_dir / "spool",
                 checkpoint_dir=run_dir / CHECKPOINTS,
+                reference=reference,
             )
             if ctx.is_main:
                 records = await lead(trainer, cmd, start, latest)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -62,7 +63,12 @@ class Batch:
 
     step: int
     tasks: list[Task]
+    refills: list[Task]
+    """Prompts sampled besides ``tasks`` to replace groups dynamic sampling dropped."""
+    generated: list[Sample]
+    """Every sample of the step (the rewards' statistics are over these)."""
     samples: list[Sample]
+    """The ones trained on (all, unless dynamic sampling dropped groups)."""
     unique_pairs: int
     cache_hits: int
     verified: int
@@ -100,6 +106,10 @@ class StepRecord:
     """Groups re-sent to another rollout server after theirs failed."""
     servers: int
     """Rollout servers that took the weights pushed after the step."""
+    trained_samples: int = 0
+    """Samples trained on: ``samples`` less the groups dynamic sampling dropped."""
+    refill_ids: list[str] = field(default_factory=list)
+    """Prompts dynamic sampling added to the step's own (``prompt_ids``)."""
     tokens: int
     """Completion tokens generated."""
     tokens_per_s: float
@@ -154,6 +164,7 @@ class Trainer:
         device: torch.device,
         spool_dir: Path,
         checkpoint_dir: Path,
+        reference: nn.Module | None = None,
     ) -> None:
         self.config = config
         self.tasks = list(tasks)
@@ -166,6 +177,8 @@ class Trainer:
         self.device = device
         self.spool_dir = spool_dir
         self.checkpoint_dir = checkpoint_dir
+        self.reference = reference
+        """The frozen initial policy of the KL term (None: the term is off)."""
         self.reward_fn = RewardFunction(config.rewards, template)
         self.loss_fn: LossFn = make_loss(config.algorithm)
         self.advantage_fn = make_advantages(config.algorithm)
@@ -187,6 +200,12 @@ class Trainer:
         per = self.config.rollout.prompts_per_step
         indices = batch_indices(len(self.tasks), self.config.seed, step * per, per)
         return [self.tasks[i] for i in indices]
+
+    def refill(self, step: int, round_: int, count: int) -> list[Task]:
+        """``count`` prompts for dynamic sampling's round ``round_`` of step ``step``: a
+        function of (seed, step, round) alone."""
+        rng = random.Random(f"{self.config.seed}/refill/{step}/{round_}")
+        return [self.tasks[rng.randrange(len(self.tasks))] for _ in range(count)]
 
     def request(self, step: int, group: int, task: Task) -> GenerateRequest:
         r = self.config.rollout
@@ -225,13 +244,33 @@ class Trainer:
                 counts[key] += value
             return samples
 
-        groups = await asyncio.gather(*(one(g, t) for g, t in enumerate(batch)))
+        groups = list(await asyncio.gather(*(one(g, t) for g, t in enumerate(batch))))
+        trained = groups
+        refills: list[Task] = []
+        if self.config.algorithm.resolved_dynamic_sampling:
+            # DAPO: a group whose rewards are all equal has no advantage to learn from; it
+            # is dropped, and more prompts are sampled (a stream of their own per step, so a
+            # resumed run draws the same ones) until the batch is full again.
+            per = len(batch)
+            trained = [g for g in groups if _varied(g)]
+            for round_ in range(self.config.algorithm.dynamic_sampling_rounds):
+                if len(trained) >= per:
+                    break
+                extra = self.refill(step, round_, per - len(trained))
+                first = len(batch) + len(refills)
+                refills += extra
+                more = await asyncio.gather(*(one(first + i, t) for i, t in enumerate(extra)))
+                groups += more
+                trained += [g for g in more if _varied(g)]
+            trained = trained[:per]
         t2 = time.monotonic()
         t1 = max(generated, default=t2)
         return Batch(
             step=step,
             tasks=batch,
-            samples=[s for group in groups for s in group],
+            refills=refills,
+            generated=[s for group in groups for s in group],
+            samples=[s for group in trained for s in group],
             unique_pairs=counts["unique"],
             cache_hits=counts["cache_hits"],
             verified=counts["verified"],
@@ -310,21 +349,31 @@ class Trainer:
             positions.to(self.device),
             tokens.to(self.device),
         )
+        attend = attention.to(self.device) if ragged else None
+
+        def completion_logprobs(model: nn.Module) -> torch.Tensor:
+            logits = model(input_ids=ids, attention_mask=attend).logits  # [B, L, V]
+            vocab = logits.shape[-1]
+            picked = logits.gather(1, positions[..., None].expand(size, width, vocab))  # [B, T, V]
+            # The engine's logprobs are of the temperature-scaled distribution: so are these.
+            return token_logprobs(picked / self.config.rollout.temperature, tokens)  # [B, T]
+
+        ref_logprobs = None
+        if self.reference is not None:
+            with torch.no_grad():
+                ref_logprobs = completion_logprobs(self.reference)
         self.model.train()
-        out = self.model(
-            input_ids=ids, attention_mask=attention.to(self.device) if ragged else None
-        )
-        logits = out.logits  # [B, L, V]
-        vocab = logits.shape[-1]
-        picked = logits.gather(1, positions[..., None].expand(size, width, vocab))  # [B, T, V]
-        # The engine's logprobs are of the temperature-scaled distribution: so are these.
-        logprobs = token_logprobs(picked / self.config.rollout.temperature, tokens)  # [B, T]
+        logprobs = completion_logprobs(self.model)
         loss, metrics = self.loss_fn(
             LossInputs(
                 logprobs=logprobs,
                 rollout_logprobs=rollout_logprobs.to(self.device),
                 advantages=advantages.to(self.device),
                 mask=mask.to(self.device),
+                # One update per batch: the learner's policy before it is this one, so the
+                # clipped ratio starts at 1 and TIS weighs the engine/learner mismatch alone.
+                old_logprobs=logprobs.detach() if self.config.algorithm.tis_cap else None,
+                ref_logprobs=ref_logprobs,
                 total_sequences=len(whole),
                 total_tokens=sum(len(s.completion.token_ids) for s, _ in whole),
             )
@@ -446,7 +495,7 @@ class Trainer:
         t3 = time.monotonic()
         report = await self.push(self.base + step + 1)
         t4 = time.monotonic()
-        samples = batch.samples
+        samples = batch.generated
         totals = [s.reward.total for s in samples if s.reward.total is not None]
         accuracy = [s.reward.value("accuracy") for s in samples if s.reward.total is not None]
         trained = self.base + step
@@ -472,6 +521,8 @@ class Trainer:
             verified=batch.verified,
             resent=batch.resent,
             servers=len(report.served),
+            trained_samples=len(batch.samples),
+            refill_ids=[t.id for t in batch.refills],
             tokens=tokens,
             tokens_per_s=tokens / max(t4 - since, 1e-9),
             time_generate_s=batch.time_generate_s,
@@ -507,3 +558,9 @@ def _combine(metrics: dict[str, float], world: int) -> dict[str, float]:
         values = [m[key] for m in gathered if m and key in m]
         out[key] = sum(values) if key in ADDITIVE_METRICS else sum(values) / len(values)
     return out
+
+
+def _varied(group: Sequence[Sample]) -> bool:
+    """Whether the group's scored rewards differ (so its advantages are not all 0)."""
+    totals = {s.reward.total for s in group if s.reward.total is not None}
+    return len(totals) > 1

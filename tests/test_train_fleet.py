@@ -298,3 +298,35 @@ def test_train_under_torchrun_on_two_ranks_takes_the_step_one_rank_takes(
     checkpoints = sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir())
     assert checkpoints == ["step-00000001", "step-00000002"]
     assert (tmp_path / "two" / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.timeout(600)
+def test_dapo_refills_dropped_groups_and_kl_and_tis_are_reported(
+    tmp_path: Path, require_root: None
+) -> None:
+    """DAPO's dynamic sampling, the KL term to the frozen initial policy and truncated
+    importance sampling, in a real run: groups whose rewards are all equal are replaced by
+    refill prompts, and the loss reports its KL and TIS terms."""
+    model = write_digit_model(tmp_path / "digits")
+    run_dir = tmp_path / "run"
+    r = subprocess.run(
+        [
+            *RLFLEET, "train", "--run-dir", str(run_dir), "--steps", "2", "--seed", "5",
+            f"model={json.dumps(str(model))}", "rollout.prompts_per_step=6", "rollout.n=4",
+            'algorithm.algorithm="dapo"', "algorithm.max_length=1",
+            "algorithm.kl_beta=0.05", "algorithm.tis_cap=2.0",
+        ],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    assert [rec["step"] for rec in records] == [0, 1]
+    # With one right digit in ten, most groups of 4 are all wrong: refills are needed.
+    assert any(rec["refill_ids"] for rec in records)
+    for rec in records:
+        assert rec["samples"] == 4 * (6 + len(rec["refill_ids"]))
+        assert rec["trained_samples"] <= 6 * 4 and rec["trained_samples"] % 4 == 0
+        assert rec["train"]["sequences"] == rec["trained_samples"]
+        assert "kl" in rec["train"] and rec["train"]["tis_weight_mean"] > 0
+    # Step 0 trains the initial policy itself: no divergence from the reference yet.
+    assert records[0]["train"]["kl"] == pytest.approx(0.0, abs=1e-6)
