@@ -136,7 +136,6 @@ class RolloutPool:
         )
         self.servers: dict[str, Server] = {}
         self._turn = itertools.count()
-        self._changed = asyncio.Event()
         self.resolve()
 
     async def __aenter__(self) -> RolloutPool:
@@ -161,8 +160,9 @@ class RolloutPool:
     def live(self, version: int) -> list[Server]:
         return [s for s in self.servers.values() if s.version is not None and s.version >= version]
 
-    async def versions(self) -> dict[str, int | None]:
-        """Each server's serving version (None: it did not answer)."""
+    async def versions(self, servers: Sequence[Server] | None = None) -> dict[str, int | None]:
+        """Each server's serving version (None: it did not answer in time), of ``servers``
+        (None: all)."""
 
         async def one(server: Server) -> int | None:
             try:
@@ -174,9 +174,9 @@ class RolloutPool:
                 return None
             return status.version
 
-        servers = list(self.servers.values())
-        found = await asyncio.gather(*(one(s) for s in servers))
-        return {s.address: v for s, v in zip(servers, found, strict=True)}
+        chosen = list(self.servers.values()) if servers is None else list(servers)
+        found = await asyncio.gather(*(one(s) for s in chosen))
+        return {s.address: v for s, v in zip(chosen, found, strict=True)}
 
     def adopt(self, versions: dict[str, int | None], version: int) -> None:
         """Take the servers that serve exactly ``version`` as live on it (a fresh run whose
@@ -199,11 +199,18 @@ class RolloutPool:
             log.warning("%s", e)  # (the known servers are pushed to)
             with_names = True
         servers = list(self.servers.values())
-        failed: dict[str, str] = {}
+        was_live = {s.address for s in servers if s.version is not None}
+        # A server that failed is pushed to again only once it answers a Status call: one
+        # that hangs would otherwise hold every push for push_timeout_s.
+        answers = await self.versions([s for s in servers if s.address not in was_live])
+        targets = [
+            s for s in servers if s.address in was_live or answers.get(s.address) is not None
+        ]
+        failed = {s.address: s.failure for s in servers if s not in targets}
         served: list[str] = []
         sent = 0
-        results = await push_one([s.client for s in servers])
-        for server, result in zip(servers, results, strict=True):
+        results = await push_one([s.client for s in targets]) if targets else []
+        for server, result in zip(targets, results, strict=True):
             if isinstance(result, WeightUpdateResult) and result.version == version:
                 server.version, server.failure = version, ""
                 served.append(server.address)
@@ -216,14 +223,17 @@ class RolloutPool:
                     else f"serves {getattr(result, 'version', None)}, not {version}"
                 )
                 failed[server.address] = server.failure
-        self._changed.set()
-        self._changed = asyncio.Event()
         if not served:
             why = "; ".join(f"{a}: {f}" for a, f in failed.items())
             hint = " (and the target could not be resolved)" if with_names else ""
             raise NoRolloutServer(f"no rollout server took weights version {version}{hint}: {why}")
         for address, why in failed.items():
-            log.warning("rollout server %s did not take version %d: %s", address, version, why)
+            # (Said once, when a server drops out; it is tried again at every push.)
+            level = logging.WARNING if address in was_live else logging.DEBUG
+            log.log(level, "rollout server %s did not take version %d: %s", address, version, why)
+        for address in served:
+            if address not in was_live and was_live:
+                log.warning("rollout server %s is back, on version %d", address, version)
         return PushReport(version=version, served=served, failed=failed, bytes=sent)
 
     def _pick(self, version: int, avoid: set[str]) -> Server | None:
