@@ -212,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="intra-op CPU threads, HF and the engine alike (default: 1)",
     )
+    brol.add_argument(
+        "--compile",
+        choices=("off", "on", "both"),
+        default="both",
+        help="measure the engine eager (off), with its compiled decode step (on), or both "
+        "(default: both)",
+    )
 
     _add_train_command(sub)
 
@@ -443,7 +450,7 @@ def _bench_sandbox(args: argparse.Namespace) -> int:
 
 
 def _bench_rollout(args: argparse.Namespace) -> int:
-    from rlfleet.bench.rollout_bench import run_rollout_bench
+    from rlfleet.bench.rollout_bench import BENCH_ENGINE_MODES, run_rollout_bench
 
     try:
         batches = [int(b) for b in args.batches.split(",") if b.strip()]
@@ -462,6 +469,7 @@ def _bench_rollout(args: argparse.Namespace) -> int:
             push_mb=args.push_mb,
             bucket_mb=args.bucket_mb,
             threads=args.threads,
+            modes=BENCH_ENGINE_MODES[args.compile],
         )
     )
 
