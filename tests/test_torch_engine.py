@@ -451,6 +451,91 @@ async def test_a_file_that_differs_from_its_manifest_changes_nothing(
     assert tokens(after) == tokens(before)
 
 
+# -- the compiled decode step --
+
+
+def mixed_requests(engine: TorchEngine) -> list[SampleRequest]:
+    """Every sampling branch: plain, tempered and filtered, greedy; three prompt lengths."""
+    return [
+        request(engine, PROMPTS[0], "t1", temperature=1.0, seed=1, max_new_tokens=40),
+        request(engine, PROMPTS[1], "t07", temperature=0.7, top_p=0.9, seed=2, max_new_tokens=30),
+        request(engine, PROMPTS[2], "g", temperature=0.0, max_new_tokens=20),
+        request(engine, PROMPTS[0], "k5", temperature=1.3, top_k=5, seed=3, max_new_tokens=35),
+    ]
+
+
+async def run_mixed(engine: TorchEngine) -> list[list[TokenChunk]]:
+    """One sequence alone (one row), then the rest together, one joining mid-way."""
+    reqs = mixed_requests(engine)
+    alone = await collect(engine.generate(reqs[0]))
+    first = [asyncio.ensure_future(collect(engine.generate(r))) for r in reqs[1:3]]
+    await asyncio.sleep(0.01)
+    late = await collect(engine.generate(reqs[3]))
+    return [alone, *[await f for f in first], late]
+
+
+async def test_compiled_and_eager_give_the_same_tokens(qwen_dir: Path) -> None:
+    from torch._dynamo.utils import counters
+
+    eager = make_engine(qwen_dir)
+    compiled = make_engine(qwen_dir, compile=True)
+    graphs = counters["stats"]["unique_graphs"]
+    try:
+        assert compiled._batch.compiled  # (not fallen back to eager)
+        want = await run_mixed(eager)
+        got = await run_mixed(compiled)
+    finally:
+        await eager.close()
+        await compiled.close()
+    assert counters["stats"]["unique_graphs"] == graphs, "compiled again while serving"
+    for w, g in zip(want, got, strict=True):
+        assert tokens(g) == tokens(w)
+        assert torch.allclose(torch.tensor(logprobs(g)), torch.tensor(logprobs(w)), atol=1e-5)
+        assert g[-1].finish_reason == w[-1].finish_reason
+
+
+async def test_a_compiled_engine_takes_new_weights(
+    qwen_dir: Path, qwen_new_dir: Path, tmp_path: Path
+) -> None:
+    update = weights_file(qwen_new_dir, tmp_path / "v1.safetensors", version=1)
+    fresh = make_engine(qwen_new_dir)
+    engine = make_engine(qwen_dir, compile=True)
+    try:
+        req = request(engine, PROMPTS[0], temperature=0.0, max_new_tokens=24)
+        before = await collect(engine.generate(req))
+        await engine.update_weights(update)
+        after = await collect(engine.generate(req))
+        expected = await collect(fresh.generate(req))
+    finally:
+        await engine.close()
+        await fresh.close()
+    assert tokens(after) == tokens(expected)
+    assert torch.allclose(
+        torch.tensor(logprobs(after)), torch.tensor(logprobs(expected)), atol=1e-5
+    )
+    assert not torch.allclose(torch.tensor(logprobs(after)), torch.tensor(logprobs(before)))
+
+
+async def test_a_failed_compilation_falls_back_to_eager(
+    qwen_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    def fail(self: DecodeBatch) -> None:
+        raise BackendCompilerFailed(fail, RuntimeError("no C++ compiler"), None)
+
+    monkeypatch.setattr(DecodeBatch, "warm_up", fail)
+    with caplog.at_level("WARNING", logger="rlfleet.rollout.torch_engine"):
+        engine = make_engine(qwen_dir, compile=True)
+    try:
+        assert not engine._batch.compiled
+        assert "running eager" in caplog.text and "no C++ compiler" in caplog.text
+        chunks = await collect(engine.generate(request(engine, PROMPTS[0])))
+        assert chunks[-1].finish_reason is not None
+    finally:
+        await engine.close()
+
+
 # -- on a GPU --
 
 
