@@ -264,6 +264,12 @@ def _add_rollout_commands(
     rollout.add_argument(
         "--dtype", choices=("float32", "bfloat16"), default="float32", help="(default: float32)"
     )
+    rollout.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch engine: compile its decode step with torch.compile at start (a longer "
+        "start, faster steps)",
+    )
 
     gen = _command(sub, "generate", _generate, "sample scored completions from a rollout server")
     gen.add_argument("--server", required=True, help="a running `rlfleet serve rollout`")
@@ -487,7 +493,11 @@ def _serve_rollout(args: argparse.Namespace) -> int:
         config = commands.ServeRolloutConfig(
             server=_server_config(args),
             engine=commands.RolloutEngineConfig(
-                kind=args.engine, model=args.model, device=args.device, dtype=args.dtype
+                kind=args.engine,
+                model=args.model,
+                device=args.device,
+                dtype=args.dtype,
+                compile=args.compile,
             ),
             verifier=args.verifier,
         )
