@@ -346,7 +346,9 @@ class TorchEngine:
             self._batch.warm_up()
         except BackendCompilerFailed as e:
             # Not a result: the same steps run eager, only slower.
-            log.warning("torch engine: compiling the decode step failed, running eager: %s", e)
+            inner = e.inner_exception
+            reason = f"{type(inner).__name__}: {(str(inner).strip().splitlines() or [''])[0]}"
+            log.warning("torch engine: compiling the decode step failed, running eager: %s", reason)
             self._batch = DecodeBatch(
                 self.model,
                 slots=self.config.max_batch,
