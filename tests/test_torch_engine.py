@@ -31,7 +31,7 @@ from rlfleet.rollout.records import (
 )
 from rlfleet.rollout.sampling import inverse_cdf, logits_to_logprobs, sample
 from rlfleet.rollout.stops import StopMatcher, cut_at_stop
-from rlfleet.rollout.torch_batch import PLAIN_DECODERS, DecodeBatch, forward_layers
+from rlfleet.rollout.torch_batch import PLAIN_DECODERS, DecodeBatch, NewRow, forward_layers
 from rlfleet.rollout.torch_engine import TorchEngine, TorchEngineConfig
 
 PROMPTS = ["What is 12 + 34?", "def add(a, b):\n", "The quick brown fox"]
@@ -193,6 +193,28 @@ def test_the_rotary_table_equals_the_rotary_module(qwen_dir: Path, llama_dir: Pa
             direct = model.base_model.rotary_emb(batch.bias[:1, 0, 0], positions[:, None])
         assert table is not None
         assert torch.equal(table[0], direct[0]) and torch.equal(table[1], direct[1])
+
+
+def test_a_padded_prefill_equals_one_prompt_at_a_time(qwen_dir: Path) -> None:
+    """Prompts of different lengths prefilled together (right-padded, causal attention with
+    no mask) score as each does alone, and decode on the same way."""
+    model = AutoModelForCausalLM.from_pretrained(qwen_dir).eval()
+    rows = [
+        NewRow(prompt=list(range(5, 5 + n)), temperature=1.0, top_p=1.0, top_k=0, seed=n,
+               max_new_tokens=8)
+        for n in (3, 11, 6)
+    ]  # fmt: skip
+    with torch.inference_mode():
+        together = DecodeBatch(model, slots=3, max_len=32)
+        got = [together.add(rows), *(together.step() for _ in range(4))]
+        alone = []
+        for row in rows:
+            batch = DecodeBatch(model, slots=1, max_len=32)
+            alone.append([batch.add([row]), *(batch.step() for _ in range(4))])
+    for step, (tok, lp) in enumerate(got):
+        assert tok.tolist() == [a[step][0].item() for a in alone]
+        want = torch.cat([a[step][1] for a in alone])
+        assert torch.allclose(lp, want, atol=1e-5), (step, (lp - want).abs().max())
 
 
 # -- the engine --
