@@ -189,8 +189,9 @@ class DecodeBatch:
         """``compile``: the decode step up to the logits goes through ``torch.compile``
         (compiled by ``warm_up``, or else on the first steps); sampling stays eager."""
         check_supported(model)
-        AttentionInterface.register(DECODE_ATTENTION, decode_attention)
-        model.set_attn_implementation(DECODE_ATTENTION)
+        if model.config._attn_implementation == "sdpa":  # (what decode_attention extends)
+            AttentionInterface.register(DECODE_ATTENTION, decode_attention)
+            model.set_attn_implementation(DECODE_ATTENTION)
         config = model.config.get_text_config()
         param = next(model.parameters())
         device = param.device
