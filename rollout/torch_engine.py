@@ -78,11 +78,12 @@ class TorchEngineConfig:
     beside the loop's own slowed every step measurably on a 2-core machine."""
     compile: bool = False
     """Compile the decode step (the model up to the logits) with ``torch.compile`` when the
-    engine starts, before it takes requests: 15-60 s on a small CPU (inductor needs a C++
-    compiler there), then roughly a third less time per step on a small model, whose step
-    is mostly per-operation overhead. Sampling, prefill and logprobs stay eager; tokens are
-    the same as eager, logprobs equal to float32 rounding. If compiling fails the engine
-    logs why and runs eager."""
+    engine starts, before it takes requests: 12-50 s on 2 CPU cores for the tiny preset
+    (inductor needs a C++ compiler there), then a third to a half less time per step on a
+    small model, whose step is mostly per-operation overhead (docs/torch_engine.md).
+    Sampling and prefill stay eager; logprobs equal eager ones to float32 rounding, and so
+    do the tokens (a draw could differ only if its uniform number fell within that rounding
+    of a boundary). If compiling fails the engine logs why and runs eager."""
     flush_interval_s: float = 0.005
     """Tokens are handed to the callers at most this often (and whenever a sequence
     finishes): waking every caller after every step costs as much as the step on a small
