@@ -324,8 +324,9 @@ class DecodeBatch:
         assert self.n == 0
         if not self.compiled:
             return
-        # Sizes that equal no other size in the graph: torch.compile would otherwise
-        # assume that they stay equal (duck sizing) and compile again when they differ.
+        # Duck sizing off: torch.compile would otherwise take two sizes that happen to be
+        # equal here (3 rows and 3 of something else) as always equal, and compile again
+        # on the first step where they are not.
         from torch.fx.experimental import _config as fx_config
 
         with fx_config.patch(use_duck_shape=False):  # type: ignore[attr-defined]
