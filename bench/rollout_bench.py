@@ -1,12 +1,16 @@
 """``rlfleet bench rollout``: the torch engine's tokens/s against HF ``generate``, measured in
 one run on the same model, batch, prompt and sampling.
 
-Each batch size is measured ``repeats`` times, HF then the engine, interleaved, and the
-best run of each is kept (the machine may be shared: the best is the least disturbed).
-HF ``generate`` runs ``new_tokens`` steps for every row (end-of-sequence off); the engine
-serves ``batch`` concurrent ``generate`` calls through its public async API, each for up to
-``new_tokens`` tokens (a row that samples end-of-sequence stops early), so tokens/s counts
-the tokens each actually produced.
+Each batch size is measured ``repeats`` times, HF then the engine(s), interleaved, and the
+best run of each is kept (the machine may be shared: the best is the least disturbed); the
+ratios of the runs made side by side are printed too, as the spread. HF ``generate`` runs
+``new_tokens`` steps for every row (end-of-sequence off), with its dynamic and its static
+cache in every repeat, the faster counting (its best plain settings; neither won clearly
+here). The engine serves ``batch`` concurrent ``generate`` calls through its public async
+API, each for up to ``new_tokens`` tokens (a row that samples end-of-sequence stops early),
+so tokens/s counts the tokens each actually produced; it is measured as configured by
+default (eager) and with ``compile`` (its decode step through ``torch.compile``, compiled
+before the timing starts: the engine compiles when it starts, not while it serves).
 
 Both run on ``threads`` intra-op CPU threads (HF ``generate`` on the calling thread, the
 engine on its loop thread): like for like. With 2 threads each on a 2-core machine, the two
@@ -37,14 +41,32 @@ from rlfleet.rollout.records import SampleRequest, SamplingParams
 from rlfleet.rollout.torch_engine import TorchEngine, TorchEngineConfig
 
 PROMPT = "What is 12 + 34? Let us think step by step."
+CACHES: tuple[Literal["dynamic", "static"], ...] = ("dynamic", "static")
+"""HF ``generate``'s caches, both measured in every repeat."""
+
+
+EngineMode = Literal["eager", "compiled"]
+BENCH_ENGINE_MODES: dict[str, tuple[EngineMode, ...]] = {
+    "off": ("eager",),
+    "on": ("compiled",),
+    "both": ("eager", "compiled"),
+}
+"""``--compile`` choices: the engine configurations measured."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class EngineFigures:
     batch: int
     new_tokens: int
+    mode: EngineMode
     engine_tps: float
+    """Best run."""
     hf_tps: float
+    """Best run, either cache."""
+    paired: tuple[float, ...]
+    """Engine over HF tokens/s of each repeat (runs made side by side)."""
+    startup_s: float
+    """Seconds the engine took to start (for ``compiled``, mostly compiling)."""
 
     @property
     def ratio(self) -> float:
@@ -52,7 +74,11 @@ class EngineFigures:
 
 
 def hf_generate_tps(
-    model: PreTrainedModel, prompt: Sequence[int], batch: int, new_tokens: int
+    model: PreTrainedModel,
+    prompt: Sequence[int],
+    batch: int,
+    new_tokens: int,
+    cache: Literal["dynamic", "static"] = "dynamic",
 ) -> float:
     """New tokens/s of ``model.generate`` sampling ``new_tokens`` for ``batch`` rows."""
     device = next(model.parameters()).device
@@ -66,6 +92,7 @@ def hf_generate_tps(
         min_new_tokens=new_tokens,
         eos_token_id=None,
         pad_token_id=0,
+        cache_implementation="static" if cache == "static" else None,
     )
     _sync(device)
     t0 = time.perf_counter()
@@ -104,12 +131,23 @@ async def measure_engine(
     dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     repeats: int = 3,
     threads: int | None = 1,
+    modes: Sequence[EngineMode] = ("eager", "compiled"),
 ) -> list[EngineFigures]:
-    engine = TorchEngine(
-        TorchEngineConfig(
-            model=model_dir, device=device, dtype=dtype, max_batch=max(batches), threads=threads
+    engines: dict[EngineMode, TorchEngine] = {}
+    startup: dict[EngineMode, float] = {}
+    for mode in modes:
+        t0 = time.perf_counter()
+        engines[mode] = TorchEngine(
+            TorchEngineConfig(
+                model=model_dir,
+                device=device,
+                dtype=dtype,
+                max_batch=max(batches),
+                threads=threads,
+                compile=mode == "compiled",
+            )
         )
-    )
+        startup[mode] = time.perf_counter() - t0
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)  # (HF generate runs on this thread)
@@ -118,23 +156,37 @@ async def measure_engine(
             str(model_dir), dtype=getattr(torch, dtype), attn_implementation="sdpa"
         ).eval()
         model.to(device)
-        prompt = engine.tokenizer.encode(PROMPT)
-        # Warm both (allocator, kernels, thread pools) before anything counts.
-        hf_generate_tps(model, prompt, min(batches), 8)
-        await engine_tps(engine, prompt, min(batches), 8)
+        prompt = next(iter(engines.values())).tokenizer.encode(PROMPT)
+        # Warm all (allocator, kernels, thread pools) before anything counts.
+        for cache in CACHES:
+            hf_generate_tps(model, prompt, min(batches), 8, cache)
+        for engine in engines.values():
+            await engine_tps(engine, prompt, min(batches), 8)
         figures = []
         for batch in batches:
-            hf, ours = 0.0, 0.0
+            hf: list[float] = []
+            ours: dict[EngineMode, list[float]] = {mode: [] for mode in engines}
             for _ in range(repeats):
-                hf = max(hf, hf_generate_tps(model, prompt, batch, new_tokens))
-                ours = max(ours, await engine_tps(engine, prompt, batch, new_tokens))
-            figures.append(
-                EngineFigures(batch=batch, new_tokens=new_tokens, engine_tps=ours, hf_tps=hf)
-            )
+                hf.append(max(hf_generate_tps(model, prompt, batch, new_tokens, c) for c in CACHES))
+                for mode, engine in engines.items():
+                    ours[mode].append(await engine_tps(engine, prompt, batch, new_tokens))
+            figures += [
+                EngineFigures(
+                    batch=batch,
+                    new_tokens=new_tokens,
+                    mode=mode,
+                    engine_tps=max(runs),
+                    hf_tps=max(hf),
+                    paired=tuple(e / h for e, h in zip(runs, hf, strict=True)),
+                    startup_s=startup[mode],
+                )
+                for mode, runs in ours.items()
+            ]
         return figures
     finally:
         torch.set_num_threads(before)
-        await engine.close()
+        for engine in engines.values():
+            await engine.close()
 
 
 async def run_rollout_bench(
@@ -149,6 +201,7 @@ async def run_rollout_bench(
     bucket_mb: int = 8,
     threads: int | None = 1,
     engine: bool = True,
+    modes: Sequence[EngineMode] = ("eager", "compiled"),
 ) -> int:
     """Print the engine figures (a tiny model made here when ``model_dir`` is None; False
     ``engine``: skip), then the weight-push figures (``push_mb`` MB in ``bucket_mb`` MB
@@ -161,7 +214,7 @@ async def run_rollout_bench(
     if model_dir is not None and not (model_dir / "config.json").is_file():
         raise UsageError(f"{model_dir}: not a model directory (no config.json)")
     if engine:
-        await _engine_half(model_dir, batches, new_tokens, device, dtype, repeats, threads)
+        await _engine_half(model_dir, batches, new_tokens, device, dtype, repeats, threads, modes)
     if push_mb:
         from rlfleet.bench.weight_push_bench import bench_weight_push
 
@@ -180,6 +233,7 @@ async def _engine_half(
     dtype: Literal["float32", "bfloat16", "float16"],
     repeats: int,
     threads: int | None,
+    modes: Sequence[EngineMode],
 ) -> None:
     """Print the engine's tokens/s against HF ``generate``'s."""
     with tempfile.TemporaryDirectory(prefix="rlfleet-bench-") as tmp:
@@ -192,8 +246,10 @@ async def _engine_half(
         print(
             f"engine: {where}, {device} {dtype}, "
             f"{threads or torch.get_num_threads()} CPU thread(s) each, "
-            f"{new_tokens} new tokens per sequence, sampling T=1, best of {repeats}"
+            f"{new_tokens} new tokens per sequence, sampling T=1, best of {repeats}; "
+            "HF generate: the faster of its dynamic and static cache"
         )
+        sys.stdout.flush()
         figures = await measure_engine(
             model_dir,
             batches=batches,
@@ -202,11 +258,21 @@ async def _engine_half(
             dtype=dtype,
             repeats=repeats,
             threads=threads,
+            modes=modes,
         )
+    for mode in modes:
+        if mode == "compiled":
+            started = next(f.startup_s for f in figures if f.mode == mode)
+            print(
+                f"compiled: the engine with compile=True (its decode step through "
+                f"torch.compile; started in {started:.1f} s, compiling included)"
+            )
     for f in figures:
+        name = "torch engine" if f.mode == "eager" else "compiled"
         print(
-            f"batch {f.batch:>4}: torch engine {f.engine_tps:>9.0f} tok/s   "
-            f"HF generate {f.hf_tps:>9.0f} tok/s   ratio {f.ratio:.2f}x"
+            f"batch {f.batch:>4}: {name:<12} {f.engine_tps:>9.0f} tok/s   "
+            f"HF generate {f.hf_tps:>9.0f} tok/s   ratio {f.ratio:.2f}x "
+            f"(side by side {min(f.paired):.2f}-{max(f.paired):.2f}x)"
         )
     sys.stdout.flush()
 

@@ -218,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="intra-op CPU threads, HF and the engine alike (default: 1)",
     )
+    brol.add_argument(
+        "--compile",
+        choices=("off", "on", "both"),
+        default="both",
+        help="measure the engine eager (off), with its compiled decode step (on), or both "
+        "(default: both)",
+    )
     btrain = _command(
         bench_sub,
         "train",
@@ -279,6 +286,12 @@ def _add_rollout_commands(
         default="grpc",
         help="sglang engine: generate over SGLang's gRPC scheduler API, or its HTTP server, "
         "the one that takes weight updates (default: grpc)",
+    )
+    rollout.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch engine: compile its decode step with torch.compile at start (a longer "
+        "start, faster steps)",
     )
 
     gen = _command(sub, "generate", _generate, "sample scored completions from a rollout server")
@@ -569,7 +582,7 @@ def _bench_sandbox(args: argparse.Namespace) -> int:
 
 
 def _bench_rollout(args: argparse.Namespace) -> int:
-    from rlfleet.bench.rollout_bench import run_rollout_bench
+    from rlfleet.bench.rollout_bench import BENCH_ENGINE_MODES, run_rollout_bench
 
     try:
         batches = [int(b) for b in args.batches.split(",") if b.strip()]
@@ -589,6 +602,7 @@ def _bench_rollout(args: argparse.Namespace) -> int:
             bucket_mb=args.bucket_mb,
             threads=args.threads,
             engine=args.only != "push",
+            modes=BENCH_ENGINE_MODES[args.compile],
         )
     )
 
@@ -622,6 +636,7 @@ def _serve_rollout(args: argparse.Namespace) -> int:
                 device=args.device,
                 dtype=args.dtype,
                 sglang_surface=args.sglang_surface,
+                compile=args.compile,
             ),
             verifier=args.verifier,
         )

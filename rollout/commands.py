@@ -48,6 +48,13 @@ class RolloutEngineConfig:
     sglang_surface: Literal["grpc", "http"] = "grpc"
     """sglang engine: SGLang's gRPC scheduler API, or its HTTP server (the pinned SGLang takes
     weight updates over HTTP only: docs/sglang.md)."""
+    compile: bool = False
+    """torch engine: compile its decode step when it starts (``TorchEngineConfig.compile``:
+    faster steps for a longer start)."""
+
+    def __post_init__(self) -> None:
+        if self.compile and self.kind != "torch":
+            raise ValueError("--compile: an option of the torch engine only")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,7 +88,12 @@ async def start_engine(config: RolloutEngineConfig) -> Engine:
             # Loading the model blocks: off the event loop.
             return await asyncio.to_thread(
                 TorchEngine,
-                TorchEngineConfig(model=config.model, device=config.device, dtype=config.dtype),
+                TorchEngineConfig(
+                    model=config.model,
+                    device=config.device,
+                    dtype=config.dtype,
+                    compile=config.compile,
+                ),
             )
         from rlfleet.rollout.sglang_engine import SglangEngine, SglangEngineConfig
 

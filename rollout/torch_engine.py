@@ -76,6 +76,14 @@ class TorchEngineConfig:
     model, 1 is faster: its operations are too small to split, and a second OpenMP team
     (the one that loaded the model, or another user of torch in the process) waiting
     beside the loop's own slowed every step measurably on a 2-core machine."""
+    compile: bool = False
+    """Compile the decode step (the model up to the logits) with ``torch.compile`` when the
+    engine starts, before it takes requests: 12-50 s on 2 CPU cores for the tiny preset
+    (inductor needs a C++ compiler there), then a third to a half less time per step on a
+    small model, whose step is mostly per-operation overhead (docs/torch_engine.md).
+    Sampling and prefill stay eager; logprobs equal eager ones to float32 rounding, and so
+    do the tokens (a draw could differ only if its uniform number fell within that rounding
+    of a boundary). If compiling fails the engine logs why and runs eager."""
     flush_interval_s: float = 0.005
     """Tokens are handed to the callers at most this often (and whenever a sequence
     finishes): waking every caller after every step costs as much as the step on a small
@@ -144,7 +152,12 @@ class TorchEngine:
         self._dtype = next(self.model.parameters()).dtype
         # Every name a pushed tensor may have: tied weights answer to both of theirs.
         self._params = dict(self.model.named_parameters(remove_duplicate=False))
-        self._batch = DecodeBatch(self.model, slots=config.max_batch, max_len=config.max_seq_len)
+        self._batch = DecodeBatch(
+            self.model,
+            slots=config.max_batch,
+            max_len=config.max_seq_len,
+            compile=config.compile,
+        )
         self._eos_ids = self._eos_token_ids()
         self._version = config.version
 
@@ -158,8 +171,12 @@ class TorchEngine:
         self._running: list[_Stream] = []  # row i of the batch; the loop thread's own
         self._pending: list[tuple[_Stream, tuple[int, float, int] | FinishReason]] = []
         self._flushed_at = 0.0  # (the loop thread's own, like _pending)
+        self._started = threading.Event()  # set once the loop thread is ready to serve
         self._thread = threading.Thread(target=self._run, name="torch-engine", daemon=True)
         self._thread.start()
+        self._started.wait()
+        if self._failed is not None:
+            raise EngineError(f"the torch engine failed to start ({self._failed})")
 
     # -- the Engine protocol (called on the event loop) --
 
@@ -305,6 +322,10 @@ class TorchEngine:
             torch.set_num_threads(self.config.threads)  # (this thread's count)
         try:
             with torch.inference_mode():
+                try:
+                    self._warm_up()
+                finally:
+                    self._started.set()
                 while self._iterate():
                     pass
         except Exception as e:  # the thread's top: a crash must end every stream
@@ -313,6 +334,29 @@ class TorchEngine:
             log.exception("torch engine loop failed")
             self._failed = f"{type(e).__name__}: {e}"
             self._abort_all()
+
+    def _warm_up(self) -> None:
+        """Compile the decode step here, on the loop thread, under the same inference mode
+        and thread count as the steps that will use it."""
+        if not self._batch.compiled:
+            return
+        from torch._dynamo.exc import BackendCompilerFailed  # (loaded by torch.compile)
+
+        started = time.monotonic()
+        try:
+            self._batch.warm_up()
+        except BackendCompilerFailed as e:
+            # Not a result: the same steps run eager, only slower.
+            inner = e.inner_exception
+            reason = f"{type(inner).__name__}: {(str(inner).strip().splitlines() or [''])[0]}"
+            log.warning("torch engine: compiling the decode step failed, running eager: %s", reason)
+            self._batch = DecodeBatch(
+                self.model,
+                slots=self.config.max_batch,
+                max_len=self.config.max_seq_len,
+            )
+            return
+        log.info("torch engine: decode step compiled in %.1f s", time.monotonic() - started)
 
     def _iterate(self) -> bool:
         """One turn: updates, departures, arrivals, one decode step. False: stop."""

@@ -202,6 +202,15 @@ FAILURES = {
         2,
         "nope: no such directory",
     ),
+    "serve rollout compile with sglang": Failure(
+        "serve rollout --engine sglang --model {model} --compile",
+        "rlfleet serve rollout:",
+        2,
+        "--compile",
+    ),
+    "bench rollout bad compile": Failure(
+        "bench rollout --compile maybe", "rlfleet bench rollout:", 2, "--compile"
+    ),
     "serve rollout bad dtype": Failure(
         "serve rollout --model {model} --dtype int8", "rlfleet serve rollout:", 2, "--dtype"
     ),

@@ -31,7 +31,7 @@ from rlfleet.rollout.records import (
 )
 from rlfleet.rollout.sampling import inverse_cdf, logits_to_logprobs, sample
 from rlfleet.rollout.stops import StopMatcher, cut_at_stop
-from rlfleet.rollout.torch_batch import PLAIN_DECODERS, DecodeBatch, forward_layers
+from rlfleet.rollout.torch_batch import PLAIN_DECODERS, DecodeBatch, NewRow, forward_layers
 from rlfleet.rollout.torch_engine import TorchEngine, TorchEngineConfig
 
 PROMPTS = ["What is 12 + 34?", "def add(a, b):\n", "The quick brown fox"]
@@ -193,6 +193,28 @@ def test_the_rotary_table_equals_the_rotary_module(qwen_dir: Path, llama_dir: Pa
             direct = model.base_model.rotary_emb(batch.bias[:1, 0, 0], positions[:, None])
         assert table is not None
         assert torch.equal(table[0], direct[0]) and torch.equal(table[1], direct[1])
+
+
+def test_a_padded_prefill_equals_one_prompt_at_a_time(qwen_dir: Path) -> None:
+    """Prompts of different lengths prefilled together (right-padded, causal attention with
+    no mask) score as each does alone, and decode on the same way."""
+    model = AutoModelForCausalLM.from_pretrained(qwen_dir).eval()
+    rows = [
+        NewRow(prompt=list(range(5, 5 + n)), temperature=1.0, top_p=1.0, top_k=0, seed=n,
+               max_new_tokens=8)
+        for n in (3, 11, 6)
+    ]  # fmt: skip
+    with torch.inference_mode():
+        together = DecodeBatch(model, slots=3, max_len=32)
+        got = [together.add(rows), *(together.step() for _ in range(4))]
+        alone = []
+        for row in rows:
+            batch = DecodeBatch(model, slots=1, max_len=32)
+            alone.append([batch.add([row]), *(batch.step() for _ in range(4))])
+    for step, (tok, lp) in enumerate(got):
+        assert tok.tolist() == [a[step][0].item() for a in alone]
+        want = torch.cat([a[step][1] for a in alone])
+        assert torch.allclose(lp, want, atol=1e-5), (step, (lp - want).abs().max())
 
 
 # -- the engine --
@@ -449,6 +471,91 @@ async def test_a_file_that_differs_from_its_manifest_changes_nothing(
         await engine.close()
     assert engine.status().version == 0
     assert tokens(after) == tokens(before)
+
+
+# -- the compiled decode step --
+
+
+def mixed_requests(engine: TorchEngine) -> list[SampleRequest]:
+    """Every sampling branch: plain, tempered and filtered, greedy; three prompt lengths."""
+    return [
+        request(engine, PROMPTS[0], "t1", temperature=1.0, seed=1, max_new_tokens=40),
+        request(engine, PROMPTS[1], "t07", temperature=0.7, top_p=0.9, seed=2, max_new_tokens=30),
+        request(engine, PROMPTS[2], "g", temperature=0.0, max_new_tokens=20),
+        request(engine, PROMPTS[0], "k5", temperature=1.3, top_k=5, seed=3, max_new_tokens=35),
+    ]
+
+
+async def run_mixed(engine: TorchEngine) -> list[list[TokenChunk]]:
+    """One sequence alone (one row), then the rest together, one joining mid-way."""
+    reqs = mixed_requests(engine)
+    alone = await collect(engine.generate(reqs[0]))
+    first = [asyncio.ensure_future(collect(engine.generate(r))) for r in reqs[1:3]]
+    await asyncio.sleep(0.01)
+    late = await collect(engine.generate(reqs[3]))
+    return [alone, *[await f for f in first], late]
+
+
+async def test_compiled_and_eager_give_the_same_tokens(qwen_dir: Path) -> None:
+    from torch._dynamo.utils import counters
+
+    eager = make_engine(qwen_dir)
+    compiled = make_engine(qwen_dir, compile=True)
+    graphs = counters["stats"]["unique_graphs"]
+    try:
+        assert compiled._batch.compiled  # (not fallen back to eager)
+        want = await run_mixed(eager)
+        got = await run_mixed(compiled)
+    finally:
+        await eager.close()
+        await compiled.close()
+    assert counters["stats"]["unique_graphs"] == graphs, "compiled again while serving"
+    for w, g in zip(want, got, strict=True):
+        assert tokens(g) == tokens(w)
+        assert torch.allclose(torch.tensor(logprobs(g)), torch.tensor(logprobs(w)), atol=1e-5)
+        assert g[-1].finish_reason == w[-1].finish_reason
+
+
+async def test_a_compiled_engine_takes_new_weights(
+    qwen_dir: Path, qwen_new_dir: Path, tmp_path: Path
+) -> None:
+    update = weights_file(qwen_new_dir, tmp_path / "v1.safetensors", version=1)
+    fresh = make_engine(qwen_new_dir)
+    engine = make_engine(qwen_dir, compile=True)
+    try:
+        req = request(engine, PROMPTS[0], temperature=0.0, max_new_tokens=24)
+        before = await collect(engine.generate(req))
+        await engine.update_weights(update)
+        after = await collect(engine.generate(req))
+        expected = await collect(fresh.generate(req))
+    finally:
+        await engine.close()
+        await fresh.close()
+    assert tokens(after) == tokens(expected)
+    assert torch.allclose(
+        torch.tensor(logprobs(after)), torch.tensor(logprobs(expected)), atol=1e-5
+    )
+    assert not torch.allclose(torch.tensor(logprobs(after)), torch.tensor(logprobs(before)))
+
+
+async def test_a_failed_compilation_falls_back_to_eager(
+    qwen_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    def fail(self: DecodeBatch) -> None:
+        raise BackendCompilerFailed(fail, RuntimeError("no C++ compiler"), None)
+
+    monkeypatch.setattr(DecodeBatch, "warm_up", fail)
+    with caplog.at_level("WARNING", logger="rlfleet.rollout.torch_engine"):
+        engine = make_engine(qwen_dir, compile=True)
+    try:
+        assert not engine._batch.compiled
+        assert "running eager" in caplog.text and "no C++ compiler" in caplog.text
+        chunks = await collect(engine.generate(request(engine, PROMPTS[0])))
+        assert chunks[-1].finish_reason is not None
+    finally:
+        await engine.close()
 
 
 # -- on a GPU --
