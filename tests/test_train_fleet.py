@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -343,3 +344,56 @@ def test_dapo_refills_dropped_groups_and_kl_and_tis_are_reported(
         assert "kl" in rec["train"] and rec["train"]["tis_weight_mean"] > 0
     # Step 0 trains the initial policy itself: no divergence from the reference yet.
     assert records[0]["train"]["kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.timeout(600)
+async def test_a_resumed_run_numbers_its_versions_above_what_the_servers_serve(
+    tmp_path: Path, require_root: None
+) -> None:
+    """Servers that outlived the learner serve a newer version than the checkpoint's step:
+    the resumed run pushes its weights above it before its first batch, and goes on."""
+    model = tmp_path / "model"
+    subprocess.run(
+        [*RLFLEET, "model", "init", "--preset", "tiny", "--seed", "0", str(model)], check=True
+    )
+    fleet_dir = tmp_path / "fleet"
+    children = [
+        start_child(
+            "rollout",
+            ["serve", "rollout", "--engine", "torch", "--model", str(model)],
+            fleet_dir / "rollout.log",
+            fleet_dir,
+        ),
+        start_child(
+            "sandbox", ["serve", "sandbox", "--workers", "1"], fleet_dir / "sb.log", fleet_dir
+        ),
+    ]
+    run_dir = tmp_path / "run"
+    try:
+        for child in children:
+            await wait_listening(child, 120)
+        first = subprocess.run(
+            [
+                *RLFLEET, "train", "--run-dir", str(run_dir), "--steps", "4", "--seed", "1",
+                "--rollout", children[0].target, "--verifier", children[1].target,
+                f"model={json.dumps(str(model))}", "rollout.prompts_per_step=2", "rollout.n=2",
+                "checkpoint_every=2",
+            ],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert first.returncode == 0, first.stderr
+        # Back to the checkpoint at step 2, while the server serves version 4.
+        shutil.rmtree(run_dir / "checkpoints" / "step-00000004")
+        resumed = subprocess.run(
+            [*RLFLEET, "train", "--resume", str(run_dir), "--steps", "5"],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert resumed.returncode == 0, resumed.stderr
+    finally:
+        for child in children:
+            stop_child(child)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
+    # Steps 2.. trained versions 5.. (base 3: the server served 4), none stale.
+    assert [r["policy_version"] for r in records] == [0, 1, 5, 6, 7]
+    assert all(r["staleness"] == 0 for r in records)
