@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import random
 import shutil
 import socket
 import subprocess
@@ -18,12 +19,14 @@ from typing import Any
 import grpc
 import pytest
 import torch
+import xxhash
 from prometheus_client import CollectorRegistry
 from rollout_fakes import PARAMS, FakeEngine, Running, generate_request, math_prompt, until
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from rlfleet.grpc_server import ServerConfig
+from rlfleet.rollout import checksum as checksums
 from rlfleet.rollout.client import (
     ClientConfig,
     DataPlaneUnavailable,
@@ -90,11 +93,11 @@ def test_the_spool_is_a_safetensors_file_safetensors_loads(tmp_path: Path) -> No
     source = TensorSource(tensors)
     manifest = source.manifest(3)
     spool = Spool(manifest, tmp_path / "u.safetensors")
-    sha = hashlib.sha256()
+    digest = checksums.new_hasher(checksums.DEFAULT)
     for data in source.chunks(5):
         spool.write(data)
-        sha.update(data)
-    spool.finish(sha.hexdigest())
+        digest.update(data)
+    spool.finish(digest.hexdigest())
     with safe_open(str(tmp_path / "u.safetensors"), framework="pt") as f:
         assert list(f.keys()) == sorted(tensors)
         for name, t in tensors.items():
@@ -149,7 +152,7 @@ def test_the_spool_refuses_what_did_not_arrive_whole(tmp_path: Path) -> None:
         version=1, tensors=(TensorSpec(name="w", dtype=DType.FLOAT32, shape=(2,)),)
     )
     data = bytes(range(8))
-    good = hashlib.sha256(data).hexdigest()
+    good = xxhash.xxh3_128(data).hexdigest()
     s = Spool(manifest, tmp_path / "a")
     s.write(data[:4])
     with pytest.raises(ValueError, match="truncated: the stream ended after 4 of 8 bytes"):
@@ -159,11 +162,32 @@ def test_the_spool_refuses_what_did_not_arrive_whole(tmp_path: Path) -> None:
         s.write(data + b"x")
     s = Spool(manifest, tmp_path / "c")
     s.write(data)
-    with pytest.raises(ValueError, match="sha256: the data hashes to"):
-        s.finish("0" * 64)
+    with pytest.raises(ValueError, match=r"checksum: the data hashes to \w{32} \(xxh3-128\)"):
+        s.finish("0" * 32)
     s = Spool(manifest, tmp_path / "d")
     s.write(data)
     s.finish(good.upper())
+    s = Spool(manifest, tmp_path / "e", checksum="sha256")
+    s.write(data)
+    with pytest.raises(ValueError, match="the sender said " + good):
+        s.finish(good)
+    s = Spool(manifest, tmp_path / "f", checksum="sha256")
+    s.write(data)
+    s.finish(hashlib.sha256(data).hexdigest())
+    with pytest.raises(ValueError, match="unknown checksum algorithm 'md5'"):
+        Spool(manifest, tmp_path / "g", checksum="md5")
+
+
+def test_the_checksum_sees_every_bit_and_the_order() -> None:
+    data = random.Random(0).randbytes(1 << 14)
+    for algorithm in checksums.ALGORITHMS:
+        digests = set()
+        for variant in (data, _flip(data), data[1024:2048] + data[:1024] + data[2048:], data[:-1]):
+            h = checksums.new_hasher(algorithm)
+            h.update(variant)
+            digests.add(h.hexdigest())
+        assert len(digests) == 4, algorithm
+    assert xxhash.xxh3_128(b"").hexdigest() == "99aa06d3014798d86001c324468d497f"
 
 
 # -- pushes through the service -------------------------------------------------------------
@@ -213,21 +237,41 @@ def stream(
     tensors: list[TensorSpec] | None = None,
     version: int = 1,
     data: bytes | None = None,
-    sha: str | None = None,
+    digest: str | None = None,
     pieces: int = 3,
+    legacy: bool = False,
 ) -> list[pb.WeightChunk]:
-    """An UpdateWeights stream built by hand (default: a valid one for the fake engine)."""
+    """An UpdateWeights stream built by hand (default: a valid one for the fake engine, with
+    an xxh3-128 checksum; ``legacy``: as senders sent it before the algorithm was named, a
+    sha256 and no name)."""
     tensors = list(PARAMS) if tensors is None else tensors
     if data is None:
         data = bytes(i % 251 for i in range(sum(t.nbytes for t in tensors)))
-    out = [
-        pb.WeightChunk(
-            begin=manifest_to_pb(WeightManifest(version=version, tensors=tuple(tensors)))
-        )
-    ]
+    begin = manifest_to_pb(WeightManifest(version=version, tensors=tuple(tensors)))
+    if not legacy:
+        begin.checksum = "xxh3-128"
+    out = [pb.WeightChunk(begin=begin)]
     step = max(1, -(-len(data) // pieces))
     out += [pb.WeightChunk(data=data[i : i + step]) for i in range(0, len(data), step)]
-    out.append(pb.WeightChunk(sha256=hashlib.sha256(data).hexdigest() if sha is None else sha))
+    out.append(_digest(data, legacy) if digest is None else _digest_message(digest, legacy))
+    return out
+
+
+def _digest(data: bytes, legacy: bool = False) -> pb.WeightChunk:
+    """The last message of a stream of ``data``."""
+    if legacy:
+        return pb.WeightChunk(sha256=hashlib.sha256(data).hexdigest())
+    return pb.WeightChunk(checksum=xxhash.xxh3_128(data).hexdigest())
+
+
+def _digest_message(digest: str, legacy: bool = False) -> pb.WeightChunk:
+    return pb.WeightChunk(sha256=digest) if legacy else pb.WeightChunk(checksum=digest)
+
+
+def _named(algorithm: str) -> list[pb.WeightChunk]:
+    """``stream()`` with ``algorithm`` named in its begin (its last message unchanged)."""
+    out = stream()
+    out[0].begin.checksum = algorithm
     return out
 
 
@@ -236,22 +280,56 @@ def _valid_bytes() -> bytes:
 
 
 def _flip(data: bytes) -> bytes:
+    """``data`` with one bit flipped."""
     return data[:10] + bytes([data[10] ^ 1]) + data[11:]
+
+
+def _swap(data: bytes) -> bytes:
+    """``data`` with its first two thirds (a sender's buckets) in the wrong order: the same
+    bytes, the same length."""
+    third = len(data) // 3
+    return data[third : 2 * third] + data[:third] + data[2 * third :]
 
 
 emb, up, norm = PARAMS
 REFUSED: dict[str, tuple[Callable[[], list[pb.WeightChunk]], grpc.StatusCode, str]] = {
     "checksum mismatch": (
-        lambda: stream(sha="ab" * 32),
+        lambda: stream(digest="ab" * 16),
         grpc.StatusCode.DATA_LOSS,
-        "sha256: the data hashes to",
+        "checksum: the data hashes to",
     ),
-    "corrupt byte": (
-        lambda: (
-            [*stream()[:-1], pb.WeightChunk(sha256=stream(data=_flip(_valid_bytes()))[-1].sha256)]
-        ),
+    "one bit flipped": (
+        lambda: [*stream(data=_flip(_valid_bytes()))[:-1], _digest(_valid_bytes())],
         grpc.StatusCode.DATA_LOSS,
-        "sha256:",
+        "checksum: the data hashes to",
+    ),
+    "two buckets swapped": (
+        lambda: [*stream(data=_swap(_valid_bytes()))[:-1], _digest(_valid_bytes())],
+        grpc.StatusCode.DATA_LOSS,
+        "checksum: the data hashes to",
+    ),
+    "sha256 mismatch (unnamed algorithm)": (
+        lambda: [
+            *stream(data=_flip(_valid_bytes()), legacy=True)[:-1],
+            _digest(_valid_bytes(), True),
+        ],
+        grpc.StatusCode.DATA_LOSS,
+        "checksum: the data hashes to",
+    ),
+    "unknown checksum algorithm": (
+        lambda: _named("md5"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "begin.checksum: unknown algorithm 'md5' (one of xxh3-128, sha256)",
+    ),
+    "sha256 field with a named algorithm": (
+        lambda: [*stream()[:-1], pb.WeightChunk(sha256=hashlib.sha256(_valid_bytes()).hexdigest())],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "sha256: superseded: this update's xxh3-128 goes in checksum",
+    ),
+    "checksum without a named algorithm": (
+        lambda: [*stream(legacy=True)[:-1], _digest(_valid_bytes())],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "checksum: begin names no algorithm for it",
     ),
     "truncated data": (
         lambda: [*stream()[:2], stream()[-1]],
@@ -261,7 +339,7 @@ REFUSED: dict[str, tuple[Callable[[], list[pb.WeightChunk]], grpc.StatusCode, st
     "ends before its checksum": (
         lambda: stream()[:-1],
         grpc.StatusCode.DATA_LOSS,
-        "truncated: the stream ended before its sha256",
+        "truncated: the stream ended before its checksum",
     ),
     "more bytes than announced": (
         lambda: stream(data=_valid_bytes() + b"xx"),
@@ -311,7 +389,7 @@ REFUSED: dict[str, tuple[Callable[[], list[pb.WeightChunk]], grpc.StatusCode, st
     "data after the checksum": (
         lambda: [*stream(), pb.WeightChunk(data=b"x")],
         grpc.StatusCode.INVALID_ARGUMENT,
-        "sha256: only in the last message",
+        "checksum: only in the last message",
     ),
 }
 
@@ -538,10 +616,6 @@ class HandCall:
         self.queue.put_nowait(message)
 
 
-def _sha(data: bytes) -> pb.WeightChunk:
-    return pb.WeightChunk(sha256=hashlib.sha256(data).hexdigest())
-
-
 def _over_connection(payload: bytes, *, close: bool = True) -> Callable[[HandCall], Any]:
     """Send ``payload`` over the data connection (then close it, or leave it open)."""
 
@@ -564,7 +638,7 @@ DATA_PLANE_REFUSED: dict[str, tuple[list[Callable[[HandCall], Any]], grpc.Status
     "truncated connection": (
         [
             lambda h: _over_connection(h.token + _valid_bytes()[:50])(h),
-            lambda h: h.send(_sha(_valid_bytes())),
+            lambda h: h.send(_digest(_valid_bytes())),
             lambda h: h.send(None),
         ],
         grpc.StatusCode.DATA_LOSS,
@@ -578,30 +652,47 @@ DATA_PLANE_REFUSED: dict[str, tuple[list[Callable[[HandCall], Any]], grpc.Status
     "checksum mismatch": (
         [
             lambda h: _over_connection(h.token + _valid_bytes())(h),
-            lambda h: h.send(pb.WeightChunk(sha256="ab" * 32)),
+            lambda h: h.send(pb.WeightChunk(checksum="ab" * 16)),
             lambda h: h.send(None),
         ],
         grpc.StatusCode.DATA_LOSS,
-        "sha256: the data hashes to",
+        "checksum: the data hashes to",
     ),
-    "corrupt byte": (
+    "one bit flipped": (
         [
             lambda h: _over_connection(h.token + _flip(_valid_bytes()))(h),
-            lambda h: h.send(_sha(_valid_bytes())),
+            lambda h: h.send(_digest(_valid_bytes())),
             lambda h: h.send(None),
         ],
         grpc.StatusCode.DATA_LOSS,
-        "sha256:",
+        "checksum: the data hashes to",
+    ),
+    "two buckets swapped": (
+        [
+            lambda h: _over_connection(h.token + _swap(_valid_bytes()))(h),
+            lambda h: h.send(_digest(_valid_bytes())),
+            lambda h: h.send(None),
+        ],
+        grpc.StatusCode.DATA_LOSS,
+        "checksum: the data hashes to",
+    ),
+    "sha256 field with a named algorithm": (
+        [
+            lambda h: _over_connection(h.token + _valid_bytes())(h),
+            lambda h: h.send(_digest(_valid_bytes(), legacy=True)),
+        ],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "sha256: superseded: this update's xxh3-128 goes in checksum",
     ),
     "ends before its checksum": (
         [lambda h: _over_connection(h.token + _valid_bytes())(h), lambda h: h.send(None)],
         grpc.StatusCode.DATA_LOSS,
-        "truncated: the stream ended before its sha256",
+        "truncated: the stream ended before its checksum",
     ),
     "ends before its data": (
         [lambda h: h.send(None)],
         grpc.StatusCode.DATA_LOSS,
-        "truncated: the stream ended before its sha256",
+        "truncated: the stream ended before its checksum",
     ),
     "data in messages": (
         [lambda h: h.send(pb.WeightChunk(data=_valid_bytes()))],
@@ -663,9 +754,36 @@ async def test_a_hand_made_data_plane_push_is_applied(tmp_path: Path) -> None:
         h = HandCall(s, stream()[0])
         assert await h.offered() and len(h.token) == 32
         _over_connection(h.token + _valid_bytes())(h)
-        h.send(_sha(_valid_bytes()))
+        h.send(_digest(_valid_bytes()))
         h.send(None)
         reply = await asyncio.wait_for(h.call, 10)
+        assert reply.version == 1 and engine.version == 1
+        assert b"".join(engine.weights[t.name] for t in PARAMS) == _valid_bytes()
+
+
+@pytest.mark.parametrize("transport", ["messages", "data plane"])
+@pytest.mark.parametrize("algorithm", ["sha256", "sha256 (unnamed)"])
+async def test_a_sha256_checksum_is_still_accepted(algorithm: str, transport: str) -> None:
+    """From senders that name sha256, or no algorithm at all (they came before it was
+    named and put the digest in ``sha256``)."""
+    legacy = algorithm.endswith("(unnamed)")
+    first = _named("sha256")[0] if not legacy else stream(legacy=True)[0]
+    last = (
+        _digest(_valid_bytes(), legacy=True)
+        if legacy
+        else pb.WeightChunk(checksum=hashlib.sha256(_valid_bytes()).hexdigest())
+    )
+    engine = FakeEngine()
+    async with Running(engine) as s:
+        if transport == "messages":
+            reply = await s.stub.UpdateWeights(iter([first, *stream()[1:-1], last]), timeout=10)
+        else:
+            h = HandCall(s, first)
+            assert await h.offered()
+            _over_connection(h.token + _valid_bytes())(h)
+            h.send(last)
+            h.send(None)
+            reply = await asyncio.wait_for(h.call, 10)
         assert reply.version == 1 and engine.version == 1
         assert b"".join(engine.weights[t.name] for t in PARAMS) == _valid_bytes()
 
