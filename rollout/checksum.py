@@ -9,7 +9,9 @@ against 1.7 GB/s for sha256 with SHA-NI and 0.9 GB/s for blake2b; crc32 (4 GB/s)
 only, too few to rely on across many gigabyte-sized pushes. Both ends hash every byte, so
 sha256 would cost a push some 0.3 CPU seconds per 256 MB, more than the transfer itself.
 
-sha256 stays accepted from senders that name no algorithm (they came before it was named).
+sha256 stays accepted, named or from senders that name no algorithm (they came before it
+was named and put the digest in ``WeightChunk.sha256``).
+
 ``xxhash`` comes with the ``[rollout]`` extra; it is imported only when a hash is made, so
 the rest of the client (``rlfleet generate``) works without it.
 """
