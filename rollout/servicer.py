@@ -17,7 +17,8 @@ no TLS, over a one-shot TCP connection offered in the call's initial metadata
 (``data_plane``: the same checks, a faster transport).
 Anything refused leaves the old weights serving. Updates run one at a time. Once every byte
 is in and checked the update is applied even if the client leaves meanwhile (an apply is
-never cut in half); the spool is deleted afterwards in every case.
+never cut in half); the spool is deleted afterwards in every case (in the background: the
+call answers without waiting for the file system, and the next update waits for it).
 
 Sequences in flight when an update lands go on with the new weights: their later tokens
 carry the new version, and the completion reports one ``VersionSpan`` per version.
@@ -183,6 +184,8 @@ class RolloutService(pb_grpc.RolloutServicer):
         self.scorer = Scorer(verifier, self.metrics, config.verify_timeout_s)
         self._calls = itertools.count()
         self._updating = asyncio.Lock()
+        self._removal: asyncio.Future[None] | None = None
+        """The last update's spool being deleted."""
         self.metrics.version.set_function(lambda: engine.status().version)
         self.metrics.running.set_function(lambda: engine.status().running)
         self.metrics.queued.set_function(lambda: engine.status().queued)
@@ -372,6 +375,8 @@ class RolloutService(pb_grpc.RolloutServicer):
                 else ((PORT_KEY, str(listener.port)), (TOKEN_KEY, listener.token.hex()))
             )
             try:
+                if self._removal is not None:
+                    await _finished(self._removal)  # (one spool on disk at a time)
                 await context.send_initial_metadata((ACCEPTED, *offer))
                 spool_dir = Path(
                     tempfile.mkdtemp(prefix="rlfleet-weights-", dir=self.config.spool_dir)
@@ -397,9 +402,11 @@ class RolloutService(pb_grpc.RolloutServicer):
                 await _uncancelled(asyncio.ensure_future(self.engine.update_weights(update)))
                 applied = time.perf_counter()
             finally:
-                # (Shielded: a call cancelled now must still remove its spool.)
-                await _uncancelled(
-                    asyncio.ensure_future(asyncio.to_thread(shutil.rmtree, spool_dir, True))
+                # Deleting a model's worth of file takes the file system a while (15 ms for
+                # 256 MB): the call answers meanwhile. In the executor at once, so that it is
+                # done even when the call is cancelled or the server is stopping.
+                self._removal = asyncio.get_running_loop().run_in_executor(
+                    None, shutil.rmtree, spool_dir, True
                 )
         self.metrics.update_seconds.labels("apply").observe(applied - received)
         self.metrics.update_bytes.inc(manifest.nbytes)

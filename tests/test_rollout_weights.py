@@ -11,6 +11,7 @@ import random
 import shutil
 import socket
 import subprocess
+import threading
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -211,10 +212,53 @@ async def test_push_a_model_directory_then_serve_it(tmp_path: Path) -> None:
             newer = model_tensors(seed=2)
             assert (await client.push_weights(newer, version=6)).version == 6
             assert engine.weights == {n: raw(t) for n, t in newer.items()}
-        assert list((tmp_path / "spool").iterdir()) == [], "the spool is deleted"
+        await until(lambda: not any((tmp_path / "spool").iterdir()), "the spool to go")
         assert s.metric("rlfleet_rollout_weight_updates_total", result="applied") == 2
         assert s.metric("rlfleet_rollout_weight_update_bytes_total") == 2 * result.bytes
         assert s.metric("rlfleet_rollout_policy_version") == 6
+
+
+async def test_a_spool_is_deleted_before_the_next_update_makes_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The call answers before its spool is deleted (in the background); the next update
+    waits for that, so the spool directory never holds two updates."""
+    from rlfleet.rollout import servicer
+
+    events: list[tuple[str, str]] = []
+    release = threading.Event()
+    real_mkdtemp, real_rmtree = servicer.tempfile.mkdtemp, servicer.shutil.rmtree
+
+    def mkdtemp(**kwargs: Any) -> str:
+        path = real_mkdtemp(**kwargs)
+        events.append(("made", path))
+        return path
+
+    def held_rmtree(path: Path, ignore_errors: bool) -> None:
+        release.wait(30)  # (a file system slow to delete, until the test lets it)
+        real_rmtree(path, ignore_errors)
+        events.append(("deleted", str(path)))
+
+    monkeypatch.setattr(servicer.tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setattr(servicer.shutil, "rmtree", held_rmtree)
+    (tmp_path / "spool").mkdir()
+    try:
+        async with Running(FakeEngine(), spool_dir=tmp_path / "spool") as s:
+            async with RolloutClient(s.target) as client:
+                await client.push_weights(model_tensors(), version=1)
+                assert [e for e, _ in events] == ["made"], "answered before the spool went"
+                second = asyncio.ensure_future(client.push_weights(model_tensors(2), version=2))
+                await asyncio.sleep(0.5)
+                assert [e for e, _ in events] == ["made"], "a second spool beside the first"
+                release.set()
+                assert (await second).version == 2
+            await until(lambda: len(events) == 4, "the second spool to go")
+    finally:
+        release.set()
+    (_, first), (_, gone), (_, made), (_, last) = events
+    assert [e for e, _ in events] == ["made", "deleted", "made", "deleted"]
+    assert gone == first != made == last
+    assert list((tmp_path / "spool").iterdir()) == []
 
 
 async def test_weights_pushed_mid_generation_tag_the_tokens_after_them(tmp_path: Path) -> None:
@@ -409,7 +453,7 @@ async def test_a_refused_stream_leaves_the_old_weights_serving(tmp_path: Path, c
         assert (await s.stub.Status(pb.StatusRequest(), timeout=10)).version == 0
         (c,) = [c async for c in s.stub.Generate(generate_request(math_prompt("m")), timeout=10)]
         assert [v.version for v in c.versions] == [0]
-        assert list((tmp_path / "spool").iterdir()) == []
+        await until(lambda: not any((tmp_path / "spool").iterdir()), "the spool to go")
         assert s.metric("rlfleet_rollout_weight_updates_total", result="rejected") == 1
         assert await s.health() == 1  # SERVING
 
@@ -467,7 +511,8 @@ async def test_an_engine_that_fails_to_apply_keeps_serving_the_old_version(tmp_p
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await s.stub.UpdateWeights(iter(stream()), timeout=10)
         assert err.value.code() == grpc.StatusCode.INTERNAL
-        assert engine.version == 0 and list((tmp_path / "spool").iterdir()) == []
+        assert engine.version == 0
+        await until(lambda: not any((tmp_path / "spool").iterdir()), "the spool to go")
         assert s.metric("rlfleet_rollout_weight_updates_total", result="failed") == 1
 
 
@@ -541,7 +586,7 @@ async def test_a_push_over_the_data_plane_then_serve_it(tmp_path: Path) -> None:
             assert (await client.push_weights(newer, version=6)).version == 6
             assert engine.weights == {n: raw(t) for n, t in newer.items()}
             assert (await client.status()).version == 6
-        assert list((tmp_path / "spool").iterdir()) == [], "the spool is deleted"
+        await until(lambda: not any((tmp_path / "spool").iterdir()), "the spool to go")
         assert s.metric("rlfleet_rollout_weight_updates_total", result="applied") == 2
 
 
@@ -739,7 +784,7 @@ async def test_a_refused_data_connection_leaves_the_old_weights_serving(
         assert (await s.stub.Status(pb.StatusRequest(), timeout=10)).version == 0
         (c,) = [c async for c in s.stub.Generate(generate_request(math_prompt("m")), timeout=10)]
         assert [v.version for v in c.versions] == [0]
-        assert list((tmp_path / "spool").iterdir()) == []
+        await until(lambda: not any((tmp_path / "spool").iterdir()), "the spool to go")
         assert s.metric("rlfleet_rollout_weight_updates_total", result="rejected") == 1
         assert await s.health() == 1  # SERVING
         # The port took one connection and is closed.
