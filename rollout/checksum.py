@@ -4,8 +4,8 @@ It guards against bytes truncated, reordered or corrupted on the way, not agains
 attacker (the data plane's token keeps strangers out, TLS is the security layer), so it
 need not be cryptographic: it must be wide enough that a damaged stream of gigabytes never
 matches by chance, and cheap enough not to bound the push. XXH3-128 (``xxhash``, a C
-library that releases the GIL on large inputs) hashes at about 19 GB/s on one core here,
-against 1.7 GB/s for sha256 with SHA-NI and 0.9 GB/s for blake2b; crc32 (4 GB/s) has 32 bits
+library that releases the GIL on large inputs) hashes at about 19 GiB/s on one core here,
+against 1.7 GiB/s for sha256 with SHA-NI and 0.9 GiB/s for blake2b; crc32 (4 GiB/s) has 32 bits
 only, too few to rely on across many gigabyte-sized pushes. Both ends hash every byte, so
 sha256 would cost a push some 0.3 CPU seconds per 256 MB, more than the transfer itself.
 
