@@ -13,21 +13,27 @@ no hashing, no disk). Each is run ``repeats`` times, interleaved; the best and t
 are reported (the machine may be shared). Also measured: the receiving server's peak
 resident memory above its resting size during a push of each kind (after one unmeasured
 warm-up push of each, which also pays the server's one-time allocations), to compare with
-the bucket size and the model size.
+the bucket size and the model size; and the CPU seconds each transfer takes, sender and
+receiver together (this process's ``getrusage``, the receiver's ``/proc/PID/stat``): on a
+shared machine the speeds vary with the load, the CPU seconds much less, and they say what
+a transfer costs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import socket
+import statistics
 import struct
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
@@ -77,6 +83,7 @@ asyncio.run(main())
 """
 
 BARE_METHOD = "/rlfleet.bench.Sink/Push"
+T = TypeVar("T")
 
 TCP_SINK = """
 import socket, struct, sys
@@ -113,6 +120,11 @@ class WeightPushFigures:
     """The server's peak resident memory during a data-plane push, above its size before."""
     messages_peak_extra_bytes: int
     """The same, during a push in messages."""
+    push_cpu_s: tuple[float, ...]
+    """CPU seconds of each data-plane push, sender and receiver together."""
+    messages_cpu_s: tuple[float, ...]
+    tcp_cpu_s: tuple[float, ...]
+    grpc_cpu_s: tuple[float, ...]
 
     @property
     def ratio(self) -> float:
@@ -128,21 +140,36 @@ class WeightPushFigures:
         mb = self.bytes / 1e6
         tcp = min(self.tcp_s)
 
-        def row(name: str, runs: tuple[float, ...], note: str) -> str:
+        def row(name: str, runs: tuple[float, ...], cpu: tuple[float, ...], note: str) -> str:
             best, worst = mb / min(runs), mb / max(runs)
-            return f"  {name:<26}{best:>6.0f} MB/s (worst {worst:>5.0f}){note}"
+            return (
+                f"  {name:<26}{best:>6.0f} MB/s (worst {worst:>5.0f}), "
+                f"{statistics.median(cpu):.2f} CPU s{note}"
+            )
 
         return [
             f"weight push: {mb:.0f} MB in {self.bucket_bytes / 2**20:g} MiB buckets, "
-            f"{len(self.tcp_s)} runs each, interleaved; best (and worst) of them:",
-            row("raw loopback TCP", self.tcp_s, ""),
-            row("UpdateWeights, data plane", self.push_s, f"  {self.ratio:.2f}x of raw TCP"),
+            f"{len(self.tcp_s)} runs each, interleaved; best (and worst) of them, and the "
+            "median CPU seconds (sender + receiver):",
+            row("raw loopback TCP", self.tcp_s, self.tcp_cpu_s, ""),
+            row(
+                "UpdateWeights, data plane",
+                self.push_s,
+                self.push_cpu_s,
+                f"  {self.ratio:.2f}x of raw TCP",
+            ),
             row(
                 "UpdateWeights, messages",
                 self.messages_s,
+                self.messages_cpu_s,
                 f"  {self.messages_ratio:.2f}x of raw TCP",
             ),
-            row("bare gRPC stream", self.grpc_s, f"  {tcp / min(self.grpc_s):.2f}x of raw TCP"),
+            row(
+                "bare gRPC stream",
+                self.grpc_s,
+                self.grpc_cpu_s,
+                f"  {tcp / min(self.grpc_s):.2f}x of raw TCP",
+            ),
             f"receiver peak memory above rest: data plane "
             f"{self.receiver_peak_extra_bytes / 2**20:.1f} MiB (receive buffer "
             f"{self.receive_buffer_bytes / 2**20:g} MiB), messages "
@@ -173,6 +200,24 @@ def _proc_status(pid: int, key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1]) << 10
     raise KeyError(key)
+
+
+def _cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` (Linux), or by this one
+    with all its threads."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    # (Fields 14 and 15, counted after the command name, which may hold spaces.)
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _cpu_of(pid: int, transfer: Awaitable[T]) -> tuple[T, float]:
+    """``transfer``'s outcome, and the CPU seconds this process and ``pid`` took meanwhile."""
+    before = _cpu_s() + _cpu_s(pid)
+    outcome = await transfer
+    return outcome, _cpu_s() + _cpu_s(pid) - before
 
 
 def _reset_peak(pid: int) -> None:
@@ -266,6 +311,7 @@ async def bench_weight_push(
         messages_s: list[float] = []
         tcp_s: list[float] = []
         grpc_s: list[float] = []
+        cpu: dict[str, list[float]] = {"push": [], "messages": [], "tcp": [], "grpc": []}
         peak, messages_peak = 0, 0
         path = model / "model.safetensors"
         config = ClientConfig(weight_transport="data-plane")
@@ -283,19 +329,31 @@ async def bench_weight_push(
                 await messages.push_weights(model, 2, bucket)
                 version = 3
                 for _ in range(repeats):
-                    seconds, extra = await _push(client, server.pid, model, version, bucket, total)
+                    (seconds, extra), used = await _cpu_of(
+                        server.pid, _push(client, server.pid, model, version, bucket, total)
+                    )
                     push_s.append(seconds)
+                    cpu["push"].append(used)
                     peak = max(peak, extra)
-                    seconds, extra = await _push(
-                        messages, server.pid, model, version + 1, bucket, total
+                    (seconds, extra), used = await _cpu_of(
+                        server.pid,
+                        _push(messages, server.pid, model, version + 1, bucket, total),
                     )
                     messages_s.append(seconds)
+                    cpu["messages"].append(used)
                     messages_peak = max(messages_peak, extra)
                     version += 2
-                    grpc_s.append(await _grpc_send(channel, path, data_offset, bucket))
-                    tcp_s.append(
-                        await asyncio.to_thread(_tcp_send, tcp_port, path, data_offset, bucket)
+                    seconds, used = await _cpu_of(
+                        server.pid, _grpc_send(channel, path, data_offset, bucket)
                     )
+                    grpc_s.append(seconds)
+                    cpu["grpc"].append(used)
+                    seconds, used = await _cpu_of(
+                        sink.pid,
+                        asyncio.to_thread(_tcp_send, tcp_port, path, data_offset, bucket),
+                    )
+                    tcp_s.append(seconds)
+                    cpu["tcp"].append(used)
         finally:
             for proc in (server, sink):
                 proc.kill()
@@ -310,4 +368,8 @@ async def bench_weight_push(
         grpc_s=tuple(grpc_s),
         receiver_peak_extra_bytes=peak,
         messages_peak_extra_bytes=messages_peak,
+        push_cpu_s=tuple(cpu["push"]),
+        messages_cpu_s=tuple(cpu["messages"]),
+        tcp_cpu_s=tuple(cpu["tcp"]),
+        grpc_cpu_s=tuple(cpu["grpc"]),
     )

@@ -21,7 +21,6 @@ client's later ones) go over messages instead, unless the transport was forced.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import random
@@ -34,6 +33,7 @@ from typing import Any, Literal
 import grpc
 
 from rlfleet.grpc_client import ServerUnavailable
+from rlfleet.rollout import checksum as checksums
 from rlfleet.rollout import data_plane
 from rlfleet.rollout.convert import (
     completion_from_pb,
@@ -131,18 +131,21 @@ def weight_stream(
     source: WeightSource, version: int, bucket_bytes: int = DEFAULT_BUCKET_BYTES
 ) -> Iterator[bytes]:
     """An UpdateWeights stream, serialized: the manifest, the tensors' bytes in buckets of
-    ``bucket_bytes``, then the sha256 of all of them."""
-    yield pb.WeightChunk(begin=manifest_to_pb(source.manifest(version))).SerializeToString()
+    ``bucket_bytes``, then their checksum (``checksum.DEFAULT``)."""
+    begin = manifest_to_pb(source.manifest(version))
+    begin.checksum = checksums.DEFAULT
+    yield pb.WeightChunk(begin=begin).SerializeToString()
     yield from data_messages(source, bucket_bytes)
 
 
 def data_messages(source: WeightSource, bucket_bytes: int) -> Iterator[bytes]:
-    """The part of an UpdateWeights stream after ``begin``, serialized."""
-    sha = hashlib.sha256()
+    """The part of an UpdateWeights stream after ``begin`` (which names
+    ``checksum.DEFAULT``), serialized."""
+    digest = checksums.new_hasher(checksums.DEFAULT)
     for view in source.buckets(bucket_bytes):
-        sha.update(view)
+        digest.update(view)
         yield data_chunk_bytes(view)
-    yield pb.WeightChunk(sha256=sha.hexdigest()).SerializeToString()
+    yield pb.WeightChunk(checksum=digest.hexdigest()).SerializeToString()
 
 
 def iter_weight_chunks(
@@ -303,10 +306,11 @@ class RolloutClient:
     ) -> WeightUpdateResult:
         """Push a model directory's ``*.safetensors`` (or ``{name: tensor}``) as policy
         ``version``; returns once the server serves it. Raises ``WeightsRejected``,
-        ``RolloutUnavailable``, or ``weights.WeightFileError`` for a source that cannot be
-        read."""
+        ``RolloutUnavailable``, ``weights.WeightFileError`` for a source that cannot be
+        read, or ``checksum.ChecksumUnavailable`` (before anything is sent)."""
         if bucket_bytes > (self.config.max_message_mb << 20) - 1024:
             raise ValueError(f"bucket_bytes: {bucket_bytes} does not fit in one message")
+        checksums.new_hasher(checksums.DEFAULT)  # (its library is there, or say so now)
         weights = source if isinstance(source, WeightSource) else open_source(source)
         forced = self.config.weight_transport == "data-plane"
         if forced and self._data_host is None:
@@ -343,6 +347,7 @@ class RolloutClient:
         call = self._update_weights(timeout=self.config.timeout_s)
         begin = manifest_to_pb(weights.manifest(version))
         begin.data_plane = use_data_plane
+        begin.checksum = checksums.DEFAULT
         try:
             try:
                 await call.write(pb.WeightChunk(begin=begin).SerializeToString())
@@ -369,8 +374,8 @@ class RolloutClient:
         weights: WeightSource,
         bucket_bytes: int,
     ) -> None:
-        """Send the data over the offered connection (in a thread), then its sha256 on the
-        call. A connection that breaks is explained by the call's status when the server
+        """Send the data over the offered connection (in a thread), then its checksum on
+        the call. A connection that breaks is explained by the call's status when the server
         has ended it (a refusal: ``InvalidStateError``), else raised: ``NoDataConnection``
         or ``DataPlaneUnavailable``."""
         assert self._data_host is not None
@@ -384,10 +389,11 @@ class RolloutClient:
                 weights,
                 bucket_bytes,
                 self.config.data_timeout_s,
+                checksums.DEFAULT,
             )
         )
         try:
-            sha256 = await asyncio.shield(work)
+            digest = await asyncio.shield(work)
         except asyncio.CancelledError:
             call.cancel()  # the server drops the connection: the thread stops at once
             await asyncio.wait({work})
@@ -403,7 +409,7 @@ class RolloutClient:
             raise DataPlaneUnavailable(
                 f"{self.target}: data connection: {e.strerror or e}; nothing was applied"
             ) from e
-        await call.write(pb.WeightChunk(sha256=sha256).SerializeToString())
+        await call.write(pb.WeightChunk(checksum=digest).SerializeToString())
 
     async def status(self) -> EngineStatus:
         retry = 0

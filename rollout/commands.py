@@ -403,6 +403,7 @@ class PushWeightsConfig:
 
 async def push_weights(config: PushWeightsConfig, out: TextIO = sys.stdout) -> int:
     """Push ``config.model``'s weights; prints one JSON line with what was applied."""
+    from rlfleet.rollout.checksum import ChecksumUnavailable
     from rlfleet.rollout.client import (
         ClientConfig,
         DataPlaneUnavailable,
@@ -431,6 +432,8 @@ async def push_weights(config: PushWeightsConfig, out: TextIO = sys.stdout) -> i
         raise CommandError(f"{e}; start one with `rlfleet serve rollout`, or check --server") from e
     except DataPlaneUnavailable as e:
         raise CommandError(f"{e}; push with --transport auto or grpc") from e
+    except ChecksumUnavailable as e:
+        raise CommandError(str(e)) from e
     except WeightFileError as e:
         raise UsageError(f"--model {e}") from e
     seconds = time.perf_counter() - t0

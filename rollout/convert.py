@@ -18,6 +18,7 @@ import math
 from google.protobuf.message import DecodeError
 
 from rlfleet.grpc_server import BadRequest
+from rlfleet.rollout import checksum as checksums
 from rlfleet.rollout.records import (
     Completion,
     DType,
@@ -284,6 +285,29 @@ def manifest_from_pb(begin: pb.WeightUpdateBegin) -> WeightManifest:
                 raise BadRequest(f"{at}.shape[{j}]", f"must be >= 0, got {d} for {t.name!r}")
         tensors.append(TensorSpec(name=t.name, dtype=dtype, shape=tuple(t.shape)))
     return WeightManifest(version=begin.version, tensors=tuple(tensors))
+
+
+def checksum_from_pb(begin: pb.WeightUpdateBegin) -> str:
+    """The update's checksum algorithm (``begin.checksum``; a begin that names none is from a
+    sender before algorithms were named: sha256); raises ``BadRequest`` for an unknown one."""
+    if not begin.checksum:
+        return checksums.LEGACY
+    if begin.checksum not in checksums.ALGORITHMS:
+        known = ", ".join(checksums.ALGORITHMS)
+        raise BadRequest("begin.checksum", f"unknown algorithm {begin.checksum!r} (one of {known})")
+    return begin.checksum
+
+
+def digest_from_pb(msg: pb.WeightChunk, begin: pb.WeightUpdateBegin) -> str | None:
+    """The checksum digest ``msg`` carries, if any: in ``checksum``, or in ``sha256`` when
+    ``begin`` names no algorithm; raises ``BadRequest`` for the field that does not fit."""
+    if not begin.checksum:
+        if msg.checksum:
+            raise BadRequest("checksum", "begin names no algorithm for it (begin.checksum)")
+        return msg.sha256 or None
+    if msg.sha256:
+        raise BadRequest("sha256", f"superseded: this update's {begin.checksum} goes in checksum")
+    return msg.checksum or None
 
 
 def manifest_to_pb(m: WeightManifest) -> pb.WeightUpdateBegin:

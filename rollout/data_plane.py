@@ -5,7 +5,7 @@ gRPC carries a push's bytes at less than half what a plain socket does (framing,
 flow control, its own copies and buffers), and the hashing and spooling come on top.
 So a sender that asks (``WeightUpdateBegin.data_plane``) is offered, in the call's initial
 metadata, a port and a token; it connects, presents the token, writes the tensors' raw bytes
-in manifest order and closes its side; then it sends the ``sha256`` message on the call,
+in manifest order and closes its side; then it sends the ``checksum`` message on the call,
 whose status is the update's outcome as on the gRPC-only path.
 
 What the server side guarantees:
@@ -22,13 +22,13 @@ What the server side guarantees:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import hmac
 import secrets
 import socket
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
+from rlfleet.rollout import checksum as checksums
 from rlfleet.rollout.weights import CorruptStream, Spool, WeightSource
 
 TOKEN_BYTES = 32
@@ -185,15 +185,17 @@ def send(
     source: WeightSource,
     bucket_bytes: int,
     timeout_s: float | None,
+    checksum: str = checksums.DEFAULT,
 ) -> str:
     """The sender's side: connect, present ``token``, write every tensor's bytes in manifest
-    order and close; returns their sha256 (hex). Raises ``NoDataConnection`` when it cannot
-    connect, ``OSError`` when the connection breaks, and whatever reading ``source`` raises.
+    order and close; returns their digest (hex) in the ``checksum`` algorithm. Raises
+    ``NoDataConnection`` when it cannot connect, ``OSError`` when the connection breaks, and
+    whatever reading ``source`` raises.
 
     Three stages run side by side: reading the next bucket (a thread: a learner's source
     gathers and copies tensors there), hashing this one (a thread) and sending it (here);
-    hashlib, file reads and ``sendall`` release the GIL. ``SEND_BUFFERS`` buckets are held."""
-    sha = hashlib.sha256()
+    the hash, file reads and ``sendall`` release the GIL. ``SEND_BUFFERS`` buckets are held."""
+    digest = checksums.new_hasher(checksum)
     try:
         conn = socket.create_connection((host, port), timeout=timeout_s)
     except OSError as e:
@@ -203,7 +205,7 @@ def send(
         with (
             conn,
             ThreadPoolExecutor(1, "push-read") as reader,
-            ThreadPoolExecutor(1, "push-sha256") as hasher,
+            ThreadPoolExecutor(1, "push-hash") as hasher,
         ):
             conn.sendall(token)
             ahead = reader.submit(next, views, None)
@@ -213,7 +215,7 @@ def send(
                     if hashed is not None:
                         hashed.result()  # the last bucket's buffer is free: read into it
                     ahead = reader.submit(next, views, None)
-                    hashed = hasher.submit(sha.update, view)
+                    hashed = hasher.submit(digest.update, view)
                     conn.sendall(view)
                 if hashed is not None:
                     hashed.result()
@@ -223,4 +225,4 @@ def send(
             conn.shutdown(socket.SHUT_WR)
     finally:
         views.close()
-    return sha.hexdigest()
+    return digest.hexdigest()

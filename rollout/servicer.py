@@ -17,7 +17,8 @@ no TLS, over a one-shot TCP connection offered in the call's initial metadata
 (``data_plane``: the same checks, a faster transport).
 Anything refused leaves the old weights serving. Updates run one at a time. Once every byte
 is in and checked the update is applied even if the client leaves meanwhile (an apply is
-never cut in half); the spool is deleted afterwards in every case.
+never cut in half); the spool is deleted afterwards in every case (in the background: the
+call answers without waiting for the file system, and the next update waits for it).
 
 Sequences in flight when an update lands go on with the new weights: their later tokens
 carry the new version, and the completion reports one ``VersionSpan`` per version.
@@ -51,7 +52,9 @@ from rlfleet.grpc_server import (
     build_server,
 )
 from rlfleet.rollout.convert import (
+    checksum_from_pb,
     completion_to_pb,
+    digest_from_pb,
     manifest_from_pb,
     request_from_pb,
     status_to_pb,
@@ -144,20 +147,23 @@ async def _finished(work: asyncio.Future[Any]) -> None:
             work.exception()  # (retrieved: its outcome is reported elsewhere)
 
 
-async def _checksum_message(messages: AsyncIterator[bytes]) -> str | None:
+async def _checksum_message(
+    messages: AsyncIterator[bytes], begin: pb.WeightUpdateBegin
+) -> str | None:
     """The rest of an update whose data comes over its data connection: one message with
-    ``sha256`` (None: the call ended without it); ``BadRequest`` for anything else."""
-    sha256: str | None = None
+    the checksum (its digest; None: the call ended without it); ``BadRequest`` for anything
+    else."""
+    digest: str | None = None
     async for raw in messages:
         msg = weight_chunk_from_bytes(raw)
-        if sha256 is not None:
-            raise BadRequest("sha256", "only in the last message")
+        if digest is not None:
+            raise BadRequest("checksum", "only in the last message")
         if isinstance(msg, memoryview) or msg.data:
             raise BadRequest("data", "comes over the data connection, never in messages")
         if msg.HasField("begin"):
             raise BadRequest("begin", "only in the first message")
-        sha256 = msg.sha256 or None
-    return sha256
+        digest = digest_from_pb(msg, begin)
+    return digest
 
 
 class RolloutService(pb_grpc.RolloutServicer):
@@ -178,6 +184,8 @@ class RolloutService(pb_grpc.RolloutServicer):
         self.scorer = Scorer(verifier, self.metrics, config.verify_timeout_s)
         self._calls = itertools.count()
         self._updating = asyncio.Lock()
+        self._removal: asyncio.Future[None] | None = None
+        """The last update's spool being deleted."""
         self.metrics.version.set_function(lambda: engine.status().version)
         self.metrics.running.set_function(lambda: engine.status().running)
         self.metrics.queued.set_function(lambda: engine.status().queued)
@@ -346,6 +354,7 @@ class RolloutService(pb_grpc.RolloutServicer):
         if isinstance(first, memoryview) or not first.HasField("begin"):
             raise BadRequest("begin", "missing from the first message")
         manifest = manifest_from_pb(first.begin)
+        checksum = checksum_from_pb(first.begin)
         async with self._updating:
             serving = self.engine.status().version
             if manifest.version <= serving:
@@ -366,6 +375,8 @@ class RolloutService(pb_grpc.RolloutServicer):
                 else ((PORT_KEY, str(listener.port)), (TOKEN_KEY, listener.token.hex()))
             )
             try:
+                if self._removal is not None:
+                    await _finished(self._removal)  # (one spool on disk at a time)
                 await context.send_initial_metadata((ACCEPTED, *offer))
                 spool_dir = Path(
                     tempfile.mkdtemp(prefix="rlfleet-weights-", dir=self.config.spool_dir)
@@ -375,12 +386,12 @@ class RolloutService(pb_grpc.RolloutServicer):
                     listener.close()
                 raise
             try:
-                spool = Spool(manifest, spool_dir / "update.safetensors")
+                spool = Spool(manifest, spool_dir / "update.safetensors", checksum=checksum)
                 try:
                     if listener is None:
                         await self._receive(spool, first, messages)
                     else:
-                        await self._receive_connection(spool, listener, messages)
+                        await self._receive_connection(spool, listener, first, messages)
                 except CorruptStream as e:
                     raise DataLoss(str(e)) from None
                 finally:
@@ -391,9 +402,11 @@ class RolloutService(pb_grpc.RolloutServicer):
                 await _uncancelled(asyncio.ensure_future(self.engine.update_weights(update)))
                 applied = time.perf_counter()
             finally:
-                # (Shielded: a call cancelled now must still remove its spool.)
-                await _uncancelled(
-                    asyncio.ensure_future(asyncio.to_thread(shutil.rmtree, spool_dir, True))
+                # Deleting a model's worth of file takes the file system a while (15 ms for
+                # 256 MB): the call answers meanwhile. In the executor at once, so that it is
+                # done even when the call is cancelled or the server is stopping.
+                self._removal = asyncio.get_running_loop().run_in_executor(
+                    None, shutil.rmtree, spool_dir, True
                 )
         self.metrics.update_seconds.labels("apply").observe(applied - received)
         self.metrics.update_bytes.inc(manifest.nbytes)
@@ -416,19 +429,19 @@ class RolloutService(pb_grpc.RolloutServicer):
         """Spool every chunk as it arrives, then check the stream is whole; raises
         ``CorruptStream`` or ``BadRequest``. Chunks are hashed and written in the spool's
         threads while the next ones are received: at most ``spool.depth`` are held there."""
-        sha256: str | None = None
+        digest: str | None = None
         msg: memoryview | pb.WeightChunk | None = first
         try:
             while msg is not None:
-                if sha256 is not None:
-                    raise BadRequest("sha256", "only in the last message")
+                if digest is not None:
+                    raise BadRequest("checksum", "only in the last message")
                 if isinstance(msg, memoryview):
                     data: memoryview | bytes = msg
                 else:
                     if msg is not first and msg.HasField("begin"):
                         raise BadRequest("begin", "only in the first message")
                     data = msg.data
-                    sha256 = msg.sha256 or None
+                    digest = digest_from_pb(msg, first.begin)
                 if data:
                     await spool.put(data)
                 raw = await anext(messages, None)
@@ -437,7 +450,7 @@ class RolloutService(pb_grpc.RolloutServicer):
         finally:
             # The spool is closed next: never under a write in progress.
             await _uncancelled(asyncio.ensure_future(spool.drain(quiet=True)))
-        spool.finish(sha256)
+        spool.finish(digest)
 
     def _listen(self) -> DataListener | None:
         """A data connection's listener for one update, if the server offers them."""
@@ -450,7 +463,11 @@ class RolloutService(pb_grpc.RolloutServicer):
             return None
 
     async def _receive_connection(
-        self, spool: Spool, listener: DataListener, messages: AsyncIterator[bytes]
+        self,
+        spool: Spool,
+        listener: DataListener,
+        first: pb.WeightChunk,
+        messages: AsyncIterator[bytes],
     ) -> None:
         """The data over ``listener``'s connection (in a thread), the checksum in the call's
         last message; raises ``CorruptStream`` or ``BadRequest`` as ``_receive`` does. The
@@ -458,7 +475,7 @@ class RolloutService(pb_grpc.RolloutServicer):
         data = asyncio.ensure_future(
             asyncio.to_thread(listener.receive, spool, self.config.data_buffer_bytes)
         )
-        control = asyncio.ensure_future(_checksum_message(messages))
+        control = asyncio.ensure_future(_checksum_message(messages, first.begin))
         try:
             pending: set[asyncio.Future[Any]] = {data, control}
             while pending:
@@ -468,8 +485,8 @@ class RolloutService(pb_grpc.RolloutServicer):
                         raise error
                 if control in done and control.result() is None:
                     # Nothing can make the update whole now, whatever the connection brings.
-                    raise CorruptStream("truncated: the stream ended before its sha256")
-            sha256 = control.result()
+                    raise CorruptStream("truncated: the stream ended before its checksum")
+            digest = control.result()
         finally:
             control.cancel()
             if not data.done():
@@ -477,7 +494,7 @@ class RolloutService(pb_grpc.RolloutServicer):
             # The spool is closed next: never under the thread still writing to it.
             await _finished(data)
             listener.close()
-        spool.finish(sha256)
+        spool.finish(digest)
 
     # -- Status -----------------------------------------------------------------------------
 

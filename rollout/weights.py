@@ -8,14 +8,14 @@ safetensors file: its header is written from the manifest before any data, so th
 loads it with ``safetensors.safe_open`` like any checkpoint shard.
 
 The wire order is fixed: the manifest's tensors, their raw bytes concatenated in manifest
-order (little-endian, C order), cut into chunks of any size; ``sha256`` over all of them.
+order (little-endian, C order), cut into chunks of any size; a checksum over all of them
+(``rollout/checksum.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
-import hashlib
 import json
 import os
 import struct
@@ -28,6 +28,7 @@ from io import FileIO
 from pathlib import Path
 from typing import Any
 
+from rlfleet.rollout import checksum as checksums
 from rlfleet.rollout.records import DType, TensorSpec, WeightManifest
 
 SAFETENSORS_DTYPES = {DType.FLOAT32: "F32", DType.FLOAT16: "F16", DType.BFLOAT16: "BF16"}
@@ -125,30 +126,38 @@ class Spool:
     """Writes an update's bytes to ``path`` (a safetensors file) as they arrive.
 
     ``put`` each chunk (``put_blocking`` from a thread, or ``write`` it synchronously), then
-    ``finish`` with the sender's checksum; every check that can fail early does (more bytes
-    than announced fail at the chunk that overflows, before it is written).
+    ``finish`` with the sender's checksum (its digest in ``checksum``, an algorithm of
+    ``rollout/checksum.py``); every check that can fail early does (more bytes than announced
+    fail at the chunk that overflows, before it is written).
 
-    ``put`` hands the chunk to two threads, one hashing and one writing (hashlib and
+    ``put`` hands the chunk to two threads, one hashing and one writing (the hashes and
     ``os.pwrite`` release the GIL), and returns at once while fewer than ``depth`` chunks are
     in their hands: the caller receives the next chunk meanwhile. The spool holds at most
     ``depth`` chunks, so memory stays bounded by the bucket size, not the model's.
     """
 
-    def __init__(self, manifest: WeightManifest, path: Path, depth: int = 2) -> None:
+    def __init__(
+        self,
+        manifest: WeightManifest,
+        path: Path,
+        depth: int = 2,
+        checksum: str = checksums.DEFAULT,
+    ) -> None:
         if depth < 1:
             raise ValueError("depth: must be >= 1")
+        self.checksum = checksum
+        self._hash = checksums.new_hasher(checksum)
         self.manifest = manifest
         self.path = path
         self.expected = manifest.nbytes
         self.received = 0
         self.depth = depth
-        self._sha = hashlib.sha256()
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         header = safetensors_header(manifest.tensors)
         self._write_at(header, 0)
         self._offset = len(header)
         # One worker each: the hash sees the chunks in order; writes carry their offset.
-        self._hasher = ThreadPoolExecutor(1, "spool-sha256")
+        self._hasher = ThreadPoolExecutor(1, "spool-hash")
         self._writer = ThreadPoolExecutor(1, "spool-write")
         self._pending: deque[tuple[Future[None], Future[None]]] = deque()
 
@@ -172,11 +181,11 @@ class Spool:
         """Append one chunk, here and now (blocking file I/O)."""
         offset = self._take(len(data))
         self._write_at(data, offset)
-        self._sha.update(data)
+        self._hash.update(data)
 
     def _submit(self, data: bytes | memoryview) -> None:
         offset = self._take(len(data))
-        hashed = self._hasher.submit(self._sha.update, data)
+        hashed = self._hasher.submit(self._hash.update, data)
         written = self._writer.submit(self._write_at, data, offset)
         self._pending.append((hashed, written))
 
@@ -227,19 +236,20 @@ class Spool:
             finally:
                 self._pending.popleft()
 
-    def finish(self, sha256: str | None) -> None:
+    def finish(self, digest: str | None) -> None:
         """Close the file (after ``drain``); raise ``CorruptStream`` unless every byte
-        arrived and matches ``sha256`` (None: the stream ended before its last message)."""
+        arrived and hashes to ``digest`` (hex, in the spool's ``checksum`` algorithm; None:
+        the stream ended before its last message)."""
         self.close()
         if self.received < self.expected:
             raise CorruptStream(
                 f"truncated: the stream ended after {self.received} of {self.expected} bytes"
             )
-        if sha256 is None:
-            raise CorruptStream("truncated: the stream ended before its sha256")
-        if sha256.lower() != self._sha.hexdigest():
+        if digest is None:
+            raise CorruptStream("truncated: the stream ended before its checksum")
+        if digest.lower() != (ours := self._hash.hexdigest()):
             raise CorruptStream(
-                f"sha256: the data hashes to {self._sha.hexdigest()}, the sender said {sha256}"
+                f"checksum: the data hashes to {ours} ({self.checksum}), the sender said {digest}"
             )
 
     def close(self) -> None:

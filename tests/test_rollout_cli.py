@@ -29,10 +29,10 @@ RLFLEET = [sys.executable, "-m", "rlfleet.cli"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def rlfleet(*args: str, stdin: str = "") -> tuple[int, str, str]:
+async def rlfleet(*args: str, stdin: str = "", path: tuple[str, ...] = ()) -> tuple[int, str, str]:
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([*path, str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     proc = await asyncio.create_subprocess_exec(
         *RLFLEET,
@@ -156,6 +156,30 @@ async def test_push_weights_transports(tmp_path: Path) -> None:
             )  # fmt: skip
             assert code == 0, err
             assert engine.version == version
+
+
+async def test_push_weights_without_xxhash_says_what_to_install(tmp_path: Path) -> None:
+    model = write_model(tmp_path / "m")
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'xxhash':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+    )
+    engine = FakeEngine()
+    async with Running(engine) as s:
+        code, out, err = await rlfleet(
+            "push-weights", "--server", s.target, "--model", str(model), "--version", "1",
+            path=(str(blocker),),
+        )  # fmt: skip
+    assert (code, out) == (1, ""), err
+    assert err.startswith("rlfleet push-weights: xxh3-128 checksums need the xxhash package")
+    assert "install rlfleet[rollout]" in err and "Traceback" not in err
+    assert engine.version == 0 and engine.updates == []
 
 
 async def test_serve_rollout_runs_the_engine_until_cancelled(tmp_path: Path) -> None:

@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import random
 import shutil
 import socket
 import subprocess
+import threading
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,12 +20,14 @@ from typing import Any
 import grpc
 import pytest
 import torch
+import xxhash
 from prometheus_client import CollectorRegistry
 from rollout_fakes import PARAMS, FakeEngine, Running, generate_request, math_prompt, until
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from rlfleet.grpc_server import ServerConfig
+from rlfleet.rollout import checksum as checksums
 from rlfleet.rollout.client import (
     ClientConfig,
     DataPlaneUnavailable,
@@ -90,11 +94,11 @@ def test_the_spool_is_a_safetensors_file_safetensors_loads(tmp_path: Path) -> No
     source = TensorSource(tensors)
     manifest = source.manifest(3)
     spool = Spool(manifest, tmp_path / "u.safetensors")
-    sha = hashlib.sha256()
+    digest = checksums.new_hasher(checksums.DEFAULT)
     for data in source.chunks(5):
         spool.write(data)
-        sha.update(data)
-    spool.finish(sha.hexdigest())
+        digest.update(data)
+    spool.finish(digest.hexdigest())
     with safe_open(str(tmp_path / "u.safetensors"), framework="pt") as f:
         assert list(f.keys()) == sorted(tensors)
         for name, t in tensors.items():
@@ -149,7 +153,7 @@ def test_the_spool_refuses_what_did_not_arrive_whole(tmp_path: Path) -> None:
         version=1, tensors=(TensorSpec(name="w", dtype=DType.FLOAT32, shape=(2,)),)
     )
     data = bytes(range(8))
-    good = hashlib.sha256(data).hexdigest()
+    good = xxhash.xxh3_128(data).hexdigest()
     s = Spool(manifest, tmp_path / "a")
     s.write(data[:4])
     with pytest.raises(ValueError, match="truncated: the stream ended after 4 of 8 bytes"):
@@ -159,11 +163,32 @@ def test_the_spool_refuses_what_did_not_arrive_whole(tmp_path: Path) -> None:
         s.write(data + b"x")
     s = Spool(manifest, tmp_path / "c")
     s.write(data)
-    with pytest.raises(ValueError, match="sha256: the data hashes to"):
-        s.finish("0" * 64)
+    with pytest.raises(ValueError, match=r"checksum: the data hashes to \w{32} \(xxh3-128\)"):
+        s.finish("0" * 32)
     s = Spool(manifest, tmp_path / "d")
     s.write(data)
     s.finish(good.upper())
+    s = Spool(manifest, tmp_path / "e", checksum="sha256")
+    s.write(data)
+    with pytest.raises(ValueError, match="the sender said " + good):
+        s.finish(good)
+    s = Spool(manifest, tmp_path / "f", checksum="sha256")
+    s.write(data)
+    s.finish(hashlib.sha256(data).hexdigest())
+    with pytest.raises(ValueError, match="unknown checksum algorithm 'md5'"):
+        Spool(manifest, tmp_path / "g", checksum="md5")
+
+
+def test_the_checksum_sees_every_bit_and_the_order() -> None:
+    data = random.Random(0).randbytes(1 << 14)
+    for algorithm in checksums.ALGORITHMS:
+        digests = set()
+        for variant in (data, _flip(data), data[1024:2048] + data[:1024] + data[2048:], data[:-1]):
+            h = checksums.new_hasher(algorithm)
+            h.update(variant)
+            digests.add(h.hexdigest())
+        assert len(digests) == 4, algorithm
+    assert xxhash.xxh3_128(b"").hexdigest() == "99aa06d3014798d86001c324468d497f"
 
 
 # -- pushes through the service -------------------------------------------------------------
@@ -187,10 +212,53 @@ async def test_push_a_model_directory_then_serve_it(tmp_path: Path) -> None:
             newer = model_tensors(seed=2)
             assert (await client.push_weights(newer, version=6)).version == 6
             assert engine.weights == {n: raw(t) for n, t in newer.items()}
-        assert list((tmp_path / "spool").iterdir()) == [], "the spool is deleted"
+        await until(lambda: not any((tmp_path / "spool").iterdir()), "the spool to go")
         assert s.metric("rlfleet_rollout_weight_updates_total", result="applied") == 2
         assert s.metric("rlfleet_rollout_weight_update_bytes_total") == 2 * result.bytes
         assert s.metric("rlfleet_rollout_policy_version") == 6
+
+
+async def test_a_spool_is_deleted_before_the_next_update_makes_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The call answers before its spool is deleted (in the background); the next update
+    waits for that, so the spool directory never holds two updates."""
+    from rlfleet.rollout import servicer
+
+    events: list[tuple[str, str]] = []
+    release = threading.Event()
+    real_mkdtemp, real_rmtree = servicer.tempfile.mkdtemp, servicer.shutil.rmtree
+
+    def mkdtemp(**kwargs: Any) -> str:
+        path = real_mkdtemp(**kwargs)
+        events.append(("made", path))
+        return path
+
+    def held_rmtree(path: Path, ignore_errors: bool) -> None:
+        release.wait(30)  # (a file system slow to delete, until the test lets it)
+        real_rmtree(path, ignore_errors)
+        events.append(("deleted", str(path)))
+
+    monkeypatch.setattr(servicer.tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setattr(servicer.shutil, "rmtree", held_rmtree)
+    (tmp_path / "spool").mkdir()
+    try:
+        async with Running(FakeEngine(), spool_dir=tmp_path / "spool") as s:
+            async with RolloutClient(s.target) as client:
+                await client.push_weights(model_tensors(), version=1)
+                assert [e for e, _ in events] == ["made"], "answered before the spool went"
+                second = asyncio.ensure_future(client.push_weights(model_tensors(2), version=2))
+                await asyncio.sleep(0.5)
+                assert [e for e, _ in events] == ["made"], "a second spool beside the first"
+                release.set()
+                assert (await second).version == 2
+            await until(lambda: len(events) == 4, "the second spool to go")
+    finally:
+        release.set()
+    (_, first), (_, gone), (_, made), (_, last) = events
+    assert [e for e, _ in events] == ["made", "deleted", "made", "deleted"]
+    assert gone == first != made == last
+    assert list((tmp_path / "spool").iterdir()) == []
 
 
 async def test_weights_pushed_mid_generation_tag_the_tokens_after_them(tmp_path: Path) -> None:
@@ -213,21 +281,41 @@ def stream(
     tensors: list[TensorSpec] | None = None,
     version: int = 1,
     data: bytes | None = None,
-    sha: str | None = None,
+    digest: str | None = None,
     pieces: int = 3,
+    legacy: bool = False,
 ) -> list[pb.WeightChunk]:
-    """An UpdateWeights stream built by hand (default: a valid one for the fake engine)."""
+    """An UpdateWeights stream built by hand (default: a valid one for the fake engine, with
+    an xxh3-128 checksum; ``legacy``: as senders sent it before the algorithm was named, a
+    sha256 and no name)."""
     tensors = list(PARAMS) if tensors is None else tensors
     if data is None:
         data = bytes(i % 251 for i in range(sum(t.nbytes for t in tensors)))
-    out = [
-        pb.WeightChunk(
-            begin=manifest_to_pb(WeightManifest(version=version, tensors=tuple(tensors)))
-        )
-    ]
+    begin = manifest_to_pb(WeightManifest(version=version, tensors=tuple(tensors)))
+    if not legacy:
+        begin.checksum = "xxh3-128"
+    out = [pb.WeightChunk(begin=begin)]
     step = max(1, -(-len(data) // pieces))
     out += [pb.WeightChunk(data=data[i : i + step]) for i in range(0, len(data), step)]
-    out.append(pb.WeightChunk(sha256=hashlib.sha256(data).hexdigest() if sha is None else sha))
+    out.append(_digest(data, legacy) if digest is None else _digest_message(digest, legacy))
+    return out
+
+
+def _digest(data: bytes, legacy: bool = False) -> pb.WeightChunk:
+    """The last message of a stream of ``data``."""
+    if legacy:
+        return pb.WeightChunk(sha256=hashlib.sha256(data).hexdigest())
+    return pb.WeightChunk(checksum=xxhash.xxh3_128(data).hexdigest())
+
+
+def _digest_message(digest: str, legacy: bool = False) -> pb.WeightChunk:
+    return pb.WeightChunk(sha256=digest) if legacy else pb.WeightChunk(checksum=digest)
+
+
+def _named(algorithm: str) -> list[pb.WeightChunk]:
+    """``stream()`` with ``algorithm`` named in its begin (its last message unchanged)."""
+    out = stream()
+    out[0].begin.checksum = algorithm
     return out
 
 
@@ -236,22 +324,56 @@ def _valid_bytes() -> bytes:
 
 
 def _flip(data: bytes) -> bytes:
+    """``data`` with one bit flipped."""
     return data[:10] + bytes([data[10] ^ 1]) + data[11:]
+
+
+def _swap(data: bytes) -> bytes:
+    """``data`` with its first two thirds (a sender's buckets) in the wrong order: the same
+    bytes, the same length."""
+    third = len(data) // 3
+    return data[third : 2 * third] + data[:third] + data[2 * third :]
 
 
 emb, up, norm = PARAMS
 REFUSED: dict[str, tuple[Callable[[], list[pb.WeightChunk]], grpc.StatusCode, str]] = {
     "checksum mismatch": (
-        lambda: stream(sha="ab" * 32),
+        lambda: stream(digest="ab" * 16),
         grpc.StatusCode.DATA_LOSS,
-        "sha256: the data hashes to",
+        "checksum: the data hashes to",
     ),
-    "corrupt byte": (
-        lambda: (
-            [*stream()[:-1], pb.WeightChunk(sha256=stream(data=_flip(_valid_bytes()))[-1].sha256)]
-        ),
+    "one bit flipped": (
+        lambda: [*stream(data=_flip(_valid_bytes()))[:-1], _digest(_valid_bytes())],
         grpc.StatusCode.DATA_LOSS,
-        "sha256:",
+        "checksum: the data hashes to",
+    ),
+    "two buckets swapped": (
+        lambda: [*stream(data=_swap(_valid_bytes()))[:-1], _digest(_valid_bytes())],
+        grpc.StatusCode.DATA_LOSS,
+        "checksum: the data hashes to",
+    ),
+    "sha256 mismatch (unnamed algorithm)": (
+        lambda: [
+            *stream(data=_flip(_valid_bytes()), legacy=True)[:-1],
+            _digest(_valid_bytes(), True),
+        ],
+        grpc.StatusCode.DATA_LOSS,
+        "checksum: the data hashes to",
+    ),
+    "unknown checksum algorithm": (
+        lambda: _named("md5"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "begin.checksum: unknown algorithm 'md5' (one of xxh3-128, sha256)",
+    ),
+    "sha256 field with a named algorithm": (
+        lambda: [*stream()[:-1], pb.WeightChunk(sha256=hashlib.sha256(_valid_bytes()).hexdigest())],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "sha256: superseded: this update's xxh3-128 goes in checksum",
+    ),
+    "checksum without a named algorithm": (
+        lambda: [*stream(legacy=True)[:-1], _digest(_valid_bytes())],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "checksum: begin names no algorithm for it",
     ),
     "truncated data": (
         lambda: [*stream()[:2], stream()[-1]],
@@ -261,7 +383,7 @@ REFUSED: dict[str, tuple[Callable[[], list[pb.WeightChunk]], grpc.StatusCode, st
     "ends before its checksum": (
         lambda: stream()[:-1],
         grpc.StatusCode.DATA_LOSS,
-        "truncated: the stream ended before its sha256",
+        "truncated: the stream ended before its checksum",
     ),
     "more bytes than announced": (
         lambda: stream(data=_valid_bytes() + b"xx"),
@@ -311,7 +433,7 @@ REFUSED: dict[str, tuple[Callable[[], list[pb.WeightChunk]], grpc.StatusCode, st
     "data after the checksum": (
         lambda: [*stream(), pb.WeightChunk(data=b"x")],
         grpc.StatusCode.INVALID_ARGUMENT,
-        "sha256: only in the last message",
+        "checksum: only in the last message",
     ),
 }
 
@@ -331,7 +453,7 @@ async def test_a_refused_stream_leaves_the_old_weights_serving(tmp_path: Path, c
         assert (await s.stub.Status(pb.StatusRequest(), timeout=10)).version == 0
         (c,) = [c async for c in s.stub.Generate(generate_request(math_prompt("m")), timeout=10)]
         assert [v.version for v in c.versions] == [0]
-        assert list((tmp_path / "spool").iterdir()) == []
+        await until(lambda: not any((tmp_path / "spool").iterdir()), "the spool to go")
         assert s.metric("rlfleet_rollout_weight_updates_total", result="rejected") == 1
         assert await s.health() == 1  # SERVING
 
@@ -389,7 +511,8 @@ async def test_an_engine_that_fails_to_apply_keeps_serving_the_old_version(tmp_p
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await s.stub.UpdateWeights(iter(stream()), timeout=10)
         assert err.value.code() == grpc.StatusCode.INTERNAL
-        assert engine.version == 0 and list((tmp_path / "spool").iterdir()) == []
+        assert engine.version == 0
+        await until(lambda: not any((tmp_path / "spool").iterdir()), "the spool to go")
         assert s.metric("rlfleet_rollout_weight_updates_total", result="failed") == 1
 
 
@@ -463,7 +586,7 @@ async def test_a_push_over_the_data_plane_then_serve_it(tmp_path: Path) -> None:
             assert (await client.push_weights(newer, version=6)).version == 6
             assert engine.weights == {n: raw(t) for n, t in newer.items()}
             assert (await client.status()).version == 6
-        assert list((tmp_path / "spool").iterdir()) == [], "the spool is deleted"
+        await until(lambda: not any((tmp_path / "spool").iterdir()), "the spool to go")
         assert s.metric("rlfleet_rollout_weight_updates_total", result="applied") == 2
 
 
@@ -538,10 +661,6 @@ class HandCall:
         self.queue.put_nowait(message)
 
 
-def _sha(data: bytes) -> pb.WeightChunk:
-    return pb.WeightChunk(sha256=hashlib.sha256(data).hexdigest())
-
-
 def _over_connection(payload: bytes, *, close: bool = True) -> Callable[[HandCall], Any]:
     """Send ``payload`` over the data connection (then close it, or leave it open)."""
 
@@ -564,7 +683,7 @@ DATA_PLANE_REFUSED: dict[str, tuple[list[Callable[[HandCall], Any]], grpc.Status
     "truncated connection": (
         [
             lambda h: _over_connection(h.token + _valid_bytes()[:50])(h),
-            lambda h: h.send(_sha(_valid_bytes())),
+            lambda h: h.send(_digest(_valid_bytes())),
             lambda h: h.send(None),
         ],
         grpc.StatusCode.DATA_LOSS,
@@ -578,30 +697,47 @@ DATA_PLANE_REFUSED: dict[str, tuple[list[Callable[[HandCall], Any]], grpc.Status
     "checksum mismatch": (
         [
             lambda h: _over_connection(h.token + _valid_bytes())(h),
-            lambda h: h.send(pb.WeightChunk(sha256="ab" * 32)),
+            lambda h: h.send(pb.WeightChunk(checksum="ab" * 16)),
             lambda h: h.send(None),
         ],
         grpc.StatusCode.DATA_LOSS,
-        "sha256: the data hashes to",
+        "checksum: the data hashes to",
     ),
-    "corrupt byte": (
+    "one bit flipped": (
         [
             lambda h: _over_connection(h.token + _flip(_valid_bytes()))(h),
-            lambda h: h.send(_sha(_valid_bytes())),
+            lambda h: h.send(_digest(_valid_bytes())),
             lambda h: h.send(None),
         ],
         grpc.StatusCode.DATA_LOSS,
-        "sha256:",
+        "checksum: the data hashes to",
+    ),
+    "two buckets swapped": (
+        [
+            lambda h: _over_connection(h.token + _swap(_valid_bytes()))(h),
+            lambda h: h.send(_digest(_valid_bytes())),
+            lambda h: h.send(None),
+        ],
+        grpc.StatusCode.DATA_LOSS,
+        "checksum: the data hashes to",
+    ),
+    "sha256 field with a named algorithm": (
+        [
+            lambda h: _over_connection(h.token + _valid_bytes())(h),
+            lambda h: h.send(_digest(_valid_bytes(), legacy=True)),
+        ],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "sha256: superseded: this update's xxh3-128 goes in checksum",
     ),
     "ends before its checksum": (
         [lambda h: _over_connection(h.token + _valid_bytes())(h), lambda h: h.send(None)],
         grpc.StatusCode.DATA_LOSS,
-        "truncated: the stream ended before its sha256",
+        "truncated: the stream ended before its checksum",
     ),
     "ends before its data": (
         [lambda h: h.send(None)],
         grpc.StatusCode.DATA_LOSS,
-        "truncated: the stream ended before its sha256",
+        "truncated: the stream ended before its checksum",
     ),
     "data in messages": (
         [lambda h: h.send(pb.WeightChunk(data=_valid_bytes()))],
@@ -648,7 +784,7 @@ async def test_a_refused_data_connection_leaves_the_old_weights_serving(
         assert (await s.stub.Status(pb.StatusRequest(), timeout=10)).version == 0
         (c,) = [c async for c in s.stub.Generate(generate_request(math_prompt("m")), timeout=10)]
         assert [v.version for v in c.versions] == [0]
-        assert list((tmp_path / "spool").iterdir()) == []
+        await until(lambda: not any((tmp_path / "spool").iterdir()), "the spool to go")
         assert s.metric("rlfleet_rollout_weight_updates_total", result="rejected") == 1
         assert await s.health() == 1  # SERVING
         # The port took one connection and is closed.
@@ -663,9 +799,36 @@ async def test_a_hand_made_data_plane_push_is_applied(tmp_path: Path) -> None:
         h = HandCall(s, stream()[0])
         assert await h.offered() and len(h.token) == 32
         _over_connection(h.token + _valid_bytes())(h)
-        h.send(_sha(_valid_bytes()))
+        h.send(_digest(_valid_bytes()))
         h.send(None)
         reply = await asyncio.wait_for(h.call, 10)
+        assert reply.version == 1 and engine.version == 1
+        assert b"".join(engine.weights[t.name] for t in PARAMS) == _valid_bytes()
+
+
+@pytest.mark.parametrize("transport", ["messages", "data plane"])
+@pytest.mark.parametrize("algorithm", ["sha256", "sha256 (unnamed)"])
+async def test_a_sha256_checksum_is_still_accepted(algorithm: str, transport: str) -> None:
+    """From senders that name sha256, or no algorithm at all (they came before it was
+    named and put the digest in ``sha256``)."""
+    legacy = algorithm.endswith("(unnamed)")
+    first = _named("sha256")[0] if not legacy else stream(legacy=True)[0]
+    last = (
+        _digest(_valid_bytes(), legacy=True)
+        if legacy
+        else pb.WeightChunk(checksum=hashlib.sha256(_valid_bytes()).hexdigest())
+    )
+    engine = FakeEngine()
+    async with Running(engine) as s:
+        if transport == "messages":
+            reply = await s.stub.UpdateWeights(iter([first, *stream()[1:-1], last]), timeout=10)
+        else:
+            h = HandCall(s, first)
+            assert await h.offered()
+            _over_connection(h.token + _valid_bytes())(h)
+            h.send(last)
+            h.send(None)
+            reply = await asyncio.wait_for(h.call, 10)
         assert reply.version == 1 and engine.version == 1
         assert b"".join(engine.weights[t.name] for t in PARAMS) == _valid_bytes()
 

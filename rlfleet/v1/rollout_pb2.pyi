@@ -147,24 +147,28 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[TensorDType, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class WeightUpdateBegin(_message.Message):
-    __slots__ = ("version", "tensors", "data_plane")
+    __slots__ = ("version", "tensors", "data_plane", "checksum")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     DATA_PLANE_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     version: int
     tensors: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     data_plane: bool
-    def __init__(self, version: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., data_plane: _Optional[bool] = ...) -> None: ...
+    checksum: str
+    def __init__(self, version: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., data_plane: _Optional[bool] = ..., checksum: _Optional[str] = ...) -> None: ...
 
 class WeightChunk(_message.Message):
-    __slots__ = ("begin", "data", "sha256")
+    __slots__ = ("begin", "data", "checksum", "sha256")
     BEGIN_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     begin: WeightUpdateBegin
     data: bytes
+    checksum: str
     sha256: str
-    def __init__(self, begin: _Optional[_Union[WeightUpdateBegin, _Mapping]] = ..., data: _Optional[bytes] = ..., sha256: _Optional[str] = ...) -> None: ...
+    def __init__(self, begin: _Optional[_Union[WeightUpdateBegin, _Mapping]] = ..., data: _Optional[bytes] = ..., checksum: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class WeightUpdateResult(_message.Message):
     __slots__ = ("version", "bytes", "receive_s", "apply_s")
