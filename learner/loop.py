@@ -41,7 +41,7 @@ from rlfleet.learner.optim import clip_gradients
 from rlfleet.learner.pool import NoRolloutServer, PushReport, RolloutPool
 from rlfleet.learner.rewards import Reward, RewardFunction, reward_input
 from rlfleet.learner.schedule import batch_indices, sample_seed
-from rlfleet.learner.scoring import VerdictCache, VerifierLike, score
+from rlfleet.learner.scoring import BatchScorer, StreamingVerifier, VerdictCache
 from rlfleet.learner.templates import Template
 from rlfleet.rollout.client import RolloutClient
 from rlfleet.rollout.records import Completion, GenerateRequest, Prompt, SamplingParams
@@ -160,7 +160,7 @@ class Trainer:
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         rollout: RolloutPool | None,
-        verifier: VerifierLike | None,
+        verifier: StreamingVerifier | None,
         device: torch.device,
         spool_dir: Path,
         checkpoint_dir: Path,
@@ -228,6 +228,14 @@ class Trainer:
             await self.served.wait_for(lambda: self.serving >= oldest)
         t0 = time.monotonic()
         batch = self.batch(step)
+        if self.verifier is None:
+            raise RuntimeError("only rank 0 talks to the verifier fleet")
+        async with BatchScorer(self.verifier, self.cache) as scorer:
+            return await self._produce(step, batch, oldest, t0, scorer)
+
+    async def _produce(
+        self, step: int, batch: list[Task], oldest: int, t0: float, scorer: BatchScorer
+    ) -> Batch:
         generated: list[float] = []
         servers: set[str] = set()
         resent = 0
@@ -239,7 +247,7 @@ class Trainer:
             generated.append(time.monotonic())
             servers.add(done.server)
             resent += done.resent
-            samples, stats = await self.rewards(group, task, done.completions)
+            samples, stats = await self.rewards(scorer, group, task, done.completions)
             for key, value in stats.items():
                 counts[key] += value
             return samples
@@ -281,13 +289,9 @@ class Trainer:
         )
 
     async def rewards(
-        self, group: int, task: Task, completions: Sequence[Completion]
+        self, scorer: BatchScorer, group: int, task: Task, completions: Sequence[Completion]
     ) -> tuple[list[Sample], dict[str, int]]:
-        if self.verifier is None:
-            raise RuntimeError("only rank 0 talks to the verifier fleet")
-        results, stats = await score(
-            self.verifier, [(task, c.text) for c in completions], self.cache
-        )
+        results, stats = await scorer.score([(task, c.text) for c in completions])
         samples = []
         for c, result in zip(completions, results, strict=True):
             scored = dataclasses.replace(c, result=result)

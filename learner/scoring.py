@@ -10,7 +10,9 @@ all: those are asked again every time.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+import asyncio
+import itertools
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,6 +29,12 @@ class VerifierLike(Protocol):
     """What ``score`` needs of ``VerifierClient`` (fakes in tests)."""
 
     def verify_many(self, cases: Iterable[Case]) -> AsyncIterator[CaseResult]: ...
+
+
+class StreamingVerifier(Protocol):
+    """What ``BatchScorer`` needs of ``VerifierClient``: cases that come as they come."""
+
+    def verify_many(self, cases: AsyncIterable[Case]) -> AsyncIterator[CaseResult]: ...
 
 
 @dataclass
@@ -84,3 +92,89 @@ async def score(
             found[key] = result
             cache.put(key, result)
     return [found[(task.id, text)] for task, text in pairs], stats
+
+
+class BatchScorer:
+    """``score`` for the groups of one batch as they come, over a single verifier stream:
+    each group's new cases join the stream as soon as the group is whole, and its call
+    returns once they are answered. (A stream per group costs the fleet a stream's set-up
+    and its own flow control per group; one stream keeps it fed at its own pace.)
+
+    Use as ``async with BatchScorer(client, cache) as scorer: await scorer.score(pairs)``.
+    A failure of the stream (no verifier left) is raised by every call waiting on it and
+    every later one."""
+
+    def __init__(self, client: StreamingVerifier, cache: VerdictCache) -> None:
+        self.client = client
+        self.cache = cache
+        self._cases: asyncio.Queue[Case | None] = asyncio.Queue()
+        self._waiting: dict[str, asyncio.Future[CaseResult]] = {}
+        self._pending: dict[Key, asyncio.Future[CaseResult]] = {}
+        self._ids = itertools.count()
+        self._failed: BaseException | None = None
+        self._pump: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> BatchScorer:
+        self._pump = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._cases.put_nowait(None)
+        if self._pump is not None:
+            if exc[0] is not None:
+                self._pump.cancel()
+            await asyncio.gather(self._pump, return_exceptions=True)
+
+    async def _feed(self) -> AsyncIterator[Case]:
+        while (case := await self._cases.get()) is not None:
+            yield case
+
+    async def _run(self) -> None:
+        try:
+            async for result in self.client.verify_many(self._feed()):
+                future = self._waiting.pop(result.id, None)
+                if future is not None and not future.done():
+                    future.set_result(result)
+        except Exception as e:  # (handed to every caller waiting on the stream, unchanged)
+            self._failed = e
+        else:
+            self._failed = RuntimeError("the verifier stream ended with cases unanswered")
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(self._failed)
+        self._waiting.clear()
+
+    async def score(self, pairs: Sequence[tuple[Task, str]]) -> tuple[list[CaseResult], ScoreStats]:
+        """The verifier's result for each (task, completion text), in order."""
+        if self._failed is not None:
+            raise self._failed
+        loop = asyncio.get_running_loop()
+        stats = ScoreStats()
+        keys = list(dict.fromkeys((task.id, text) for task, text in pairs))
+        stats.unique = len(keys)
+        futures: dict[Key, asyncio.Future[CaseResult]] = {}
+        tasks = {(task.id, text): task for task, text in pairs}
+        for key in keys:
+            kept = self.cache.get(key)
+            if kept is not None:
+                stats.cache_hits += 1
+                futures[key] = loop.create_future()
+                futures[key].set_result(kept)
+            elif key in self._pending:  # (another group of the batch asked already)
+                stats.cache_hits += 1
+                futures[key] = self._pending[key]
+            else:
+                stats.verified += 1
+                case_id = str(next(self._ids))
+                future = loop.create_future()
+                self._waiting[case_id] = self._pending[key] = futures[key] = future
+                self._cases.put_nowait(tasks[key].case_for(key[1], case_id))
+        try:
+            found = {key: await future for key, future in futures.items()}
+        finally:
+            for key in keys:
+                if key in self._pending and self._pending[key].done():
+                    del self._pending[key]
+        for key, result in found.items():
+            self.cache.put(key, result)
+        return [found[(task.id, text)] for task, text in pairs], stats

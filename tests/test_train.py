@@ -5,6 +5,7 @@ batches as an uninterrupted one."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import struct
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from rlfleet.learner.config import ConfigError, TrainConfig, load_config, write_
 from rlfleet.learner.fleet import RUN_MARKER
 from rlfleet.learner.plot import reward_curve_png
 from rlfleet.learner.schedule import batch_indices, epoch_order, sample_seed
-from rlfleet.learner.scoring import VerdictCache, score
+from rlfleet.learner.scoring import BatchScorer, VerdictCache, score
 from rlfleet.learner.tasks import BuiltinConfig, builtin_tasks
 from rlfleet.sandbox.records import Case, CaseResult, Verdict
 
@@ -128,6 +129,50 @@ async def test_resource_verdicts_are_asked_again() -> None:
     await score(fake, [(tasks[0], "1")], cache)
     await score(fake, [(tasks[0], "1")], cache)
     assert len(fake.seen) == 2 and len(cache) == 0
+
+
+class StreamVerifier:
+    """One stream at a time, answered as its cases come; or failing after ``fail_after``."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.streams = 0
+        self.seen: list[Case] = []
+        self.fail_after = fail_after
+
+    async def verify_many(self, cases: AsyncIterable[Case]) -> AsyncIterator[CaseResult]:
+        self.streams += 1
+        async for case in cases:
+            if self.fail_after is not None and len(self.seen) >= self.fail_after:
+                raise ConnectionError("verifier gone")
+            self.seen.append(case)
+            yield CaseResult(id=case.id, verdict=Verdict.WA, passed=0, total=1, reward=0.0)
+
+
+async def test_a_batch_scorer_sends_each_pair_once_over_one_stream() -> None:
+    tasks = builtin_tasks(BuiltinConfig(seed=0))[:2]
+    cache, fake = VerdictCache(), StreamVerifier()
+    async with BatchScorer(fake, cache) as scorer:
+        groups = [
+            [(tasks[0], "1"), (tasks[0], "1"), (tasks[0], "2")],
+            [(tasks[1], "1"), (tasks[0], "2")],  # (tasks[0], "2"): asked by the first group
+        ]
+        (first, s1), (second, s2) = await asyncio.gather(*(scorer.score(g) for g in groups))
+    assert fake.streams == 1 and len(fake.seen) == 3
+    assert [r.verdict for r in first + second] == [Verdict.WA] * 5
+    assert (s1.unique, s1.verified) == (2, 2) and (s2.unique, s2.verified) == (2, 1)
+    async with BatchScorer(fake, cache) as scorer:  # (the next batch: the cache answers)
+        _, s3 = await scorer.score(groups[0])
+    assert s3.cache_hits == 2 and len(fake.seen) == 3
+
+
+async def test_a_failed_verifier_stream_fails_every_waiting_group() -> None:
+    tasks = builtin_tasks(BuiltinConfig(seed=0))[:3]
+    scorer = BatchScorer(StreamVerifier(fail_after=1), VerdictCache())
+    with pytest.raises(ConnectionError, match="verifier gone"):
+        async with scorer:
+            await asyncio.gather(*(scorer.score([(t, "1")]) for t in tasks))
+    with pytest.raises(ConnectionError):
+        await scorer.score([(tasks[0], "5")])
 
 
 def test_the_reward_curve_is_a_png() -> None:
