@@ -5,6 +5,7 @@ Fast paths, none of which needs sympy or a round trip to a worker: the same norm
 two plain numbers (exact rationals); ``x = 3`` against ``3``. Tuples, intervals, sets and
 unions are split here and compared element by element, so brackets (open/closed ends,
 tuple order) are decided by exact rules rather than by a parser's reading of ``(1,2)``.
+Times of day compare as times (``clock``). The rules are written out in docs/math.md.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from rlfleet.sandbox.mathcheck.clock import seconds_of_day
 from rlfleet.sandbox.mathcheck.normalize import (
     Norm,
     Struct,
@@ -48,6 +50,10 @@ def is_candidate_list(answer: Norm, gold: Norm) -> bool:
 def equal(answer: Norm, gold: Norm, algebra: Algebra) -> bool:
     if answer.text == gold.text and answer.percent == gold.percent:
         return True
+    ta, tg = seconds_of_day(answer.text), seconds_of_day(gold.text)
+    if ta is not None or tg is not None:
+        # A time of day equals only the same time of day ("7:00" is not the ratio 7:0).
+        return ta == tg
     fa, fg = to_fraction(answer.text), to_fraction(gold.text)
     if fa is not None and fg is not None:
         return numbers_equal(answer, gold, fa, fg)

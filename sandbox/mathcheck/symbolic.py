@@ -12,6 +12,9 @@ The ladder, cheapest proof first:
    a relative tolerance of 1e-15 (Schwartz-Zippel style identity testing). Tight enough that
    no human-written difference passes, loose enough for 30-digit rounding noise.
 
+An expression holding a division by zero or an indeterminate form (sympy's ``zoo`` and
+``nan``) equals nothing: ``7:0`` and ``4:0`` are not the same answer.
+
 Equations are equal only as the same relation: (lhs - rhs) of one is a constant non-zero
 multiple of the other's (positive for inequalities), so two different lines are never equal
 (Math-Verify #60).
@@ -333,6 +336,8 @@ def equivalent(answer: str, gold: str) -> bool:
     """Both given as normalised text. Raises on parse failure (the caller reports it)."""
 
     a, g = _imaginary_unit(parse(answer)), _imaginary_unit(parse(gold))
+    if _undefined(a) or _undefined(g):
+        return False  # 1/0 and 2/0 are both zoo: an undefined value equals nothing
     a_rel, g_rel = (
         isinstance(a, sympy.core.relational.Relational),
         isinstance(g, sympy.core.relational.Relational),
@@ -360,6 +365,11 @@ def equivalent(answer: str, gold: str) -> bool:
                 return verdict
         return expressions_equal(a, g)
     return bool(a == g)
+
+
+def _undefined(expr: Any) -> bool:
+    """Whether the expression holds a division by zero or an indeterminate form (zoo, nan)."""
+    return isinstance(expr, sympy.Basic) and expr.has(sympy.zoo, sympy.nan)
 
 
 def _imaginary_unit(expr: Any) -> Any:
