@@ -61,3 +61,31 @@ def test_rule_times_of_day_compare_as_times(checker: MathChecker) -> None:
             ("\\boxed{2:9}", "9:2", False),
         ],
     ) == []
+
+
+def test_rule_a_named_value_is_its_value(checker: MathChecker) -> None:
+    assert _verdicts(
+        checker,
+        [
+            ("\\boxed{(1,5)}", "(x,y)=(1,5)", True),
+            ("\\boxed{(5,1)}", "(x,y)=(1,5)", False),
+            ("\\boxed{x=1, y=5}", "(x,y)=(1,5)", True),
+            ("\\boxed{x=5, y=1}", "(x,y)=(1,5)", False),
+            ("\\boxed{(x, y) = (1, 5)}", "(1,5)", True),
+            ("\\boxed{7}", "BC=7", True),
+            ("\\boxed{8}", "BC=7", False),
+            ("\\boxed{BC = 7}", "7", True),
+            ("\\boxed{x = 7}", "BC=7", True),
+            ("\\boxed{2:9}", "a:b=2:9", True),
+            ("\\boxed{9:2}", "a:b=2:9", False),
+            ("\\boxed{30^\\circ}", "\\angle ABC = 30^\\circ", True),
+            ("\\boxed{\\frac{\\pi}{4}}", "\\theta = \\frac{\\pi}{4}", True),
+            ("\\boxed{x = 3}", "x=3", True),
+            ("\\boxed{x = 4}", "x=3", False),
+            # a one-letter name may be the variable of an equation: the relation decides
+            ("\\boxed{2y = 4x + 2}", "y=2x+1", True),
+            ("\\boxed{2y = 4x + 4}", "y=2x+1", False),
+            ("\\boxed{x = 3}", "y=3", False),
+            ("\\boxed{6}", "xy=6", False),  # xy is a product, not a name
+        ],
+    ) == []

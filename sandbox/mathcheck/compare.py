@@ -18,6 +18,7 @@ from rlfleet.sandbox.mathcheck.normalize import (
     Norm,
     Struct,
     numbers_equal,
+    named_value,
     parse_struct,
     split_union,
     strip_assignment,
@@ -44,7 +45,8 @@ def is_candidate_list(answer: Norm, gold: Norm) -> bool:
     struct = parse_struct(answer.text)
     if struct is None or not struct.unordered or len(struct.items) < 2:
         return False
-    return parse_struct(gold.text) is None and split_union(gold.text) is None
+    value = strip_assignment(gold.text)  # (x,y)=(1,5): the tuple is what the gold gives
+    return parse_struct(value) is None and split_union(value) is None
 
 
 def equal(answer: Norm, gold: Norm, algebra: Algebra) -> bool:
@@ -59,6 +61,9 @@ def equal(answer: Norm, gold: Norm, algebra: Algebra) -> bool:
         return numbers_equal(answer, gold, fa, fg)
     if len(answer.text) > MAX_LENGTH or len(gold.text) > MAX_LENGTH:
         raise Undecided("rejected")  # bounds the element-by-element work below too
+    values = _named_values(answer, gold)
+    if values is not None:
+        return equal(values[0], values[1], algebra)
     ua, ug = split_union(answer.text), split_union(gold.text)
     if ua is not None and ug is not None:
         return _unordered_equal(ua, ug, algebra)
@@ -72,16 +77,31 @@ def equal(answer: Norm, gold: Norm, algebra: Algebra) -> bool:
         if not _INEQUALITY.search(single):
             return False
         return _algebra_of(answer.text, gold.text, algebra)
-    a_text, g_text = answer.text, gold.text
-    # "x = 3" against "3" (or the other way): the value of a single name is the answer.
-    if ("=" in a_text) != ("=" in g_text):
-        a_text, g_text = strip_assignment(a_text), strip_assignment(g_text)
-        if a_text == g_text:
-            return True
-        fa, fg = to_fraction(a_text), to_fraction(g_text)
-        if fa is not None and fg is not None:
-            return numbers_equal(Norm(a_text, answer.percent), Norm(g_text, gold.percent), fa, fg)
-    return _algebra_of(a_text, g_text, algebra)
+    return _algebra_of(answer.text, gold.text, algebra)
+
+
+def _named_values(answer: Norm, gold: Norm) -> tuple[Norm, Norm] | None:
+    """The values to compare when one side or both name what they give (``BC = 7``), or
+    None when the names stay (two equations).
+
+    The value of a name is the answer: ``x = 3`` against ``3``, ``(x,y)=(1,5)`` against
+    ``(1,5)``. A one-letter name may instead be the variable of an equation
+    (``2y = 4x + 2`` against ``y = 2x + 1``), so it is dropped only when the other side has
+    no ``=`` at all, or names the same thing; the other names (``BC``, ``(x,y)``, ``a:b``)
+    are never variables and are dropped whatever the other side is."""
+    na, ng = named_value(answer.text), named_value(gold.text)
+    if na is None and ng is None:
+        return None
+    if na is not None and ng is not None:
+        if na.name != ng.name and na.variable and ng.variable:
+            return None  # x = 3 against y = 3: two equations, for the algebra
+    elif na is not None and na.variable and "=" in gold.text:
+        return None
+    elif ng is not None and ng.variable and "=" in answer.text:
+        return None
+    a = Norm(na.value, answer.percent) if na is not None else answer
+    g = Norm(ng.value, gold.percent) if ng is not None else gold
+    return a, g
 
 
 def _algebra_of(a_text: str, g_text: str, algebra: Algebra) -> bool:

@@ -70,7 +70,19 @@ _PERCENT_WORD = re.compile(r"\s*(?:\\text\s*\{\s*percent\s*\}|\bpercent)\s*$")
 _TEXT_UNIT = re.compile(
     r"^([-+]?[\d.,/]*\d)\s*\\(?:text|mathrm|mbox)\s*\{\s*[a-zA-Z][^{}]*\}(?:\s*\^\s*\{?\d\}?)?$"
 )
-_ASSIGN = re.compile(r"^[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?(?:\([a-z]\))?\s*=\s*([^=<>]+)$")
+# A name: a letter or a Greek letter, with a subscript, primes and arguments (x, x_1, f(x),
+# \theta). A single letter may also be a variable of an equation (y = 2x + 1).
+_LETTER = (
+    r"(?:[a-zA-Z]|\\(?:alpha|beta|gamma|delta|epsilon|varepsilon|theta|lambda|mu|phi|varphi"
+    r"|psi|omega|sigma|tau|rho))"
+)
+_NAME = _LETTER + r"(?:_\{?[a-zA-Z0-9]+\}?)?'*(?:\([a-z](?:,[a-z])*\))?"
+# Names that no equation uses as a variable: a segment or angle of a figure (BC, \angle ABC,
+# m\angle A, \overline{AB}), a tuple of names ((x,y)), a ratio of names (a:b).
+_FIGURE = r"(?:m?\\angle ?[A-Z]{1,3}|\\overline\{[A-Z]{2,3}\}|[A-Z]{2,3})"
+_NAMES = rf"(?:{_FIGURE}|\({_NAME}(?:,{_NAME})+\)|{_NAME}(?::{_NAME})+)"
+_ASSIGN = re.compile(rf"^({_NAME}|{_NAMES})\s*=\s*([^=<>]+)$")
+_MANY_NAMES = re.compile(rf"^{_NAMES}$")
 _FRAC = re.compile(r"^([-+]?)\\frac\s*\{\s*([-+]?\d+)\s*\}\s*\{\s*([-+]?\d+)\s*\}$")
 _MIXED = re.compile(r"^([-+]?)(\d+)\\frac\{(\d+)\}\{(\d+)\}$")
 _FRAC_SHORT = re.compile(r"^([-+]?)\\frac(\d)(\d)$")
@@ -144,10 +156,29 @@ def _keep_needed_space(m: re.Match[str]) -> str:
     return m.group(1) + " "
 
 
-def strip_assignment(text: str) -> str:
-    """``x=3`` -> ``3``, ``f(x)=2x`` -> ``2x``: a single name on the left is not the answer."""
+@dataclass(frozen=True)
+class Named:
+    """``name = value``: an answer or gold that names what it gives."""
+
+    name: str
+    value: str
+    variable: bool
+    """Whether the name may be a variable of an equation (one letter: ``y = 2x + 1``)."""
+
+
+def named_value(text: str) -> Named | None:
+    """``x=3``, ``BC=7``, ``(x,y)=(1,5)``, ``a:b=2:9`` as name and value; None otherwise."""
     m = _ASSIGN.match(text)
-    return m.group(1).strip() if m else text
+    if m is None:
+        return None
+    name = m.group(1)
+    return Named(name=name, value=m.group(2).strip(), variable=not _MANY_NAMES.match(name))
+
+
+def strip_assignment(text: str) -> str:
+    """``x=3`` -> ``3``, ``f(x)=2x`` -> ``2x``: a name on the left is not the answer."""
+    named = named_value(text)
+    return named.value if named else text
 
 
 def is_hedge(text: str) -> bool:
