@@ -89,3 +89,49 @@ def test_rule_a_named_value_is_its_value(checker: MathChecker) -> None:
             ("\\boxed{6}", "xy=6", False),  # xy is a product, not a name
         ],
     ) == []
+
+
+def test_rule_a_gold_of_several_boxes_or_joined_by_and_is_all_its_values(
+    checker: MathChecker,
+) -> None:
+    assert _verdicts(
+        checker,
+        [
+            ("\\boxed{4, -1}", "\\boxed{4} and \\boxed{-1}", True),
+            ("\\boxed{-1, 4}", "\\boxed{4} and \\boxed{-1}", True),
+            ("\\boxed{-1}", "\\boxed{4} and \\boxed{-1}", False),  # not just the last box
+            ("\\boxed{4}", "\\boxed{4} and \\boxed{-1}", False),
+            ("\\boxed{5}", "\\boxed{5} so \\boxed{5}", True),  # the same box twice: one value
+            ("\\boxed{3, 10}", "3 \\text{ and } 10", True),
+            ("\\boxed{3 \\text{ and } 10}", "3 \\text{ and } 10", True),
+            ("\\boxed{3}", "3 \\text{ and } 10", False),
+            ("\\boxed{3, 11}", "3 \\text{ and } 10", False),
+            ("\\boxed{5, 17, 29}", "5, 17, and 29", True),
+            ("\\boxed{29, 5, 17}", "5, 17, and 29", True),
+            ("\\boxed{5, 17}", "5, 17, and 29", False),
+            ("\\boxed{5, 17, 29, 41}", "5, 17, and 29", False),
+        ],
+    ) == []
+
+
+def test_rule_several_boxes_together_against_a_multi_valued_gold(checker: MathChecker) -> None:
+    """Several boxes of different value are one answer when the gold is several values in no
+    order and the boxes are not offered as alternatives; against a single-valued gold (or
+    joined by "or") they are hedging."""
+    assert _verdicts(
+        checker,
+        [
+            ("So \\boxed{x=2} and \\boxed{x=-3}.", "2, -3", True),
+            ("So \\boxed{-3} and \\boxed{2}.", "2, -3", True),
+            ("Roots: \\boxed{2}, \\boxed{-3}", "\\{-3, 2\\}", True),
+            ("So \\boxed{x=2} and \\boxed{x=-2}.", "2, -3", False),  # a wrong value
+            ("So \\boxed{2}, \\boxed{-3} and \\boxed{5}.", "2, -3", False),  # an extra value
+            ("So \\boxed{2}.", "2, -3", False),  # a missing value
+            ("So \\boxed{2} or \\boxed{-3}.", "2, -3", False),  # alternatives, not the list
+            ("So \\boxed{x=2} or \\boxed{x=-3}.", "x=2 \\text{ or } x=-3", True),
+            ("So \\boxed{2} or \\boxed{3}.", "2", False),
+            ("So \\boxed{2} and \\boxed{3}.", "2", False),  # single-valued gold: hedging
+            ("So \\boxed{2} and \\boxed{3}.", "(2, 3)", False),  # a tuple has an order
+            ("\\boxed{2} and \\boxed{-3}", "\\boxed{2} and \\boxed{-3}", True),
+        ],
+    ) == []

@@ -18,6 +18,7 @@ from rlfleet.sandbox.mathcheck.normalize import (
     is_hedge,
     normalize,
     parse_struct,
+    strip_assignment,
 )
 
 
@@ -67,6 +68,46 @@ def _hedged(found: Extraction) -> bool:
         except Undecided:
             return True  # could not tell cheaply: different-looking boxes count as hedging
     return False
+
+
+def _distinct(boxes: tuple[str, ...]) -> list[str]:
+    """The boxes, each written once (ignoring spaces), in order."""
+    seen: set[str] = set()
+    out = []
+    for box in boxes:
+        key = "".join(box.split())
+        if key not in seen:
+            seen.add(key)
+            out.append(box)
+    return out
+
+
+def read_gold(gold: str) -> str:
+    """The gold answer as the checker compares it.
+
+    A boxed gold is its box ("\\boxed{5}"); several boxes of different text are all of the
+    answer ("\\boxed{4} and \\boxed{-1}" is the list "4, -1"); values joined by "and"
+    ("3 \\text{ and } 10", "5, 17, and 29") are a list."""
+    boxes = boxed_contents(gold)
+    if boxes:
+        gold = ", ".join(_distinct(tuple(boxes)))
+    if has_and(gold) and not is_hedge(gold):
+        gold = alternatives_as_list(gold)
+    return gold
+
+
+def multi_valued(gold: str) -> bool:
+    """Whether the gold is several values in no order: a list, a set, alternatives."""
+    if is_hedge(gold):
+        return True
+    struct = parse_struct(strip_assignment(normalize(gold).text))
+    return struct is not None and struct.unordered and len(struct.items) > 1
+
+
+def together(found: Extraction) -> bool:
+    """Whether the final region's boxes are given together ("\\boxed{2} and \\boxed{-3}"),
+    not as alternatives ("\\boxed{2} or \\boxed{-3}")."""
+    return not is_hedge(found.between)
 
 
 def _shutdown(threads: ThreadPoolExecutor, algebra: AlgebraRunner) -> None:
@@ -153,14 +194,16 @@ class MathChecker:
             raise RuntimeError("a MathChecker cannot cross a fork: create one per process")
 
     def _check(self, completion: str, gold: str, algebra: Algebra) -> MathResult:
-        boxed_gold = boxed_contents(gold)
-        if boxed_gold:  # some datasets store the gold answer as "\boxed{5}"
-            gold = boxed_gold[-1]
+        gold = read_gold(gold)
         found = extract(completion)
         answer = found.answer
         if answer is None:
             return MathResult(correct=False, extracted=None, reason="no_answer")
-        if _hedged(found) or (is_hedge(answer) and not is_hedge(gold)):
+        if _hedged(found):
+            if not (multi_valued(gold) and (together(found) or is_hedge(gold))):
+                return MathResult(correct=False, extracted=answer, reason="hedged")
+            answer = ", ".join(_distinct(found.boxes))  # the boxes together are the answer
+        if is_hedge(answer) and not is_hedge(gold):
             return MathResult(correct=False, extracted=answer, reason="hedged")
         if is_hedge(gold):  # "x = 2 or x = 3" as gold: compare the alternatives as a set
             a, g = normalize(alternatives_as_list(answer)), normalize(alternatives_as_list(gold))

@@ -35,6 +35,10 @@ class Extraction:
 
     answer: str | None
     others: tuple[str, ...] = ()
+    boxes: tuple[str, ...] = ()
+    """Every box of the final region, in order (the last one is ``answer``)."""
+    between: str = ""
+    """The text between those boxes ("and", "or", commas, words)."""
 
     @property
     def hedged(self) -> bool:
@@ -63,18 +67,31 @@ def _box_end(text: str, start: int) -> int | None:
 
 def _boxes(text: str) -> list[tuple[int, str]]:
     """(start, content) of the last ``MAX_BOXES`` closed boxes, in order."""
+    return [(start, content) for start, _, content in _located_boxes(text)]
+
+
+def _located_boxes(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of the last ``MAX_BOXES`` closed boxes, in order."""
     starts = [m for m in _BOX_START.finditer(text)][-MAX_BOXES:]
     out = []
     for m in starts:
         end = _box_end(text, m.end())
         if end is not None:
-            out.append((m.start(), text[m.end() : end - 1].strip()))
+            out.append((m.start(), end, text[m.end() : end - 1].strip()))
     return out
 
 
 def boxed_contents(text: str) -> list[str]:
     """Contents of the ``\\boxed{...}`` (balanced braces) in ``text``, in order."""
     return [content for _, content in _boxes(text)]
+
+
+def _final(text: str, located: list[tuple[int, int, str]]) -> Extraction:
+    """The answer of the boxes ``located`` in ``text``, the last one; with the others and the
+    text between them when there are several."""
+    contents = [content for _, _, content in located]
+    between = " ".join(text[end:start] for (_, end, _), (start, _, _) in zip(located, located[1:]))
+    return Extraction(contents[-1] or None, _others(contents), tuple(contents), between)
 
 
 def _strip_math(value: str) -> str:
@@ -119,17 +136,15 @@ def extract(completion: str) -> Extraction:
     """The answer and whether it was hedged among different boxed answers."""
     region = _last_answer_tag(completion)
     if region is not None:
-        boxes = boxed_contents(region)
-        if boxes:
-            return Extraction(boxes[-1] or None, _others(boxes))
+        in_tag = _located_boxes(region)
+        if in_tag:
+            return _final(region, in_tag)
         return Extraction(_strip_math(region) or None)
-    located = _boxes(completion)
+    located = _located_boxes(completion)
     if located:
         # The final region: the paragraph holding the last box.
-        last_start, answer = located[-1]
-        region_start = completion.rfind("\n\n", 0, last_start)
-        final = [content for start, content in located if start > region_start]
-        return Extraction(answer or None, _others(final))
+        region_start = completion.rfind("\n\n", 0, located[-1][0])
+        return _final(completion, [box for box in located if box[0] > region_start])
     return Extraction(_answer_line(completion))
 
 
