@@ -135,3 +135,24 @@ def test_rule_several_boxes_together_against_a_multi_valued_gold(checker: MathCh
             ("\\boxed{2} and \\boxed{-3}", "\\boxed{2} and \\boxed{-3}", True),
         ],
     ) == []
+
+
+def test_rule_inequalities_are_the_sets_they_describe(checker: MathChecker) -> None:
+    assert _verdicts(
+        checker,
+        [
+            ("\\boxed{(-1, 4]}", "-1 < x \\le 4", True),
+            ("\\boxed{-1 < x \\leq 4}", "(-1, 4]", True),
+            ("\\boxed{x \\in (-1, 4]}", "-1 < x \\le 4", True),
+            ("\\boxed{4 \\geq x > -1}", "-1 < x \\le 4", True),
+            ("\\boxed{(-1, 4)}", "-1 < x \\le 4", False),
+            ("\\boxed{[-1, 4]}", "-1 < x \\le 4", False),
+            ("\\boxed{x > -1}", "-1 < x \\le 4", False),
+            ("\\boxed{\\{-1, 4\\}}", "-1 < x \\le 4", False),  # a set of two points
+            ("\\boxed{[-3,-2] \\cup [2,3]}", "2 \\le |t| \\le 3", True),
+            ("\\boxed{[2,3]}", "2 \\le |t| \\le 3", False),
+            ("\\boxed{[-3,3]}", "2 \\le |t| \\le 3", False),
+            ("\\boxed{x \\geq 3}", "[3, \\infty)", True),
+            ("\\boxed{x > 3}", "[3, \\infty)", False),
+        ],
+    ) == []

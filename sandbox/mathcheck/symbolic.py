@@ -344,11 +344,12 @@ def equivalent(answer: str, gold: str) -> bool:
     )
     if a_rel and g_rel:
         return relations_equal(a, g)
-    # "x >= 3" against "[3, \infty)": the set the inequality describes.
-    if a_rel and isinstance(g, sympy.Set) and not isinstance(a, sympy.Equality):
-        return _sets_equal(_as_set(a), g)
-    if g_rel and isinstance(a, sympy.Set) and not isinstance(g, sympy.Equality):
-        return _sets_equal(a, _as_set(g))
+    # "x >= 3" against "[3, \infty)", "-1 < x \le 4" against "(-1, 4]", "2 \le |t| \le 3"
+    # against "[-3,-2] \cup [2,3]": the set of reals the inequality describes.
+    if _is_inequality(a) or _is_inequality(g):
+        left = _real_set(a) if _is_inequality(a) else a
+        right = _real_set(g) if _is_inequality(g) else g
+        return _sets_equal(left, right)
     # "x = 3" against "3" (either way round): the right-hand side of a solved form.
     if a_rel:
         if not (isinstance(a, sympy.Equality) and _is_name(a.lhs)):
@@ -380,11 +381,24 @@ def _imaginary_unit(expr: Any) -> Any:
     return expr.subs(i, sympy.I) if i in free else expr
 
 
-def _as_set(relation: Any) -> Any:
-    """The real solution set of a one-variable inequality; raises for anything else."""
+def _is_inequality(expr: Any) -> bool:
+    """An inequality, a chain of them (``-1 < x \\le 4``), or an and/or of them."""
+    if isinstance(expr, sympy.And | sympy.Or):
+        return True
+    return isinstance(expr, sympy.core.relational.Relational) and not isinstance(
+        expr, sympy.Equality
+    )
 
-    (symbol,) = relation.free_symbols
-    return sympy.solveset(relation, symbol, sympy.S.Reals)
+
+def _real_set(condition: Any) -> Any:
+    """The set of reals satisfying a condition in one variable; None when there is no such
+    set (several variables, or one sympy cannot solve)."""
+    if len(condition.free_symbols) != 1:
+        return None
+    try:
+        return condition.as_set()
+    except SYMPY_ERRORS:
+        return None
 
 
 def _approximation_equal(text: str, exact: Any) -> bool | None:
