@@ -27,132 +27,189 @@ def _verdicts(checker: MathChecker, cases: list[tuple[str, str, bool]]) -> list[
 
 
 def test_rule_undefined_values_equal_nothing(checker: MathChecker) -> None:
-    assert _verdicts(
-        checker,
-        [
-            ("\\boxed{\\frac{1}{0}}", "\\frac{2}{0}", False),
-            ("\\boxed{1:0}", "2:0", False),
-            ("\\boxed{\\frac{0}{0}}", "\\frac{0}{0}", True),  # the same text is the same answer
-            ("\\boxed{\\frac{x}{0}}", "\\frac{1}{0}", False),
-            ("\\boxed{\\tan\\frac{\\pi}{2}}", "\\frac{1}{0}", False),
-            ("\\boxed{\\infty}", "\\infty", True),  # infinity is a value, not undefined
-            ("\\boxed{-\\infty}", "\\infty", False),
-        ],
-    ) == []
+    assert (
+        _verdicts(
+            checker,
+            [
+                ("\\boxed{\\frac{1}{0}}", "\\frac{2}{0}", False),
+                ("\\boxed{1:0}", "2:0", False),
+                ("\\boxed{\\frac{0}{0}}", "\\frac{0}{0}", True),  # the same text is the same answer
+                ("\\boxed{\\frac{x}{0}}", "\\frac{1}{0}", False),
+                ("\\boxed{\\tan\\frac{\\pi}{2}}", "\\frac{1}{0}", False),
+                ("\\boxed{\\infty}", "\\infty", True),  # infinity is a value, not undefined
+                ("\\boxed{-\\infty}", "\\infty", False),
+            ],
+        )
+        == []
+    )
 
 
 def test_rule_times_of_day_compare_as_times(checker: MathChecker) -> None:
-    assert _verdicts(
-        checker,
-        [
-            ("\\boxed{7:00}", "4:00", False),
-            ("\\boxed{4:00}", "4:00", True),
-            ("\\boxed{04:00}", "4:00", True),
-            ("\\boxed{4:30}", "4:00", False),
-            ("\\boxed{7:00 \\text{ PM}}", "19:00", True),
-            ("\\boxed{7:00 \\text{ p.m.}}", "7:00 \\text{ PM}", True),
-            ("\\boxed{7:00 \\text{ AM}}", "7:00 \\text{ PM}", False),
-            ("\\boxed{12:15 \\text{ am}}", "0:15", True),
-            ("\\boxed{7:00}", "7:00 \\text{ PM}", False),  # no pm: a 24-hour clock
-            ("\\boxed{4}", "4:00", False),  # a time is not a number
-            ("\\boxed{10:30:15}", "10:30:15", True),
-            ("\\boxed{10:30:16}", "10:30:15", False),
-            ("\\boxed{1:3}", "2:6", True),  # a ratio, not a time
-            ("\\boxed{2:9}", "9:2", False),
-        ],
-    ) == []
+    assert (
+        _verdicts(
+            checker,
+            [
+                ("\\boxed{7:00}", "4:00", False),
+                ("\\boxed{4:00}", "4:00", True),
+                ("\\boxed{04:00}", "4:00", True),
+                ("\\boxed{4:30}", "4:00", False),
+                ("\\boxed{7:00 \\text{ PM}}", "19:00", True),
+                ("\\boxed{7:00 \\text{ p.m.}}", "7:00 \\text{ PM}", True),
+                ("\\boxed{7:00 \\text{ AM}}", "7:00 \\text{ PM}", False),
+                ("\\boxed{12:15 \\text{ am}}", "0:15", True),
+                ("\\boxed{7:00}", "7:00 \\text{ PM}", False),  # no pm: a 24-hour clock
+                ("\\boxed{4}", "4:00", False),  # a time is not a number
+                ("\\boxed{10:30:15}", "10:30:15", True),
+                ("\\boxed{10:30:16}", "10:30:15", False),
+                ("\\boxed{1:3}", "2:6", True),  # a ratio, not a time
+                ("\\boxed{2:9}", "9:2", False),
+            ],
+        )
+        == []
+    )
 
 
 def test_rule_a_named_value_is_its_value(checker: MathChecker) -> None:
-    assert _verdicts(
-        checker,
-        [
-            ("\\boxed{(1,5)}", "(x,y)=(1,5)", True),
-            ("\\boxed{(5,1)}", "(x,y)=(1,5)", False),
-            ("\\boxed{x=1, y=5}", "(x,y)=(1,5)", True),
-            ("\\boxed{x=5, y=1}", "(x,y)=(1,5)", False),
-            ("\\boxed{(x, y) = (1, 5)}", "(1,5)", True),
-            ("\\boxed{7}", "BC=7", True),
-            ("\\boxed{8}", "BC=7", False),
-            ("\\boxed{BC = 7}", "7", True),
-            ("\\boxed{x = 7}", "BC=7", True),
-            ("\\boxed{2:9}", "a:b=2:9", True),
-            ("\\boxed{9:2}", "a:b=2:9", False),
-            ("\\boxed{30^\\circ}", "\\angle ABC = 30^\\circ", True),
-            ("\\boxed{\\frac{\\pi}{4}}", "\\theta = \\frac{\\pi}{4}", True),
-            ("\\boxed{x = 3}", "x=3", True),
-            ("\\boxed{x = 4}", "x=3", False),
-            # a one-letter name may be the variable of an equation: the relation decides
-            ("\\boxed{2y = 4x + 2}", "y=2x+1", True),
-            ("\\boxed{2y = 4x + 4}", "y=2x+1", False),
-            ("\\boxed{x = 3}", "y=3", False),
-            ("\\boxed{6}", "xy=6", False),  # xy is a product, not a name
-        ],
-    ) == []
+    assert (
+        _verdicts(
+            checker,
+            [
+                ("\\boxed{(1,5)}", "(x,y)=(1,5)", True),
+                ("\\boxed{(5,1)}", "(x,y)=(1,5)", False),
+                ("\\boxed{x=1, y=5}", "(x,y)=(1,5)", True),
+                ("\\boxed{x=5, y=1}", "(x,y)=(1,5)", False),
+                ("\\boxed{(x, y) = (1, 5)}", "(1,5)", True),
+                ("\\boxed{7}", "BC=7", True),
+                ("\\boxed{8}", "BC=7", False),
+                ("\\boxed{BC = 7}", "7", True),
+                ("\\boxed{x = 7}", "BC=7", True),
+                ("\\boxed{2:9}", "a:b=2:9", True),
+                ("\\boxed{9:2}", "a:b=2:9", False),
+                ("\\boxed{30^\\circ}", "\\angle ABC = 30^\\circ", True),
+                ("\\boxed{\\frac{\\pi}{4}}", "\\theta = \\frac{\\pi}{4}", True),
+                ("\\boxed{x = 3}", "x=3", True),
+                ("\\boxed{x = 4}", "x=3", False),
+                # a one-letter name may be the variable of an equation: the relation decides
+                ("\\boxed{2y = 4x + 2}", "y=2x+1", True),
+                ("\\boxed{2y = 4x + 4}", "y=2x+1", False),
+                ("\\boxed{x = 3}", "y=3", False),
+                ("\\boxed{6}", "xy=6", False),  # xy is a product, not a name
+            ],
+        )
+        == []
+    )
 
 
 def test_rule_a_gold_of_several_boxes_or_joined_by_and_is_all_its_values(
     checker: MathChecker,
 ) -> None:
-    assert _verdicts(
-        checker,
-        [
-            ("\\boxed{4, -1}", "\\boxed{4} and \\boxed{-1}", True),
-            ("\\boxed{-1, 4}", "\\boxed{4} and \\boxed{-1}", True),
-            ("\\boxed{-1}", "\\boxed{4} and \\boxed{-1}", False),  # not just the last box
-            ("\\boxed{4}", "\\boxed{4} and \\boxed{-1}", False),
-            ("\\boxed{5}", "\\boxed{5} so \\boxed{5}", True),  # the same box twice: one value
-            ("\\boxed{3, 10}", "3 \\text{ and } 10", True),
-            ("\\boxed{3 \\text{ and } 10}", "3 \\text{ and } 10", True),
-            ("\\boxed{3}", "3 \\text{ and } 10", False),
-            ("\\boxed{3, 11}", "3 \\text{ and } 10", False),
-            ("\\boxed{5, 17, 29}", "5, 17, and 29", True),
-            ("\\boxed{29, 5, 17}", "5, 17, and 29", True),
-            ("\\boxed{5, 17}", "5, 17, and 29", False),
-            ("\\boxed{5, 17, 29, 41}", "5, 17, and 29", False),
-        ],
-    ) == []
+    assert (
+        _verdicts(
+            checker,
+            [
+                ("\\boxed{4, -1}", "\\boxed{4} and \\boxed{-1}", True),
+                ("\\boxed{-1, 4}", "\\boxed{4} and \\boxed{-1}", True),
+                ("\\boxed{-1}", "\\boxed{4} and \\boxed{-1}", False),  # not just the last box
+                ("\\boxed{4}", "\\boxed{4} and \\boxed{-1}", False),
+                ("\\boxed{5}", "\\boxed{5} so \\boxed{5}", True),  # the same box twice: one value
+                ("\\boxed{3, 10}", "3 \\text{ and } 10", True),
+                ("\\boxed{3 \\text{ and } 10}", "3 \\text{ and } 10", True),
+                ("\\boxed{3}", "3 \\text{ and } 10", False),
+                ("\\boxed{3, 11}", "3 \\text{ and } 10", False),
+                ("\\boxed{5, 17, 29}", "5, 17, and 29", True),
+                ("\\boxed{29, 5, 17}", "5, 17, and 29", True),
+                ("\\boxed{5, 17}", "5, 17, and 29", False),
+                ("\\boxed{5, 17, 29, 41}", "5, 17, and 29", False),
+            ],
+        )
+        == []
+    )
 
 
 def test_rule_several_boxes_together_against_a_multi_valued_gold(checker: MathChecker) -> None:
     """Several boxes of different value are one answer when the gold is several values in no
     order and the boxes are not offered as alternatives; against a single-valued gold (or
     joined by "or") they are hedging."""
-    assert _verdicts(
-        checker,
-        [
-            ("So \\boxed{x=2} and \\boxed{x=-3}.", "2, -3", True),
-            ("So \\boxed{-3} and \\boxed{2}.", "2, -3", True),
-            ("Roots: \\boxed{2}, \\boxed{-3}", "\\{-3, 2\\}", True),
-            ("So \\boxed{x=2} and \\boxed{x=-2}.", "2, -3", False),  # a wrong value
-            ("So \\boxed{2}, \\boxed{-3} and \\boxed{5}.", "2, -3", False),  # an extra value
-            ("So \\boxed{2}.", "2, -3", False),  # a missing value
-            ("So \\boxed{2} or \\boxed{-3}.", "2, -3", False),  # alternatives, not the list
-            ("So \\boxed{x=2} or \\boxed{x=-3}.", "x=2 \\text{ or } x=-3", True),
-            ("So \\boxed{2} or \\boxed{3}.", "2", False),
-            ("So \\boxed{2} and \\boxed{3}.", "2", False),  # single-valued gold: hedging
-            ("So \\boxed{2} and \\boxed{3}.", "(2, 3)", False),  # a tuple has an order
-            ("\\boxed{2} and \\boxed{-3}", "\\boxed{2} and \\boxed{-3}", True),
-        ],
-    ) == []
+    assert (
+        _verdicts(
+            checker,
+            [
+                ("So \\boxed{x=2} and \\boxed{x=-3}.", "2, -3", True),
+                ("So \\boxed{-3} and \\boxed{2}.", "2, -3", True),
+                ("Roots: \\boxed{2}, \\boxed{-3}", "\\{-3, 2\\}", True),
+                ("So \\boxed{x=2} and \\boxed{x=-2}.", "2, -3", False),  # a wrong value
+                ("So \\boxed{2}, \\boxed{-3} and \\boxed{5}.", "2, -3", False),  # an extra value
+                ("So \\boxed{2}.", "2, -3", False),  # a missing value
+                ("So \\boxed{2} or \\boxed{-3}.", "2, -3", False),  # alternatives, not the list
+                ("So \\boxed{x=2} or \\boxed{x=-3}.", "x=2 \\text{ or } x=-3", True),
+                ("So \\boxed{2} or \\boxed{3}.", "2", False),
+                ("So \\boxed{2} and \\boxed{3}.", "2", False),  # single-valued gold: hedging
+                ("So \\boxed{2} and \\boxed{3}.", "(2, 3)", False),  # a tuple has an order
+                ("\\boxed{2} and \\boxed{-3}", "\\boxed{2} and \\boxed{-3}", True),
+            ],
+        )
+        == []
+    )
 
 
 def test_rule_inequalities_are_the_sets_they_describe(checker: MathChecker) -> None:
-    assert _verdicts(
-        checker,
-        [
-            ("\\boxed{(-1, 4]}", "-1 < x \\le 4", True),
-            ("\\boxed{-1 < x \\leq 4}", "(-1, 4]", True),
-            ("\\boxed{x \\in (-1, 4]}", "-1 < x \\le 4", True),
-            ("\\boxed{4 \\geq x > -1}", "-1 < x \\le 4", True),
-            ("\\boxed{(-1, 4)}", "-1 < x \\le 4", False),
-            ("\\boxed{[-1, 4]}", "-1 < x \\le 4", False),
-            ("\\boxed{x > -1}", "-1 < x \\le 4", False),
-            ("\\boxed{\\{-1, 4\\}}", "-1 < x \\le 4", False),  # a set of two points
-            ("\\boxed{[-3,-2] \\cup [2,3]}", "2 \\le |t| \\le 3", True),
-            ("\\boxed{[2,3]}", "2 \\le |t| \\le 3", False),
-            ("\\boxed{[-3,3]}", "2 \\le |t| \\le 3", False),
-            ("\\boxed{x \\geq 3}", "[3, \\infty)", True),
-            ("\\boxed{x > 3}", "[3, \\infty)", False),
-        ],
-    ) == []
+    assert (
+        _verdicts(
+            checker,
+            [
+                ("\\boxed{(-1, 4]}", "-1 < x \\le 4", True),
+                ("\\boxed{-1 < x \\leq 4}", "(-1, 4]", True),
+                ("\\boxed{x \\in (-1, 4]}", "-1 < x \\le 4", True),
+                ("\\boxed{4 \\geq x > -1}", "-1 < x \\le 4", True),
+                ("\\boxed{(-1, 4)}", "-1 < x \\le 4", False),
+                ("\\boxed{[-1, 4]}", "-1 < x \\le 4", False),
+                ("\\boxed{x > -1}", "-1 < x \\le 4", False),
+                ("\\boxed{\\{-1, 4\\}}", "-1 < x \\le 4", False),  # a set of two points
+                ("\\boxed{[-3,-2] \\cup [2,3]}", "2 \\le |t| \\le 3", True),
+                ("\\boxed{[2,3]}", "2 \\le |t| \\le 3", False),
+                ("\\boxed{[-3,3]}", "2 \\le |t| \\le 3", False),
+                ("\\boxed{x \\geq 3}", "[3, \\infty)", True),
+                ("\\boxed{x > 3}", "[3, \\infty)", False),
+            ],
+        )
+        == []
+    )
+
+
+def test_rule_semicolons_separate_items(checker: MathChecker) -> None:
+    assert (
+        _verdicts(
+            checker,
+            [
+                ("\\boxed{1; 2}", "1, 2", True),
+                ("\\boxed{2; 1}", "1, 2", True),
+                ("\\boxed{1; 3}", "1, 2", False),
+                ("\\boxed{(1;2)}", "(1,2)", True),
+                ("\\boxed{(2;1)}", "(1,2)", False),  # a tuple keeps its order
+                ("\\boxed{(1,2); (3,4)}", "(3,4), (1,2)", True),
+                ("\\boxed{(1,2); (3,5)}", "(3,4), (1,2)", False),
+                ("\\boxed{1; 2}", "2", False),  # a list against one value is hedging
+            ],
+        )
+        == []
+    )
+
+
+def test_rule_a_set_of_one_element_is_the_element(checker: MathChecker) -> None:
+    assert (
+        _verdicts(
+            checker,
+            [
+                ("\\boxed{\\{5\\}}", "5", True),
+                ("\\boxed{5}", "\\{5\\}", True),
+                ("\\boxed{\\{(1,2)\\}}", "(1,2)", True),
+                ("\\boxed{(1,2)}", "\\{(1, 2)\\}", True),
+                ("\\boxed{\\{6\\}}", "5", False),
+                ("\\boxed{\\{(2,1)\\}}", "(1,2)", False),
+                ("\\boxed{\\{5, 6\\}}", "\\{5\\}", False),
+                ("\\boxed{\\{1,2\\}}", "(1,2)", False),  # a set is not a tuple
+                ("\\boxed{(1,2)}", "\\{1,2\\}", False),
+            ],
+        )
+        == []
+    )

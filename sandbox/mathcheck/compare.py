@@ -17,8 +17,8 @@ from rlfleet.sandbox.mathcheck.clock import seconds_of_day
 from rlfleet.sandbox.mathcheck.normalize import (
     Norm,
     Struct,
-    numbers_equal,
     named_value,
+    numbers_equal,
     parse_struct,
     split_union,
     strip_assignment,
@@ -68,6 +68,11 @@ def equal(answer: Norm, gold: Norm, algebra: Algebra) -> bool:
     if ua is not None and ug is not None:
         return _unordered_equal(ua, ug, algebra)
     sa, sg = parse_struct(answer.text), parse_struct(gold.text)
+    # A set of one element against anything but a set: the element ("\{5\}" and "5").
+    if sa is not None and _singleton(sa) and not _is_set(sg):
+        return equal(Norm(sa.items[0]), gold, algebra)
+    if sg is not None and _singleton(sg) and not _is_set(sa):
+        return equal(answer, Norm(sg.items[0]), algebra)
     if sa is not None and sg is not None:
         return _struct_equal(sa, sg, algebra)
     if sa is not None or sg is not None:
@@ -95,13 +100,21 @@ def _named_values(answer: Norm, gold: Norm) -> tuple[Norm, Norm] | None:
     if na is not None and ng is not None:
         if na.name != ng.name and na.variable and ng.variable:
             return None  # x = 3 against y = 3: two equations, for the algebra
-    elif na is not None and na.variable and "=" in gold.text:
-        return None
-    elif ng is not None and ng.variable and "=" in answer.text:
-        return None
+    else:
+        named, other = (na, gold.text) if na is not None else (ng, answer.text)
+        if named is not None and named.variable and "=" in other:
+            return None  # 2y = 4x + 2 against y = 2x + 1: two equations
     a = Norm(na.value, answer.percent) if na is not None else answer
     g = Norm(ng.value, gold.percent) if ng is not None else gold
     return a, g
+
+
+def _is_set(struct: Struct | None) -> bool:
+    return struct is not None and struct.open == "\\{"
+
+
+def _singleton(struct: Struct) -> bool:
+    return _is_set(struct) and len(struct.items) == 1
 
 
 def _algebra_of(a_text: str, g_text: str, algebra: Algebra) -> bool:

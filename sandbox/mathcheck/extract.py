@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from itertools import pairwise
 
 MAX_BOX_CHARS = 10_000
 """A box longer than this is not closed as far as we care (bounds the scan per box)."""
@@ -90,7 +91,7 @@ def _final(text: str, located: list[tuple[int, int, str]]) -> Extraction:
     """The answer of the boxes ``located`` in ``text``, the last one; with the others and the
     text between them when there are several."""
     contents = [content for _, _, content in located]
-    between = " ".join(text[end:start] for (_, end, _), (start, _, _) in zip(located, located[1:]))
+    between = " ".join(text[end:start] for (_, end, _), (start, _, _) in pairwise(located))
     return Extraction(contents[-1] or None, _others(contents), tuple(contents), between)
 
 

@@ -311,21 +311,28 @@ _CLOSERS = ("\\}", "\\rangle", ")", "]")
 
 
 def parse_struct(text: str) -> Struct | None:
-    """Tuples, intervals, sets and bare comma lists; None for a single value."""
+    """Tuples, intervals, sets and bare lists; None for a single value."""
     for opener in _OPENERS:
         if not text.startswith(opener):
             continue
         for closer in _CLOSERS:
             if text.endswith(closer) and len(text) > len(opener) + len(closer):
                 inner = text[len(opener) : len(text) - len(closer)]
-                items = split_top(inner)
+                items = _items(inner)
                 whole = len(split_top(text)) == 1
                 if whole and _balanced(inner) and (len(items) > 1 or opener == "\\{"):
                     return Struct(opener, closer, tuple(items))
-    items = split_top(text)
+    items = _items(text)
     if len(items) > 1:
         return Struct("", "", tuple(items))
     return None
+
+
+def _items(text: str) -> list[str]:
+    """Items separated by commas, or by semicolons when there is no comma outside brackets
+    ("1; 2", "(1;2)", "(1,2); (3,4)")."""
+    items = split_top(text)
+    return items if len(items) > 1 else split_top(text, ";")
 
 
 def split_union(text: str) -> list[str] | None:
