@@ -213,3 +213,28 @@ def test_rule_a_set_of_one_element_is_the_element(checker: MathChecker) -> None:
         )
         == []
     )
+
+
+def test_rule_units_in_text_commands_are_dropped(checker: MathChecker) -> None:
+    assert _verdicts(
+        checker,
+        [
+            ("\\boxed{42\\textnormal{ cm}}", "42", True),
+            ("\\boxed{42\\textbf{ cm}}", "42", True),
+            ("\\boxed{42\\,\\mathrm{cm}}", "42", True),
+            ("\\boxed{42 \\mathrm{~cm}}", "42", True),
+            ("\\boxed{42\\textnormal{ cm}^2}", "42", True),
+            ("\\boxed{\\text{5 cm}}", "5", True),
+            ("\\boxed{2\\pi\\text{ cm}}", "2\\pi", True),
+            ("\\boxed{4\\sqrt{2}\\textnormal{ cm}^2}", "\\sqrt{32}", True),
+            ("\\boxed{43\\textnormal{ cm}}", "42", False),
+            ("\\boxed{2\\pi\\text{ cm}}", "3\\pi", False),
+            # one-letter constants are not units
+            ("\\boxed{2\\mathrm{e}}", "2", False),
+            ("\\boxed{3\\mathrm{i}}", "3", False),
+            ("\\boxed{2\\text{e}}", "2", False),
+            # words after a variable may be its condition, not a unit
+            ("\\boxed{n\\text{ odd}}", "n", False),
+            ("\\boxed{n\\text{ odd}}", "n\\text{ even}", False),
+        ],
+    ) == []

@@ -45,9 +45,12 @@ _SPACING = re.compile(
     r"\\(?:!|,|;|:|quad|qquad|displaystyle|textstyle|left|right|bigl|bigr|Bigl|Bigr|big|Big)"
     r"(?![a-zA-Z])|~"
 )
-_TEXT = re.compile(
-    r"\\(?:text|textbf|textit|textrm|mbox|mathrm|mathbf|mathit|operatorname)\s*\{([^{}]*)\}"
+# Commands whose argument is text or a font change: \text{ cm}, \textnormal{ cm}, \mathrm{e}.
+_TEXT_COMMANDS = (
+    r"(?:text|textnormal|textbf|textit|textrm|textsf|texttt|textup|mbox|mathrm|mathbf|mathit"
+    r"|mathsf|mathtt|mathnormal|operatorname)"
 )
+_TEXT = re.compile(r"\\" + _TEXT_COMMANDS + r"\s*\{([^{}]*)\}")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
 _DOLLARS = re.compile(r"^\\\$\s*|^\$(?=\d)")
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:(?:,|\{,\})\d{3})+(?:\.\d+)?$")
@@ -55,7 +58,10 @@ _THOUSANDS = re.compile(r"^-?\d{1,3}(?:(?:,|\{,\})\d{3})+(?:\.\d+)?$")
 # Each unit word is a whole run of letters followed by a space, "/", "^" or the end, so the
 # match is linear (no way to split "meters" into "met" + "ers" and backtrack).
 # Words that are mathematics, not units: "2 pi" is not 2, "2 and 3" is not 2.
-_MATH_WORDS = "pi|sqrt|ln|log|sin|cos|tan|cot|sec|csc|exp|inf|infty|and|or|times|plus|minus|over"
+_MATH_WORDS = (
+    "pi|sqrt|ln|log|sin|cos|tan|cot|sec|csc|exp|inf|infty|and|or|times|plus|minus|over"
+    "|am|pm|AM|PM"  # 7:00 PM: part of a time of day
+)
 _NOT_UNIT = r"(?!(?:" + _MATH_WORDS + r")\b)"
 _UNIT_WORD = _NOT_UNIT + r"[a-zA-Z]{2,}\.?"
 _UNIT_TAIL = re.compile(
@@ -67,8 +73,22 @@ _UNIT_TAIL = re.compile(
 )
 # A number followed by \text{...}: the text is a unit, even a one-letter one (5 \text{m}).
 _PERCENT_WORD = re.compile(r"\s*(?:\\text\s*\{\s*percent\s*\}|\bpercent)\s*$")
+# Not a one-letter unit: \mathrm{e} is Euler's number and \mathrm{i} the imaginary unit.
 _TEXT_UNIT = re.compile(
-    r"^([-+]?[\d.,/]*\d)\s*\\(?:text|mathrm|mbox)\s*\{\s*[a-zA-Z][^{}]*\}(?:\s*\^\s*\{?\d\}?)?$"
+    r"^([-+]?[\d.,/]*\d)\s*\\"
+    + _TEXT_COMMANDS
+    + r"\s*\{\s*(?![ei]\s*\})[a-zA-Z][^{}]*\}(?:\s*\^\s*\{?\d\}?)?$"
+)
+# Words in \text after any expression are a unit too (2\pi \text{ cm}): whole words of two
+# letters or more that are not words of mathematics ("or", "and").
+_TRAILING_TEXT_UNIT = re.compile(
+    r"(?<=[\w})])\s*\\"
+    + _TEXT_COMMANDS
+    + r"\s*\{\s*"
+    + _UNIT_WORD
+    + r"(?:\s+"
+    + _UNIT_WORD
+    + r")*\s*\}(?:\s*\^\s*\{?\d\}?)?$"
 )
 # A name: a letter or a Greek letter, with a subscript, primes and arguments (x, x_1, f(x),
 # \theta). A single letter may also be a variable of an equation (y = 2x + 1).
@@ -120,6 +140,10 @@ def normalize(raw: str) -> Norm:
     unit = _TEXT_UNIT.match(s)
     if unit and to_fraction(unit.group(1).replace(",", "")) is not None:
         s = unit.group(1)
+    else:
+        unit = _TRAILING_TEXT_UNIT.search(s)
+        if unit and _constant(s[: unit.start()]):
+            s = s[: unit.start()]
     for _ in range(3):  # \text{\textbf{...}}: a few levels, no more (bounded work)
         s = _TEXT.sub(lambda m: " " + m.group(1).strip() + " ", s)
     s = _ESCAPED_SPACE.sub(" ", s).replace("\\cdot", "*").replace("\\times", "*")
@@ -146,6 +170,14 @@ def normalize(raw: str) -> Norm:
     # and the one between two digits ("\log_2 8" is not "\log_28").
     s = _SPACES.sub(_keep_needed_space, s)
     return Norm(text=s, percent=percent)
+
+
+def _constant(text: str) -> bool:
+    """Whether an expression has a digit and no variable (2\\pi, 4\\sqrt{2}): words after
+    it are a unit. After a variable they may be its condition (n \\text{ odd})."""
+    return any(ch.isdigit() for ch in text) and not re.search(
+        r"[a-zA-Z]", re.sub(r"\\[a-zA-Z]+", "", text)
+    )
 
 
 def _keep_needed_space(m: re.Match[str]) -> str:
