@@ -216,25 +216,67 @@ def test_rule_a_set_of_one_element_is_the_element(checker: MathChecker) -> None:
 
 
 def test_rule_units_in_text_commands_are_dropped(checker: MathChecker) -> None:
-    assert _verdicts(
-        checker,
-        [
-            ("\\boxed{42\\textnormal{ cm}}", "42", True),
-            ("\\boxed{42\\textbf{ cm}}", "42", True),
-            ("\\boxed{42\\,\\mathrm{cm}}", "42", True),
-            ("\\boxed{42 \\mathrm{~cm}}", "42", True),
-            ("\\boxed{42\\textnormal{ cm}^2}", "42", True),
-            ("\\boxed{\\text{5 cm}}", "5", True),
-            ("\\boxed{2\\pi\\text{ cm}}", "2\\pi", True),
-            ("\\boxed{4\\sqrt{2}\\textnormal{ cm}^2}", "\\sqrt{32}", True),
-            ("\\boxed{43\\textnormal{ cm}}", "42", False),
-            ("\\boxed{2\\pi\\text{ cm}}", "3\\pi", False),
-            # one-letter constants are not units
-            ("\\boxed{2\\mathrm{e}}", "2", False),
-            ("\\boxed{3\\mathrm{i}}", "3", False),
-            ("\\boxed{2\\text{e}}", "2", False),
-            # words after a variable may be its condition, not a unit
-            ("\\boxed{n\\text{ odd}}", "n", False),
-            ("\\boxed{n\\text{ odd}}", "n\\text{ even}", False),
-        ],
-    ) == []
+    assert (
+        _verdicts(
+            checker,
+            [
+                ("\\boxed{42\\textnormal{ cm}}", "42", True),
+                ("\\boxed{42\\textbf{ cm}}", "42", True),
+                ("\\boxed{42\\,\\mathrm{cm}}", "42", True),
+                ("\\boxed{42 \\mathrm{~cm}}", "42", True),
+                ("\\boxed{42\\textnormal{ cm}^2}", "42", True),
+                ("\\boxed{\\text{5 cm}}", "5", True),
+                ("\\boxed{2\\pi\\text{ cm}}", "2\\pi", True),
+                ("\\boxed{4\\sqrt{2}\\textnormal{ cm}^2}", "\\sqrt{32}", True),
+                ("\\boxed{43\\textnormal{ cm}}", "42", False),
+                ("\\boxed{2\\pi\\text{ cm}}", "3\\pi", False),
+                # one-letter constants are not units
+                ("\\boxed{2\\mathrm{e}}", "2", False),
+                ("\\boxed{3\\mathrm{i}}", "3", False),
+                ("\\boxed{2\\text{e}}", "2", False),
+                # words after a variable may be its condition, not a unit
+                ("\\boxed{n\\text{ odd}}", "n", False),
+                ("\\boxed{n\\text{ odd}}", "n\\text{ even}", False),
+            ],
+        )
+        == []
+    )
+
+
+def _pmatrix(entries: str) -> str:
+    return "\\begin{pmatrix} " + entries + " \\end{pmatrix}"
+
+
+def _boxed(answer: str) -> str:
+    return "\\boxed{" + answer + "}"
+
+
+def test_rule_matrices_compare_entry_by_entry(checker: MathChecker) -> None:
+    gold = _pmatrix("2\\sqrt{3} \\\\ \\frac14 \\\\ 2+y")
+    assert (
+        _verdicts(
+            checker,
+            [
+                (_boxed(_pmatrix("\\sqrt{12} \\\\ 0.25 \\\\ y+2")), gold, True),
+                (_boxed(_pmatrix("\\sqrt{13} \\\\ 0.25 \\\\ y+2")), gold, False),
+                (_boxed(_pmatrix("\\sqrt{12} \\\\ 0.26 \\\\ y+2")), gold, False),
+                (_boxed(_pmatrix("\\sqrt{12} \\\\ 0.25 \\\\ y-2")), gold, False),
+                (_boxed(_pmatrix("\\sqrt{12} \\\\ 0.25")), gold, False),  # another shape
+                (_boxed(_pmatrix("\\sqrt{12} & 0.25 & y+2")), gold, False),  # a row, not a column
+                (
+                    "\\boxed{\\begin{bmatrix} 1 & \\frac{1}{2} \\\\ 0 & 1 \\end{bmatrix}}",
+                    _pmatrix("1 & 0.5 \\\\ 0 & 1"),
+                    True,
+                ),
+                (_boxed(_pmatrix("1 & 2 \\\\ 3 & 4")), _pmatrix("1 & 2 \\\\ 4 & 3"), False),
+                (
+                    "\\boxed{\\begin{vmatrix} 1 & 2 \\\\ 3 & 4 \\end{vmatrix}}",
+                    _pmatrix("1 & 2 \\\\ 3 & 4"),
+                    False,  # a determinant is not the matrix
+                ),
+                # undefined entries equal nothing
+                (_boxed(_pmatrix("\\frac{1}{0} \\\\ 1")), _pmatrix("\\frac{2}{0} \\\\ 1"), False),
+            ],
+        )
+        == []
+    )

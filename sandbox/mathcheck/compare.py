@@ -3,7 +3,7 @@ a callback (the worker pool) only when the cheap rules cannot decide.
 
 Fast paths, none of which needs sympy or a round trip to a worker: the same normalised text;
 two plain numbers (exact rationals); ``x = 3`` against ``3``. Tuples, intervals, sets and
-unions are split here and compared element by element, so brackets (open/closed ends,
+unions and matrices are split here and compared element by element, so brackets (open/closed ends,
 tuple order) are decided by exact rules rather than by a parser's reading of ``(1,2)``.
 Times of day compare as times (``clock``). The rules are written out in docs/math.md.
 """
@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 
 from rlfleet.sandbox.mathcheck.clock import seconds_of_day
+from rlfleet.sandbox.mathcheck.matrix import parse_matrix
 from rlfleet.sandbox.mathcheck.normalize import (
     Norm,
     Struct,
@@ -64,6 +65,17 @@ def equal(answer: Norm, gold: Norm, algebra: Algebra) -> bool:
     values = _named_values(answer, gold)
     if values is not None:
         return equal(values[0], values[1], algebra)
+    ma, mg = parse_matrix(answer.text), parse_matrix(gold.text)
+    if ma is not None and mg is not None:
+        # Entry by entry, each with the rules of a single answer.
+        if ma.kind != mg.kind or ma.shape != mg.shape:
+            return False
+        pairs = zip(ma.rows, mg.rows, strict=True)
+        return all(
+            equal(Norm(x), Norm(y), algebra)
+            for row_a, row_g in pairs
+            for x, y in zip(row_a, row_g, strict=True)
+        )
     ua, ug = split_union(answer.text), split_union(gold.text)
     if ua is not None and ug is not None:
         return _unordered_equal(ua, ug, algebra)
