@@ -26,6 +26,13 @@ _ANSWER_LINE = re.compile(
     re.IGNORECASE,
 )
 _MINERVA_TAIL = re.compile(r"\.?\s*I hope it is correct\.?\s*$", re.IGNORECASE)
+# End-of-text tokens a completion may still carry: <|endoftext|>, <|im_end|>, </s>, <eos>.
+_END_TOKENS = re.compile(r"(?:\s*(?:<\|[a-zA-Z_]{1,20}\|>|</s>|<eos>))+\s*$")
+_END_TOKENS_WINDOW = 200
+"""Characters at the end of a completion searched for end-of-text tokens (bounds the work)."""
+# A sentence stating the value: "The smallest n is 17", "the sum equals 12".
+_COPULA = re.compile(r"\b(?:is|are|equals|was|be)\b\s*[:\uff1a]?\s*", re.IGNORECASE)
+_MATH_SPAN = re.compile(r"\$\$[^$]*\$\$|\$[^$]*\$")
 _SPACE = re.compile(r"\s+")
 
 
@@ -104,16 +111,38 @@ def _strip_math(value: str) -> str:
     return value
 
 
-def _answer_line(text: str) -> str | None:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    if not lines:
-        return None
-    last = lines[-1]  # only the final line may carry the answer
+def _strip_end_tokens(completion: str) -> str:
+    cut = max(0, len(completion) - _END_TOKENS_WINDOW)
+    m = _END_TOKENS.search(completion, cut)
+    return completion[: m.start()] if m else completion
+
+
+def _stated_value(value: str) -> str:
+    """The value a sentence states: what follows its last "is" outside math ("The smallest
+    $n$ is $17$" -> "$17$"); then the math of a single ``$...$`` with only words or
+    punctuation around it ("$17$ cm" -> "17")."""
+    value = _MINERVA_TAIL.sub("", value.strip().strip("*").strip()).strip()
+    masked = _MATH_SPAN.sub(lambda m: "#" * len(m.group()), value)
+    copulas = list(_COPULA.finditer(masked))
+    if copulas:
+        value = value[copulas[-1].end() :]
+    spans = _MATH_SPAN.findall(value)
+    if len(spans) == 1 and not any(ch.isdigit() for ch in _MATH_SPAN.sub("", value)):
+        value = spans[0]
+    return _strip_math(value)
+
+
+def _answer_line(text: str) -> tuple[int, str] | None:
+    """(start, value) of a final "Answer: ..." line; None when the last line is none."""
+    end = len(text.rstrip())
+    start = text.rfind("\n", 0, end) + 1  # only the final line may carry the answer
+    last = text[start:end]
     matches = list(_ANSWER_LINE.finditer(last))
     if not matches:
         return None
     # "Final Answer: The final answer is $42$." (Minerva style): the last marker wins.
-    return _strip_math(last[matches[-1].end() :]) or None
+    value = _stated_value(last[matches[-1].end() :])
+    return (start, value) if value else None
 
 
 def _last_answer_tag(completion: str) -> str | None:
@@ -135,6 +164,7 @@ def _others(boxes: list[str]) -> tuple[str, ...]:
 
 def extract(completion: str) -> Extraction:
     """The answer and whether it was hedged among different boxed answers."""
+    completion = _strip_end_tokens(completion)
     region = _last_answer_tag(completion)
     if region is not None:
         in_tag = _located_boxes(region)
@@ -146,7 +176,8 @@ def extract(completion: str) -> Extraction:
         # The final region: the paragraph holding the last box.
         region_start = completion.rfind("\n\n", 0, located[-1][0])
         return _final(completion, [box for box in located if box[0] > region_start])
-    return Extraction(_answer_line(completion))
+    line = _answer_line(completion)
+    return Extraction(line[1] if line else None)
 
 
 def extract_answer(completion: str) -> str | None:
