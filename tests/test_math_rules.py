@@ -283,20 +283,42 @@ def test_rule_matrices_compare_entry_by_entry(checker: MathChecker) -> None:
 
 
 def test_rule_an_answer_line_states_its_value(checker: MathChecker) -> None:
-    assert _verdicts(
-        checker,
-        [
-            ("work\nFinal Answer: The smallest n is 17.", "17", True),
-            ("work\nFinal Answer: The smallest $n$ is $17$.", "17", True),
-            ("work\nFinal Answer: The smallest n is 18.", "17", False),
-            ("work\nAnswer: 64. I hope it is correct.<|endoftext|>", "64", True),
-            ("work\nAnswer: 65. I hope it is correct.<|endoftext|>", "64", False),
-            ("work\nAnswer: $64$ <|im_end|></s>", "64", True),
-            ("work\nFinal Answer: The final answer is $7$. I hope it is correct.", "7", True),
-            ("work\nAnswer: the total equals $12$ dollars.", "12", True),
-            ("work\nAnswer: x = 4", "4", True),
-            ("work\nFinal Answer: It is 2 or 3.", "3", False),  # still hedging
-            ("work\nAnswer: $2$ or $3$", "3", False),
-            ("The answer is 3.\nBut let me double check this.", "3", False),  # not final
-        ],
-    ) == []
+    assert (
+        _verdicts(
+            checker,
+            [
+                ("work\nFinal Answer: The smallest n is 17.", "17", True),
+                ("work\nFinal Answer: The smallest $n$ is $17$.", "17", True),
+                ("work\nFinal Answer: The smallest n is 18.", "17", False),
+                ("work\nAnswer: 64. I hope it is correct.<|endoftext|>", "64", True),
+                ("work\nAnswer: 65. I hope it is correct.<|endoftext|>", "64", False),
+                ("work\nAnswer: $64$ <|im_end|></s>", "64", True),
+                ("work\nFinal Answer: The final answer is $7$. I hope it is correct.", "7", True),
+                ("work\nAnswer: the total equals $12$ dollars.", "12", True),
+                ("work\nAnswer: x = 4", "4", True),
+                ("work\nFinal Answer: It is 2 or 3.", "3", False),  # still hedging
+                ("work\nAnswer: $2$ or $3$", "3", False),
+                ("The answer is 3.\nBut let me double check this.", "3", False),  # not final
+            ],
+        )
+        == []
+    )
+
+
+def test_rule_a_final_statement_wins_over_intermediate_boxes(checker: MathChecker) -> None:
+    assert (
+        _verdicts(
+            checker,
+            [
+                ("First \\boxed{5}, then more work.\nThe final answer is $7$.", "7", True),
+                ("First \\boxed{5}, then more work.\nThe final answer is $7$.", "5", False),
+                ("So \\boxed{2} or \\boxed{3}.\nFinal Answer: 3", "3", True),  # one answer now
+                ("So \\boxed{12}.\nSo the answer is 12.", "12", True),
+                ("So \\boxed{12}.\nI hope the answer is correct.", "12", True),  # words: the box
+                ("The answer is 7.\nHence \\boxed{5}.", "5", True),  # the box comes last
+                ("The answer is 7.\nHence \\boxed{5}.", "7", False),
+                ("The final answer is $\\boxed{7}$.", "7", True),
+            ],
+        )
+        == []
+    )

@@ -1,8 +1,9 @@
 """Take the final answer out of a completion.
 
 Order: R1 ``<answer>...</answer>`` tags (only the last tag's content counts; inside, a
-``\\boxed{}`` if there is one, else the whole content); else the last ``\\boxed{}`` /
-``\\fbox{}``; else a final ``Answer:`` line. Several different boxed answers in the final
+``\\boxed{}`` if there is one, else the whole content); else a final ``Answer:`` line that
+comes after the last box; else the last ``\\boxed{}`` / ``\\fbox{}``; else a final
+``Answer:`` line whatever it says. Several different boxed answers in the final
 region are hedging, not an answer.
 
 All of it is linear in the completion (each box is scanned at most ``MAX_BOX_CHARS``), so a
@@ -34,6 +35,7 @@ _END_TOKENS_WINDOW = 200
 _COPULA = re.compile(r"\b(?:is|are|equals|was|be)\b\s*[:\uff1a]?\s*", re.IGNORECASE)
 _MATH_SPAN = re.compile(r"\$\$[^$]*\$\$|\$[^$]*\$")
 _SPACE = re.compile(r"\s+")
+_CHOICE = re.compile(r"^\(?[A-Ea-e]\)?$")
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,12 @@ def _answer_line(text: str) -> tuple[int, str] | None:
     return (start, value) if value else None
 
 
+def _is_math(value: str) -> bool:
+    """Whether an answer line's value looks like an answer of mathematics (a digit, LaTeX, a
+    choice letter) rather than words ("I hope the answer is correct")."""
+    return any(ch.isdigit() for ch in value) or "\\" in value or bool(_CHOICE.match(value))
+
+
 def _last_answer_tag(completion: str) -> str | None:
     """Content of the last closed ``<answer>`` tag. Two reverse searches, not a regex over
     every opening tag: linear even for a completion that repeats ``<answer>`` forever."""
@@ -172,11 +180,15 @@ def extract(completion: str) -> Extraction:
             return _final(region, in_tag)
         return Extraction(_strip_math(region) or None)
     located = _located_boxes(completion)
+    line = _answer_line(completion)
+    if line is not None and (not located or line[0] >= located[-1][1]) and _is_math(line[1]):
+        # "... \boxed{5} ... The final answer is $7$.": the final statement wins over
+        # intermediate boxes.
+        return Extraction(line[1])
     if located:
         # The final region: the paragraph holding the last box.
         region_start = completion.rfind("\n\n", 0, located[-1][0])
         return _final(completion, [box for box in located if box[0] > region_start])
-    line = _answer_line(completion)
     return Extraction(line[1] if line else None)
 
 
