@@ -322,3 +322,27 @@ def test_rule_a_final_statement_wins_over_intermediate_boxes(checker: MathChecke
         )
         == []
     )
+
+
+def test_rule_a_decimal_comma_in_the_gold(checker: MathChecker) -> None:
+    """A gold "2,5" cannot be 2,5 thousand: it is 2.5 against a decimal answer, and still the
+    list 2, 5 against a list."""
+    assert (
+        _verdicts(
+            checker,
+            [
+                ("\\boxed{2.5}", "2,5", True),
+                ("\\boxed{2.50}", "2,5", True),
+                ("\\boxed{-0.75}", "-0,75", True),
+                ("\\boxed{3.14}", "3{,}14", True),
+                ("\\boxed{2.6}", "2,5", False),
+                ("\\boxed{25}", "2,5", False),
+                ("\\boxed{2}", "2,5", False),
+                ("\\boxed{2, 5}", "2,5", True),  # the list reading
+                ("\\boxed{2500}", "2,500", True),  # three digits: a thousands separator
+                ("\\boxed{2.5}", "2,500", False),
+                ("\\boxed{2.5}", "2, 5", False),  # a space after the comma: a list
+            ],
+        )
+        == []
+    )

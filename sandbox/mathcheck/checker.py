@@ -14,8 +14,10 @@ from rlfleet.sandbox.mathcheck.compare import Algebra, Undecided, equal, is_cand
 from rlfleet.sandbox.mathcheck.extract import Extraction, boxed_contents, extract
 from rlfleet.sandbox.mathcheck.normalize import (
     alternatives_as_list,
+    decimal_comma,
     has_and,
     is_hedge,
+    is_point_decimal,
     normalize,
     parse_struct,
     strip_assignment,
@@ -211,6 +213,9 @@ class MathChecker:
             a, g = normalize(answer), normalize(gold)
             if parse_struct(g.text) is not None and has_and(answer):
                 a = normalize(alternatives_as_list(answer))  # "1 and 2" against "1, 2"
+        decimal = decimal_comma(gold)
+        if decimal is not None and is_point_decimal(a.text):
+            g = normalize(decimal)  # a gold of "2,5" against "2.5": a decimal comma
         if is_candidate_list(a, g):
             return MathResult(correct=False, extracted=answer, reason="hedged")
         try:

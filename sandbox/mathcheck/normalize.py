@@ -213,6 +213,26 @@ def strip_assignment(text: str) -> str:
     return named.value if named else text
 
 
+_DECIMAL_COMMA = re.compile(r"^(-?\d+)(?:,|\{,\})(\d+)$")
+_POINT_DECIMAL = re.compile(r"^[-+]?\d*\.\d+$")
+
+
+def decimal_comma(gold: str) -> str | None:
+    """``2,5`` -> ``2.5``: a gold of one comma that cannot separate thousands (not three
+    digits after it) may be a decimal comma; None when it cannot be one. ``2,5`` may also
+    be the list 2, 5: the caller uses this reading only against a decimal answer."""
+    text = gold.strip().strip("$").strip()
+    m = _DECIMAL_COMMA.match(text)
+    if m is None or len(m.group(2)) == 3:
+        return None
+    return f"{m.group(1)}.{m.group(2)}"
+
+
+def is_point_decimal(text: str) -> bool:
+    """A plain number written with a decimal point (``2.5``, ``-0.75``)."""
+    return bool(_POINT_DECIMAL.match(text))
+
+
 def is_hedge(text: str) -> bool:
     """Whether the answer offers alternatives ("2 or 3", "either 2 or 3")."""
     return bool(_HEDGE.search(text))
