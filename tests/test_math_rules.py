@@ -346,3 +346,38 @@ def test_rule_a_decimal_comma_in_the_gold(checker: MathChecker) -> None:
         )
         == []
     )
+
+
+def test_rule_placeholder_boxes_are_no_answer(checker: MathChecker) -> None:
+    """A box drawn as a blank (``\\boxed{\\phantom{2}}``, an empty box) is part of the text,
+    not an answer: it neither answers nor makes the real answer a hedge."""
+    solution = (
+        "Subtracting gives \\[-3 = -7 + \\boxed{\\phantom{2}}.\\] If the number in the box is "
+        "$\\boxed{4}$, all values of $x$ are solutions."
+    )
+    assert (
+        _verdicts(
+            checker,
+            [
+                (solution, "4", True),
+                (solution, "2", False),
+                ("\\boxed{\\phantom{2}}", "2", False),
+                ("So \\boxed{5}, then \\boxed{}", "5", True),
+            ],
+        )
+        == []
+    )
+
+
+def test_rule_a_trailing_backslash_is_nothing(checker: MathChecker) -> None:
+    assert (
+        _verdicts(
+            checker,
+            [
+                ("<answer>185</answer>", "185\\", True),
+                ("<answer>185\\</answer>", "185", True),
+                ("<answer>186</answer>", "185\\", False),
+            ],
+        )
+        == []
+    )

@@ -35,6 +35,7 @@ _END_TOKENS_WINDOW = 200
 _COPULA = re.compile(r"\b(?:is|are|equals|was|be)\b\s*[:\uff1a]?\s*", re.IGNORECASE)
 _MATH_SPAN = re.compile(r"\$\$[^$]*\$\$|\$[^$]*\$")
 _SPACE = re.compile(r"\s+")
+_PLACEHOLDER = re.compile(r"^(?:\\(?:phantom|hphantom|vphantom)\s*\{[^{}]*\}|\s)*$")
 _CHOICE = re.compile(r"^\(?[A-Ea-e]\)?$")
 
 
@@ -86,8 +87,12 @@ def _located_boxes(text: str) -> list[tuple[int, int, str]]:
     out = []
     for m in starts:
         end = _box_end(text, m.end())
-        if end is not None:
-            out.append((m.start(), end, text[m.end() : end - 1].strip()))
+        if end is None:
+            continue
+        content = text[m.end() : end - 1].strip()
+        if _PLACEHOLDER.match(content):
+            continue  # \boxed{\phantom{2}}: a blank to fill in, drawn in the text, no answer
+        out.append((m.start(), end, content))
     return out
 
 

@@ -152,6 +152,7 @@ def normalize(raw: str) -> Norm:
         s = _SHORT_ARGUMENT.sub(lambda m: m.group(1) + "{" + m.group(2) + "}", s)
     s = s.replace("\\lbrace", "\\{").replace("\\rbrace", "\\}")
     s = re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
+    s = s.rstrip("\\").strip()  # "185\": a backslash that ends the text begins no command
     s = _DOLLARS.sub("", s)
     percent = False
     if s.endswith("\\%") or s.endswith("%"):
