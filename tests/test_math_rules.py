@@ -170,6 +170,14 @@ def test_rule_inequalities_are_the_sets_they_describe(checker: MathChecker) -> N
                 ("\\boxed{[-3,3]}", "2 \\le |t| \\le 3", False),
                 ("\\boxed{x \\geq 3}", "[3, \\infty)", True),
                 ("\\boxed{x > 3}", "[3, \\infty)", False),
+                # inequalities joined by "or" are one set, a union, not alternatives
+                ("\\boxed{x < 1 \\text{ or } x > 2}", "(-\\infty, 1) \\cup (2, \\infty)", True),
+                ("\\boxed{(-\\infty, 1) \\cup (2, \\infty)}", "x < 1 \\text{ or } x > 2", True),
+                ("\\boxed{x \\le 1 \\text{ or } x > 2}", "x < 1 \\text{ or } x > 2", False),
+                ("\\boxed{x < 1 \\text{ or } x > 2}", "(-\\infty, 1) \\cup [2, \\infty)", False),
+                ("\\boxed{x < 1 \\text{ or } x > 2}", "(-\\infty, 1)", False),
+                ("\\boxed{x < 1 \\text{ or } x = 2}", "(-\\infty, 1)", False),  # a hedge
+                ("\\boxed{1 \\text{ or } x > 2}", "(2, \\infty)", False),
             ],
         )
         == []

@@ -16,6 +16,7 @@ from rlfleet.sandbox.mathcheck.normalize import (
     alternatives_as_list,
     decimal_comma,
     has_and,
+    inequality_union,
     is_hedge,
     is_point_decimal,
     normalize,
@@ -207,12 +208,15 @@ class MathChecker:
             answer = ", ".join(_distinct(found.boxes))  # the boxes together are the answer
         if is_hedge(answer) and not is_hedge(gold):
             return MathResult(correct=False, extracted=answer, reason="hedged")
+        # "x < 1 or x > 2": one set, a union of inequalities' sets, not alternatives.
+        answer_text, gold = inequality_union(answer) or answer, inequality_union(gold) or gold
         if is_hedge(gold):  # "x = 2 or x = 3" as gold: compare the alternatives as a set
-            a, g = normalize(alternatives_as_list(answer)), normalize(alternatives_as_list(gold))
+            a = normalize(alternatives_as_list(answer_text))
+            g = normalize(alternatives_as_list(gold))
         else:
-            a, g = normalize(answer), normalize(gold)
-            if parse_struct(g.text) is not None and has_and(answer):
-                a = normalize(alternatives_as_list(answer))  # "1 and 2" against "1, 2"
+            a, g = normalize(answer_text), normalize(gold)
+            if parse_struct(g.text) is not None and has_and(answer_text):
+                a = normalize(alternatives_as_list(answer_text))  # "1 and 2" against "1, 2"
         decimal = decimal_comma(gold)
         if decimal is not None and is_point_decimal(a.text):
             g = normalize(decimal)  # a gold of "2,5" against "2.5": a decimal comma

@@ -113,6 +113,9 @@ _ALTERNATIVE = re.compile(
     r"\s*,?\s*(?:\\text\{\s*(?:or|and)\s*\}|\bor\b|\band\b|\\lor\b|\\vee\b)\s*",
     re.IGNORECASE,
 )
+_OR = re.compile(r"\s*,?\s*(?:\\text\{\s*or\s*\}|\bor\b|\\lor\b|\\vee\b)\s*", re.IGNORECASE)
+_RELATION = re.compile(r"[<>\u2264\u2265]|\\[lg]eq?(?![a-zA-Z])|\\[lg]eqslant|\\[lg]t(?![a-zA-Z])")
+_EQUALS = re.compile(r"(?<![<>!])=")  # an equation, not the = of <= or >=
 _AND = re.compile(r"\\text\{\s*and\s*\}|\band\b", re.IGNORECASE)
 _SPACES = re.compile(r"(\\[a-zA-Z]+|(?<=\d))\s+(?=[a-zA-Z\d])|\s+")
 _LETTER_CHOICE = re.compile(r"^\(([A-Ea-e])\)$|^([A-E])$")
@@ -235,8 +238,20 @@ def is_point_decimal(text: str) -> bool:
 
 
 def is_hedge(text: str) -> bool:
-    """Whether the answer offers alternatives ("2 or 3", "either 2 or 3")."""
-    return bool(_HEDGE.search(text))
+    """Whether the answer offers alternatives ("2 or 3", "either 2 or 3"). Inequalities
+    joined by "or" ("x < 1 or x > 2") are one set, a union, not alternatives."""
+    return bool(_HEDGE.search(text)) and inequality_union(text) is None
+
+
+def inequality_union(text: str) -> str | None:
+    """``x < 1 or x > 2`` -> ``x < 1 \\lor x > 2`` when every part joined by "or" is an
+    inequality (the algebra reads it as the union of their sets); None otherwise."""
+    if not _HEDGE.search(text) or _EITHER.search(text):
+        return None
+    parts = _OR.split(text)
+    if len(parts) < 2 or not all(_RELATION.search(p) and not _EQUALS.search(p) for p in parts):
+        return None
+    return " \\lor ".join(p.strip() for p in parts)
 
 
 def alternatives_as_list(text: str) -> str:

@@ -41,7 +41,12 @@ from sympy.parsing.sympy_parser import parse_expr as sympy_parse_expr
 from sympy.polys.polyerrors import BasePolynomialError
 
 from rlfleet.sandbox.mathcheck.fastparse import Unsupported, parse_simple
-from rlfleet.sandbox.mathcheck.normalize import MIN_APPROX_DECIMALS, correct_to, decimals
+from rlfleet.sandbox.mathcheck.normalize import (
+    MIN_APPROX_DECIMALS,
+    correct_to,
+    decimals,
+    split_top,
+)
 
 TOLERANCE = 1e-15
 """Relative difference below which two numeric values count as equal."""
@@ -151,6 +156,9 @@ def parse(text: str) -> Any:
     Cached: the samples of one problem share its gold answer (sympy objects are immutable).
     """
 
+    alternatives = split_top(text, "\\lor")
+    if len(alternatives) > 1:  # "x<1 \\lor x>2": the checker joins inequalities so
+        return sympy.Or(*(parse(part) for part in alternatives))
     split = _top_level_equals(text)
     if split is not None:
         return sympy.Eq(parse(text[:split]), parse(text[split + 1 :]), evaluate=False)
