@@ -389,3 +389,22 @@ def test_rule_a_trailing_backslash_is_nothing(checker: MathChecker) -> None:
         )
         == []
     )
+
+
+def test_rule_an_a_colon_line_is_an_answer_line(checker: MathChecker) -> None:
+    """The Q:/A: few-shot format ends with "A: <answer>" (GSM8K's model solutions)."""
+    assert (
+        _verdicts(
+            checker,
+            [
+                ("She sells 9 eggs.\nA: 18", "18", True),
+                ("She sells 9 eggs.\nA: 18", "19", False),
+                ("So 80,000+50,000 = 130,000\nA: 90,000", "70000", False),
+                ("So the profit is 70,000\nA: 70,000", "70000", True),
+                ("A: 18\nBut wait, more work.", "18", False),  # only the last line
+                ("So the sum is 18\na: 18", "18", False),  # the marker is a capital A
+                ("Options are A: 3 and B: 5", "3", False),  # not at the start of the line
+            ],
+        )
+        == []
+    )

@@ -22,8 +22,10 @@ MAX_BOXES = 64
 """Boxes looked at, counted from the end: the answer is in the last ones."""
 
 _BOX_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
+# "A:" opening the line: the answer of the Q:/A: few-shot format (GSM8K's model solutions).
 _ANSWER_LINE = re.compile(
-    r"(?:final\s+answer\s*(?:is\b)?\s*[:\uff1a]?|the\s+answer\s+is\s*[:\uff1a]?|\banswer\s*[:\uff1a])\s*",
+    r"(?:final\s+answer\s*(?:is\b)?\s*[:\uff1a]?|the\s+answer\s+is\s*[:\uff1a]?|\banswer\s*[:\uff1a]"
+    r"|(?-i:^A\s*:))\s*",
     re.IGNORECASE,
 )
 _MINERVA_TAIL = re.compile(r"\.?\s*I hope it is correct\.?\s*$", re.IGNORECASE)
