@@ -78,6 +78,9 @@ def test_rule_a_named_value_is_its_value(checker: MathChecker) -> None:
                 ("\\boxed{(5,1)}", "(x,y)=(1,5)", False),
                 ("\\boxed{x=1, y=5}", "(x,y)=(1,5)", True),
                 ("\\boxed{x=5, y=1}", "(x,y)=(1,5)", False),
+                ("\\boxed{(2,3)}", "x=2 \\text{ and } y=3", True),  # named values in order
+                ("\\boxed{(3,2)}", "x=2 \\text{ and } y=3", False),
+                ("\\boxed{(2,3)}", "x=2, y=3", True),
                 ("\\boxed{(x, y) = (1, 5)}", "(1,5)", True),
                 ("\\boxed{7}", "BC=7", True),
                 ("\\boxed{8}", "BC=7", False),

@@ -138,11 +138,14 @@ def _algebra_of(a_text: str, g_text: str, algebra: Algebra) -> bool:
 def _struct_equal(a: Struct, g: Struct, algebra: Algebra) -> bool:
     if len(a.items) != len(g.items):
         return False
-    values = [strip_assignment(x) for x in a.items]
-    named = all(v != x for v, x in zip(values, a.items, strict=True))
-    if a.open == "" and g.open == "(" and named:
-        # "a=2, b=3" against "(2,3)": named values given in order are the tuple.
-        return all(equal(Norm(x), Norm(y), algebra) for x, y in zip(values, g.items, strict=True))
+    # "a=2, b=3" against "(2,3)" (either way round): named values given in order are the
+    # tuple.
+    for named, tuple_ in ((a, g), (g, a)):
+        values = [strip_assignment(x) for x in named.items]
+        all_named = all(v != x for v, x in zip(values, named.items, strict=True))
+        if named.open == "" and tuple_.open == "(" and all_named:
+            pairs = zip(values, tuple_.items, strict=True)
+            return all(equal(Norm(x), Norm(y), algebra) for x, y in pairs)
     if (a.open, a.close) != (g.open, g.close) and not (a.unordered and g.unordered):
         # Brackets of tuples and intervals matter; a bare list against a set does not.
         return False
