@@ -411,3 +411,21 @@ def test_rule_an_a_colon_line_is_an_answer_line(checker: MathChecker) -> None:
         )
         == []
     )
+
+
+def test_rule_set_builder_notation_is_the_set_of_its_inequality(checker: MathChecker) -> None:
+    assert (
+        _verdicts(
+            checker,
+            [
+                ("\\boxed{[-2, 1)}", "\\{x|-2\\leq x < 1\\}", True),
+                ("\\boxed{[-2, 1]}", "\\{x|-2\\leq x < 1\\}", False),
+                ("\\boxed{\\{x \\mid x > 3\\}}", "(3, \\infty)", True),
+                ("\\boxed{\\{x \\mid x > 3\\}}", "[3, \\infty)", False),
+                ("\\boxed{\\{x \\in \\mathbb{R} : x \\geq 3\\}}", "x \\ge 3", True),
+                ("\\boxed{\\{x \\mid x > 3\\} \\cup \\{x \\mid x < 1\\}}", "(3, \\infty)", False),
+                ("\\boxed{\\{1, 2\\}}", "\\{1,2\\}", True),  # a set of values stays one
+            ],
+        )
+        == []
+    )

@@ -40,6 +40,11 @@ _THIN_COMMA = re.compile(r"(?<=\d),\\!\s*(?=\d)")
 _ESCAPED_SPACE = re.compile(r"(?<!\\)\\ ")  # "\ " is a space; "\\ " is a new row
 # \frac12 and \sqrt3: TeX takes a single token as the argument; give it its braces.
 _SHORT_ARGUMENT = re.compile(r"(\\frac(?:\{[^{}]*\})?|\\sqrt)\s*(\d|\\pi\b|[a-zA-Z](?![a-zA-Z]))")
+# Set-builder notation over one real variable: \{x | cond\}, \{x \mid cond\}, \{x : cond\},
+# \{x \in \mathbb{R} | cond\}.
+_SET_BUILDER = re.compile(
+    r"^\\\{\s*([a-zA-Z])\s*(?:\\in\s*\\mathbb\s*\{?R\}?\s*)?(?:\||\\mid|:)\s*(.+?)\s*\\\}$"
+)
 _MEMBERSHIP = re.compile(r"^[a-zA-Z]\s*\\in\s*")
 _SPACING = re.compile(
     r"\\(?:!|,|;|:|quad|qquad|displaystyle|textstyle|left|right|bigl|bigr|Bigl|Bigr|big|Big)"
@@ -167,6 +172,9 @@ def normalize(raw: str) -> Norm:
     if m and to_fraction(m.group(1).strip()) is not None:
         s = m.group(1).strip()
     s = _MEMBERSHIP.sub("", s)  # "x \in [1,2]": the set is the answer
+    builder = _SET_BUILDER.match(s)
+    if builder and _one_condition(builder.group(1), builder.group(2)):
+        s = builder.group(2)  # \{x | -2 \le x < 1\}: the set its inequality describes
     choice = _LETTER_CHOICE.match(s)
     if choice:  # multiple choice: "(B)" and "B" are the same answer
         s = (choice.group(1) or choice.group(2)).upper()
@@ -174,6 +182,14 @@ def normalize(raw: str) -> Norm:
     # and the one between two digits ("\log_2 8" is not "\log_28").
     s = _SPACES.sub(_keep_needed_space, s)
     return Norm(text=s, percent=percent)
+
+
+def _one_condition(variable: str, condition: str) -> bool:
+    """Whether a set-builder's condition is one inequality on its variable (not the inside
+    of two sets, as in \\{x|x>3\\}\\cup\\{x|x<1\\})."""
+    if "\\{" in condition or "\\}" in condition:
+        return False
+    return variable in condition and bool(_RELATION.search(condition))
 
 
 def _constant(text: str) -> bool:
