@@ -16,6 +16,7 @@ decimals (0.333, 3.14) are a different answer. A value whose expansion ends must
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -135,6 +136,23 @@ class Norm:
 
 
 def normalize(raw: str) -> Norm:
+    """The normalised answer; short texts (most answers, and a gold checked against every
+    sample of its prompt) are remembered."""
+    if len(raw) <= _CACHED_LENGTH:
+        return _normalize_cached(raw)
+    return _normalize(raw)
+
+
+_CACHED_LENGTH = 256
+"""Texts up to this long are cached by ``normalize`` (bounds the cache's memory)."""
+
+
+@functools.lru_cache(maxsize=16384)
+def _normalize_cached(raw: str) -> Norm:
+    return _normalize(raw)
+
+
+def _normalize(raw: str) -> Norm:
     s = raw.strip()
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if s.startswith(left) and s.endswith(right) and len(s) >= len(left) + len(right):
@@ -366,6 +384,8 @@ class Struct:
 
 def split_top(text: str, sep: str = ",") -> list[str]:
     """Split on ``sep`` outside brackets."""
+    if sep not in text:
+        return [text.strip()]  # the common case, a single value: no scan
     parts: list[str] = []
     cur: list[str] = []
     depth, i = 0, 0
