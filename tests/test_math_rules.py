@@ -429,3 +429,47 @@ def test_rule_set_builder_notation_is_the_set_of_its_inequality(checker: MathChe
         )
         == []
     )
+
+
+def test_rule_prose_extraction_takes_the_last_expression(checker: MathChecker) -> None:
+    """Opt-in ("prose"), for base models that write no answer format: failing the strict
+    rules, the last mathematical expression is the answer; alternatives stay a hedge."""
+    prose = [
+        ("So the total is 42 apples.", "42", True),
+        ("So the total is 42 apples.", "43", False),
+        ("We get $x = \\frac{1}{2}$ in the end.", "0.5", True),
+        ("First 5.\nThen it is $\\sqrt{2}$", "\\sqrt{2}", True),
+        ("The result: 1,000 dollars", "1000", True),
+        ("It is 2 or 3.", "3", False),
+        ("No number at all", "3", False),
+        ("Many steps: 7, then \\boxed{5}", "5", True),  # the strict rules come first
+        ("Many steps: 7, then \\boxed{5}", "7", False),
+    ]
+    wrong = []
+    for completion, gold, same in prose:
+        r = checker.check(completion, gold, extraction="prose")
+        if r.correct is not same:
+            wrong.append(f"{completion!r} vs {gold!r}: {r}")
+    assert wrong == []
+    # the strict rules stay the default: no answer format, no answer
+    assert checker.check("So the total is 42 apples.", "42").reason == "no_answer"
+
+
+def test_the_extraction_is_validated() -> None:
+    with pytest.raises(ValueError, match="extraction must be one of strict, prose"):
+        MathCheckConfig(extraction="loose")
+    with MathChecker(MathCheckConfig(processes=1, extraction="prose")) as c:
+        assert c.check("So the total is 42 apples.", "42").correct
+        assert c.check("So the total is 42 apples.", "42", extraction="strict").reason == (
+            "no_answer"
+        )
+        with pytest.raises(ValueError, match="extraction must be one of"):
+            c.check("42", "42", extraction="loose")
+
+
+async def test_prose_extraction_from_asyncio(checker: MathChecker) -> None:
+    # the second needs the algebra: it leaves the loop and keeps its extraction
+    first = await checker.check_async("So it is 42.", "42", extraction="prose")
+    second = await checker.check_async("So it is $\\sqrt{8}$.", "2\\sqrt{2}", extraction="prose")
+    strict = await checker.check_async("So it is $\\sqrt{8}$.", "2\\sqrt{2}")
+    assert (first.correct, second.correct, strict.reason) == (True, True, "no_answer")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 import weakref
@@ -35,12 +36,26 @@ class MathCheckConfig:
     """How long a check may wait for a free process before it gives up as "timeout"."""
     process_memory_mb: int = 2048
     """Address-space limit of each process: a ballooning parse fails instead of swapping."""
+    extraction: str = "strict"
+    """How the answer is found when a check does not say: "strict" (answer tags, boxes,
+    final answer lines; docs/math.md) or "prose" (failing those, the last mathematical
+    expression of the text, for base models that write no answer format)."""
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0 or self.max_wait_s <= 0:
             raise ValueError("timeout_s and max_wait_s must be > 0")
         if self.processes < 1:
             raise ValueError("processes must be >= 1")
+        _check_extraction(self.extraction)
+
+
+EXTRACTIONS = ("strict", "prose")
+"""The ways of finding the answer (``MathCheckConfig.extraction``)."""
+
+
+def _check_extraction(extraction: str) -> None:
+    if extraction not in EXTRACTIONS:
+        raise ValueError(f"extraction must be one of {', '.join(EXTRACTIONS)}, not {extraction!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,13 +171,15 @@ class MathChecker:
         """Process ids of the live algebra processes (for tests and monitoring)."""
         return self._algebra.pids()
 
-    def check(self, completion: str, gold: str) -> MathResult:
+    def check(self, completion: str, gold: str, *, extraction: str | None = None) -> MathResult:
         """Compare the completion's final answer with ``gold``; blocks at most about
-        ``timeout_s`` (plus ``max_wait_s`` when every process is busy).
+        ``timeout_s`` (plus ``max_wait_s`` when every process is busy). ``extraction``
+        ("strict" or "prose") overrides the configured one for this check.
 
         Raises ``AlgebraFault`` when the algebra failed in a way that is not the answer's
         (a bug, a broken install): no verdict can be given."""
         self._usable()
+        prose = self._prose(extraction)
         budget = [self.config.timeout_s]
 
         def algebra(answer: str, gold_text: str) -> bool:
@@ -178,16 +195,24 @@ class MathChecker:
                 raise AlgebraFault(str(value))
             raise Undecided("parse_error" if status == "error" else "timeout")
 
-        return self._check(completion, gold, algebra)
+        return self._check(completion, gold, algebra, prose=prose)
 
-    async def check_async(self, completion: str, gold: str) -> MathResult:
+    async def check_async(
+        self, completion: str, gold: str, *, extraction: str | None = None
+    ) -> MathResult:
         """As ``check``; answers settled without algebra return without leaving the loop."""
         self._usable()
         try:
-            return self._check(completion, gold, _needs_algebra)
+            return self._check(completion, gold, _needs_algebra, prose=self._prose(extraction))
         except Undecided:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._threads, self.check, completion, gold)
+            check = functools.partial(self.check, extraction=extraction)
+            return await loop.run_in_executor(self._threads, check, completion, gold)
+
+    def _prose(self, extraction: str | None) -> bool:
+        mode = self.config.extraction if extraction is None else extraction
+        _check_extraction(mode)
+        return mode == "prose"
 
     def _usable(self) -> None:
         if self._closed:
@@ -196,9 +221,9 @@ class MathChecker:
             # The children's pipes belong to the parent; sharing them would mix up replies.
             raise RuntimeError("a MathChecker cannot cross a fork: create one per process")
 
-    def _check(self, completion: str, gold: str, algebra: Algebra) -> MathResult:
+    def _check(self, completion: str, gold: str, algebra: Algebra, *, prose: bool) -> MathResult:
         gold = read_gold(gold)
-        found = extract(completion)
+        found = extract(completion, prose=prose)
         answer = found.answer
         if answer is None:
             return MathResult(correct=False, extracted=None, reason="no_answer")

@@ -37,6 +37,11 @@ _END_TOKENS_WINDOW = 200
 _COPULA = re.compile(r"\b(?:is|are|equals|was|be)\b\s*[:\uff1a]?\s*", re.IGNORECASE)
 _MATH_SPAN = re.compile(r"\$\$[^$]*\$\$|\$[^$]*\$")
 _SPACE = re.compile(r"\s+")
+PROSE_WINDOW = 2000
+"""Characters at the end of a completion searched for its last expression (prose mode)."""
+_PROSE_MATH = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+_PROSE_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?")
+_HEDGE_WORD = re.compile(r"\bor\b|\beither\b", re.IGNORECASE)
 _PLACEHOLDER = re.compile(r"^(?:\\(?:phantom|hphantom|vphantom)\s*\{[^{}]*\}|\s)*$")
 _CHOICE = re.compile(r"^\(?[A-Ea-e]\)?$")
 
@@ -177,8 +182,18 @@ def _others(boxes: list[str]) -> tuple[str, ...]:
     return tuple(b for b in boxes[:-1] if _SPACE.sub("", b) != last)
 
 
-def extract(completion: str) -> Extraction:
-    """The answer and whether it was hedged among different boxed answers."""
+def extract(completion: str, *, prose: bool = False) -> Extraction:
+    """The answer and whether it was hedged among different boxed answers.
+
+    ``prose``: when the strict rules find nothing, the last mathematical expression of the
+    text is the answer (for base models that write no answer format)."""
+    found = _strict(completion)
+    if found.answer is None and prose:
+        return Extraction(_last_expression(_strip_end_tokens(completion)))
+    return found
+
+
+def _strict(completion: str) -> Extraction:
     completion = _strip_end_tokens(completion)
     region = _last_answer_tag(completion)
     if region is not None:
@@ -197,6 +212,31 @@ def extract(completion: str) -> Extraction:
         region_start = completion.rfind("\n\n", 0, located[-1][0])
         return _final(completion, [box for box in located if box[0] > region_start])
     return Extraction(line[1] if line else None)
+
+
+def _last_expression(text: str) -> str | None:
+    """The last ``$...$`` (or ``\\(...\\)``, ``\\[...\\]``) or plain number of the text's
+    end, whichever ends later; the whole final sentence when it offers alternatives ("2 or
+    3"), which the checker then refuses as a hedge. Looks at the last ``PROSE_WINDOW``
+    characters only."""
+    cut = max(0, len(text) - PROSE_WINDOW)
+    tail = text[cut:]
+    if text.count("$", 0, cut) % 2:  # the window starts inside a $...$: skip its end
+        tail = tail[tail.find("$") + 1 :] if "$" in tail else tail
+    best: tuple[int, str] | None = None
+    for m in _PROSE_MATH.finditer(tail):
+        inner = next(g for g in m.groups() if g is not None).strip()
+        if inner:
+            best = (m.end(), inner)
+    numbers = list(_PROSE_NUMBER.finditer(tail))
+    if numbers and (best is None or numbers[-1].end() > best[0]):
+        best = (numbers[-1].end(), numbers[-1].group())
+    if best is None:
+        return None
+    end, value = best
+    sentence_start = max(tail.rfind(". ", 0, end), tail.rfind("\n", 0, end))
+    sentence = tail[sentence_start + 1 : end]
+    return sentence.strip() if _HEDGE_WORD.search(sentence) else value
 
 
 def extract_answer(completion: str) -> str | None:
