@@ -94,7 +94,8 @@ def run_math_bench(n: int | None = None) -> dict[str, Any]:
             "outside_ours_max_check_s": round(max(outside_times), 4),
         }
     else:
-        alone = {**alone, "outside_pairs": f"none: {OUTSIDE_CORPUS} is in a source checkout"}
+        missing = f"none: {OUTSIDE_CORPUS.name} comes with a source checkout"
+        alone = {**alone, "outside_pairs": missing}
     if mv is None:
         return {**alone, "math_verify": MATH_VERIFY_MISSING}
     if outside:
