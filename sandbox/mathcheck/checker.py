@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from rlfleet.sandbox.mathcheck.algebra import AlgebraRunner
 from rlfleet.sandbox.mathcheck.compare import Algebra, Undecided, equal, is_candidate_list
-from rlfleet.sandbox.mathcheck.extract import Extraction, boxed_contents, extract
+from rlfleet.sandbox.mathcheck.extract import EXTRACTIONS, Extraction, boxed_contents, extract
 from rlfleet.sandbox.mathcheck.normalize import (
     alternatives_as_list,
     decimal_comma,
@@ -47,10 +47,6 @@ class MathCheckConfig:
         if self.processes < 1:
             raise ValueError("processes must be >= 1")
         _check_extraction(self.extraction)
-
-
-EXTRACTIONS = ("strict", "prose")
-"""The ways of finding the answer (``MathCheckConfig.extraction``)."""
 
 
 def _check_extraction(extraction: str) -> None:

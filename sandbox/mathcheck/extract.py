@@ -37,6 +37,9 @@ _END_TOKENS_WINDOW = 200
 _COPULA = re.compile(r"\b(?:is|are|equals|was|be)\b\s*[:\uff1a]?\s*", re.IGNORECASE)
 _MATH_SPAN = re.compile(r"\$\$[^$]*\$\$|\$[^$]*\$")
 _SPACE = re.compile(r"\s+")
+EXTRACTIONS = ("strict", "prose")
+"""The ways of finding the answer: the strict rules alone, or failing them the last
+mathematical expression of the text (``extract(..., prose=True)``)."""
 PROSE_WINDOW = 2000
 """Characters at the end of a completion searched for its last expression (prose mode)."""
 _PROSE_MATH = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
