@@ -123,6 +123,13 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="reward non-AC code cases with the fraction of tests passed",
     )
+    p.add_argument(
+        "--math-extraction",
+        choices=("strict", "prose"),
+        default="strict",
+        help="how math answers are found when a case does not say (default: strict, answer "
+        "tags, boxes, answer lines; prose: failing those, the last expression; docs/math.md)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -509,6 +516,7 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 def _engine_config(args: argparse.Namespace) -> EngineConfig:
     from rlfleet.sandbox.engine import EngineConfig
     from rlfleet.sandbox.judge import JudgeConfig
+    from rlfleet.sandbox.mathcheck import MathCheckConfig
     from rlfleet.sandbox.worker_pool import PoolConfig
 
     return EngineConfig(
@@ -516,6 +524,7 @@ def _engine_config(args: argparse.Namespace) -> EngineConfig:
         pool=PoolConfig(workers=args.workers),
         cgroup_parent=args.cgroup_parent,
         judge=JudgeConfig(partial_reward=args.partial_reward),
+        math=MathCheckConfig(processes=1, extraction=args.math_extraction),
     )
 
 

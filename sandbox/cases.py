@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 from rlfleet.sandbox.languages import get_language
+from rlfleet.sandbox.mathcheck.extract import EXTRACTIONS
 from rlfleet.sandbox.records import (
     CallTest,
     Case,
@@ -119,7 +120,12 @@ def parse_case(obj: Any) -> Case:
     case_id = str(case_id)
     kind = _require(obj, "kind", str)
     if kind == "math":
-        return MathCase(id=case_id, completion=_require(obj, "completion", str), gold=_gold(obj))
+        return MathCase(
+            id=case_id,
+            completion=_require(obj, "completion", str),
+            gold=_gold(obj),
+            extraction=_extraction(obj),
+        )
     if kind != "code":
         raise CaseError("kind", f"unknown {kind!r} (one of code, math)")
     language = _require(obj, "language", str)
@@ -155,6 +161,13 @@ def _limited(text: str, name: str, limit: int) -> str:
     if size > limit:
         raise CaseError(name, f"{size} bytes, more than the {limit} allowed")
     return text
+
+
+def _extraction(obj: dict[str, Any]) -> str | None:
+    extraction = obj.get("extraction")
+    if extraction is not None and extraction not in EXTRACTIONS:
+        raise CaseError("extraction", f"unknown {extraction!r} (one of {', '.join(EXTRACTIONS)})")
+    return extraction
 
 
 def _gold(obj: dict[str, Any]) -> str:

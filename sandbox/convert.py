@@ -190,6 +190,7 @@ def request_to_case(req: pb.VerifyRequest, problems: Any) -> Case:
             "kind": "math",
             "completion": req.math.completion,
             "gold": req.math.gold,
+            "extraction": req.math.extraction or None,
         }
         return parse_case(obj)
     if kind != "code":
@@ -241,9 +242,10 @@ def problem_from_case(case: CodeCase) -> pb.Problem:
 
 def case_to_request(case: Case, problem_ref: str | None = None) -> pb.VerifyRequest:
     if isinstance(case, MathCase):
-        return pb.VerifyRequest(
-            id=case.id, math=pb.MathCase(completion=case.completion, gold=case.gold)
+        math = pb.MathCase(
+            completion=case.completion, gold=case.gold, extraction=case.extraction or ""
         )
+        return pb.VerifyRequest(id=case.id, math=math)
     code = pb.CodeCase(language=case.language, code=case.code, early_stop=case.early_stop)
     if problem_ref:
         code.problem_ref = problem_ref

@@ -161,7 +161,9 @@ class Engine:
     async def _verify_math(self, case: MathCase) -> CaseResult:
         t0 = time.perf_counter()
         try:
-            res = await self._math.check_async(case.completion, case.gold)
+            res = await self._math.check_async(
+                case.completion, case.gold, extraction=case.extraction
+            )
         except AlgebraFault as e:
             self.metrics.math_checks.labels("fault").inc()
             return CaseResult(

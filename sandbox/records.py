@@ -84,6 +84,9 @@ class MathCase:
     id: str
     completion: str
     gold: str
+    extraction: str | None = None
+    """How the answer is found ("strict" or "prose", docs/math.md); None: the server's
+    default."""
 
 
 Case = CodeCase | MathCase

@@ -145,12 +145,14 @@ class CodeCase(_message.Message):
     def __init__(self, language: _Optional[str] = ..., code: _Optional[str] = ..., problem: _Optional[_Union[Problem, _Mapping]] = ..., problem_ref: _Optional[str] = ..., early_stop: _Optional[bool] = ...) -> None: ...
 
 class MathCase(_message.Message):
-    __slots__ = ("completion", "gold")
+    __slots__ = ("completion", "gold", "extraction")
     COMPLETION_FIELD_NUMBER: _ClassVar[int]
     GOLD_FIELD_NUMBER: _ClassVar[int]
+    EXTRACTION_FIELD_NUMBER: _ClassVar[int]
     completion: str
     gold: str
-    def __init__(self, completion: _Optional[str] = ..., gold: _Optional[str] = ...) -> None: ...
+    extraction: str
+    def __init__(self, completion: _Optional[str] = ..., gold: _Optional[str] = ..., extraction: _Optional[str] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
     __slots__ = ("id", "code", "math")

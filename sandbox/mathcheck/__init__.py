@@ -11,9 +11,10 @@ from rlfleet.sandbox.mathcheck.checker import (
     MathChecker,
     MathResult,
 )
-from rlfleet.sandbox.mathcheck.extract import extract_answer
+from rlfleet.sandbox.mathcheck.extract import EXTRACTIONS, extract_answer
 
 __all__ = [
+    "EXTRACTIONS",
     "AlgebraFault",
     "AlgebraStartError",
     "MathCheckConfig",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 import weakref
@@ -11,13 +12,17 @@ from dataclasses import dataclass
 
 from rlfleet.sandbox.mathcheck.algebra import AlgebraRunner
 from rlfleet.sandbox.mathcheck.compare import Algebra, Undecided, equal, is_candidate_list
-from rlfleet.sandbox.mathcheck.extract import Extraction, boxed_contents, extract
+from rlfleet.sandbox.mathcheck.extract import EXTRACTIONS, Extraction, boxed_contents, extract
 from rlfleet.sandbox.mathcheck.normalize import (
     alternatives_as_list,
+    decimal_comma,
     has_and,
+    inequality_union,
     is_hedge,
+    is_point_decimal,
     normalize,
     parse_struct,
+    strip_assignment,
 )
 
 
@@ -31,12 +36,22 @@ class MathCheckConfig:
     """How long a check may wait for a free process before it gives up as "timeout"."""
     process_memory_mb: int = 2048
     """Address-space limit of each process: a ballooning parse fails instead of swapping."""
+    extraction: str = "strict"
+    """How the answer is found when a check does not say: "strict" (answer tags, boxes,
+    final answer lines; docs/math.md) or "prose" (failing those, the last mathematical
+    expression of the text, for base models that write no answer format)."""
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0 or self.max_wait_s <= 0:
             raise ValueError("timeout_s and max_wait_s must be > 0")
         if self.processes < 1:
             raise ValueError("processes must be >= 1")
+        _check_extraction(self.extraction)
+
+
+def _check_extraction(extraction: str) -> None:
+    if extraction not in EXTRACTIONS:
+        raise ValueError(f"extraction must be one of {', '.join(EXTRACTIONS)}, not {extraction!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +82,46 @@ def _hedged(found: Extraction) -> bool:
         except Undecided:
             return True  # could not tell cheaply: different-looking boxes count as hedging
     return False
+
+
+def _distinct(boxes: tuple[str, ...]) -> list[str]:
+    """The boxes, each written once (ignoring spaces), in order."""
+    seen: set[str] = set()
+    out = []
+    for box in boxes:
+        key = "".join(box.split())
+        if key not in seen:
+            seen.add(key)
+            out.append(box)
+    return out
+
+
+def read_gold(gold: str) -> str:
+    """The gold answer as the checker compares it.
+
+    A boxed gold is its box ("\\boxed{5}"); several boxes of different text are all of the
+    answer ("\\boxed{4} and \\boxed{-1}" is the list "4, -1"); values joined by "and"
+    ("3 \\text{ and } 10", "5, 17, and 29") are a list."""
+    boxes = boxed_contents(gold)
+    if boxes:
+        gold = ", ".join(_distinct(tuple(boxes)))
+    if has_and(gold) and not is_hedge(gold):
+        gold = alternatives_as_list(gold)
+    return gold
+
+
+def multi_valued(gold: str) -> bool:
+    """Whether the gold is several values in no order: a list, a set, alternatives."""
+    if is_hedge(gold):
+        return True
+    struct = parse_struct(strip_assignment(normalize(gold).text))
+    return struct is not None and struct.unordered and len(struct.items) > 1
+
+
+def together(found: Extraction) -> bool:
+    """Whether the final region's boxes are given together ("\\boxed{2} and \\boxed{-3}"),
+    not as alternatives ("\\boxed{2} or \\boxed{-3}")."""
+    return not is_hedge(found.between)
 
 
 def _shutdown(threads: ThreadPoolExecutor, algebra: AlgebraRunner) -> None:
@@ -112,13 +167,15 @@ class MathChecker:
         """Process ids of the live algebra processes (for tests and monitoring)."""
         return self._algebra.pids()
 
-    def check(self, completion: str, gold: str) -> MathResult:
+    def check(self, completion: str, gold: str, *, extraction: str | None = None) -> MathResult:
         """Compare the completion's final answer with ``gold``; blocks at most about
-        ``timeout_s`` (plus ``max_wait_s`` when every process is busy).
+        ``timeout_s`` (plus ``max_wait_s`` when every process is busy). ``extraction``
+        ("strict" or "prose") overrides the configured one for this check.
 
         Raises ``AlgebraFault`` when the algebra failed in a way that is not the answer's
         (a bug, a broken install): no verdict can be given."""
         self._usable()
+        prose = self._prose(extraction)
         budget = [self.config.timeout_s]
 
         def algebra(answer: str, gold_text: str) -> bool:
@@ -134,16 +191,24 @@ class MathChecker:
                 raise AlgebraFault(str(value))
             raise Undecided("parse_error" if status == "error" else "timeout")
 
-        return self._check(completion, gold, algebra)
+        return self._check(completion, gold, algebra, prose=prose)
 
-    async def check_async(self, completion: str, gold: str) -> MathResult:
+    async def check_async(
+        self, completion: str, gold: str, *, extraction: str | None = None
+    ) -> MathResult:
         """As ``check``; answers settled without algebra return without leaving the loop."""
         self._usable()
         try:
-            return self._check(completion, gold, _needs_algebra)
+            return self._check(completion, gold, _needs_algebra, prose=self._prose(extraction))
         except Undecided:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._threads, self.check, completion, gold)
+            check = functools.partial(self.check, extraction=extraction)
+            return await loop.run_in_executor(self._threads, check, completion, gold)
+
+    def _prose(self, extraction: str | None) -> bool:
+        mode = self.config.extraction if extraction is None else extraction
+        _check_extraction(mode)
+        return mode == "prose"
 
     def _usable(self) -> None:
         if self._closed:
@@ -152,22 +217,30 @@ class MathChecker:
             # The children's pipes belong to the parent; sharing them would mix up replies.
             raise RuntimeError("a MathChecker cannot cross a fork: create one per process")
 
-    def _check(self, completion: str, gold: str, algebra: Algebra) -> MathResult:
-        boxed_gold = boxed_contents(gold)
-        if boxed_gold:  # some datasets store the gold answer as "\boxed{5}"
-            gold = boxed_gold[-1]
-        found = extract(completion)
+    def _check(self, completion: str, gold: str, algebra: Algebra, *, prose: bool) -> MathResult:
+        gold = read_gold(gold)
+        found = extract(completion, prose=prose)
         answer = found.answer
         if answer is None:
             return MathResult(correct=False, extracted=None, reason="no_answer")
-        if _hedged(found) or (is_hedge(answer) and not is_hedge(gold)):
+        if _hedged(found):
+            if not (multi_valued(gold) and (together(found) or is_hedge(gold))):
+                return MathResult(correct=False, extracted=answer, reason="hedged")
+            answer = ", ".join(_distinct(found.boxes))  # the boxes together are the answer
+        if is_hedge(answer) and not is_hedge(gold):
             return MathResult(correct=False, extracted=answer, reason="hedged")
+        # "x < 1 or x > 2": one set, a union of inequalities' sets, not alternatives.
+        answer_text, gold = inequality_union(answer) or answer, inequality_union(gold) or gold
         if is_hedge(gold):  # "x = 2 or x = 3" as gold: compare the alternatives as a set
-            a, g = normalize(alternatives_as_list(answer)), normalize(alternatives_as_list(gold))
+            a = normalize(alternatives_as_list(answer_text))
+            g = normalize(alternatives_as_list(gold))
         else:
-            a, g = normalize(answer), normalize(gold)
-            if parse_struct(g.text) is not None and has_and(answer):
-                a = normalize(alternatives_as_list(answer))  # "1 and 2" against "1, 2"
+            a, g = normalize(answer_text), normalize(gold)
+            if parse_struct(g.text) is not None and has_and(answer_text):
+                a = normalize(alternatives_as_list(answer_text))  # "1 and 2" against "1, 2"
+        decimal = decimal_comma(gold)
+        if decimal is not None and is_point_decimal(a.text):
+            g = normalize(decimal)  # a gold of "2,5" against "2.5": a decimal comma
         if is_candidate_list(a, g):
             return MathResult(correct=False, extracted=answer, reason="hedged")
         try:

@@ -3,8 +3,9 @@ a callback (the worker pool) only when the cheap rules cannot decide.
 
 Fast paths, none of which needs sympy or a round trip to a worker: the same normalised text;
 two plain numbers (exact rationals); ``x = 3`` against ``3``. Tuples, intervals, sets and
-unions are split here and compared element by element, so brackets (open/closed ends,
+unions and matrices are split here and compared element by element, so brackets (open/closed ends,
 tuple order) are decided by exact rules rather than by a parser's reading of ``(1,2)``.
+Times of day compare as times (``clock``). The rules are written out in docs/math.md.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from rlfleet.sandbox.mathcheck.clock import seconds_of_day
+from rlfleet.sandbox.mathcheck.matrix import parse_matrix
 from rlfleet.sandbox.mathcheck.normalize import (
     Norm,
     Struct,
+    named_value,
     numbers_equal,
     parse_struct,
     split_union,
@@ -42,21 +46,45 @@ def is_candidate_list(answer: Norm, gold: Norm) -> bool:
     struct = parse_struct(answer.text)
     if struct is None or not struct.unordered or len(struct.items) < 2:
         return False
-    return parse_struct(gold.text) is None and split_union(gold.text) is None
+    value = strip_assignment(gold.text)  # (x,y)=(1,5): the tuple is what the gold gives
+    return parse_struct(value) is None and split_union(value) is None
 
 
 def equal(answer: Norm, gold: Norm, algebra: Algebra) -> bool:
     if answer.text == gold.text and answer.percent == gold.percent:
         return True
+    ta, tg = seconds_of_day(answer.text), seconds_of_day(gold.text)
+    if ta is not None or tg is not None:
+        # A time of day equals only the same time of day ("7:00" is not the ratio 7:0).
+        return ta == tg
     fa, fg = to_fraction(answer.text), to_fraction(gold.text)
     if fa is not None and fg is not None:
         return numbers_equal(answer, gold, fa, fg)
     if len(answer.text) > MAX_LENGTH or len(gold.text) > MAX_LENGTH:
         raise Undecided("rejected")  # bounds the element-by-element work below too
+    values = _named_values(answer, gold)
+    if values is not None:
+        return equal(values[0], values[1], algebra)
+    ma, mg = parse_matrix(answer.text), parse_matrix(gold.text)
+    if ma is not None and mg is not None:
+        # Entry by entry, each with the rules of a single answer.
+        if ma.kind != mg.kind or ma.shape != mg.shape:
+            return False
+        pairs = zip(ma.rows, mg.rows, strict=True)
+        return all(
+            equal(Norm(x), Norm(y), algebra)
+            for row_a, row_g in pairs
+            for x, y in zip(row_a, row_g, strict=True)
+        )
     ua, ug = split_union(answer.text), split_union(gold.text)
     if ua is not None and ug is not None:
         return _unordered_equal(ua, ug, algebra)
     sa, sg = parse_struct(answer.text), parse_struct(gold.text)
+    # A set of one element against anything but a set: the element ("\{5\}" and "5").
+    if sa is not None and _singleton(sa) and not _is_set(sg):
+        return equal(Norm(sa.items[0]), gold, algebra)
+    if sg is not None and _singleton(sg) and not _is_set(sa):
+        return equal(answer, Norm(sg.items[0]), algebra)
     if sa is not None and sg is not None:
         return _struct_equal(sa, sg, algebra)
     if sa is not None or sg is not None:
@@ -66,16 +94,39 @@ def equal(answer: Norm, gold: Norm, algebra: Algebra) -> bool:
         if not _INEQUALITY.search(single):
             return False
         return _algebra_of(answer.text, gold.text, algebra)
-    a_text, g_text = answer.text, gold.text
-    # "x = 3" against "3" (or the other way): the value of a single name is the answer.
-    if ("=" in a_text) != ("=" in g_text):
-        a_text, g_text = strip_assignment(a_text), strip_assignment(g_text)
-        if a_text == g_text:
-            return True
-        fa, fg = to_fraction(a_text), to_fraction(g_text)
-        if fa is not None and fg is not None:
-            return numbers_equal(Norm(a_text, answer.percent), Norm(g_text, gold.percent), fa, fg)
-    return _algebra_of(a_text, g_text, algebra)
+    return _algebra_of(answer.text, gold.text, algebra)
+
+
+def _named_values(answer: Norm, gold: Norm) -> tuple[Norm, Norm] | None:
+    """The values to compare when one side or both name what they give (``BC = 7``), or
+    None when the names stay (two equations).
+
+    The value of a name is the answer: ``x = 3`` against ``3``, ``(x,y)=(1,5)`` against
+    ``(1,5)``. A one-letter name may instead be the variable of an equation
+    (``2y = 4x + 2`` against ``y = 2x + 1``), so it is dropped only when the other side has
+    no ``=`` at all, or names the same thing; the other names (``BC``, ``(x,y)``, ``a:b``)
+    are never variables and are dropped whatever the other side is."""
+    na, ng = named_value(answer.text), named_value(gold.text)
+    if na is None and ng is None:
+        return None
+    if na is not None and ng is not None:
+        if na.name != ng.name and na.variable and ng.variable:
+            return None  # x = 3 against y = 3: two equations, for the algebra
+    else:
+        named, other = (na, gold.text) if na is not None else (ng, answer.text)
+        if named is not None and named.variable and "=" in other:
+            return None  # 2y = 4x + 2 against y = 2x + 1: two equations
+    a = Norm(na.value, answer.percent) if na is not None else answer
+    g = Norm(ng.value, gold.percent) if ng is not None else gold
+    return a, g
+
+
+def _is_set(struct: Struct | None) -> bool:
+    return struct is not None and struct.open == "\\{"
+
+
+def _singleton(struct: Struct) -> bool:
+    return _is_set(struct) and len(struct.items) == 1
 
 
 def _algebra_of(a_text: str, g_text: str, algebra: Algebra) -> bool:
@@ -87,11 +138,14 @@ def _algebra_of(a_text: str, g_text: str, algebra: Algebra) -> bool:
 def _struct_equal(a: Struct, g: Struct, algebra: Algebra) -> bool:
     if len(a.items) != len(g.items):
         return False
-    values = [strip_assignment(x) for x in a.items]
-    named = all(v != x for v, x in zip(values, a.items, strict=True))
-    if a.open == "" and g.open == "(" and named:
-        # "a=2, b=3" against "(2,3)": named values given in order are the tuple.
-        return all(equal(Norm(x), Norm(y), algebra) for x, y in zip(values, g.items, strict=True))
+    # "a=2, b=3" against "(2,3)" (either way round): named values given in order are the
+    # tuple.
+    for named, tuple_ in ((a, g), (g, a)):
+        values = [strip_assignment(x) for x in named.items]
+        all_named = all(v != x for v, x in zip(values, named.items, strict=True))
+        if named.open == "" and tuple_.open == "(" and all_named:
+            pairs = zip(values, tuple_.items, strict=True)
+            return all(equal(Norm(x), Norm(y), algebra) for x, y in pairs)
     if (a.open, a.close) != (g.open, g.close) and not (a.unordered and g.unordered):
         # Brackets of tuples and intervals matter; a bare list against a set does not.
         return False

@@ -7,13 +7,18 @@ true and a false variant.
 
 ``MV_KNOWN_WRONG`` names the kinds math-verify is known to get wrong; the benchmark reports
 agreement with and without them.
+
+``load_outside`` reads the outside corpus (``tests/data/math_outside.jsonl``): pairs from
+other projects' graders and evaluation outputs, the measure that does not come from here.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 MV_KNOWN_WRONG = {
     "line_equation": "Math-Verify #60: two different lines ax+by+c=0 judged equal",
@@ -219,3 +224,24 @@ PATHOLOGICAL = [
     "\\binom{100000}{50000}",
 ]
 """Answers the screen refuses before any algebra."""
+
+
+def load_outside(path: Path) -> list[Pair]:
+    """The pairs of an outside corpus file (JSON lines with ``completion``, ``gold``,
+    ``label`` and ``source``; see tests/data/math_outside.md), the source as the kind.
+
+    Raises ``ValueError`` naming the line of a malformed pair."""
+    pairs = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                row = json.loads(line)
+                pair = Pair(row["completion"], row["gold"], row["label"], row["source"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{number}: not a pair: {e}") from None
+            if not all(isinstance(x, str) for x in (pair.completion, pair.gold, pair.kind)):
+                raise ValueError(f"{path}:{number}: completion, gold and source must be text")
+            if not isinstance(pair.expected, bool):
+                raise ValueError(f"{path}:{number}: label must be true or false")
+            pairs.append(pair)
+    return pairs

@@ -12,6 +12,9 @@ The ladder, cheapest proof first:
    a relative tolerance of 1e-15 (Schwartz-Zippel style identity testing). Tight enough that
    no human-written difference passes, loose enough for 30-digit rounding noise.
 
+An expression holding a division by zero or an indeterminate form (sympy's ``zoo`` and
+``nan``) equals nothing: ``7:0`` and ``4:0`` are not the same answer.
+
 Equations are equal only as the same relation: (lhs - rhs) of one is a constant non-zero
 multiple of the other's (positive for inequalities), so two different lines are never equal
 (Math-Verify #60).
@@ -38,7 +41,12 @@ from sympy.parsing.sympy_parser import parse_expr as sympy_parse_expr
 from sympy.polys.polyerrors import BasePolynomialError
 
 from rlfleet.sandbox.mathcheck.fastparse import Unsupported, parse_simple
-from rlfleet.sandbox.mathcheck.normalize import MIN_APPROX_DECIMALS, correct_to, decimals
+from rlfleet.sandbox.mathcheck.normalize import (
+    MIN_APPROX_DECIMALS,
+    correct_to,
+    decimals,
+    split_top,
+)
 
 TOLERANCE = 1e-15
 """Relative difference below which two numeric values count as equal."""
@@ -148,6 +156,9 @@ def parse(text: str) -> Any:
     Cached: the samples of one problem share its gold answer (sympy objects are immutable).
     """
 
+    alternatives = split_top(text, "\\lor")
+    if len(alternatives) > 1:  # "x<1 \\lor x>2": the checker joins inequalities so
+        return sympy.Or(*(parse(part) for part in alternatives))
     split = _top_level_equals(text)
     if split is not None:
         return sympy.Eq(parse(text[:split]), parse(text[split + 1 :]), evaluate=False)
@@ -333,17 +344,20 @@ def equivalent(answer: str, gold: str) -> bool:
     """Both given as normalised text. Raises on parse failure (the caller reports it)."""
 
     a, g = _imaginary_unit(parse(answer)), _imaginary_unit(parse(gold))
+    if _undefined(a) or _undefined(g):
+        return False  # 1/0 and 2/0 are both zoo: an undefined value equals nothing
     a_rel, g_rel = (
         isinstance(a, sympy.core.relational.Relational),
         isinstance(g, sympy.core.relational.Relational),
     )
     if a_rel and g_rel:
         return relations_equal(a, g)
-    # "x >= 3" against "[3, \infty)": the set the inequality describes.
-    if a_rel and isinstance(g, sympy.Set) and not isinstance(a, sympy.Equality):
-        return _sets_equal(_as_set(a), g)
-    if g_rel and isinstance(a, sympy.Set) and not isinstance(g, sympy.Equality):
-        return _sets_equal(a, _as_set(g))
+    # "x >= 3" against "[3, \infty)", "-1 < x \le 4" against "(-1, 4]", "2 \le |t| \le 3"
+    # against "[-3,-2] \cup [2,3]": the set of reals the inequality describes.
+    if _is_inequality(a) or _is_inequality(g):
+        left = _real_set(a) if _is_inequality(a) else a
+        right = _real_set(g) if _is_inequality(g) else g
+        return _sets_equal(left, right)
     # "x = 3" against "3" (either way round): the right-hand side of a solved form.
     if a_rel:
         if not (isinstance(a, sympy.Equality) and _is_name(a.lhs)):
@@ -362,6 +376,11 @@ def equivalent(answer: str, gold: str) -> bool:
     return bool(a == g)
 
 
+def _undefined(expr: Any) -> bool:
+    """Whether the expression holds a division by zero or an indeterminate form (zoo, nan)."""
+    return isinstance(expr, sympy.Basic) and expr.has(sympy.zoo, sympy.nan)
+
+
 def _imaginary_unit(expr: Any) -> Any:
     """A free ``i`` is the imaginary unit (3+2i, e^{i pi}); a summation index is bound."""
 
@@ -370,11 +389,24 @@ def _imaginary_unit(expr: Any) -> Any:
     return expr.subs(i, sympy.I) if i in free else expr
 
 
-def _as_set(relation: Any) -> Any:
-    """The real solution set of a one-variable inequality; raises for anything else."""
+def _is_inequality(expr: Any) -> bool:
+    """An inequality, a chain of them (``-1 < x \\le 4``), or an and/or of them."""
+    if isinstance(expr, sympy.And | sympy.Or):
+        return True
+    return isinstance(expr, sympy.core.relational.Relational) and not isinstance(
+        expr, sympy.Equality
+    )
 
-    (symbol,) = relation.free_symbols
-    return sympy.solveset(relation, symbol, sympy.S.Reals)
+
+def _real_set(condition: Any) -> Any:
+    """The set of reals satisfying a condition in one variable; None when there is no such
+    set (several variables, or one sympy cannot solve)."""
+    if len(condition.free_symbols) != 1:
+        return None
+    try:
+        return condition.as_set()
+    except SYMPY_ERRORS:
+        return None
 
 
 def _approximation_equal(text: str, exact: Any) -> bool | None:
