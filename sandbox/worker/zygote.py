@@ -87,15 +87,22 @@ class Worker:
         raise ValueError(f"unknown op {op!r}")
 
     def run(self, job, blobs):
-        """Run one program. Blobs: [stdin] plus, for kind=exec with `files`, file contents."""
+        """Run one program. Blobs: [stdin] plus, for kind=exec with `files`, file contents,
+        or, for a test-code run (mode=test), the test code."""
         lim = job["limits"]
         stdin_fd = memfd("stdin", blobs[0] if blobs else b"")
         # A function-call run seals its stdout when the call fails (program.run_call).
         out_fd, err_fd = memfd("stdout", sealable=True), memfd("stderr")
+        fds = [stdin_fd, out_fd, err_fd]
         try:
+            if job.get("mode") == "test":
+                # The test code reaches the run as fd 3 only: dropped here before the fork,
+                # so that no Python object of the forked program holds it (testrun.py).
+                fds.append(memfd("test", blobs[1]))
+                blobs[1] = b""
             for i, (path, mode) in enumerate(job.get("files", [])):
                 self._place(path, blobs[1 + i], mode)
-            facts = self._run_isolated(job, lim, (stdin_fd, out_fd, err_fd))
+            facts = self._run_isolated(job, lim, tuple(fds))
             stdout, stdout_size = read_capped(out_fd, lim["output_bytes"])
             stderr, _ = read_capped(err_fd, lim.get("stderr_bytes", 8192))
             facts["stdout_size"] = stdout_size
@@ -105,7 +112,7 @@ class Worker:
                 result_blobs.append(self._capture(capture, lim["fsize_bytes"]))
             return facts, result_blobs
         finally:
-            for fd in (stdin_fd, out_fd, err_fd):
+            for fd in fds:
                 os.close(fd)
             wipe_tmp()
 

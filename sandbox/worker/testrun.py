@@ -1,0 +1,371 @@
+"""Test-code runs: the test code in the run's process, the submission in a child it calls.
+
+A test item's code (HumanEval's ``check(candidate)``, MBPP's asserts, one unittest method)
+passes when it runs to its end without an exception. It cannot share a process with the
+submission and stay honest: in one Python process the submission can reach and patch
+every piece of Python the test relies on (builtins, ``unittest``, ``sys.modules``, the
+test's own functions and classes through ``object.__subclasses__()`` and frame objects,
+none of which Python audits), exit early, or print whatever the harness prints. So:
+
+* the **test process** (this one, the run's main process) runs only the harness and the
+  test code. It forks the **program process** first, before it reads the test code (which
+  arrives on fd 3 and is never in the program's memory), then calls the program's
+  top-level functions through proxies over a socket pair.
+* values cross as plain data only (None, bool, int, float, complex, str, bytes, and
+  lists, tuples, dicts, sets and frozensets of them), encoded by ``encode`` and rebuilt by
+  ``decode`` as exact built-in types: nothing the program defines (a lying ``__eq__``, a
+  subclass) ever reaches the test. An exception raised in the program is raised again in
+  the test as its nearest built-in exception class, with plain arguments.
+* the program process has no descriptor of the run's stdout (its fd 1 is a copy of
+  stderr), and cannot take one from the test process: it is another process, not
+  dumpable (it changed uid), and seccomp refuses ``ptrace``, ``process_vm_*`` and
+  ``pidfd_getfd``. Only the test process writes ``PASS_MARKER`` there, after the test
+  code returned, and the judge accepts nothing else as a pass.
+
+Values cross as copies: a test that relies on the program changing its arguments in
+place, passes callbacks, or gets objects back (generators, instances of the program's
+classes) fails with a message saying so.
+"""
+
+import json
+import os
+import socket
+import struct
+import sys
+
+PASS_MARKER = b"rlfleet: the test code ran to its end\n"
+TEST_FAILED = 1
+"""Exit status of the test process when an assertion failed (WA)."""
+TEST_ERROR = 2
+"""Exit status of the test process for any other failure (RE)."""
+TEST_CODE_FD = 3
+"""Where the test process finds the test code (a memfd the program process closes)."""
+
+_LEN = struct.Struct(">I")
+MAX_MESSAGE = 1 << 28
+MAX_DEPTH = 200
+_SMALL_INT = 1 << 62
+_TAG_OF: dict[type, str] = {list: "l", tuple: "t", set: "s", frozenset: "f"}
+_TYPE_OF: dict[str, type] = {tag: t for t, tag in _TAG_OF.items()}
+
+
+class ProgramFailed(RuntimeError):
+    """The program process ended or broke the protocol while the test needed it."""
+
+
+# ------------------------------------------------------------------ plain data on the wire
+
+
+def encode(value, lenient, depth=0):
+    """A JSON-ready form of plain data; every container is tagged so that `decode` rebuilds
+    the exact type. `lenient` (the program's side) turns subclasses of the plain types
+    (a namedtuple, a Counter, an IntEnum) into their base type; the test's side is strict."""
+    if depth > MAX_DEPTH:
+        raise ValueError("value nested too deeply")
+    t = type(value)
+    if value is None or t is bool or t is str or t is float:
+        return value
+    if t is int:
+        return value if -_SMALL_INT < value < _SMALL_INT else {"x": hex(value)}
+    if t is list or t is tuple or t is set or t is frozenset:
+        return {_TAG_OF[t]: [encode(x, lenient, depth + 1) for x in value]}
+    if t is dict:
+        return {
+            "d": [
+                [encode(k, lenient, depth + 1), encode(v, lenient, depth + 1)]
+                for k, v in value.items()
+            ]
+        }
+    if t is bytes:
+        return {"b": value.hex()}
+    if t is complex:
+        return {"c": [value.real, value.imag]}
+    if lenient:
+        for base in (bool, int, float, str, bytes, complex, list, tuple, dict, set, frozenset):
+            if isinstance(value, base):
+                return encode(_as_base(base, value), lenient, depth)
+        if isinstance(value, bytearray):
+            return encode(bytes(value), lenient, depth)
+    raise TypeError(f"a value of type {t.__name__} is not plain data")
+
+
+def _as_base(base, value):
+    if base is str:
+        return str.__str__(value)
+    if base is dict:
+        return dict(value.items())
+    return base(value)
+
+
+def decode(data, depth=0):
+    """Rebuild `encode`'s output as exact built-in types; anything else is refused."""
+    if depth > MAX_DEPTH:
+        raise ValueError("value nested too deeply")
+    t = type(data)
+    if data is None or t is bool or t is int or t is float or t is str:
+        return data
+    if t is dict and len(data) == 1:
+        ((tag, body),) = data.items()
+        if tag in ("l", "t", "s", "f") and type(body) is list:
+            items = [decode(x, depth + 1) for x in body]
+            return _TYPE_OF[tag](items)
+        if tag == "d" and type(body) is list:
+            out = {}
+            for pair in body:
+                if type(pair) is not list or len(pair) != 2:
+                    raise ValueError("malformed dict item")
+                out[decode(pair[0], depth + 1)] = decode(pair[1], depth + 1)
+            return out
+        if tag == "x" and type(body) is str:
+            return int(body, 16)
+        if tag == "b" and type(body) is str:
+            return bytes.fromhex(body)
+        if tag == "c" and type(body) is list and len(body) == 2:
+            re_, im = body
+            if type(re_) in (int, float) and type(im) in (int, float):
+                return complex(re_, im)
+    raise ValueError(f"malformed value of type {t.__name__}")
+
+
+def send(sock, message):
+    data = json.dumps(message).encode()
+    sock.sendall(_LEN.pack(len(data)) + data)
+
+
+def receive(sock):
+    """One message, or None at end of stream."""
+    head = _recv_exact(sock, _LEN.size)
+    if head is None:
+        return None
+    (size,) = _LEN.unpack(head)
+    if size > MAX_MESSAGE:
+        raise ProgramFailed(f"the program sent a message of {size} bytes")
+    body = _recv_exact(sock, size)
+    if body is None:
+        return None
+    return json.loads(body)
+
+
+def _recv_exact(sock, n):
+    chunks = []
+    while n:
+        chunk = sock.recv(min(n, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+# ------------------------------------------------------------------ the program process
+
+
+def serve_program(code, sock):
+    """Run the submission as main.py, then call its functions as the test process asks.
+
+    Everything here runs alongside the submission and may be patched by it: it can only
+    make its own answers wrong, since the test process decides on decoded copies.
+    """
+    import builtins
+    import io
+    import traceback
+    import types
+
+    from program import CLEAN_ENV
+
+    os.environ.clear()
+    os.environ.update(CLEAN_ENV)
+    sys.stdin = io.TextIOWrapper(
+        io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding="utf-8"
+    )
+    err = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", write_through=True)
+    sys.stdout = sys.stderr = err
+    sys.argv = ["main.py"]
+    sys.path.insert(0, "/tmp")
+    main = types.ModuleType("__main__")
+    ns = main.__dict__
+    ns["__builtins__"] = builtins
+    ns["__file__"] = "/tmp/main.py"
+    sys.modules["__main__"] = main
+    try:
+        exec(compile(code, "main.py", "exec"), ns)
+        names = [k for k, v in list(ns.items()) if not k.startswith("__") and callable(v)]
+        send(sock, {"ready": names})
+    except BaseException as e:
+        _print_error(err, e, traceback)
+        os._exit(1)
+    while True:
+        message = receive(sock)
+        if message is None:
+            os._exit(0)
+        name = message.get("call")
+        try:
+            args = decode(message["args"])
+            kwargs = decode(message["kwargs"])
+            fn = ns.get(name)
+            if not callable(fn):
+                raise NameError(f"name {name!r} is not defined")
+            reply = {"value": encode(fn(*args, **kwargs), True)}
+        except Exception as e:
+            _print_error(err, e, traceback)
+            reply = _raised(e, builtins)
+        try:
+            sys.stdout.flush()
+        except Exception:
+            pass
+        send(sock, reply)
+
+
+def _raised(exc, builtins):
+    """The nearest built-in class of `exc`, its plain arguments and its text."""
+    name = "Exception"
+    for cls in type(exc).__mro__:
+        if getattr(builtins, cls.__name__, None) is cls:
+            name = cls.__name__
+            break
+    try:
+        args = encode(list(exc.args), False)
+    except (TypeError, ValueError):
+        args = encode([str(exc)], False)
+    return {"raised": name, "args": args}
+
+
+def _print_error(err, exc, traceback):
+    """The traceback from the first frame of main.py or test.py on, as python3 shows it."""
+    tb = exc.__traceback__
+    here = os.path.dirname(os.path.abspath(__file__))
+    while tb is not None and os.path.dirname(tb.tb_frame.f_code.co_filename) == here:
+        tb = tb.tb_next
+    try:
+        err.write("".join(traceback.format_exception(type(exc), exc, tb)))
+    except BaseException:
+        pass
+
+
+# ------------------------------------------------------------------ the test process
+
+
+def run_test(job):
+    """The run's main process: fork the program, then run the test code against it."""
+    sock, program_sock = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            sock.close()
+            os.close(TEST_CODE_FD)
+            os.dup2(2, 1)  # the program's prints go to stderr; it never holds the run's stdout
+            serve_program(job["code"], program_sock)
+        finally:
+            os._exit(1)
+    program_sock.close()
+    import builtins
+    import io
+    import linecache
+    import traceback
+
+    test_code = _read_fd(TEST_CODE_FD).decode("utf-8", "surrogatepass")
+    os.close(TEST_CODE_FD)
+    # Tracebacks show the test's lines, as they would for a file.
+    linecache.cache["test.py"] = (len(test_code), None, test_code.splitlines(True), "test.py")
+    err = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", write_through=True)
+    sys.stdout = sys.stderr = err  # the test's own prints; fd 1 carries only the report
+    sys.argv = ["test.py"]
+    status = TEST_ERROR
+    try:
+        ready = receive(sock)
+        if ready is None or type(ready.get("ready")) is not list:
+            raise ProgramFailed("the program ended before the test code could call it")
+        ns = {"__builtins__": builtins, "__file__": "/tmp/test.py"}
+        for name in ready["ready"]:
+            # A top-level name of the program that shadows a built-in (abs = lambda x: 0)
+            # would change what the test code's own checks compute: not exported.
+            if type(name) is str and name.isidentifier() and name not in builtins.__dict__:
+                ns[name] = _proxy(sock, name)
+        method = job.get("test_method") or ""
+        ns["__name__"] = "__test__" if method else "__main__"
+        exec(compile(test_code, "test.py", "exec"), ns)
+        if method:
+            status = _run_unittest_method(ns, method, err)
+            if status:
+                os._exit(status)
+        os._exit(0 if os.write(1, PASS_MARKER) == len(PASS_MARKER) else TEST_ERROR)
+    except AssertionError as e:
+        status = TEST_FAILED
+        _print_error(err, e, traceback)
+    except BaseException as e:
+        _print_error(err, e, traceback)
+    os._exit(status)
+
+
+def _proxy(sock, name):
+    def call(*args, **kwargs):
+        try:
+            message = {
+                "call": name,
+                "args": encode(list(args), False),
+                "kwargs": encode(kwargs, False),
+            }
+        except TypeError as e:
+            raise TypeError(
+                f"{name}(): {e}; only plain data can be passed to the program"
+            ) from None
+        send(sock, message)
+        reply = receive(sock)
+        if reply is None:
+            raise ProgramFailed(f"the program ended during a call to {name}()")
+        if type(reply) is not dict:
+            raise ProgramFailed(f"the program broke the protocol during a call to {name}()")
+        if "value" in reply:
+            try:
+                return decode(reply["value"])
+            except (TypeError, ValueError) as e:
+                raise ProgramFailed(f"{name}() returned a malformed value: {e}") from None
+        raise _rebuilt(name, reply)
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+def _rebuilt(name, reply):
+    """The built-in exception the program raised, as a fresh object of this process."""
+    import builtins
+
+    cls = getattr(builtins, str(reply.get("raised")), None)
+    if not (isinstance(cls, type) and issubclass(cls, Exception)):
+        cls = Exception
+    try:
+        args = decode(reply.get("args"))
+        exc = cls(*args) if type(args) is list else cls()
+    except (TypeError, ValueError):
+        exc = cls()
+    exc.add_note(f"(raised in the program by {name}())")
+    return exc
+
+
+def _run_unittest_method(ns, method, err):
+    """Run one test method through unittest's runner; 0, TEST_FAILED or TEST_ERROR."""
+    import types
+    import unittest
+
+    module = types.ModuleType("__test__")
+    module.__dict__.update(ns)
+    suite = unittest.defaultTestLoader.loadTestsFromName(method, module)
+    result = unittest.TestResult()
+    suite.run(result)
+    for _, text in result.errors + result.failures:
+        err.write(text)
+    if result.testsRun != 1 or result.errors or result.unexpectedSuccesses:
+        if result.testsRun != 1:
+            err.write(f"{method}: {result.testsRun} tests ran, expected 1\n")
+        return TEST_ERROR
+    if result.failures:
+        return TEST_FAILED
+    return 0
+
+
+def _read_fd(fd):
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
