@@ -262,6 +262,7 @@ def run_test(job):
     import io
     import linecache
     import traceback
+    import types
 
     test_code = _read_fd(TEST_CODE_FD).decode("utf-8", "surrogatepass")
     os.close(TEST_CODE_FD)
@@ -275,17 +276,22 @@ def run_test(job):
         ready = receive(sock)
         if ready is None or type(ready.get("ready")) is not list:
             raise ProgramFailed("the program ended before the test code could call it")
-        ns = {"__builtins__": builtins, "__file__": "/tmp/test.py"}
+        method = job.get("test_method") or ""
+        # A unittest item runs under another name, so that its `if __name__ ==
+        # "__main__": unittest.main()` stays out of the way of the one method run here.
+        module = types.ModuleType("__test__" if method else "__main__")
+        sys.modules[module.__name__] = module  # for unittest's module fixtures
+        ns = module.__dict__
+        ns["__builtins__"] = builtins
+        ns["__file__"] = "/tmp/test.py"
         for name in ready["ready"]:
             # A top-level name of the program that shadows a built-in (abs = lambda x: 0)
             # would change what the test code's own checks compute: not exported.
             if type(name) is str and name.isidentifier() and name not in builtins.__dict__:
                 ns[name] = _proxy(sock, name)
-        method = job.get("test_method") or ""
-        ns["__name__"] = "__test__" if method else "__main__"
         exec(compile(test_code, "test.py", "exec"), ns)
         if method:
-            status = _run_unittest_method(ns, method, err)
+            status = _run_unittest_method(module, method, err)
             if status:
                 os._exit(status)
         os._exit(0 if os.write(1, PASS_MARKER) == len(PASS_MARKER) else TEST_ERROR)
@@ -342,13 +348,10 @@ def _rebuilt(name, reply):
     return exc
 
 
-def _run_unittest_method(ns, method, err):
+def _run_unittest_method(module, method, err):
     """Run one test method through unittest's runner; 0, TEST_FAILED or TEST_ERROR."""
-    import types
     import unittest
 
-    module = types.ModuleType("__test__")
-    module.__dict__.update(ns)
     suite = unittest.defaultTestLoader.loadTestsFromName(method, module)
     result = unittest.TestResult()
     suite.run(result)

@@ -96,10 +96,10 @@ class Worker:
         fds = [stdin_fd, out_fd, err_fd]
         try:
             if job.get("mode") == "test":
-                # The test code reaches the run as fd 3 only: dropped here before the fork,
-                # so that no Python object of the forked program holds it (testrun.py).
+                # The test code reaches the run as fd 3 only, and is wiped here before the
+                # fork: the forked program's memory never holds it (testrun.py).
                 fds.append(memfd("test", blobs[1]))
-                blobs[1] = b""
+                blobs[1][:] = bytes(len(blobs[1]))
             for i, (path, mode) in enumerate(job.get("files", [])):
                 self._place(path, blobs[1 + i], mode)
             facts = self._run_isolated(job, lim, tuple(fds))
@@ -297,7 +297,7 @@ def main():
     gc.freeze()
     while True:
         try:
-            header, blobs = read_frame(rfd)
+            header, blobs = read_frame(rfd, wipeable=True)
         except EOFError:
             worker.cgroups.remove()
             return 0
