@@ -384,3 +384,12 @@ def test_early_stop_counts_methods(sandbox: Harness) -> None:
         {**unittest_case(first, "def task_func(*a, **k):\n    return {}\n"), "early_stop": True}
     )
     assert (r.verdict, r.passed, r.total, len(r.tests)) == (Verdict.WA, 0, 4, 1), r
+
+
+@pytest.mark.usefixtures("clean_after")
+def test_both_processes_have_a_clean_environment(sandbox: Harness) -> None:
+    clean = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
+    code = "import os\ndef env():\n    return dict(os.environ)\n"
+    test = f"import os\nassert env() == {clean!r}\nassert dict(os.environ) == {clean!r}\n"
+    r = sandbox.judge(case(code, test))
+    assert r.verdict is Verdict.AC, r

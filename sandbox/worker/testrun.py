@@ -171,10 +171,6 @@ def serve_program(code, sock):
     import traceback
     import types
 
-    from program import CLEAN_ENV
-
-    os.environ.clear()
-    os.environ.update(CLEAN_ENV)
     sys.stdin = io.TextIOWrapper(
         io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding="utf-8"
     )
@@ -247,6 +243,10 @@ def _print_error(err, exc, traceback):
 
 def run_test(job):
     """The run's main process: fork the program, then run the test code against it."""
+    from program import CLEAN_ENV
+
+    os.environ.clear()  # for both processes: the host's environment is no one's business
+    os.environ.update(CLEAN_ENV)
     sock, program_sock = socket.socketpair()
     pid = os.fork()
     if pid == 0:
@@ -274,7 +274,7 @@ def run_test(job):
     status = TEST_ERROR
     try:
         ready = receive(sock)
-        if ready is None or type(ready.get("ready")) is not list:
+        if type(ready) is not dict or type(ready.get("ready")) is not list:
             raise ProgramFailed("the program ended before the test code could call it")
         method = job.get("test_method") or ""
         # A unittest item runs under another name, so that its `if __name__ ==
@@ -286,8 +286,14 @@ def run_test(job):
         ns["__file__"] = "/tmp/test.py"
         for name in ready["ready"]:
             # A top-level name of the program that shadows a built-in (abs = lambda x: 0)
-            # would change what the test code's own checks compute: not exported.
-            if type(name) is str and name.isidentifier() and name not in builtins.__dict__:
+            # would change what the test code's own checks compute, a dunder name what
+            # runs it (__builtins__): neither is exported.
+            if (
+                type(name) is str
+                and name.isidentifier()
+                and not name.startswith("__")
+                and name not in builtins.__dict__
+            ):
                 ns[name] = _proxy(sock, name)
         exec(compile(test_code, "test.py", "exec"), ns)
         if method:
