@@ -27,11 +27,19 @@ place, passes callbacks, or gets objects back (generators, instances of the prog
 classes) fails with a message saying so.
 """
 
+import builtins
+import io
 import json
+import linecache
 import os
 import socket
 import struct
 import sys
+import traceback
+import types
+
+# Imported once in the warm worker rather than in every run (about 10 ms for unittest).
+import unittest
 
 PASS_MARKER = b"rlfleet: the test code ran to its end\n"
 TEST_FAILED = 1
@@ -166,11 +174,6 @@ def serve_program(code, sock):
     Everything here runs alongside the submission and may be patched by it: it can only
     make its own answers wrong, since the test process decides on decoded copies.
     """
-    import builtins
-    import io
-    import traceback
-    import types
-
     sys.stdin = io.TextIOWrapper(
         io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding="utf-8"
     )
@@ -188,7 +191,7 @@ def serve_program(code, sock):
         names = [k for k, v in list(ns.items()) if not k.startswith("__") and callable(v)]
         send(sock, {"ready": names})
     except BaseException as e:
-        _print_error(err, e, traceback)
+        _print_error(err, e)
         os._exit(1)
     while True:
         message = receive(sock)
@@ -203,8 +206,8 @@ def serve_program(code, sock):
                 raise NameError(f"name {name!r} is not defined")
             reply = {"value": encode(fn(*args, **kwargs), True)}
         except Exception as e:
-            _print_error(err, e, traceback)
-            reply = _raised(e, builtins)
+            _print_error(err, e)
+            reply = _raised(e)
         try:
             sys.stdout.flush()
         except Exception:
@@ -212,7 +215,7 @@ def serve_program(code, sock):
         send(sock, reply)
 
 
-def _raised(exc, builtins):
+def _raised(exc):
     """The nearest built-in class of `exc`, its plain arguments and its text."""
     name = "Exception"
     for cls in type(exc).__mro__:
@@ -226,7 +229,7 @@ def _raised(exc, builtins):
     return {"raised": name, "args": args}
 
 
-def _print_error(err, exc, traceback):
+def _print_error(err, exc):
     """The traceback from the first frame of main.py or test.py on, as python3 shows it."""
     tb = exc.__traceback__
     here = os.path.dirname(os.path.abspath(__file__))
@@ -258,12 +261,6 @@ def run_test(job):
         finally:
             os._exit(1)
     program_sock.close()
-    import builtins
-    import io
-    import linecache
-    import traceback
-    import types
-
     test_code = _read_fd(TEST_CODE_FD).decode("utf-8", "surrogatepass")
     os.close(TEST_CODE_FD)
     # Tracebacks show the test's lines, as they would for a file.
@@ -303,9 +300,9 @@ def run_test(job):
         os._exit(0 if os.write(1, PASS_MARKER) == len(PASS_MARKER) else TEST_ERROR)
     except AssertionError as e:
         status = TEST_FAILED
-        _print_error(err, e, traceback)
+        _print_error(err, e)
     except BaseException as e:
-        _print_error(err, e, traceback)
+        _print_error(err, e)
     os._exit(status)
 
 
@@ -340,8 +337,6 @@ def _proxy(sock, name):
 
 def _rebuilt(name, reply):
     """The built-in exception the program raised, as a fresh object of this process."""
-    import builtins
-
     cls = getattr(builtins, str(reply.get("raised")), None)
     if not (isinstance(cls, type) and issubclass(cls, Exception)):
         cls = Exception
@@ -356,8 +351,6 @@ def _rebuilt(name, reply):
 
 def _run_unittest_method(module, method, err):
     """Run one test method through unittest's runner; 0, TEST_FAILED or TEST_ERROR."""
-    import unittest
-
     suite = unittest.defaultTestLoader.loadTestsFromName(method, module)
     result = unittest.TestResult()
     suite.run(result)
