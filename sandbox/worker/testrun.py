@@ -52,6 +52,8 @@ TEST_CODE_FD = 3
 _LEN = struct.Struct(">I")
 MAX_MESSAGE = 1 << 28
 MAX_DEPTH = 200
+MAX_TRACE = 2000
+"""Characters of the program's traceback sent with an exception the test sees."""
 _SMALL_INT = 1 << 62
 _TAG_OF: dict[type, str] = {list: "l", tuple: "t", set: "s", frozenset: "f"}
 _TYPE_OF: dict[str, type] = {tag: t for t, tag in _TAG_OF.items()}
@@ -186,6 +188,7 @@ def serve_program(code, sock):
     ns["__builtins__"] = builtins
     ns["__file__"] = "/tmp/main.py"
     sys.modules["__main__"] = main
+    linecache.cache["main.py"] = (len(code), None, code.splitlines(True), "main.py")
     try:
         exec(compile(code, "main.py", "exec"), ns)
         names = [k for k, v in list(ns.items()) if not k.startswith("__") and callable(v)]
@@ -206,7 +209,8 @@ def serve_program(code, sock):
                 raise NameError(f"name {name!r} is not defined")
             reply = {"value": encode(fn(*args, **kwargs), True)}
         except Exception as e:
-            _print_error(err, e)
+            # Not printed here: the test may expect it (assertRaises). Its traceback
+            # travels with it, and shows if the test does not catch it.
             reply = _raised(e)
         try:
             sys.stdout.flush()
@@ -216,7 +220,7 @@ def serve_program(code, sock):
 
 
 def _raised(exc):
-    """The nearest built-in class of `exc`, its plain arguments and its text."""
+    """The nearest built-in class of `exc`, its plain arguments and its traceback."""
     name = "Exception"
     for cls in type(exc).__mro__:
         if getattr(builtins, cls.__name__, None) is cls:
@@ -226,17 +230,25 @@ def _raised(exc):
         args = encode(list(exc.args), False)
     except (TypeError, ValueError):
         args = encode([str(exc)], False)
-    return {"raised": name, "args": args}
+    return {"raised": name, "args": args, "trace": _format_error(exc)[-MAX_TRACE:]}
+
+
+def _format_error(exc):
+    """The traceback of main.py's or test.py's frames, as python3 would show it (the
+    harness's own frames, a proxy's call among them, left out)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        report = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+        frames = [f for f in report.stack if os.path.dirname(f.filename) != here]
+        report.stack = traceback.StackSummary.from_list(frames)
+        return "".join(report.format())
+    except BaseException:
+        return ""
 
 
 def _print_error(err, exc):
-    """The traceback from the first frame of main.py or test.py on, as python3 shows it."""
-    tb = exc.__traceback__
-    here = os.path.dirname(os.path.abspath(__file__))
-    while tb is not None and os.path.dirname(tb.tb_frame.f_code.co_filename) == here:
-        tb = tb.tb_next
     try:
-        err.write("".join(traceback.format_exception(type(exc), exc, tb)))
+        err.write(_format_error(exc))
     except BaseException:
         pass
 
@@ -345,7 +357,9 @@ def _rebuilt(name, reply):
         exc = cls(*args) if type(args) is list else cls()
     except (TypeError, ValueError):
         exc = cls()
-    exc.add_note(f"(raised in the program by {name}())")
+    trace = reply.get("trace")
+    where = f"(raised in the program by {name}()"
+    exc.add_note(f"{where}:\n{trace.rstrip()})" if type(trace) is str and trace else f"{where})")
     return exc
 
 
