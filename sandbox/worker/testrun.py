@@ -32,6 +32,7 @@ import io
 import json
 import linecache
 import os
+import signal
 import socket
 import struct
 import sys
@@ -153,7 +154,10 @@ def receive(sock):
     body = _recv_exact(sock, size)
     if body is None:
         return None
-    return json.loads(body)
+    try:
+        return json.loads(body)
+    except ValueError as e:
+        raise ProgramFailed(f"the program sent a malformed message: {e}") from None
 
 
 def _recv_exact(sock, n):
@@ -273,6 +277,7 @@ def run_test(job):
         finally:
             os._exit(1)
     program_sock.close()
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     test_code = _read_fd(TEST_CODE_FD).decode("utf-8", "surrogatepass")
     os.close(TEST_CODE_FD)
     # Tracebacks show the test's lines, as they would for a file.
@@ -330,8 +335,11 @@ def _proxy(sock, name):
             raise TypeError(
                 f"{name}(): {e}; only plain data can be passed to the program"
             ) from None
-        send(sock, message)
-        reply = receive(sock)
+        try:
+            send(sock, message)
+            reply = receive(sock)
+        except OSError:  # the program's end of the socket closed (SIGPIPE is ignored here)
+            reply = None
         if reply is None:
             raise ProgramFailed(f"the program ended during a call to {name}()")
         if type(reply) is not dict:
