@@ -97,7 +97,8 @@ PROBLEM_BYTES_PREFIX = b"rlfleet.problem.v1\n"
 
 def problem_json(case: CodeCase) -> dict[str, Any]:
     """The test suite of ``case`` (what a ``Problem`` carries) in the case format of
-    ``rlfleet verify``, every default filled in, numbers in the types a ``Problem`` gives."""
+    ``rlfleet verify``, every default filled in, numbers in the types a ``Problem`` gives;
+    test-code suites have no checker."""
     tests: list[dict[str, Any]] = []
     for t in case.tests:
         if isinstance(t, CallTest):
