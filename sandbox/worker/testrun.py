@@ -285,7 +285,6 @@ def run_test(job):
     err = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", write_through=True)
     sys.stdout = sys.stderr = err  # the test's own prints; fd 1 carries only the report
     sys.argv = ["test.py"]
-    status = TEST_ERROR
     try:
         ready = receive(sock)
         if type(ready) is not dict or type(ready.get("ready")) is not list:
@@ -310,17 +309,26 @@ def run_test(job):
             ):
                 ns[name] = _proxy(sock, name)
         exec(compile(test_code, "test.py", "exec"), ns)
-        if method:
-            status = _run_unittest_method(module, method, err)
-            if status:
-                os._exit(status)
-        os._exit(0 if os.write(1, PASS_MARKER) == len(PASS_MARKER) else TEST_ERROR)
+        status = _run_unittest_method(module, method, err) if method else 0
+        if status == 0 and os.write(1, PASS_MARKER) != len(PASS_MARKER):
+            status = TEST_ERROR
     except AssertionError as e:
         status = TEST_FAILED
         _print_error(err, e)
     except BaseException as e:
+        status = TEST_ERROR
         _print_error(err, e)
+    _stop(pid)
     os._exit(status)
+
+
+def _stop(pid):
+    """End and reap the program process: the run's cgroup is empty when this one exits."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except OSError:
+        pass
 
 
 def _proxy(sock, name):
