@@ -8,6 +8,7 @@ the classes the code defines at its top level.
 from __future__ import annotations
 
 import ast
+import functools
 
 TEST_CASE_BASES = frozenset({"TestCase", "IsolatedAsyncioTestCase"})
 """Base class names (``unittest.TestCase`` or ``TestCase``) that make a unittest class."""
@@ -15,6 +16,7 @@ METHOD_PREFIX = "test"
 """unittest's default ``testMethodPrefix``."""
 
 
+@functools.lru_cache(maxsize=4096)  # RL sends the same suite with every sample
 def unittest_methods(code: str) -> tuple[str, ...]:
     """``Class.method`` for every test method of every top-level unittest class, classes in
     source order and methods sorted by name (unittest's order); empty when the code
