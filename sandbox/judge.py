@@ -29,7 +29,7 @@ from rlfleet.sandbox.records import (
     TestResult,
     Verdict,
 )
-from rlfleet.sandbox.worker import testrun
+from rlfleet.sandbox.worker import testwire
 from rlfleet.sandbox.worker_handle import RunFacts, RunLimits, RunRequest
 
 RunFn = Callable[[RunRequest], Awaitable[RunFacts]]
@@ -260,9 +260,9 @@ class Judge:
             return Verdict.TLE
         if isinstance(test, CodeTest):
             # Only the test process can write the marker to stdout (worker/testrun.py).
-            if facts.exit_code == 0 and facts.stdout == testrun.PASS_MARKER:
+            if facts.exit_code == 0 and facts.stdout == testwire.PASS_MARKER:
                 return Verdict.AC
-            if facts.exit_code == testrun.TEST_FAILED:
+            if facts.exit_code == testwire.TEST_FAILED:
                 return Verdict.WA
         if facts.signal is not None or facts.exit_code != 0:
             # An allocation refused outright (far above the limit) never reaches the OOM

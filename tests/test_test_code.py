@@ -20,7 +20,7 @@ from rlfleet.sandbox import convert
 from rlfleet.sandbox.cases import CaseError, parse_case
 from rlfleet.sandbox.records import CodeCase, CodeTest, Verdict
 from rlfleet.sandbox.testcode import unittest_methods
-from rlfleet.sandbox.worker import testrun
+from rlfleet.sandbox.worker import testwire
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -194,8 +194,8 @@ PLAIN: list[object] = [
 
 @pytest.mark.parametrize("value", PLAIN, ids=repr)
 def test_plain_values_round_trip_with_their_exact_types(value: object) -> None:
-    wire = json.loads(json.dumps(testrun.encode(value, False)))
-    assert same(testrun.decode(wire), value)
+    wire = json.loads(json.dumps(testwire.encode(value, False)))
+    assert same(testwire.decode(wire), value)
 
 
 def same(a: Any, b: Any) -> bool:
@@ -214,7 +214,7 @@ def same(a: Any, b: Any) -> bool:
 
 
 def test_nan_round_trips() -> None:
-    assert math.isnan(testrun.decode(json.loads(json.dumps(testrun.encode(math.nan, False)))))
+    assert math.isnan(testwire.decode(json.loads(json.dumps(testwire.encode(math.nan, False)))))
 
 
 def test_the_tests_side_refuses_what_is_not_plain() -> None:
@@ -226,16 +226,16 @@ def test_the_tests_side_refuses_what_is_not_plain() -> None:
 
     for value in (Liar(3), [object()], Counter(a=1), (x for x in [1])):
         with pytest.raises(TypeError, match="is not plain data"):
-            testrun.encode(value, False)
+            testwire.encode(value, False)
 
 
 def test_the_programs_side_turns_subclasses_into_their_base() -> None:
     Point = namedtuple("Point", "x y")
-    assert testrun.encode(Point(1, 2), True) == {"t": [1, 2]}
-    assert testrun.encode(Counter("aa"), True) == {"d": [["a", 2]]}
-    assert testrun.encode(bytearray(b"x"), True) == {"b": "78"}
+    assert testwire.encode(Point(1, 2), True) == {"t": [1, 2]}
+    assert testwire.encode(Counter("aa"), True) == {"d": [["a", 2]]}
+    assert testwire.encode(bytearray(b"x"), True) == {"b": "78"}
     with pytest.raises(TypeError, match="a value of type generator is not plain data"):
-        testrun.encode((x for x in [1]), True)
+        testwire.encode((x for x in [1]), True)
 
 
 @pytest.mark.parametrize(
@@ -245,7 +245,7 @@ def test_the_programs_side_turns_subclasses_into_their_base() -> None:
 )
 def test_malformed_values_are_refused(wire: object) -> None:
     with pytest.raises((TypeError, ValueError)):
-        testrun.decode(wire)
+        testwire.decode(wire)
 
 
 # ------------------------------------------------------------------------ verdicts (sandboxed)
