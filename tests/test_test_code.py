@@ -393,3 +393,11 @@ def test_both_processes_have_a_clean_environment(sandbox: Harness) -> None:
     test = f"import os\nassert env() == {clean!r}\nassert dict(os.environ) == {clean!r}\n"
     r = sandbox.judge(case(code, test))
     assert r.verdict is Verdict.AC, r
+
+
+@pytest.mark.usefixtures("clean_after")
+def test_test_code_that_exits_has_not_run_to_its_end(sandbox: Harness) -> None:
+    code = "def f(x):\n    return x\n"
+    r = sandbox.judge(case(code, "import sys\nassert f(1) == 1\nsys.exit(0)\nassert f(2) == 3\n"))
+    assert r.verdict is Verdict.RE, r
+    assert "SystemExit: 0" in r.message
