@@ -96,12 +96,14 @@ class Worker:
         fds = [stdin_fd, out_fd, err_fd]
         try:
             if job.get("mode") == "test":
-                # The test code reaches the run as fd 3 only, and is wiped here before the
-                # fork: the forked program's memory never holds it (testrun.py).
-                fds.append(memfd("test", blobs[1]))
-                blobs[1][:] = bytes(len(blobs[1]))
+                fds.append(memfd("test", blobs[1]))  # fd 3 of the run (testrun.py)
             for i, (path, mode) in enumerate(job.get("files", [])):
                 self._place(path, blobs[1 + i], mode)
+            # Copied into memfds and files by now: wiped before the fork, so that no run
+            # finds them in the memory it inherits. The test code of a test-code run, or
+            # the expected output a custom checker reads on stdin, stays where it belongs.
+            for blob in blobs:
+                blob[:] = bytes(len(blob))
             facts = self._run_isolated(job, lim, tuple(fds))
             stdout, stdout_size = read_capped(out_fd, lim["output_bytes"])
             stderr, _ = read_capped(err_fd, lim.get("stderr_bytes", 8192))
