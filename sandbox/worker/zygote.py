@@ -20,9 +20,12 @@ Isolation is set up in two layers so that a run pays only for a fork:
   the cgroup is removed before the next run. Runs of one worker never overlap, and a run
   can signal nothing but its own processes (other uid, other namespace).
 
-The worker never receives expected outputs: only code, stdin and limits. It reports raw
+The worker never receives expected outputs for a program: only code, stdin and limits (a
+custom checker's stdin and a test-code run's test code hold expected values, but those are
+trusted code's inputs, wiped from the worker's memory before the fork). It reports raw
 facts (exit status, CPU time, peak memory, OOM kills, output); verdicts are decided by the
-caller, outside of any untrusted process.
+caller, outside of any untrusted process, except that a test-code run's test process
+reports whether the test code ran to its end (testrun.py).
 """
 
 import ctypes
