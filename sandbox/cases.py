@@ -16,9 +16,11 @@ from rlfleet.sandbox.records import (
     CheckerKind,
     CheckerSpec,
     CodeCase,
+    CodeTest,
     MathCase,
     StdioTest,
 )
+from rlfleet.sandbox.testcode import unittest_methods
 
 MAX_TIME_LIMIT_S = 60.0
 MAX_MEMORY_MB = 8192
@@ -81,13 +83,19 @@ def parse_checker(raw: Any) -> CheckerSpec:
     return CheckerSpec(kind=kind, abs_tol=abs_tol, rel_tol=rel_tol, custom_code=code)
 
 
-def _parse_tests(raw: Any, is_call: bool) -> tuple[StdioTest, ...] | tuple[CallTest, ...]:
+def _parse_tests(
+    raw: Any, is_call: bool
+) -> tuple[StdioTest, ...] | tuple[CallTest, ...] | tuple[CodeTest, ...]:
     if not isinstance(raw, list):
         raise CaseError("tests", f"expected a list, got {type(raw).__name__}")
     if not raw:
         raise CaseError("tests", "empty")
     if len(raw) > MAX_TESTS:
         raise CaseError("tests", f"{len(raw)} tests, more than the {MAX_TESTS} allowed")
+    if any(isinstance(t, dict) and "test_code" in t for t in raw):
+        if is_call:
+            raise CaseError("fn_name", "not used with test-code tests (they call the program)")
+        return tuple(_parse_code_test(t, i) for i, t in enumerate(raw))
     stdio: list[StdioTest] = []
     calls: list[CallTest] = []
     for i, t in enumerate(raw):
@@ -108,6 +116,25 @@ def _parse_tests(raw: Any, is_call: bool) -> tuple[StdioTest, ...] | tuple[CallT
                 raise CaseError(f"{where}stdin", "expected a string")
             stdio.append(StdioTest(stdin=stdin, stdout=_require(t, "stdout", str, where)))
     return tuple(calls) if is_call else tuple(stdio)
+
+
+def _parse_code_test(t: Any, i: int) -> CodeTest:
+    if not isinstance(t, dict):
+        raise CaseError(f"tests[{i}]", f"expected an object, got {type(t).__name__}")
+    if "test_code" not in t:
+        raise CaseError(f"tests[{i}].test_code", "missing (a case's tests are all of one kind)")
+    extra = sorted(set(t) - {"test_code"})
+    if extra:
+        raise CaseError(f"tests[{i}].{extra[0]}", "not used with test_code")
+    where = f"tests[{i}].test_code"
+    code = _limited(_require(t, "test_code", str, f"tests[{i}]."), where, MAX_CODE_BYTES)
+    try:
+        methods = unittest_methods(code)
+    except SyntaxError as e:
+        raise CaseError(where, f"syntax error: {e.msg} (line {e.lineno})") from None
+    except ValueError as e:
+        raise CaseError(where, str(e)) from None
+    return CodeTest(test_code=code, methods=methods)
 
 
 def parse_case(obj: Any) -> Case:
@@ -138,16 +165,21 @@ def parse_case(obj: Any) -> Case:
             raise CaseError("fn_name", "expected a Python identifier")
         if not lang.supports_call:
             raise CaseError("fn_name", f"function-call tests are not supported for {lang.name}")
+    code = _limited(_require(obj, "code", str), "code", MAX_CODE_BYTES)
+    tests = _parse_tests(obj["tests"], fn_name is not None) if "tests" in obj else _missing("tests")
+    if tests and isinstance(tests[0], CodeTest):
+        if not lang.supports_test_code:
+            raise CaseError("tests", f"test-code tests are not supported for {lang.name}")
+        if obj.get("checker") is not None:
+            raise CaseError("checker", "not used with test-code tests (they decide themselves)")
     early_stop = obj.get("early_stop", False)
     if not isinstance(early_stop, bool):
         raise CaseError("early_stop", "expected true or false")
     return CodeCase(
         id=case_id,
         language=lang.name,
-        code=_limited(_require(obj, "code", str), "code", MAX_CODE_BYTES),
-        tests=_parse_tests(obj.get("tests"), fn_name is not None)
-        if "tests" in obj
-        else _missing("tests"),
+        code=code,
+        tests=tests,
         fn_name=fn_name,
         time_limit_s=_optional_number(obj, "time_limit_s", 2.0, 0.0, MAX_TIME_LIMIT_S),
         memory_limit_mb=int(_optional_number(obj, "memory_limit_mb", 256, 15, MAX_MEMORY_MB)),

@@ -24,6 +24,7 @@ from rlfleet.sandbox.records import (
     CaseResult,
     CheckerKind,
     CodeCase,
+    CodeTest,
     MathCase,
     TestResult,
     Verdict,
@@ -96,27 +97,36 @@ PROBLEM_BYTES_PREFIX = b"rlfleet.problem.v1\n"
 
 def problem_json(case: CodeCase) -> dict[str, Any]:
     """The test suite of ``case`` (what a ``Problem`` carries) in the case format of
-    ``rlfleet verify``, every default filled in, numbers in the types a ``Problem`` gives."""
+    ``rlfleet verify``, every default filled in, numbers in the types a ``Problem`` gives;
+    test-code suites have no checker."""
     tests: list[dict[str, Any]] = []
     for t in case.tests:
         if isinstance(t, CallTest):
             tests.append({"args": t.args, "kwargs": t.kwargs, "expected": t.expected})
+        elif isinstance(t, CodeTest):
+            tests.append({"test_code": t.test_code})
         else:
             tests.append({"stdin": t.stdin, "stdout": t.stdout})
     out: dict[str, Any] = {
         "tests": tests,
         "time_limit_s": float(case.time_limit_s),
         "memory_limit_mb": int(case.memory_limit_mb),
-        "checker": {
+    }
+    # Test code decides for itself: no checker (one is refused), none in its canonical form.
+    if not _has_code_tests(case):
+        out["checker"] = {
             "type": case.checker.kind.value,
             "abs_tol": float(case.checker.abs_tol),
             "rel_tol": float(case.checker.rel_tol),
             "code": case.checker.custom_code,
-        },
-    }
+        }
     if case.fn_name is not None:
         out["fn_name"] = case.fn_name
     return out
+
+
+def _has_code_tests(case: CodeCase) -> bool:
+    return any(isinstance(t, CodeTest) for t in case.tests)
 
 
 def problem_bytes(case: CodeCase) -> bytes:
@@ -148,10 +158,17 @@ def _json_field(text: str, field: str, default: Any) -> Any:
 
 
 def problem_to_dict(problem_pb: pb.Problem, where: str = "problem.") -> dict[str, Any]:
-    if problem_pb.stdio_tests and problem_pb.call_tests:
-        raise CaseError(f"{where}call_tests", "a problem has stdio tests or call tests, not both")
+    kinds = [k for k in ("stdio_tests", "call_tests", "code_tests") if getattr(problem_pb, k)]
+    if len(kinds) > 1:
+        raise CaseError(
+            f"{where}{kinds[1]}", "a problem has one kind of tests: stdio, call or code tests"
+        )
     out: dict[str, Any] = {}
-    if problem_pb.call_tests:
+    if problem_pb.code_tests:
+        if problem_pb.fn_name:
+            raise CaseError("fn_name", "not used with code tests (they call the program)")
+        out["tests"] = [{"test_code": t.test_code} for t in problem_pb.code_tests]
+    elif problem_pb.call_tests:
         out["fn_name"] = problem_pb.fn_name or None
         out["tests"] = [
             {
@@ -225,7 +242,12 @@ def problem_from_case(case: CodeCase) -> pb.Problem:
             code=case.checker.custom_code,
         ),
     )
-    if case.is_call:
+    if _has_code_tests(case):
+        problem.ClearField("checker")
+        for t in case.tests:
+            assert isinstance(t, CodeTest)
+            problem.code_tests.add(test_code=t.test_code)
+    elif case.is_call:
         problem.fn_name = case.fn_name or ""
         for t in case.tests:
             assert isinstance(t, CallTest)

@@ -24,10 +24,12 @@ from rlfleet.sandbox.records import (
     CaseResult,
     CheckerKind,
     CodeCase,
+    CodeTest,
     StdioTest,
     TestResult,
     Verdict,
 )
+from rlfleet.sandbox.worker import testwire
 from rlfleet.sandbox.worker_handle import RunFacts, RunLimits, RunRequest
 
 RunFn = Callable[[RunRequest], Awaitable[RunFacts]]
@@ -170,13 +172,24 @@ class Judge:
             id=case.id,
             verdict=verdict,
             passed=0,
-            total=len(case.tests),
+            total=case.test_count,
             reward=0.0,
             message=message[: self.config.message_bytes],
         )
 
-    def _request(self, case: CodeCase, lang: Language, artifact: bytes, test: object) -> RunRequest:
+    def _request(
+        self, case: CodeCase, lang: Language, artifact: bytes, test: object, unit: str
+    ) -> RunRequest:
         limits = self._limits(case.time_limit_s, case.memory_limit_mb)
+        if isinstance(test, CodeTest):
+            return RunRequest(
+                kind="python",
+                code=case.code,
+                mode="test",
+                test_code=test.test_code,
+                test_method=unit,
+                limits=limits,
+            )
         if isinstance(test, CallTest):
             payload = json.dumps({"args": test.args, "kwargs": test.kwargs}).encode()
             return RunRequest(
@@ -203,8 +216,8 @@ class Judge:
     async def _run_tests(
         self, case: CodeCase, lang: Language, artifact: bytes
     ) -> list[tuple[TestResult, bytes]]:
-        async def one(test: object) -> tuple[TestResult, bytes]:
-            req = self._request(case, lang, artifact, test)
+        async def one(test: object, unit: str) -> tuple[TestResult, bytes]:
+            req = self._request(case, lang, artifact, test, unit)
             facts = await self._run_retrying(req)
             verdict = await self._verdict(case, test, req.limits, facts)
             result = TestResult(
@@ -218,11 +231,17 @@ class Judge:
             )
             return result, facts.stderr
 
+        # Each unittest method of a test-code item is a run (and a test) of its own.
+        runs = [
+            (t, unit)
+            for t in case.tests
+            for unit in (t.units if isinstance(t, CodeTest) else ("",))
+        ]
         if not case.early_stop:
-            return list(await asyncio.gather(*(one(t) for t in case.tests)))
+            return list(await asyncio.gather(*(one(t, unit) for t, unit in runs)))
         results = []
-        for test in case.tests:
-            results.append(await one(test))
+        for test, unit in runs:
+            results.append(await one(test, unit))
             if results[-1][0].verdict is not Verdict.AC:
                 break
         return results
@@ -239,6 +258,12 @@ class Judge:
         over_cpu = facts.cpu_timeout or facts.cpu_s > limits.cpu_s or facts.signal == signal.SIGXCPU
         if facts.wall_timeout or over_cpu:
             return Verdict.TLE
+        if isinstance(test, CodeTest):
+            # Only the test process can write the marker to stdout (worker/testrun.py).
+            if facts.exit_code == 0 and facts.stdout == testwire.PASS_MARKER:
+                return Verdict.AC
+            if facts.exit_code == testwire.TEST_FAILED:
+                return Verdict.WA
         if facts.signal is not None or facts.exit_code != 0:
             # An allocation refused outright (far above the limit) never reaches the OOM
             # killer; the runtime reports it instead. Faking it gains nothing (still 0).
@@ -246,6 +271,8 @@ class Judge:
             if any(m.encode() in tail for m in MEMORY_ERROR_MARKERS):
                 return Verdict.MLE
             return Verdict.RE
+        if isinstance(test, CodeTest):
+            return Verdict.RE  # exited 0 without its report: never a pass
         stdout = facts.stdout.decode("utf-8", "replace")
         if isinstance(test, CallTest):
             ok = checkers.call_output_match(test.expected, stdout, case.checker)
@@ -280,7 +307,7 @@ class Judge:
     def _summarise(self, case: CodeCase, results: list[tuple[TestResult, bytes]]) -> CaseResult:
         tests = tuple(r for r, _ in results)
         passed = sum(t.verdict is Verdict.AC for t in tests)
-        total = len(case.tests)
+        total = case.test_count
         failures = [t for t in tests if t.verdict is not Verdict.AC]
         if any(t.verdict is Verdict.SE for t in tests):
             verdict = Verdict.SE

@@ -27,10 +27,14 @@ class Language:
     compile_memory_mb: int = 1024
     supports_call: bool = False
     """Whether function-call tests (``fn_name``) are supported."""
+    supports_test_code: bool = False
+    """Whether test-code tests (``test_code``) are supported."""
 
 
 LANGUAGES: dict[str, Language] = {
-    "python": Language(name="python", in_process_python=True, supports_call=True),
+    "python": Language(
+        name="python", in_process_python=True, supports_call=True, supports_test_code=True
+    ),
     "cpp": Language(
         name="cpp",
         source_path="/tmp/main.cpp",

@@ -63,11 +63,27 @@ class CallTest:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CodeTest:
+    """Test code run against the program: HumanEval's ``check(candidate)``, MBPP's asserts,
+    unittest classes. It passes when it runs to its end without an exception."""
+
+    test_code: str
+    methods: tuple[str, ...] = ()
+    """The unittest methods it defines (``Class.method``), each run as a test of its own;
+    empty when the code is one test."""
+
+    @property
+    def units(self) -> tuple[str, ...]:
+        """What each run of this item runs: a method, or ``""`` for the whole code."""
+        return self.methods or ("",)
+
+
+@dataclass(frozen=True, kw_only=True)
 class CodeCase:
     id: str
     language: str
     code: str
-    tests: tuple[StdioTest, ...] | tuple[CallTest, ...]
+    tests: tuple[StdioTest, ...] | tuple[CallTest, ...] | tuple[CodeTest, ...]
     fn_name: str | None = None
     time_limit_s: float = 2.0
     memory_limit_mb: int = 256
@@ -77,6 +93,11 @@ class CodeCase:
     @property
     def is_call(self) -> bool:
         return self.fn_name is not None
+
+    @property
+    def test_count(self) -> int:
+        """Tests as results count them: each unittest method of a test-code item is one."""
+        return sum(len(t.units) if isinstance(t, CodeTest) else 1 for t in self.tests)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -65,8 +65,13 @@ class RunRequest:
     stdin: bytes = b""
     code: str = ""
     mode: str = "stdio"
-    """python: ``stdio``, ``call`` (JSON args on stdin, JSON result on stdout) or ``syntax``."""
+    """python: ``stdio``, ``call`` (JSON args on stdin, JSON result on stdout), ``test``
+    (``test_code`` run against the program, see ``worker/testrun.py``) or ``syntax``."""
     fn_name: str = ""
+    test_code: str = ""
+    """mode ``test``: the test code, run in its own process against the program's functions."""
+    test_method: str = ""
+    """mode ``test``: the unittest method (``Class.method``) to run; empty runs the code alone."""
     argv: tuple[str, ...] = ()
     files: tuple[tuple[str, bytes, int], ...] = ()
     """(path under /tmp, content, mode) placed before the run."""
@@ -150,6 +155,9 @@ class WorkerHandle:
         if req.kind == "python":
             header["code"] = req.code
             header["fn_name"] = req.fn_name
+            if req.mode == "test":
+                header["test_method"] = req.test_method
+                blobs.append(req.test_code.encode("utf-8", "surrogatepass"))
         else:
             header["argv"] = list(req.argv)
         if req.files:

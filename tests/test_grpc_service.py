@@ -89,6 +89,40 @@ async def test_unary_with_the_real_engine() -> None:
         await engine.close()
 
 
+async def test_test_code_with_the_real_engine() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("the local sandbox backend needs root (CI runs as root)")
+    from rlfleet.sandbox.engine import Engine, EngineConfig
+    from rlfleet.sandbox.worker_pool import PoolConfig
+
+    unittest_code = (
+        "import unittest\n"
+        "class T(unittest.TestCase):\n"
+        "    def test_small(self):\n        self.assertEqual(add(1, 1), 2)\n"
+        "    def test_tuple(self):\n        self.assertEqual(add((1,), (2,)), (1, 2))\n"
+    )
+    problem = pb.Problem(
+        code_tests=[
+            pb.CodeTest(test_code="assert add(1, 2) == 3\n"),
+            pb.CodeTest(test_code=unittest_code),
+        ]
+    )
+    engine = await Engine.start(EngineConfig(pool=PoolConfig(workers=1)))
+    try:
+        async with Running(engine) as s:
+            for program, verdict, passed in [
+                ("def add(a, b):\n    return a + b\n", pb.VERDICT_AC, 3),
+                ("def add(a, b):\n    return a\n", pb.VERDICT_WA, 0),
+            ]:
+                req = pb.VerifyRequest(
+                    id="t", code=pb.CodeCase(language="python", code=program, problem=problem)
+                )
+                r = await s.stub.Verify(req)
+                assert (r.verdict, r.passed, r.total) == (verdict, passed, 3), r
+    finally:
+        await engine.close()
+
+
 def _code(**problem: Any) -> pb.VerifyRequest:
     fields: dict[str, Any] = {"language": "python", "code": "print(1)"}
     fields.update({k: v for k, v in problem.items() if k in ("language", "code")})
@@ -117,6 +151,8 @@ ONE = [pb.StdioTest(stdout="1")]
         (_code(fn_name="f", call_tests=[pb.CallTest(args_json="[1,")]), "tests[0].args_json"),
         (_code(call_tests=[pb.CallTest(args_json="[]", expected_json="1")]), "fn_name"),
         (_code(stdio_tests=ONE, time_limit_s=1e9), "time_limit_s"),
+        (_code(code_tests=[pb.CodeTest(test_code="assert (")]), "tests[0].test_code"),
+        (_code(stdio_tests=ONE, code_tests=[pb.CodeTest()]), "problem.code_tests"),
         (
             _code(stdio_tests=ONE, checker=pb.Checker(type=cast(pb.CheckerKind, 99))),
             "checker.type",

@@ -457,6 +457,171 @@ def test_expected_output_never_reaches_the_program(sandbox: Harness) -> None:
     assert r.message.strip() == "clean"
 
 
+# ---------------------------------------------------------------------- test code
+
+# Each attack is added to a wrong solution (half returns x) and must never make the test
+# code's run a pass, whether the test is HumanEval's check(candidate) or a unittest method.
+HALF_CHECK = (
+    "def check(candidate):\n"
+    "    assert candidate(1.0) == 0.5\n"
+    "    assert abs(candidate(3.0) - 1.5) < 1e-9\n"
+    "    assert isinstance(candidate(2.0), float)\n"
+    "    assert len(str(candidate(4.0))) == 3\n"
+    "\n"
+    "check(half)\n"
+)
+HALF_UNITTEST = (
+    "import unittest\n"
+    "class TestHalf(unittest.TestCase):\n"
+    "    def test_half(self):\n"
+    "        self.assertEqual(half(1.0), 0.5)\n"
+    "        self.assertAlmostEqual(half(3.0), 1.5)\n"
+    "        self.assertTrue(isinstance(half(2.0), float))\n"
+)
+WRONG_HALF = "def half(x):\n    return x\n"
+MARKER = "b'rlfleet: the test code ran to its end\\n'"
+TEST_CODE_ATTACKS = {
+    # Ending early, before the test code has called anything or during a call.
+    "sys.exit at import": "import sys\nsys.exit(0)\n" + WRONG_HALF,
+    "sys.exit in the call": "import sys\ndef half(x):\n    sys.exit(0)\n",
+    "os._exit at import": "import os\nos._exit(0)\n" + WRONG_HALF,
+    "os._exit in the call": "import os\ndef half(x):\n    os._exit(0)\n",
+    "SIGKILL to itself": "import os, signal\ndef half(x):\n    os.kill(os.getpid(), signal.SIGKILL)\n",
+    "signal handler exits 0": "import os, signal, time\n"
+    "signal.signal(signal.SIGALRM, lambda *a: os._exit(0))\n"
+    "def half(x):\n    signal.setitimer(signal.ITIMER_REAL, 0.01)\n    time.sleep(1)\n",
+    "kills the test process": "import os, signal\n"
+    "def half(x):\n    os.kill(os.getppid(), signal.SIGKILL)\n    return x\n",
+    "kills everything it may": "import os, signal\nos.kill(-1, signal.SIGKILL)\n" + WRONG_HALF,
+    # Changing what the test's checks compute.
+    # (Patching what the program's own side of the harness uses, isinstance or len, only
+    # breaks that side: a runtime error.)
+    "patched builtins at import": "import builtins\n"
+    "builtins.abs = builtins.round = lambda *a: 0\n"
+    "builtins.all = builtins.any = lambda *a: True\n"
+    "builtins.AssertionError = type('Quiet', (Exception,), {})\n" + WRONG_HALF,
+    "patched builtins in the call": "import builtins\n"
+    "def half(x):\n"
+    "    builtins.abs = builtins.round = lambda *a: 0\n"
+    "    builtins.AssertionError = type('Quiet', (Exception,), {})\n"
+    "    return x\n",
+    "shadowed builtins": "abs = lambda x: 0\nisinstance = lambda *a: True\n"
+    "def len(x):\n    return 3\n" + WRONG_HALF,
+    "own check": "def check(candidate):\n    pass\n" + WRONG_HALF,
+    "patched unittest": "import unittest\n"
+    "unittest.TestCase.assertEqual = lambda *a, **k: None\n"
+    "unittest.TestCase.assertAlmostEqual = lambda *a, **k: None\n"
+    "unittest.TestCase.run = lambda self, result=None: None\n"
+    "unittest.TestResult.wasSuccessful = lambda self: True\n" + WRONG_HALF,
+    "every TestCase class found and patched": "import unittest\n"
+    "def walk(cls):\n"
+    "    for sub in type.__subclasses__(cls):\n"
+    "        yield sub\n"
+    "        yield from walk(sub)\n"
+    "for cls in list(walk(object)):\n"
+    "    if cls.__name__ in ('TestCase', 'TestResult'):\n"
+    "        for name in list(vars(cls)):\n"
+    "            if name.startswith('assert') or name in ('run', 'wasSuccessful'):\n"
+    "                setattr(cls, name, lambda *a, **k: True)\n" + WRONG_HALF,
+    "replaced sys.modules": "import sys, types\n"
+    "fake = types.ModuleType('unittest')\n"
+    "class TestCase:\n    pass\n"
+    "fake.TestCase = TestCase\n"
+    "sys.modules['unittest'] = fake\n"
+    "sys.modules['builtins'] = types.ModuleType('builtins')\n" + WRONG_HALF,
+    # The output channel and the marker.
+    "closed stdout": "import os\nos.close(1)\n" + WRONG_HALF,
+    "stdout redirected": "import os, sys\nos.dup2(2, 1)\nsys.stdout = open(os.devnull, 'w')\n"
+    + WRONG_HALF,
+    "marker printed": f"import os, sys\nprint({MARKER}.decode(), end='')\nsys.stdout.flush()\n"
+    f"os.write(1, {MARKER})\nos.write(2, {MARKER})\nos._exit(0)\n",
+    "marker on every descriptor": f"import os\nfor fd in range(1024):\n    try:\n"
+    f"        os.write(fd, {MARKER})\n    except OSError:\n        pass\nos._exit(0)\n",
+    # The test process's stdout, taken from the program's process (pidfd_getfd).
+    "stdout taken from the test process": "import ctypes, os, sys\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "pidfd = libc.syscall(434, os.getppid(), 0)\n"
+    "fd = libc.syscall(438, pidfd, 1, 0) if pidfd >= 0 else -1\n"
+    "print('pidfd', pidfd, 'fd', fd, 'errno', ctypes.get_errno(), file=sys.stderr)\n"
+    f"if fd >= 0:\n    os.write(fd, {MARKER})\n" + WRONG_HALF,
+    # Values whose comparisons lie: refused, or turned into what they really hold.
+    "always-equal object": "class Liar:\n"
+    "    def __eq__(self, other):\n        return True\n"
+    "    __lt__ = __ne__ = __eq__\n"
+    "    def __sub__(self, other):\n        return self\n"
+    "    __abs__ = __bool__ = lambda self: True\n"
+    "def half(x):\n    return Liar()\n",
+    "lying float": "class F(float):\n"
+    "    def __eq__(self, other):\n        return True\n"
+    "    def __sub__(self, other):\n        return 0.0\n"
+    "    __hash__ = float.__hash__\n"
+    "def half(x):\n    return F(x)\n",
+    "lying str": "class S(str):\n"
+    "    def __eq__(self, other):\n        return True\n"
+    "    __hash__ = str.__hash__\n"
+    "def half(x):\n    return S('nope')\n",
+}
+
+
+@pytest.mark.parametrize("attack", list(TEST_CODE_ATTACKS.values()), ids=list(TEST_CODE_ATTACKS))
+@pytest.mark.parametrize("test_code", [HALF_CHECK, HALF_UNITTEST], ids=["check", "unittest"])
+def test_forged_test_code_pass(sandbox: Harness, attack: str, test_code: str) -> None:
+    r = sandbox.judge({"language": "python", "code": attack, "tests": [{"test_code": test_code}]})
+    assert r.verdict in (Verdict.WA, Verdict.RE), r
+    assert r.reward == 0.0
+
+
+@pytest.mark.parametrize("test_code", [HALF_CHECK, HALF_UNITTEST], ids=["check", "unittest"])
+def test_test_code_attack_controls(sandbox: Harness, test_code: str) -> None:
+    # The same tests pass a right solution, and fail the wrong one without an attack.
+    right = "def half(x):\n    return x / 2\n"
+    r = sandbox.judge({"language": "python", "code": right, "tests": [{"test_code": test_code}]})
+    assert r.verdict is Verdict.AC, r
+    r = sandbox.judge(
+        {"language": "python", "code": WRONG_HALF, "tests": [{"test_code": test_code}]}
+    )
+    assert r.verdict is Verdict.WA, r
+
+
+def test_test_code_never_reaches_the_program(sandbox: Harness) -> None:
+    # The test code holds a value the program would need; it searches its memory (objects,
+    # frames, modules) and the descriptor the test code came in on, and reports to stderr.
+    code = (
+        "import gc, os, sys\n"
+        "needle = ''.join(['SECRET-', 'ANSWER-', '5e2a'])\n"
+        "def strings(o):\n"
+        "    if isinstance(o, dict):\n"
+        "        return [*o.keys(), *o.values()]\n"
+        "    if isinstance(o, (list, tuple, set, frozenset)):\n"
+        "        return list(o)\n"
+        "    return [o]\n"
+        "def found():\n"
+        "    seen = [x for o in gc.get_objects() if o is not globals() for x in strings(o)]\n"
+        "    f = sys._getframe()\n"
+        "    while f is not None:\n"
+        "        seen += list(f.f_locals.values())\n"
+        "        f = f.f_back\n"
+        "    for v in seen:\n"
+        "        if v is needle:\n"
+        "            continue\n"
+        "        if isinstance(v, (bytes, bytearray)):\n"
+        "            v = bytes(v).decode('latin-1')\n"
+        "        if isinstance(v, str) and needle in v:\n"
+        "            return True\n"
+        "    try:\n"
+        "        os.lseek(3, 0, 0)\n"
+        "        return needle.encode() in os.read(3, 1 << 20)\n"
+        "    except OSError:\n"
+        "        return False\n"
+        "print('found' if found() else 'clean', file=sys.stderr)\n"
+        "def answer():\n    return 'wrong'\n"
+    )
+    test = "assert answer() == 'SECRET-ANSWER-5e2a'\n"
+    r = sandbox.judge({"language": "python", "code": code, "tests": [{"test_code": test}]})
+    assert r.verdict is Verdict.WA, r
+    assert r.message.startswith("clean\n"), r.message
+
+
 # ---------------------------------------------------------------------------- C++
 
 

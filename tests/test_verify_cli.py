@@ -103,6 +103,64 @@ def test_results_in_input_order_with_errors(tmp_path: Path) -> None:
     assert nobody_processes() == []
 
 
+def test_test_code_cases(tmp_path: Path) -> None:
+    add = "def add(a, b):\n    return a + b\n"
+    unittest_code = (
+        "import unittest\n"
+        "class T(unittest.TestCase):\n"
+        "    def test_a(self):\n        self.assertEqual(add(1, 1), 2)\n"
+        "    def test_b(self):\n        self.assertEqual(add(1, 1), 3)\n"
+    )
+    cases = write_cases(
+        tmp_path / "cases.jsonl",
+        [
+            {
+                "id": "humaneval",
+                "kind": "code",
+                "language": "python",
+                "code": add,
+                "tests": [
+                    {
+                        "test_code": "def check(candidate):\n    assert candidate(2, 3) == 5\n\ncheck(add)\n"
+                    }
+                ],
+            },
+            {
+                "id": "mbpp",
+                "kind": "code",
+                "language": "python",
+                "code": add,
+                "tests": [
+                    {"test_code": "assert add(1, 2) == 3"},
+                    {"test_code": "assert add(1, 2) == 4"},
+                ],
+            },
+            {
+                "id": "unittest",
+                "kind": "code",
+                "language": "python",
+                "code": add,
+                "tests": [{"test_code": unittest_code}],
+            },
+            {
+                "id": "bad",
+                "kind": "code",
+                "language": "python",
+                "code": add,
+                "tests": [{"test_code": "assert ("}],
+            },
+        ],
+    )
+    rc, stdout, stderr, pid = run_cli("verify", str(cases))
+    assert rc == 2, stderr
+    out = {o["id"]: o for o in map(json.loads, stdout.splitlines())}
+    assert (out["humaneval"]["verdict"], out["humaneval"]["total"]) == ("AC", 1)
+    assert (out["mbpp"]["verdict"], out["mbpp"]["passed"], out["mbpp"]["total"]) == ("WA", 1, 2)
+    assert [t["verdict"] for t in out["unittest"]["tests"]] == ["AC", "WA"]
+    assert out["bad"]["error"].startswith("tests[0].test_code: syntax error")
+    assert leftover_cgroups(pid) == []
+
+
 def test_all_valid_exits_zero(tmp_path: Path) -> None:
     cases = write_cases(tmp_path / "ok.jsonl", [code("a", "print(1)", "1")])
     proc = subprocess.run(

@@ -24,39 +24,41 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19rlfleet/v1/verifier.proto\x12\nrlfleet.v1\":\n\tStdioTest\x12\r\n\x05stdin\x18\x01 \x01(\t\x12\x13\n\x06stdout\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\t\n\x07_stdout\"I\n\x08\x43\x61llTest\x12\x11\n\targs_json\x18\x01 \x01(\t\x12\x13\n\x0bkwargs_json\x18\x02 \x01(\t\x12\x15\n\rexpected_json\x18\x03 \x01(\t\"\x82\x01\n\x07\x43hecker\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.rlfleet.v1.CheckerKind\x12\x14\n\x07\x61\x62s_tol\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07rel_tol\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x0c\n\x04\x63ode\x18\x04 \x01(\tB\n\n\x08_abs_tolB\n\n\x08_rel_tol\"\xf4\x01\n\x07Problem\x12*\n\x0bstdio_tests\x18\x01 \x03(\x0b\x32\x15.rlfleet.v1.StdioTest\x12(\n\ncall_tests\x18\x02 \x03(\x0b\x32\x14.rlfleet.v1.CallTest\x12\x0f\n\x07\x66n_name\x18\x03 \x01(\t\x12$\n\x07\x63hecker\x18\x04 \x01(\x0b\x32\x13.rlfleet.v1.Checker\x12\x19\n\x0ctime_limit_s\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x0fmemory_limit_mb\x18\x06 \x01(\x05H\x01\x88\x01\x01\x42\x0f\n\r_time_limit_sB\x12\n\x10_memory_limit_mb\"\x1c\n\nProblemRef\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"\x86\x01\n\x08\x43odeCase\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12&\n\x07problem\x18\x03 \x01(\x0b\x32\x13.rlfleet.v1.ProblemH\x00\x12\x15\n\x0bproblem_ref\x18\x04 \x01(\tH\x00\x12\x12\n\nearly_stop\x18\x05 \x01(\x08\x42\x07\n\x05suite\"@\n\x08MathCase\x12\x12\n\ncompletion\x18\x01 \x01(\t\x12\x0c\n\x04gold\x18\x02 \x01(\t\x12\x12\n\nextraction\x18\x03 \x01(\t\"o\n\rVerifyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x04\x63ode\x18\x02 \x01(\x0b\x32\x14.rlfleet.v1.CodeCaseH\x00\x12$\n\x04math\x18\x03 \x01(\x0b\x32\x14.rlfleet.v1.MathCaseH\x00\x42\x06\n\x04\x63\x61se\"v\n\nTestResult\x12$\n\x07verdict\x18\x01 \x01(\x0e\x32\x13.rlfleet.v1.Verdict\x12\x0e\n\x06time_s\x18\x02 \x01(\x01\x12\x11\n\tmemory_mb\x18\x03 \x01(\x01\x12\x0e\n\x06wall_s\x18\x04 \x01(\x01\x12\x0f\n\x07message\x18\x05 \x01(\t\"\x89\x02\n\x0eVerifyResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x07verdict\x18\x02 \x01(\x0e\x32\x13.rlfleet.v1.Verdict\x12\x0e\n\x06passed\x18\x03 \x01(\x05\x12\r\n\x05total\x18\x04 \x01(\x05\x12\x0e\n\x06reward\x18\x05 \x01(\x01\x12%\n\x05tests\x18\x06 \x03(\x0b\x32\x16.rlfleet.v1.TestResult\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x16\n\textracted\x18\x08 \x01(\tH\x00\x88\x01\x01\x12\r\n\x05\x65rror\x18\t \x01(\t\x12)\n\nerror_code\x18\n \x01(\x0e\x32\x15.rlfleet.v1.ErrorCodeB\x0c\n\n_extracted*\xa5\x01\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x0e\n\nVERDICT_AC\x10\x01\x12\x0e\n\nVERDICT_WA\x10\x02\x12\x0f\n\x0bVERDICT_TLE\x10\x03\x12\x0f\n\x0bVERDICT_MLE\x10\x04\x12\x0e\n\nVERDICT_RE\x10\x05\x12\x0e\n\nVERDICT_CE\x10\x06\x12\x0f\n\x0bVERDICT_OLE\x10\x07\x12\x0e\n\nVERDICT_SE\x10\x08*\x8d\x01\n\x0b\x43heckerKind\x12\x1c\n\x18\x43HECKER_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43HECKER_KIND_EXACT\x10\x01\x12\x17\n\x13\x43HECKER_KIND_TOKENS\x10\x02\x12\x16\n\x12\x43HECKER_KIND_FLOAT\x10\x03\x12\x17\n\x13\x43HECKER_KIND_CUSTOM\x10\x04*\x80\x04\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45RROR_CODE_CANCELLED\x10\x01\x12\x16\n\x12\x45RROR_CODE_UNKNOWN\x10\x02\x12\x1f\n\x1b\x45RROR_CODE_INVALID_ARGUMENT\x10\x03\x12 \n\x1c\x45RROR_CODE_DEADLINE_EXCEEDED\x10\x04\x12\x18\n\x14\x45RROR_CODE_NOT_FOUND\x10\x05\x12\x1d\n\x19\x45RROR_CODE_ALREADY_EXISTS\x10\x06\x12 \n\x1c\x45RROR_CODE_PERMISSION_DENIED\x10\x07\x12!\n\x1d\x45RROR_CODE_RESOURCE_EXHAUSTED\x10\x08\x12\"\n\x1e\x45RROR_CODE_FAILED_PRECONDITION\x10\t\x12\x16\n\x12\x45RROR_CODE_ABORTED\x10\n\x12\x1b\n\x17\x45RROR_CODE_OUT_OF_RANGE\x10\x0b\x12\x1c\n\x18\x45RROR_CODE_UNIMPLEMENTED\x10\x0c\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\r\x12\x1a\n\x16\x45RROR_CODE_UNAVAILABLE\x10\x0e\x12\x18\n\x14\x45RROR_CODE_DATA_LOSS\x10\x0f\x12\x1e\n\x1a\x45RROR_CODE_UNAUTHENTICATED\x10\x10\x32\xd6\x01\n\x08Verifier\x12?\n\x06Verify\x12\x19.rlfleet.v1.VerifyRequest\x1a\x1a.rlfleet.v1.VerifyResponse\x12I\n\x0cVerifyStream\x12\x19.rlfleet.v1.VerifyRequest\x1a\x1a.rlfleet.v1.VerifyResponse(\x01\x30\x01\x12>\n\x0fRegisterProblem\x12\x13.rlfleet.v1.Problem\x1a\x16.rlfleet.v1.ProblemRefb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19rlfleet/v1/verifier.proto\x12\nrlfleet.v1\":\n\tStdioTest\x12\r\n\x05stdin\x18\x01 \x01(\t\x12\x13\n\x06stdout\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\t\n\x07_stdout\"I\n\x08\x43\x61llTest\x12\x11\n\targs_json\x18\x01 \x01(\t\x12\x13\n\x0bkwargs_json\x18\x02 \x01(\t\x12\x15\n\rexpected_json\x18\x03 \x01(\t\"\x1d\n\x08\x43odeTest\x12\x11\n\ttest_code\x18\x01 \x01(\t\"\x82\x01\n\x07\x43hecker\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.rlfleet.v1.CheckerKind\x12\x14\n\x07\x61\x62s_tol\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07rel_tol\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x0c\n\x04\x63ode\x18\x04 \x01(\tB\n\n\x08_abs_tolB\n\n\x08_rel_tol\"\x9e\x02\n\x07Problem\x12*\n\x0bstdio_tests\x18\x01 \x03(\x0b\x32\x15.rlfleet.v1.StdioTest\x12(\n\ncall_tests\x18\x02 \x03(\x0b\x32\x14.rlfleet.v1.CallTest\x12\x0f\n\x07\x66n_name\x18\x03 \x01(\t\x12$\n\x07\x63hecker\x18\x04 \x01(\x0b\x32\x13.rlfleet.v1.Checker\x12\x19\n\x0ctime_limit_s\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x0fmemory_limit_mb\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12(\n\ncode_tests\x18\x07 \x03(\x0b\x32\x14.rlfleet.v1.CodeTestB\x0f\n\r_time_limit_sB\x12\n\x10_memory_limit_mb\"\x1c\n\nProblemRef\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"\x86\x01\n\x08\x43odeCase\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12&\n\x07problem\x18\x03 \x01(\x0b\x32\x13.rlfleet.v1.ProblemH\x00\x12\x15\n\x0bproblem_ref\x18\x04 \x01(\tH\x00\x12\x12\n\nearly_stop\x18\x05 \x01(\x08\x42\x07\n\x05suite\"@\n\x08MathCase\x12\x12\n\ncompletion\x18\x01 \x01(\t\x12\x0c\n\x04gold\x18\x02 \x01(\t\x12\x12\n\nextraction\x18\x03 \x01(\t\"o\n\rVerifyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x04\x63ode\x18\x02 \x01(\x0b\x32\x14.rlfleet.v1.CodeCaseH\x00\x12$\n\x04math\x18\x03 \x01(\x0b\x32\x14.rlfleet.v1.MathCaseH\x00\x42\x06\n\x04\x63\x61se\"v\n\nTestResult\x12$\n\x07verdict\x18\x01 \x01(\x0e\x32\x13.rlfleet.v1.Verdict\x12\x0e\n\x06time_s\x18\x02 \x01(\x01\x12\x11\n\tmemory_mb\x18\x03 \x01(\x01\x12\x0e\n\x06wall_s\x18\x04 \x01(\x01\x12\x0f\n\x07message\x18\x05 \x01(\t\"\x89\x02\n\x0eVerifyResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x07verdict\x18\x02 \x01(\x0e\x32\x13.rlfleet.v1.Verdict\x12\x0e\n\x06passed\x18\x03 \x01(\x05\x12\r\n\x05total\x18\x04 \x01(\x05\x12\x0e\n\x06reward\x18\x05 \x01(\x01\x12%\n\x05tests\x18\x06 \x03(\x0b\x32\x16.rlfleet.v1.TestResult\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x16\n\textracted\x18\x08 \x01(\tH\x00\x88\x01\x01\x12\r\n\x05\x65rror\x18\t \x01(\t\x12)\n\nerror_code\x18\n \x01(\x0e\x32\x15.rlfleet.v1.ErrorCodeB\x0c\n\n_extracted*\xa5\x01\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x0e\n\nVERDICT_AC\x10\x01\x12\x0e\n\nVERDICT_WA\x10\x02\x12\x0f\n\x0bVERDICT_TLE\x10\x03\x12\x0f\n\x0bVERDICT_MLE\x10\x04\x12\x0e\n\nVERDICT_RE\x10\x05\x12\x0e\n\nVERDICT_CE\x10\x06\x12\x0f\n\x0bVERDICT_OLE\x10\x07\x12\x0e\n\nVERDICT_SE\x10\x08*\x8d\x01\n\x0b\x43heckerKind\x12\x1c\n\x18\x43HECKER_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43HECKER_KIND_EXACT\x10\x01\x12\x17\n\x13\x43HECKER_KIND_TOKENS\x10\x02\x12\x16\n\x12\x43HECKER_KIND_FLOAT\x10\x03\x12\x17\n\x13\x43HECKER_KIND_CUSTOM\x10\x04*\x80\x04\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45RROR_CODE_CANCELLED\x10\x01\x12\x16\n\x12\x45RROR_CODE_UNKNOWN\x10\x02\x12\x1f\n\x1b\x45RROR_CODE_INVALID_ARGUMENT\x10\x03\x12 \n\x1c\x45RROR_CODE_DEADLINE_EXCEEDED\x10\x04\x12\x18\n\x14\x45RROR_CODE_NOT_FOUND\x10\x05\x12\x1d\n\x19\x45RROR_CODE_ALREADY_EXISTS\x10\x06\x12 \n\x1c\x45RROR_CODE_PERMISSION_DENIED\x10\x07\x12!\n\x1d\x45RROR_CODE_RESOURCE_EXHAUSTED\x10\x08\x12\"\n\x1e\x45RROR_CODE_FAILED_PRECONDITION\x10\t\x12\x16\n\x12\x45RROR_CODE_ABORTED\x10\n\x12\x1b\n\x17\x45RROR_CODE_OUT_OF_RANGE\x10\x0b\x12\x1c\n\x18\x45RROR_CODE_UNIMPLEMENTED\x10\x0c\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\r\x12\x1a\n\x16\x45RROR_CODE_UNAVAILABLE\x10\x0e\x12\x18\n\x14\x45RROR_CODE_DATA_LOSS\x10\x0f\x12\x1e\n\x1a\x45RROR_CODE_UNAUTHENTICATED\x10\x10\x32\xd6\x01\n\x08Verifier\x12?\n\x06Verify\x12\x19.rlfleet.v1.VerifyRequest\x1a\x1a.rlfleet.v1.VerifyResponse\x12I\n\x0cVerifyStream\x12\x19.rlfleet.v1.VerifyRequest\x1a\x1a.rlfleet.v1.VerifyResponse(\x01\x30\x01\x12>\n\x0fRegisterProblem\x12\x13.rlfleet.v1.Problem\x1a\x16.rlfleet.v1.ProblemRefb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rlfleet.v1.verifier_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VERDICT']._serialized_start=1291
-  _globals['_VERDICT']._serialized_end=1456
-  _globals['_CHECKERKIND']._serialized_start=1459
-  _globals['_CHECKERKIND']._serialized_end=1600
-  _globals['_ERRORCODE']._serialized_start=1603
-  _globals['_ERRORCODE']._serialized_end=2115
+  _globals['_VERDICT']._serialized_start=1364
+  _globals['_VERDICT']._serialized_end=1529
+  _globals['_CHECKERKIND']._serialized_start=1532
+  _globals['_CHECKERKIND']._serialized_end=1673
+  _globals['_ERRORCODE']._serialized_start=1676
+  _globals['_ERRORCODE']._serialized_end=2188
   _globals['_STDIOTEST']._serialized_start=41
   _globals['_STDIOTEST']._serialized_end=99
   _globals['_CALLTEST']._serialized_start=101
   _globals['_CALLTEST']._serialized_end=174
-  _globals['_CHECKER']._serialized_start=177
-  _globals['_CHECKER']._serialized_end=307
-  _globals['_PROBLEM']._serialized_start=310
-  _globals['_PROBLEM']._serialized_end=554
-  _globals['_PROBLEMREF']._serialized_start=556
-  _globals['_PROBLEMREF']._serialized_end=584
-  _globals['_CODECASE']._serialized_start=587
-  _globals['_CODECASE']._serialized_end=721
-  _globals['_MATHCASE']._serialized_start=723
-  _globals['_MATHCASE']._serialized_end=787
-  _globals['_VERIFYREQUEST']._serialized_start=789
-  _globals['_VERIFYREQUEST']._serialized_end=900
-  _globals['_TESTRESULT']._serialized_start=902
-  _globals['_TESTRESULT']._serialized_end=1020
-  _globals['_VERIFYRESPONSE']._serialized_start=1023
-  _globals['_VERIFYRESPONSE']._serialized_end=1288
-  _globals['_VERIFIER']._serialized_start=2118
-  _globals['_VERIFIER']._serialized_end=2332
+  _globals['_CODETEST']._serialized_start=176
+  _globals['_CODETEST']._serialized_end=205
+  _globals['_CHECKER']._serialized_start=208
+  _globals['_CHECKER']._serialized_end=338
+  _globals['_PROBLEM']._serialized_start=341
+  _globals['_PROBLEM']._serialized_end=627
+  _globals['_PROBLEMREF']._serialized_start=629
+  _globals['_PROBLEMREF']._serialized_end=657
+  _globals['_CODECASE']._serialized_start=660
+  _globals['_CODECASE']._serialized_end=794
+  _globals['_MATHCASE']._serialized_start=796
+  _globals['_MATHCASE']._serialized_end=860
+  _globals['_VERIFYREQUEST']._serialized_start=862
+  _globals['_VERIFYREQUEST']._serialized_end=973
+  _globals['_TESTRESULT']._serialized_start=975
+  _globals['_TESTRESULT']._serialized_end=1093
+  _globals['_VERIFYRESPONSE']._serialized_start=1096
+  _globals['_VERIFYRESPONSE']._serialized_end=1361
+  _globals['_VERIFIER']._serialized_start=2191
+  _globals['_VERIFIER']._serialized_end=2405
 # @@protoc_insertion_point(module_scope)

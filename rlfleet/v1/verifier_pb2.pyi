@@ -96,6 +96,12 @@ class CallTest(_message.Message):
     expected_json: str
     def __init__(self, args_json: _Optional[str] = ..., kwargs_json: _Optional[str] = ..., expected_json: _Optional[str] = ...) -> None: ...
 
+class CodeTest(_message.Message):
+    __slots__ = ("test_code",)
+    TEST_CODE_FIELD_NUMBER: _ClassVar[int]
+    test_code: str
+    def __init__(self, test_code: _Optional[str] = ...) -> None: ...
+
 class Checker(_message.Message):
     __slots__ = ("type", "abs_tol", "rel_tol", "code")
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -109,20 +115,22 @@ class Checker(_message.Message):
     def __init__(self, type: _Optional[_Union[CheckerKind, str]] = ..., abs_tol: _Optional[float] = ..., rel_tol: _Optional[float] = ..., code: _Optional[str] = ...) -> None: ...
 
 class Problem(_message.Message):
-    __slots__ = ("stdio_tests", "call_tests", "fn_name", "checker", "time_limit_s", "memory_limit_mb")
+    __slots__ = ("stdio_tests", "call_tests", "fn_name", "checker", "time_limit_s", "memory_limit_mb", "code_tests")
     STDIO_TESTS_FIELD_NUMBER: _ClassVar[int]
     CALL_TESTS_FIELD_NUMBER: _ClassVar[int]
     FN_NAME_FIELD_NUMBER: _ClassVar[int]
     CHECKER_FIELD_NUMBER: _ClassVar[int]
     TIME_LIMIT_S_FIELD_NUMBER: _ClassVar[int]
     MEMORY_LIMIT_MB_FIELD_NUMBER: _ClassVar[int]
+    CODE_TESTS_FIELD_NUMBER: _ClassVar[int]
     stdio_tests: _containers.RepeatedCompositeFieldContainer[StdioTest]
     call_tests: _containers.RepeatedCompositeFieldContainer[CallTest]
     fn_name: str
     checker: Checker
     time_limit_s: float
     memory_limit_mb: int
-    def __init__(self, stdio_tests: _Optional[_Iterable[_Union[StdioTest, _Mapping]]] = ..., call_tests: _Optional[_Iterable[_Union[CallTest, _Mapping]]] = ..., fn_name: _Optional[str] = ..., checker: _Optional[_Union[Checker, _Mapping]] = ..., time_limit_s: _Optional[float] = ..., memory_limit_mb: _Optional[int] = ...) -> None: ...
+    code_tests: _containers.RepeatedCompositeFieldContainer[CodeTest]
+    def __init__(self, stdio_tests: _Optional[_Iterable[_Union[StdioTest, _Mapping]]] = ..., call_tests: _Optional[_Iterable[_Union[CallTest, _Mapping]]] = ..., fn_name: _Optional[str] = ..., checker: _Optional[_Union[Checker, _Mapping]] = ..., time_limit_s: _Optional[float] = ..., memory_limit_mb: _Optional[int] = ..., code_tests: _Optional[_Iterable[_Union[CodeTest, _Mapping]]] = ...) -> None: ...
 
 class ProblemRef(_message.Message):
     __slots__ = ("sha256",)

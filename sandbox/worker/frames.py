@@ -23,13 +23,29 @@ def read_exact(fd, n):
     return b"".join(chunks)
 
 
-def read_frame(fd):
-    """One frame: u32 header length, JSON header, then the blobs it lists by size."""
+def read_into(fd, n):
+    """n bytes read straight into a bytearray, which the reader can wipe once it is done."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    pos = 0
+    while pos < n:
+        got = os.readv(fd, [view[pos:]])
+        if not got:
+            raise EOFError
+        pos += got
+    view.release()
+    return buf
+
+
+def read_frame(fd, wipeable=False):
+    """One frame: u32 header length, JSON header, then the blobs it lists by size (as
+    bytearrays when `wipeable`)."""
     (size,) = FRAME.unpack(read_exact(fd, FRAME.size))
     if size > MAX_FRAME:
         raise ValueError("frame too large")
     header = json.loads(read_exact(fd, size))
-    blobs = [read_exact(fd, n) for n in header.pop("_blobs", [])]
+    read = read_into if wipeable else read_exact
+    blobs = [read(fd, n) for n in header.pop("_blobs", [])]
     return header, blobs
 
 

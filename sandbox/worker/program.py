@@ -13,6 +13,7 @@ import signal
 import sys
 
 from kernel import NOBODY
+from testrun import run_test
 
 WORKER_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -48,7 +49,9 @@ def become_program(job, stdio_fds, ready_w):
             signal.signal(signum, signal.SIG_DFL)
     os.write(ready_w, b"R")
     if job["kind"] == "python":
-        os.closerange(3, 1 << 16)  # ready_w and every worker fd: only 0-2 reach the program
+        # ready_w and every worker fd: only 0-2 reach the program (and, for a test-code
+        # run, the test code on fd 3, which the program's own process closes first).
+        os.closerange(len(stdio_fds), 1 << 16)
     else:
         # ready_w stays open until the exec succeeds (close-on-exec), so that a failed exec
         # (a missing compiler, say) is reported as ours, not as the program's error.
@@ -326,7 +329,9 @@ def program_main(job, cg_fds, stdio_fds, ready_w):
             os.write(2, f"sandbox setup failed: {e!r}\n".encode())
         finally:
             os._exit(72)
-    if job["kind"] == "python":
+    if job["kind"] == "python" and job["mode"] == "test":
+        run_test(job)
+    elif job["kind"] == "python":
         run_python(job)
     else:
         run_exec(job, ready_w)

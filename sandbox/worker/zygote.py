@@ -20,9 +20,12 @@ Isolation is set up in two layers so that a run pays only for a fork:
   the cgroup is removed before the next run. Runs of one worker never overlap, and a run
   can signal nothing but its own processes (other uid, other namespace).
 
-The worker never receives expected outputs: only code, stdin and limits. It reports raw
+The worker never receives expected outputs for a program: only code, stdin and limits (a
+custom checker's stdin and a test-code run's test code hold expected values, but those are
+trusted code's inputs, wiped from the worker's memory before the fork). It reports raw
 facts (exit status, CPU time, peak memory, OOM kills, output); verdicts are decided by the
-caller, outside of any untrusted process.
+caller, outside of any untrusted process, except that a test-code run's test process
+reports whether the test code ran to its end (testrun.py).
 """
 
 import ctypes
@@ -87,15 +90,24 @@ class Worker:
         raise ValueError(f"unknown op {op!r}")
 
     def run(self, job, blobs):
-        """Run one program. Blobs: [stdin] plus, for kind=exec with `files`, file contents."""
+        """Run one program. Blobs: [stdin] plus, for kind=exec with `files`, file contents,
+        or, for a test-code run (mode=test), the test code."""
         lim = job["limits"]
         stdin_fd = memfd("stdin", blobs[0] if blobs else b"")
         # A function-call run seals its stdout when the call fails (program.run_call).
         out_fd, err_fd = memfd("stdout", sealable=True), memfd("stderr")
+        fds = [stdin_fd, out_fd, err_fd]
         try:
+            if job.get("mode") == "test":
+                fds.append(memfd("test", blobs[1]))  # fd 3 of the run (testrun.py)
             for i, (path, mode) in enumerate(job.get("files", [])):
                 self._place(path, blobs[1 + i], mode)
-            facts = self._run_isolated(job, lim, (stdin_fd, out_fd, err_fd))
+            # Copied into memfds and files by now: wiped before the fork, so that no run
+            # finds them in the memory it inherits. The test code of a test-code run, or
+            # the expected output a custom checker reads on stdin, stays where it belongs.
+            for blob in blobs:
+                blob[:] = bytes(len(blob))
+            facts = self._run_isolated(job, lim, tuple(fds))
             stdout, stdout_size = read_capped(out_fd, lim["output_bytes"])
             stderr, _ = read_capped(err_fd, lim.get("stderr_bytes", 8192))
             facts["stdout_size"] = stdout_size
@@ -105,7 +117,7 @@ class Worker:
                 result_blobs.append(self._capture(capture, lim["fsize_bytes"]))
             return facts, result_blobs
         finally:
-            for fd in (stdin_fd, out_fd, err_fd):
+            for fd in fds:
                 os.close(fd)
             wipe_tmp()
 
@@ -290,7 +302,7 @@ def main():
     gc.freeze()
     while True:
         try:
-            header, blobs = read_frame(rfd)
+            header, blobs = read_frame(rfd, wipeable=True)
         except EOFError:
             worker.cgroups.remove()
             return 0
