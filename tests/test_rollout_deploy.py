@@ -10,9 +10,6 @@ import re
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ from typing import Any
 import yaml
 from harness import dashboard_exprs
 from prometheus_client import CollectorRegistry, start_http_server
+from promlive import prom_query, prometheus
 
 from rlfleet.cli import build_parser
 from rlfleet.rollout.metrics import RolloutMetrics
@@ -113,60 +111,11 @@ def live_rollout_metrics() -> Iterator[int]:
         thread.join(5)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def prom_query(port: int, expr: str) -> list[Any]:
-    """The result of an instant query; raises on a query Prometheus refuses."""
-    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    try:
-        reply = json.loads(urllib.request.urlopen(url, timeout=5).read())
-    except urllib.error.HTTPError as e:
-        raise AssertionError(f"{expr}: {e.read().decode()}") from e
-    assert reply["status"] == "success", (expr, reply)
-    return list(reply["data"]["result"])
-
-
-@contextlib.contextmanager
-def prometheus(tmp_path: Path, target_port: int) -> Iterator[int]:
-    """A real Prometheus scraping the target every second under the rules' job name and
-    evaluating the shipped rules; yields its web port once it answers."""
-    web = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        f"rule_files: ['{RULES}']\n"
-        "scrape_configs:\n"
-        f"  - job_name: {JOB}\n"
-        f"    static_configs: [{{targets: ['127.0.0.1:{target_port}']}}]\n"
-    )
-    proc = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{web}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield web
-    finally:
-        proc.terminate()
-        proc.wait(30)
-
-
 def test_a_real_prometheus_answers_every_dashboard_query_from_live_metrics(
     tmp_path: Path,
 ) -> None:
     queries = dashboard_exprs("rlfleet-rollout")
-    with live_rollout_metrics() as port, prometheus(tmp_path, port) as web:
+    with live_rollout_metrics() as port, prometheus(tmp_path, RULES, JOB, port) as web:
         # Rates need two scrapes, the recorded series a rule evaluation after them.
         deadline = time.monotonic() + 60
         empty = queries
