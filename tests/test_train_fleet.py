@@ -238,7 +238,12 @@ async def test_a_run_survives_losing_a_rollout_and_a_sandbox_server(
             await asyncio.sleep(0.05)
         _kill_group(children[0])
         _kill_group(children[2])
-        _, err = proc.communicate(timeout=300)
+        try:
+            _, err = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            pytest.fail(f"the run did not end within 300 s of the kill; its stderr:\n{err}")
         assert proc.returncode == 0, err
     finally:
         for child in children:
