@@ -1,0 +1,143 @@
+"""The verifier's HTTP door: SandboxFusion's ``POST /run_code`` (and ``GET /v1/ping``).
+
+It runs in the gRPC server's process and event loop, in front of the same engine and pool,
+through the same admission control and metrics (``VerifierService.admitted``): a request is
+one pending case, refused with 503 while the queue is full, counted under kind ``run``.
+Programs run in the sandbox workers as every case does, never in this process.
+
+Errors: 400 for a body that is not JSON, 413 for one over the message size, 422 for a
+field that is wrong (FastAPI's code, which SandboxFusion answers with), each with a JSON
+``{"detail": "<field>: <what is wrong>", "field": "<field>"}``; 503 when the queue is full;
+500 "internal error" for our bugs (logged here, never shown). A client that goes away
+cancels its run, which frees its worker at once, as gRPC cancellation does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+from typing import Protocol
+
+from aiohttp import web
+
+from rlfleet.grpc_server import QueueFull, ServerConfig
+from rlfleet.sandbox.cases import CaseError
+from rlfleet.sandbox.fusion import HttpConfig, parse_run_code, run_code_response
+from rlfleet.sandbox.runcode import ProgramOutcome, ProgramRun
+from rlfleet.sandbox.servicer import VerifierService
+
+log = logging.getLogger(__name__)
+
+RUN_KIND = "run"
+"""The ``kind`` label of ``rlfleet_verifier_cases`` for programs run through this door."""
+
+
+class ProgramEngine(Protocol):
+    """What the door needs from the engine (``sandbox.engine.Engine``)."""
+
+    async def run_program(self, program: ProgramRun) -> ProgramOutcome: ...
+
+
+def _error(status: int, field: str, message: str) -> web.Response:
+    return web.json_response({"detail": f"{field}: {message}", "field": field}, status=status)
+
+
+class HttpDoor:
+    """``await start()``, then ``await stop()``: SandboxFusion's API over ``service``."""
+
+    def __init__(
+        self,
+        config: HttpConfig,
+        server: ServerConfig,
+        service: VerifierService,
+        engine: ProgramEngine,
+    ) -> None:
+        self.config = config
+        self.server = server
+        self.service = service
+        self.engine = engine
+        self.app = web.Application(client_max_size=server.max_message_mb << 20)
+        self.app.router.add_post("/run_code", self.run_code)
+        self.app.router.add_get("/v1/ping", self.ping)
+        self._runner: web.AppRunner | None = None
+        self.port = config.port
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.server.tls_cert is not None else "http"
+        return f"{scheme}://{self.server.host}:{self.port}"
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        cert, key = self.server.tls_cert, self.server.tls_key
+        if cert is None or key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key, password=lambda: "")
+        return context
+
+    async def start(self) -> str:
+        """Bind and serve; returns the line that announces where."""
+        # Cancelling the handler of a client that went away stops its run in the sandbox.
+        runner = web.AppRunner(
+            self.app,
+            handler_cancellation=True,
+            shutdown_timeout=self.server.grace_s,
+            access_log=None,
+        )
+        await runner.setup()
+        site = web.TCPSite(
+            runner,
+            self.server.host,
+            self.config.port,
+            ssl_context=self._ssl_context(),
+            reuse_port=False,
+        )
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+        return f"SandboxFusion-compatible /run_code at {self.url}/run_code"
+
+    async def stop(self) -> None:
+        """Stop accepting, let requests in flight finish (the server's ``grace_s``), then
+        close."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def ping(self, request: web.Request) -> web.Response:
+        return web.json_response("pong")
+
+    async def run_code(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            self.service.metrics.rejected.labels("too_large").inc()
+            limit = self.server.max_message_mb
+            return _error(413, "body", f"larger than the {limit} MiB this server takes")
+        try:
+            obj = json.loads(body)
+        except (UnicodeDecodeError, ValueError) as e:
+            self.service.metrics.rejected.labels("invalid").inc()
+            return _error(400, "body", f"not valid JSON ({e})")
+        try:
+            program = parse_run_code(obj, self.config.run_code)
+        except CaseError as e:
+            self.service.metrics.rejected.labels("invalid").inc()
+            return _error(422, e.field, e.message)
+        try:
+            outcome = await self.service.admitted(lambda: self.engine.run_program(program))
+        except QueueFull as e:
+            return web.json_response(
+                {"detail": str(e), "field": ""}, status=503, headers={"Retry-After": "1"}
+            )
+        except Exception:
+            log.exception("/run_code failed")
+            self.service.metrics.rejected.labels("internal").inc()
+            return web.json_response({"detail": "internal error", "field": ""}, status=500)
+        self.service.metrics.cases.labels(RUN_KIND, program.language.name, outcome.label).inc()
+        return web.json_response(run_code_response(outcome))
