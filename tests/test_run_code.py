@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -535,6 +538,27 @@ async def test_a_client_that_goes_away_cancels_its_run() -> None:
                 pass
         await until(lambda: programs.cancelled == 1, "the run's cancellation")
         await until(lambda: d.service.pending == 0, "the slot given back")
+
+
+async def test_door_speaks_tls_when_the_grpc_port_does(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed to make a test certificate (apt-get install openssl)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    async with RunningDoor(FakeProgramEngine(OK_OUTCOME), tls_cert=cert, tls_key=key) as d:
+        assert d.door.url.startswith("https://127.0.0.1:")
+        trusted = ssl.create_default_context(cafile=str(cert))
+        async with d.http.get(f"{d.door.url}/v1/ping", ssl=trusted) as r:
+            assert r.status == 200
+        plain = d.door.url.replace("https://", "http://")
+        with pytest.raises(aiohttp.ClientError):  # plaintext is refused
+            async with d.http.get(f"{plain}/v1/ping") as r:
+                await r.read()
 
 
 # -- the real engine ------------------------------------------------------------------------
