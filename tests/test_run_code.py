@@ -540,6 +540,23 @@ async def test_a_client_that_goes_away_cancels_its_run() -> None:
         await until(lambda: d.service.pending == 0, "the slot given back")
 
 
+async def test_stopping_lets_runs_in_flight_finish_and_refuses_new_ones() -> None:
+    gate = asyncio.Event()
+    programs = FakeProgramEngine(OK_OUTCOME, gate)
+    async with RunningDoor(programs) as d:
+        in_flight = asyncio.create_task(d.post(verl_payload("print(1)", None)))
+        await until(lambda: len(programs.seen) == 1, "the run")
+        stopping = asyncio.create_task(d.door.stop())
+        await asyncio.sleep(0.2)
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await d.post(verl_payload("print(2)", None))
+        gate.set()
+        status, body, _ = await in_flight
+        assert (status, body["status"]) == (200, "Success")
+        await stopping
+        assert programs.cancelled == 0
+
+
 async def test_door_speaks_tls_when_the_grpc_port_does(tmp_path: Path) -> None:
     if shutil.which("openssl") is None:
         pytest.fail("openssl is needed to make a test certificate (apt-get install openssl)")
@@ -564,12 +581,13 @@ async def test_door_speaks_tls_when_the_grpc_port_does(tmp_path: Path) -> None:
 # -- the real engine ------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def engine(require_root: None) -> AsyncIterator[Any]:
+@pytest.fixture(params=["local", pytest.param("docker", marks=pytest.mark.docker)])
+async def engine(request: pytest.FixtureRequest, require_root: None) -> AsyncIterator[Any]:
     from rlfleet.sandbox.engine import Engine, EngineConfig
     from rlfleet.sandbox.worker_pool import PoolConfig
 
-    real = await Engine.start(EngineConfig(pool=PoolConfig(workers=2)))
+    config = EngineConfig(backend=request.param, pool=PoolConfig(workers=2))
+    real = await Engine.start(config)
     try:
         yield real
     finally:
