@@ -9,11 +9,14 @@ Errors: 400 for a body that is not JSON, 413 for one over the message size, 422 
 field that is wrong (FastAPI's code, which SandboxFusion answers with), each with a JSON
 ``{"detail": "<field>: <what is wrong>", "field": "<field>"}``; 503 when the queue is full;
 500 "internal error" for our bugs (logged here, never shown). A client that goes away
-cancels its run, which frees its worker at once, as gRPC cancellation does.
+cancels its run, which frees its worker at once, as gRPC cancellation does. Large bodies
+and outputs are decoded and encoded off the event loop, as the gRPC servicer converts big
+requests, so one does not stall every other call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import ssl
@@ -25,7 +28,7 @@ from rlfleet.grpc_server import QueueFull, ServerConfig
 from rlfleet.sandbox.cases import CaseError
 from rlfleet.sandbox.fusion import HttpConfig, parse_run_code, run_code_response
 from rlfleet.sandbox.runcode import ProgramOutcome, ProgramRun
-from rlfleet.sandbox.servicer import VerifierService
+from rlfleet.sandbox.servicer import INLINE_CONVERT_BYTES, VerifierService
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +123,13 @@ class HttpDoor:
             limit = self.server.max_message_mb
             return _error(413, "body", f"larger than the {limit} MiB this server takes")
         try:
-            obj = json.loads(body)
-        except (UnicodeDecodeError, ValueError) as e:
+            if len(body) > INLINE_CONVERT_BYTES:
+                program = await asyncio.to_thread(self._parse, body)
+            else:
+                program = self._parse(body)
+        except _BadBody as e:
             self.service.metrics.rejected.labels("invalid").inc()
-            return _error(400, "body", f"not valid JSON ({e})")
-        try:
-            program = parse_run_code(obj, self.config.run_code)
+            return _error(400, "body", f"not valid JSON ({e.__cause__})")
         except CaseError as e:
             self.service.metrics.rejected.labels("invalid").inc()
             return _error(422, e.field, e.message)
@@ -140,4 +144,25 @@ class HttpDoor:
             self.service.metrics.rejected.labels("internal").inc()
             return web.json_response({"detail": "internal error", "field": ""}, status=500)
         self.service.metrics.cases.labels(RUN_KIND, program.language.name, outcome.label).inc()
-        return web.json_response(run_code_response(outcome))
+        reply = run_code_response(outcome)
+        if _output_bytes(outcome) > INLINE_CONVERT_BYTES:
+            text = await asyncio.to_thread(json.dumps, reply)
+        else:
+            text = json.dumps(reply)
+        return web.Response(text=text, content_type="application/json")
+
+    def _parse(self, body: bytes) -> ProgramRun:
+        try:
+            obj = json.loads(body)
+        except (ValueError, RecursionError) as e:  # (RecursionError: nested too deeply)
+            raise _BadBody() from e
+        return parse_run_code(obj, self.config.run_code)
+
+
+class _BadBody(ValueError):
+    """The body is not JSON (the cause says why)."""
+
+
+def _output_bytes(outcome: ProgramOutcome) -> int:
+    commands = [c for c in (outcome.compile, outcome.run) if c is not None]
+    return sum(len(c.stdout) + len(c.stderr) for c in commands)
