@@ -190,7 +190,7 @@ async def serve(config: ServeConfig) -> int:
         try:
             await run_until_signalled(srv, server, registry, _announce, doors)
         except OSError as e:  # the HTTP port, taken since the check above
-            raise CommandError(f"cannot listen on {server.host}: {e}") from e
+            raise CommandError(f"--http-port: cannot listen on {server.host} ({e})") from e
     finally:
         await engine.close()
     return 0

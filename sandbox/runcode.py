@@ -4,7 +4,8 @@ This is what the SandboxFusion-compatible ``POST /run_code`` door needs (``fusio
 caller compares the output itself. It runs on the same worker pool as judged cases, with the
 same languages: a compiled language is compiled once (identical sources, as RL sends them
 for every test of one sample, share one compile, also while it runs), then its artifact is
-run with the given stdin; Python runs in the worker's warm interpreter, as ``main.py``.
+run with the given stdin; a language without a compiler runs its interpreter on the source;
+Python runs in the worker's warm interpreter, as ``main.py``.
 
 Outcomes keep the raw facts (exit code, signal, output) and say, in the judge's vocabulary
 and with its precedence, what was hit first: SE, MLE, OLE, TLE, RE; OK for a clean exit.
@@ -69,7 +70,7 @@ class CommandOutcome:
 @dataclass(frozen=True, kw_only=True)
 class ProgramOutcome:
     compile: CommandOutcome | None
-    """None for a language that runs from source (Python)."""
+    """None for a language that runs from source (Python, interpreted ones)."""
     run: CommandOutcome | None
     """None when compiling did not succeed."""
 
@@ -155,6 +156,18 @@ class ProgramRunner:
         if lang.in_process_python:
             req = RunRequest(
                 kind="python", code=program.code, stdin=program.stdin, files=files, limits=limits
+            )
+            facts = await self._run_retrying(req)
+            return ProgramOutcome(compile=None, run=outcome_of(facts, limits))
+        if not lang.compile_argv:
+            # Runs from its source (an interpreter in run_argv reads source_path).
+            source = (lang.source_path, program.code.encode("utf-8", "surrogatepass"), 0o644)
+            req = RunRequest(
+                kind="exec",
+                argv=lang.run_argv,
+                files=(source, *files),
+                stdin=program.stdin,
+                limits=limits,
             )
             facts = await self._run_retrying(req)
             return ProgramOutcome(compile=None, run=outcome_of(facts, limits))

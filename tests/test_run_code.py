@@ -39,7 +39,7 @@ from rlfleet.sandbox.fusion import (
 )
 from rlfleet.sandbox.http_door import HttpDoor
 from rlfleet.sandbox.judge import JudgeConfig
-from rlfleet.sandbox.languages import LANGUAGES, get_language
+from rlfleet.sandbox.languages import LANGUAGES, Language, get_language
 from rlfleet.sandbox.runcode import (
     CommandOutcome,
     ProgramOutcome,
@@ -369,6 +369,17 @@ async def test_runner_compiles_identical_sources_once_even_concurrently() -> Non
     await runner.run(ProgramRun(language=CPP, code="int main(){}", files=(("h", b"1"),)))
     await runner.run(program)
     assert len([r for r in pool.requests if r.capture]) == 2
+
+
+async def test_runner_runs_an_interpreted_language_from_its_source() -> None:
+    pool = FakePool()
+    runner = ProgramRunner(pool.run, JudgeConfig())
+    shell = Language(name="sh", source_path="/tmp/main.sh", run_argv=("/bin/sh", "/tmp/main.sh"))
+    result = await runner.run(ProgramRun(language=shell, code="echo 1", files=(("a", b"A"),)))
+    assert (result.compile, result.label) == (None, "OK")
+    [req] = pool.requests
+    assert (req.kind, req.argv, req.capture) == ("exec", ("/bin/sh", "/tmp/main.sh"), "")
+    assert req.files == (("/tmp/main.sh", b"echo 1", 0o644), ("/tmp/a", b"A", 0o644))
 
 
 async def test_runner_compile_failures() -> None:
