@@ -610,6 +610,15 @@ async def engine(request: pytest.FixtureRequest, require_root: None) -> AsyncIte
         await real.close()
 
 
+def compile_count(engine: Any) -> float:
+    """Compiles the engine has run (its execution-time histogram, stage "compile")."""
+    for family in engine.metrics.execution_seconds.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_count") and sample.labels["stage"] == "compile":
+                return float(sample.value)
+    return 0.0
+
+
 class Door(RunningDoor):
     """``RunningDoor`` over a real engine (cases and programs both)."""
 
@@ -674,6 +683,13 @@ async def test_reward_client_shapes_with_the_real_engine(engine: Any) -> None:
         assert (status, resp["status"], run["status"]) == (200, "Failed", "Finished")
         assert run["stdout"] == "65534 False /tmp payload\n"
         assert "OSError" in run["stderr"] or "Error" in run["stderr"], run["stderr"]
+        # One sample's tests arrive at once: one compile for all of them.
+        compiles = compile_count(engine)
+        source = CPP_SUM.replace("a+b", "a*b")
+        bodies = [verl_payload(source, f"{i} 2", "cpp") for i in range(8)]
+        answers = await asyncio.gather(*(d.post(body) for body in bodies))
+        assert [verl_reading(r[1], str(2 * i)) for i, r in enumerate(answers)] == ["success"] * 8
+        assert compile_count(engine) == compiles + 1
         # Counted under kind "run", by outcome; executions per language too.
         assert (
             d.metric("rlfleet_verifier_cases_total", kind="run", language="cpp", verdict="CE") == 1
