@@ -742,7 +742,9 @@ async def test_http_and_grpc_give_the_same_results(engine: Any) -> None:
                     id="x", code=pb.CodeCase(language=language, code=code, problem=problem)
                 )
                 via_grpc = await stub.Verify(req, timeout=60)
-                body = verl_payload(code, stdin, language, run_timeout=1, memory_limit_MB=128)
+                # The same wall time as the judged test's (1 s x 2 + 1 s): a memory bomb on a
+                # loaded machine must meet the OOM killer before the clock in both.
+                body = verl_payload(code, stdin, language, run_timeout=3, memory_limit_MB=128)
                 status, resp, _ = await d.post(body)
                 assert status == 200
                 as_read = VERDICT_AS_READ[via_grpc.verdict]
