@@ -174,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="memory of a /run_code run whose request sets no memory_limit_MB (default: 1024)",
     )
     sandbox.add_argument(
+        "--run-code-queue-wait-s",
+        type=float,
+        default=600.0,
+        help="how long a /run_code request waits for a slot while the queue is full, "
+        "before a 504 (default: 600)",
+    )
+    sandbox.add_argument(
         "--max-pending",
         type=_positive_int,
         default=None,
@@ -577,7 +584,10 @@ def _serve_sandbox(args: argparse.Namespace) -> int:
         http = None
         if args.http_port is not None:
             http = HttpConfig(
-                port=args.http_port, run_code=RunCodeConfig(memory_mb=args.run_code_memory_mb)
+                port=args.http_port,
+                run_code=RunCodeConfig(
+                    memory_mb=args.run_code_memory_mb, queue_wait_s=args.run_code_queue_wait_s
+                ),
             )
         config = commands.ServeConfig(
             server=_server_config(args),

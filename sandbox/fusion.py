@@ -75,8 +75,14 @@ class RunCodeConfig:
     memory_mb: int = 1024
     """Memory of a run whose request sets none (``memory_limit_MB`` <= 0, SandboxFusion's
     "no limit": every run here has one)."""
+    queue_wait_s: float = 600.0
+    """How long a request waits for a slot while the service's queue is full, before a 504.
+    SandboxFusion queues every request, and reward clients written for it (verl) score any
+    other answer as a failed test, retrying only a 504: a refusal would be a wrong reward."""
 
     def __post_init__(self) -> None:
+        if not self.queue_wait_s > 0:
+            raise ValueError(f"queue_wait_s must be > 0, got {self.queue_wait_s}")
         if not 16 <= self.memory_mb <= MAX_MEMORY_MB:
             raise ValueError(f"memory_mb must be in [16, {MAX_MEMORY_MB}], got {self.memory_mb}")
 

@@ -2,12 +2,14 @@
 
 It runs in the gRPC server's process and event loop, in front of the same engine and pool,
 through the same admission control and metrics (``VerifierService.admitted``): a request is
-one pending case, refused with 503 while the queue is full, counted under kind ``run``.
+one pending case, which waits for a slot while the queue is full (``queue_wait_s``, then a
+504), counted under kind ``run``.
 Programs run in the sandbox workers as every case does, never in this process.
 
 Errors: 400 for a body that is not JSON, 413 for one over the message size, 422 for a
 field that is wrong (FastAPI's code, which SandboxFusion answers with), each with a JSON
-``{"detail": "<field>: <what is wrong>", "field": "<field>"}``; 503 when the queue is full;
+``{"detail": "<field>: <what is wrong>", "field": "<field>"}``; 504 when the queue stayed
+full for ``queue_wait_s``;
 500 "internal error" for our bugs (logged here, never shown). A client that goes away
 cancels its run, which frees its worker at once, as gRPC cancellation does. Large bodies
 and outputs are decoded and encoded off the event loop, as the gRPC servicer converts big
@@ -134,10 +136,13 @@ class HttpDoor:
             self.service.metrics.rejected.labels("invalid").inc()
             return _error(422, e.field, e.message)
         try:
-            outcome = await self.service.admitted(lambda: self.engine.run_program(program))
+            outcome = await self.service.admitted(
+                lambda: self.engine.run_program(program), self.config.run_code.queue_wait_s
+            )
         except QueueFull as e:
+            # 504, not 503: what SandboxFusion's clients retry (after waiting their turn).
             return web.json_response(
-                {"detail": str(e), "field": ""}, status=503, headers={"Retry-After": "1"}
+                {"detail": str(e), "field": ""}, status=504, headers={"Retry-After": "1"}
             )
         except Exception:
             log.exception("/run_code failed")

@@ -247,15 +247,28 @@ class VerifierService(pb_grpc.VerifierServicer):
         self.metrics.seconds.observe(time.perf_counter() - t0)
         return result
 
-    async def admitted(self, work: Callable[[], Awaitable[T]]) -> T:
+    async def admitted(self, work: Callable[[], Awaitable[T]], wait_s: float = 0.0) -> T:
         """Run ``work`` as a unary call runs a case, for the service's other doors (HTTP
-        ``/run_code``): refused with ``QueueFull`` while ``max_pending`` cases are pending,
-        counted in the queue depth, busy workers and case seconds."""
+        ``/run_code``), counted in the queue depth, busy workers and case seconds. While
+        ``max_pending`` cases are pending it waits up to ``wait_s`` for a slot (0: none),
+        then is refused with ``QueueFull``."""
         if self._slots.locked():
-            self.metrics.rejected.labels("queue_full").inc()
-            raise QueueFull(f"queue full ({self.max_pending} cases pending): retry later")
-        async with self._slots:
+            try:
+                if wait_s <= 0:
+                    raise TimeoutError
+                await asyncio.wait_for(self._slots.acquire(), wait_s)
+            except TimeoutError:
+                self.metrics.rejected.labels("queue_full").inc()
+                waited = f" for {wait_s:g} s" if wait_s > 0 else ""
+                raise QueueFull(
+                    f"queue full ({self.max_pending} cases pending{waited}): retry later"
+                ) from None
+        else:
+            await self._slots.acquire()
+        try:
             return await self._pending(work())
+        finally:
+            self._slots.release()
 
     async def _verify(self, case: Case) -> CaseResult:
         """Run one admitted case (the caller holds its slot)."""

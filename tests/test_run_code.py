@@ -448,7 +448,13 @@ class FakeProgramEngine:
 class RunningDoor:
     """``async with RunningDoor(engine) as d``: a verifier service with its HTTP door."""
 
-    def __init__(self, programs: Any, max_pending: int | None = None, **server: Any) -> None:
+    def __init__(
+        self,
+        programs: Any,
+        max_pending: int | None = None,
+        queue_wait_s: float = 600.0,
+        **server: Any,
+    ) -> None:
         from prometheus_client import CollectorRegistry
 
         self.registry = CollectorRegistry()
@@ -456,7 +462,8 @@ class RunningDoor:
         self.srv, self.service = build_verifier_server(
             config, ServiceConfig(max_pending=max_pending), FakeEngine(), self.registry
         )
-        self.door = HttpDoor(HttpConfig(port=0), config, self.service, programs)
+        http = HttpConfig(port=0, run_code=RunCodeConfig(queue_wait_s=queue_wait_s))
+        self.door = HttpDoor(http, config, self.service, programs)
 
     async def __aenter__(self) -> RunningDoor:
         await self.srv.start()
@@ -526,18 +533,24 @@ async def test_door_refuses_bad_requests_naming_the_field() -> None:
             assert r.status == 405
 
 
-async def test_door_queue_full_is_503_and_a_bug_is_500() -> None:
+async def test_door_waits_for_a_slot_504_past_its_wait_and_a_bug_is_500() -> None:
     gate = asyncio.Event()
     programs = FakeProgramEngine(OK_OUTCOME, gate)
-    async with RunningDoor(programs, max_pending=1) as d:
+    async with RunningDoor(programs, max_pending=1, queue_wait_s=0.3) as d:
         first = asyncio.create_task(d.post(verl_payload("print(1)", None)))
         await until(lambda: len(programs.seen) == 1, "the first run")
+        # The queue stays full longer than a request waits: 504, which reward clients retry.
         status, body, resp = await d.post(verl_payload("print(2)", None))
-        assert status == 503 and resp.headers["Retry-After"] == "1"
+        assert status == 504 and resp.headers["Retry-After"] == "1"
         assert "queue full" in body["detail"]
         assert d.metric("rlfleet_verifier_rejected_total", reason="queue_full") == 1
+        # One that comes while the queue is full, and gets its slot within its wait, runs.
+        waiting = asyncio.create_task(d.post(verl_payload("print(3)", None)))
+        await asyncio.sleep(0.1)
+        assert len(programs.seen) == 1 and not waiting.done()
         gate.set()
-        assert (await first)[0] == 200
+        assert (await first)[0] == 200 and (await waiting)[0] == 200
+        assert [p.code for p in programs.seen] == ["print(1)", "print(3)"]
         programs.fail = RuntimeError("secret internals")
         status, body, _ = await d.post(verl_payload("print(3)", None))
         assert (status, body["detail"]) == (500, "internal error")
