@@ -162,6 +162,25 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--tls-cert", type=Path, help="PEM certificate (enables TLS)")
     sandbox.add_argument("--tls-key", type=Path, help="PEM private key")
     sandbox.add_argument(
+        "--http-port",
+        type=_port,
+        default=None,
+        help="also answer SandboxFusion's POST /run_code over HTTP on this port (docs/run_code.md)",
+    )
+    sandbox.add_argument(
+        "--run-code-memory-mb",
+        type=_positive_int,
+        default=1024,
+        help="memory of a /run_code run whose request sets no memory_limit_MB (default: 1024)",
+    )
+    sandbox.add_argument(
+        "--run-code-queue-wait-s",
+        type=float,
+        default=600.0,
+        help="how long a /run_code request waits for a slot while the queue is full, "
+        "before a 504 (default: 600)",
+    )
+    sandbox.add_argument(
         "--max-pending",
         type=_positive_int,
         default=None,
@@ -558,13 +577,23 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
 
 def _serve_sandbox(args: argparse.Namespace) -> int:
     from rlfleet.sandbox import commands
+    from rlfleet.sandbox.fusion import HttpConfig, RunCodeConfig
     from rlfleet.sandbox.servicer import ServiceConfig
 
     try:
+        http = None
+        if args.http_port is not None:
+            http = HttpConfig(
+                port=args.http_port,
+                run_code=RunCodeConfig(
+                    memory_mb=args.run_code_memory_mb, queue_wait_s=args.run_code_queue_wait_s
+                ),
+            )
         config = commands.ServeConfig(
             server=_server_config(args),
             service=ServiceConfig(max_pending=args.max_pending),
             engine=_engine_config(args),
+            http=http,
         )
     except ValueError as e:
         raise UsageError(str(e)) from e

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from rlfleet.sandbox.judge import Judge, JudgeConfig
 from rlfleet.sandbox.mathcheck import AlgebraFault, MathCheckConfig, MathChecker
 from rlfleet.sandbox.records import Case, CaseResult, CodeCase, MathCase, Verdict
+from rlfleet.sandbox.runcode import ProgramOutcome, ProgramRun, ProgramRunner
 from rlfleet.sandbox.worker_handle import RunFacts, RunRequest
 from rlfleet.sandbox.worker_pool import PoolConfig, WorkerFactory, WorkerPool
 
@@ -51,7 +52,7 @@ class EngineMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.executions = Counter(
             "rlfleet_sandbox_executions",
-            "Test executions by language and verdict",
+            "Test executions (and /run_code runs) by language and verdict",
             ["language", "verdict"],
             registry=registry,
         )
@@ -113,6 +114,7 @@ class Engine:
         self.metrics.busy.set_function(lambda: pool.stats.busy)
         self._restarts_seen = 0
         self.judge = Judge(self._run, config.judge)
+        self.runner = ProgramRunner(self._run, config.judge)
 
     @classmethod
     async def start(cls, config: EngineConfig, registry: CollectorRegistry | None = None) -> Engine:
@@ -151,6 +153,13 @@ class Engine:
         result = await self.judge.judge(case)
         self._count(case, result)
         return result
+
+    async def run_program(self, program: ProgramRun) -> ProgramOutcome:
+        """Run a program as it is (``runcode``); its execution is counted under its outcome
+        label (OK for a clean exit, where a judged test says AC or WA)."""
+        outcome = await self.runner.run(program)
+        self.metrics.executions.labels(program.language.name, outcome.label).inc()
+        return outcome
 
     def _count(self, case: CodeCase, result: CaseResult) -> None:
         if not result.tests:  # CE or SE before any test ran
