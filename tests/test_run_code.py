@@ -757,7 +757,18 @@ async def test_http_and_grpc_give_the_same_results(engine: Any) -> None:
                 via_grpc = await stub.Verify(req, timeout=60)
                 # The same wall time as the judged test's (1 s x 2 + 1 s): a memory bomb on a
                 # loaded machine must meet the OOM killer before the clock in both.
-                body = verl_payload(code, stdin, language, run_timeout=3, memory_limit_MB=128)
+                # And the judge's compile limit, so a slow compile on a loaded machine is no
+                # compile error on one path only.
+                lang = get_language(language)
+                assert lang is not None
+                body = verl_payload(
+                    code,
+                    stdin,
+                    language,
+                    run_timeout=3,
+                    memory_limit_MB=128,
+                    compile_timeout=lang.compile_time_s,
+                )
                 status, resp, _ = await d.post(body)
                 assert status == 200
                 as_read = VERDICT_AS_READ[via_grpc.verdict]
