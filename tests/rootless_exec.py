@@ -1,12 +1,13 @@
 """Run a command as another (non-root) user, with some root-only paths made readable to it.
 
-    python3 rootless_exec.py USER PATH... -- COMMAND...
+    python3 rootless_exec.py [--cgroup DIR] USER PATH... -- COMMAND...
 
 Run as root. In a private mount namespace (the host sees nothing of it), each directory on
 the way to a PATH that the user may not enter (``/root``, say, where a checkout or an
 interpreter may live) is covered by a tmpfs holding only binds of the entries leading to
 the PATHs; nothing's permissions change. Then COMMAND runs as USER with an empty
-environment but for ``HOME``, ``PATH``, ``LANG`` and the ``RLFLEET_TEST_*`` variables.
+environment but for ``HOME``, ``PATH``, ``LANG`` and the ``RLFLEET_TEST_*`` variables,
+first moved into the cgroup (v2) ``DIR`` when given, as systemd starts a delegated unit.
 Exits with the command's status. Stdlib only.
 """
 
@@ -79,6 +80,9 @@ def open_paths(paths: list[Path], uid: int, gids: set[int]) -> None:
 
 
 def main(argv: list[str]) -> int:
+    if argv[0] == "--cgroup":
+        Path(argv[1], "cgroup.procs").write_text(str(os.getpid()))
+        argv = argv[2:]
     split = argv.index("--")
     user, paths, command = argv[0], [Path(p).resolve() for p in argv[1:split]], argv[split + 1 :]
     pw = pwd.getpwnam(user)
