@@ -98,10 +98,8 @@ def make_worker_factory(config: EngineConfig) -> WorkerFactory:
 
     local = LocalWorkerConfig()
     mode = local_mode.detect(config.cgroup_parent, local.python)
-    if mode.hierarchy is None:
-        log.warning("%s", mode.summary())
-    else:
-        log.info("%s", mode.summary())
+    # Shown by default where runs are isolated otherwise than as root.
+    (log.warning if mode.rootless else log.info)("%s", mode.summary())
     return lambda i: LocalWorker(worker_tag(i), mode, local)
 
 

@@ -99,10 +99,15 @@ class _CapData(ctypes.Structure):
 
 def drop_bounding_capabilities():
     """Empty the bounding and ambient sets: nothing executed later can gain a capability.
-    (Needs CAP_SETPCAP: called before the uid change that clears it.)"""
+    Needs CAP_SETPCAP (called before the uid change that clears it), which a worker in a
+    user namespace has and one in a container may lack: there the bounding set stays, and
+    no_new_privs with an empty permitted set (``drop_capabilities``) is the wall."""
     for cap in range(64):
         if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            if ctypes.get_errno() == errno.EINVAL:  # past the kernel's last capability
+            err = ctypes.get_errno()
+            if err == errno.EINVAL:  # past the kernel's last capability
+                break
+            if err == errno.EPERM and cap == 0:  # no CAP_SETPCAP
                 break
             _check(-1, f"drop capability {cap} from the bounding set")
     _check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient caps")
