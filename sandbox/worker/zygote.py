@@ -330,6 +330,10 @@ def main():
     os.set_inheritable(rfd, False)
     os.set_inheritable(wfd, False)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # No handler at all: as PID 1 of its namespace the worker then gets no signal sent from
+    # inside it. (Python's own SIGINT handler would let a run that shares its uid, in a
+    # user namespace, interrupt it.)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         header, _ = read_frame(rfd)
         adopt_container_cgroups(header["cgroup"])
