@@ -115,8 +115,9 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
         "--cgroup-parent",
         default="",
         metavar="PATH",
-        help="local backend, cgroup v2: the cgroup to work under (default: its own when "
-        "delegated, as by systemd's Delegate=yes; else the root it sees)",
+        help="local backend: the cgroup to work under (on v1 the same path in each "
+        "controller's hierarchy; default: on v2 its own when delegated, as by systemd's "
+        "Delegate=yes; else as root the root it sees, and not as root no cgroups at all)",
     )
     p.add_argument(
         "--partial-reward",
@@ -193,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     sb_sub = sb.add_subparsers(dest="action", required=True, metavar="ACTION")
     prepare = _command(sb_sub, "prepare", _prepare, "check (and build) what a backend needs")
     prepare.add_argument("--backend", choices=("local", "docker"), default="local")
+    prepare.add_argument(
+        "--cgroup-parent",
+        default="",
+        metavar="PATH",
+        help="local backend: the cgroup it would work under (as for serve and verify)",
+    )
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
@@ -603,7 +610,7 @@ def _serve_sandbox(args: argparse.Namespace) -> int:
 def _prepare(args: argparse.Namespace) -> int:
     from rlfleet.sandbox.prepare import prepare
 
-    return prepare(args.backend)
+    return prepare(args.backend, args.cgroup_parent)
 
 
 def _bench_sandbox(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ gRPC service both drive this.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -20,6 +21,8 @@ from rlfleet.sandbox.runcode import ProgramOutcome, ProgramRun, ProgramRunner
 from rlfleet.sandbox.worker_handle import RunFacts, RunRequest
 from rlfleet.sandbox.worker_pool import PoolConfig, WorkerFactory, WorkerPool
 
+log = logging.getLogger(__name__)
+
 BACKENDS = ("local", "docker")
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
 
@@ -31,9 +34,10 @@ class EngineConfig:
     pool: PoolConfig = field(default_factory=PoolConfig)
     """Sandbox workers: how many programs run at once, and when a worker is replaced."""
     cgroup_parent: str = ""
-    """local backend on cgroup v2: the cgroup its cgroups go under, relative to the
-    hierarchy's root; empty: this process's own cgroup when delegated (systemd
-    ``Delegate=yes``), else the root this process sees."""
+    """local backend: the cgroup its cgroups go under, relative to the hierarchy's root
+    (on v1 the same path in each controller's); empty: on v2 this process's own cgroup
+    when delegated (systemd ``Delegate=yes``), else (as root) the root this process sees;
+    on v1 (as root) each hierarchy's root. Not root and none found: the rlimit fallback."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     """How code cases are judged (limits, checkers, rewards)."""
     math: MathCheckConfig = field(default_factory=lambda: MathCheckConfig(processes=1))
@@ -90,12 +94,14 @@ def make_worker_factory(config: EngineConfig) -> WorkerFactory:
         from rlfleet.sandbox.docker_backend import DockerWorkerFactory
 
         return DockerWorkerFactory()
-    from rlfleet.sandbox import cgroups
+    from rlfleet.sandbox import local_mode
     from rlfleet.sandbox.local_backend import LocalWorker, LocalWorkerConfig, worker_tag
 
-    hierarchy = cgroups.prepare(config.cgroup_parent)
     local = LocalWorkerConfig()
-    return lambda i: LocalWorker(worker_tag(i), hierarchy, local)
+    mode = local_mode.detect(config.cgroup_parent, local.python)
+    # Shown by default where runs are isolated otherwise than as root.
+    (log.warning if mode.rootless else log.info)("%s", mode.summary())
+    return lambda i: LocalWorker(worker_tag(i), mode, local)
 
 
 class Engine:

@@ -35,6 +35,9 @@ from rlfleet.sandbox.worker_handle import RunFacts, RunLimits, RunRequest
 RunFn = Callable[[RunRequest], Awaitable[RunFacts]]
 SYNTAX_ERROR_EXIT = 3  # the worker's syntax-check mode exits 3 on a SyntaxError
 MEMORY_ERROR_MARKERS = ("MemoryError", "std::bad_alloc")
+APPROX_MLE_SHARE = (1 << 20) * 3 // 4
+"""Bytes per MB of the memory limit a run's peak must reach for a failed run to count as
+MLE where memory is not measured exactly (3/4 of the limit)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -269,6 +272,11 @@ class Judge:
             # killer; the runtime reports it instead. Faking it gains nothing (still 0).
             tail = facts.stderr[-512:]
             if any(m.encode() in tail for m in MEMORY_ERROR_MARKERS):
+                return Verdict.MLE
+            if not facts.memory_exact and facts.peak_bytes >= limits.memory_mb * APPROX_MLE_SHARE:
+                # Without a cgroup nothing reports the limit hit: an allocation refused by
+                # RLIMIT_AS often ends in a crash (a null pointer written). A run that failed
+                # near its limit is taken as out of memory (docs/sandbox.md).
                 return Verdict.MLE
             return Verdict.RE
         if isinstance(test, CodeTest):

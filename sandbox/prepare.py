@@ -13,7 +13,7 @@ import docker.errors
 
 from rlfleet import deps
 from rlfleet.errors import CommandError
-from rlfleet.sandbox import cgroups
+from rlfleet.sandbox import cgroups, local_mode
 from rlfleet.sandbox.image import (
     LOCAL_BASE,
     SETUP_HINT,
@@ -85,36 +85,32 @@ def prepare_docker() -> int:
     return 0
 
 
-def _privileges() -> tuple[bool, str]:
-    if os.geteuid() == 0:
-        return True, "running as root"
+def _isolation(cgroup_parent: str) -> bool:
+    """The mode the local backend will use here and why (see ``local_mode``)."""
     try:
-        max_ns = int(Path("/proc/sys/user/max_user_namespaces").read_text())
-    except (OSError, ValueError):
-        max_ns = 0
-    clone = Path("/proc/sys/kernel/unprivileged_userns_clone")
-    allowed = max_ns > 0 and (not clone.exists() or clone.read_text().strip() != "0")
-    return allowed, "unprivileged user namespaces" + ("" if allowed else " (not root either)")
-
-
-def _cgroups() -> tuple[bool, str]:
-    try:
-        h = cgroups.prepare()  # as the backend will: read-only mounts in a container remounted
-    except cgroups.CgroupError as e:
-        return False, str(e)
-    unwritable = [str(p) for p in sorted(set(h.roots.values())) if not os.access(p, os.W_OK)]
+        mode = local_mode.detect(cgroup_parent)
+    except (cgroups.CgroupError, local_mode.LocalModeError) as e:
+        return _check(False, "isolation", str(e))
+    ok = _check(True, f"mode {mode.name}: {mode.why}")
+    h = mode.hierarchy
+    if h is None:
+        print(
+            "  note: no cgroups: memory and tasks are limited per process (rlimits), peak"
+            " memory and MLE are approximate (docs/sandbox.md, Rootless)",
+            flush=True,
+        )
+        return ok
+    unwritable = [str(p) for p in cgroups.unwritable(h)]
     controllers = ", ".join(h.roots) if h.version == 1 else "memory, pids, cpu"
+    where = ", ".join(sorted({str(r) for r in h.roots.values()}))
     if unwritable:
-        return False, f"cgroup v{h.version} not writable here: {', '.join(unwritable)}"
-    return True, f"cgroup v{h.version} ({controllers}) writable"
+        return _check(False, f"cgroup v{h.version} not writable here: {', '.join(unwritable)}")
+    return _check(True, f"cgroup v{h.version} ({controllers}) writable under {where}")
 
 
-def prepare_local() -> int:
+def prepare_local(cgroup_parent: str = "") -> int:
     print("local backend:")
-    ok, what = _privileges()
-    ok = _check(ok, what, "run as root, or enable user namespaces")
-    cg_ok, cg_what = _cgroups()
-    ok &= _check(cg_ok, "cgroups" if not cg_ok else cg_what, cg_what)
+    ok = _isolation(cgroup_parent)
     ok &= _check(
         os.access("/usr/bin/python3", os.X_OK), "/usr/bin/python3", "apt-get install python3"
     )
@@ -160,13 +156,13 @@ def prepare_math() -> int:
     )
 
 
-def prepare(backend: str) -> int:
+def prepare(backend: str, cgroup_parent: str = "") -> int:
     """`rlfleet sandbox prepare --backend B`: check (and for docker build) what the backend
     and the math checker need, printing each check; 0 when ready, else ``CommandError``."""
     if backend == "docker":
         status = prepare_docker()
     elif backend == "local":
-        status = prepare_local()
+        status = prepare_local(cgroup_parent)
     else:
         raise ValueError(f"unknown backend {backend!r}")
     if prepare_math() or status:

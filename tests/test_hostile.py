@@ -5,6 +5,7 @@ namespaces, so a broken sandbox cannot take the machine down with it."""
 from __future__ import annotations
 
 import os
+import pwd
 import socket
 import threading
 from collections.abc import Iterator
@@ -72,7 +73,9 @@ def listener() -> Iterator[tuple[int, list[object]]]:
 
 @pytest.fixture
 def host_secret_file() -> Iterator[Path]:
-    path = Path("/root/rlfleet-test-secret.txt")
+    # In the home of whoever runs the tests: root's, or (tests/test_rootless.py) that of
+    # the user the programs run as outside their namespaces, who may read it there.
+    path = Path(pwd.getpwuid(os.getuid()).pw_dir) / "rlfleet-test-secret.txt"
     path.write_text(SECRET)
     try:
         yield path
@@ -202,13 +205,16 @@ def test_daemonised_grandchild_is_killed(sandbox: Harness) -> None:
 
 
 def test_killing_the_parent(sandbox: Harness) -> None:
+    # (Rootless, the worker has the program's uid: signals reach it unless it has no
+    # handler for them, as PID 1 of the namespace.)
     code = (
         "import os, signal\n"
-        "for pid in (os.getppid(), 1, -1):\n"
-        "    try:\n"
-        "        os.kill(pid, signal.SIGKILL)\n"
-        "    except OSError:\n"
-        "        pass\n"
+        "for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGKILL):\n"
+        "    for pid in (os.getppid(), 1, -1):\n"
+        "        try:\n"
+        "            os.kill(pid, sig)\n"
+        "        except OSError:\n"
+        "            pass\n"
         "print('ok')\n"
     )
     r = sandbox.judge(py(code))
