@@ -28,6 +28,8 @@ from rlfleet.sandbox.worker_handle import BackendUnavailable, WorkerHandle
 LABEL = "io.rlfleet.sandbox"
 OWNER_LABEL = "io.rlfleet.owner"
 WORKER_PATH = "/opt/rlfleet/worker/zygote.py"
+GVISOR = "runsc"
+GVISOR_TASKS_PER_PID = 8
 CAPS = ["SYS_ADMIN", "SYS_CHROOT", "SETUID", "SETGID", "KILL", "CHOWN", "DAC_OVERRIDE", "FOWNER"]
 
 
@@ -45,6 +47,9 @@ class DockerConfig:
     """Size of each run's private /tmp."""
     extra_security_opt: tuple[str, ...] = field(default_factory=tuple)
     """More ``--security-opt`` values (e.g. a custom seccomp profile)."""
+    runtime: str = ""
+    """OCI runtime of the containers, as registered with the engine (``runsc``: gVisor);
+    empty: the engine's default (runc)."""
 
 
 def _owner() -> str:
@@ -95,6 +100,7 @@ class DockerWorker(WorkerHandle):
     def __init__(self, client: Any, index: int, config: DockerConfig, image: str) -> None:
         super().__init__()
         self._client = client
+        gvisor = config.runtime == GVISOR
         security_opt = list(config.extra_security_opt)
         if _apparmor_enabled():
             security_opt.append("apparmor=unconfined")
@@ -112,10 +118,15 @@ class DockerWorker(WorkerHandle):
             security_opt=security_opt,
             mem_limit=f"{config.memory_mb}m",
             memswap_limit=f"{config.memory_mb}m",
-            pids_limit=config.pids,
+            # Under gVisor the container's tasks are the runtime's own (its threads and a
+            # host process per guest address space), not the programs': those are capped
+            # by gVisor's pids cgroup per run. Capping the runtime at the programs' cap
+            # would crash the whole sandbox at the first fork past it.
+            pids_limit=config.pids * GVISOR_TASKS_PER_PID if gvisor else config.pids,
             nano_cpus=int(config.cpus * 1e9) if config.cpus else None,
             environment={},
             init=False,
+            runtime=config.runtime or None,
         )
         try:
             raw = self.container.attach_socket(
@@ -128,9 +139,9 @@ class DockerWorker(WorkerHandle):
             self._demux = _Demux(self._sock, wfd)
             self._demux.start()
             self.container.start()
-            self._handshake(
-                {"cgroup": cgroup_spec_in_container_for(client), "tmp_mb": config.tmp_mb}, 60.0
-            )
+            cgroup = cgroup_spec_in_container_for(client, config.runtime)
+            setup = {"cgroup": cgroup, "tmp_mb": config.tmp_mb, "gvisor": gvisor}
+            self._handshake(setup, 60.0)
         except BaseException:
             self.kill()
             raise
@@ -151,12 +162,20 @@ class DockerWorker(WorkerHandle):
             os.close(self._rfd)
 
 
-def cgroup_spec_in_container_for(client: Any) -> dict[str, Any]:
+def cgroup_spec_in_container_for(client: Any, runtime: str = "") -> dict[str, Any]:
     """Where the container's own cgroups appear inside it; the worker makes runs below.
 
     The engine's cgroup version decides. On v2 the container has its own cgroup namespace,
-    whose root is the container's cgroup; the worker moves itself to a leaf first.
+    whose root is the container's cgroup; the worker moves itself to a leaf first. Under
+    gVisor the cgroups are its own (v1 only, whatever the host's), mounted by the worker.
     """
+    if runtime == GVISOR:
+        return {
+            "version": 1,
+            "paths": {c: f"/sys/fs/cgroup/{c}" for c in ("memory", "pids", "cpuacct")},
+            "mount": True,
+            "memory_watch": True,
+        }
     version = str(client.info().get("CgroupVersion", "1"))
     if version == "2":
         return {"version": 2, "path": "/sys/fs/cgroup", "remount": True, "nested": True}

@@ -12,6 +12,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 from harness import CGROUP_PARENT_VAR, Harness, nobody_processes
 
 BACKENDS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
+# The docker backend under gVisor (--runtime runsc) runs these suites only: it is slower
+# per test, and the rest exercises nothing that differs under it.
+RUNSC_SUITES = {"test_hostile", "test_verdicts"}
+RUNSC = pytest.param("runsc", marks=pytest.mark.docker)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "sandbox" in metafunc.fixturenames:
+        suite = metafunc.module.__name__.rpartition(".")[2]
+        backends = [*BACKENDS, RUNSC] if suite in RUNSC_SUITES else BACKENDS
+        metafunc.parametrize("sandbox", backends, indirect=True, scope="module")
 
 
 @pytest.fixture(scope="session")
@@ -42,14 +53,14 @@ def local_backend_ready() -> None:
     assert mode.name == expected, mode.summary()
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module")
 def sandbox(request: pytest.FixtureRequest, local_backend_ready: None) -> Iterator[Harness]:
     h = Harness(request.param)
     try:
         yield h
     finally:
         h.close()
-    if request.param == "docker":
+    if request.param in ("docker", "runsc"):
         assert h.leftover_containers() == [], "sandbox containers left behind"
 
 

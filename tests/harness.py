@@ -47,10 +47,11 @@ class Harness:
         self.judge_impl = Judge(self.pool.run, judge or JudgeConfig())
 
     def _factory(self) -> WorkerFactory:
-        if self.backend == "docker":
-            from rlfleet.sandbox.docker_backend import DockerWorkerFactory
+        if self.backend in ("docker", "runsc"):
+            from rlfleet.sandbox.docker_backend import DockerConfig, DockerWorkerFactory
 
-            return DockerWorkerFactory()
+            runtime = "runsc" if self.backend == "runsc" else ""
+            return DockerWorkerFactory(DockerConfig(runtime=runtime))
         mode = self.mode
         assert mode is not None
 

@@ -31,16 +31,33 @@ from kernel import (
 )
 
 
-def build_root(tmp_mb):
-    """Enter private namespaces and pivot into a minimal read-only root with a tmpfs /tmp."""
+def _bind_readonly(source, target, gvisor):
+    if gvisor:
+        # gVisor (Debian's runsc) has neither recursive binds nor remounts: a bind takes
+        # its flags when it is made (and the container's root is read-only anyway).
+        mount(source, target, None, MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        return
+    mount(source, target, None, MS_BIND | MS_REC)
+    remount_read_only(target)
+
+
+def build_root(tmp_mb, gvisor=False):
+    """Enter private namespaces and pivot into a minimal read-only root with a tmpfs /tmp.
+
+    Under gVisor (`gvisor`), which has no mount propagation, pivot_root, MS_MOVE or
+    remounts, the root is entered with chroot and stays a writable tmpfs for the worker
+    (root); the program cannot write to it all the same (uid 65534, no capabilities, every
+    directory root's and 0755) nor chroot out of it (no CAP_SYS_CHROOT, seccomp, no fd
+    outside it).
+    """
     unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
-    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    if not gvisor:
+        mount(None, "/", None, MS_REC | MS_PRIVATE)
     # Build the new root on a tmpfs mounted over /tmp: only this mount namespace sees it.
     new = "/tmp"
     mount("rlfleet-root", new, "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=755")
     os.mkdir(f"{new}/usr")
-    mount("/usr", f"{new}/usr", None, MS_BIND | MS_REC)
-    remount_read_only(f"{new}/usr")
+    _bind_readonly("/usr", f"{new}/usr", gvisor)
     if os.path.isdir("/usr/local"):
         mount(
             "rlfleet-empty",
@@ -55,8 +72,7 @@ def build_root(tmp_mb):
             os.symlink(os.readlink(path), f"{new}/{name}")
         elif os.path.isdir(path):
             os.mkdir(f"{new}/{name}")
-            mount(path, f"{new}/{name}", None, MS_BIND | MS_REC)
-            remount_read_only(f"{new}/{name}")
+            _bind_readonly(path, f"{new}/{name}", gvisor)
     os.mkdir(f"{new}/etc")
     files = {
         "passwd": "root:x:0:0:root:/root:/bin/false\nnobody:x:65534:65534:nobody:/tmp:/bin/false\n",
@@ -85,6 +101,11 @@ def build_root(tmp_mb):
         os.symlink(f"/proc/self/fd/{i}", f"{new}/dev/{name}")
     os.mkdir(f"{new}/tmp")
     mount("rlfleet-tmp", f"{new}/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmp_mb}m,mode=1777")
+    if gvisor:
+        os.chroot(new)
+        os.chdir("/")
+        libc.sethostname(b"sandbox", 7)
+        return
     os.mkdir(f"{new}/.old")
     os.chdir(new)
     if libc.syscall(syscall_number("pivot_root"), b".", b".old") == 0:

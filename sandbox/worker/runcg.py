@@ -1,4 +1,10 @@
-"""Per-run cgroups, made and removed by the worker under a base it owns (v1 or v2)."""
+"""Per-run cgroups, made and removed by the worker under a base it owns (v1 or v2).
+
+Under gVisor (the docker backend with ``--runtime runsc``) the cgroups are gVisor's own
+cgroupfs, which the worker mounts itself. Its pids and cpuacct controllers work as on
+Linux, but its memory controller enforces no limit and its usage is the whole sandbox's:
+there the worker watches the run's memory instead (``memory_watch``, see zygote.py).
+"""
 
 import errno
 import os
@@ -27,6 +33,11 @@ class Cgroups:
             }
         self.run_name = "run"
         self.run_dirs = {}
+        # gVisor: no memory limit is enforced and usage is sandbox-wide; the worker reads
+        # it before each run (its own share) and while the run lives, and kills over it.
+        self.memory_watch = bool(spec.get("memory_watch"))
+        self.baseline = 0
+        self.watched_peak = 0
 
     def _write(self, dfd, name, value):
         fd = os.open(name, os.O_WRONLY, dir_fd=dfd)
@@ -50,6 +61,9 @@ class Cgroups:
         for ctl, base in self.dirs.items():
             os.mkdir(self.run_name, dir_fd=base)
             self.run_dirs[ctl] = os.open(self.run_name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=base)
+        if self.memory_watch:
+            self.baseline = self.memory_usage()
+            self.watched_peak = 0
         if self.version == 2:
             d = self.run_dirs["unified"]
             self._write(d, "memory.max", memory_bytes)
@@ -76,8 +90,23 @@ class Cgroups:
                 return int(parts[1])
         return 0
 
+    def memory_usage(self):
+        """gVisor: the whole sandbox's memory in use now (bytes)."""
+        return int(self._read(self.dirs["memory"], "memory.usage_in_bytes") or 0)
+
+    def watch_memory(self, limit):
+        """gVisor: sample the run's memory (usage above the worker's own); True when over
+        `limit`. Sampled, so its peak is a lower bound and a fast allocation can overshoot
+        between two samples (up to the container's cap, which gVisor's host cgroup holds)."""
+        used = max(0, self.memory_usage() - self.baseline)
+        self.watched_peak = max(self.watched_peak, used)
+        return used > limit
+
     def stats(self):
         """Peak memory (bytes), OOM kills, CPU time (s) of the run's cgroup."""
+        if self.memory_watch:
+            # OOM kills by the watch are counted by the worker, which made them.
+            return self.watched_peak, 0, self.cpu_s()
         if self.version == 2:
             d = self.run_dirs["unified"]
             peak = int(self._read(d, "memory.peak") or 0)
@@ -166,6 +195,7 @@ class NoCgroups:
     """
 
     exact = False
+    memory_watch = False
 
     def __init__(self):
         self._cpu_at_start = 0.0
@@ -218,11 +248,23 @@ def adopt_container_cgroups(spec):
     if spec is None:
         return
     paths = [spec["path"]] if spec["version"] == 2 else list(spec["paths"].values())
+    if spec.get("mount"):
+        _mount_v1(spec["paths"])
     if spec.get("remount"):
         for path in paths:
             mount(None, path, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     if spec.get("nested"):
         _make_root_delegable(spec["path"])
+
+
+def _mount_v1(paths):
+    """gVisor: nothing is mounted at /sys/fs/cgroup; mount each controller's hierarchy,
+    on a tmpfs over their common parent (sysfs is read-only)."""
+    parent = os.path.commonpath(list(paths.values()))
+    mount("cgroup-root", parent, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=755")
+    for ctl, path in paths.items():
+        os.makedirs(path, exist_ok=True)
+        mount("cgroup", path, "cgroup", MS_NOSUID | MS_NODEV | MS_NOEXEC, ctl)
 
 
 def _make_root_delegable(path):

@@ -29,6 +29,7 @@ reports whether the test code ran to its end (testrun.py).
 """
 
 import ctypes
+import errno
 import gc
 import os
 import select
@@ -96,7 +97,7 @@ class Worker:
         else:
             self.cgroups = Cgroups(config["cgroup"])
         self.cgroups.remove()
-        build_root(config["tmp_mb"])
+        build_root(config["tmp_mb"], gvisor=config.get("gvisor", False))
         # The filter is loaded here, once, and inherited by every run: loading it per run
         # costs more than the fork.
         bpf = build_seccomp_filter()
@@ -201,9 +202,19 @@ class Worker:
             os.close(ready_r)
             raise OSError("fork failed")
         cpu_budget = lim["cpu_s"] + 0.05
-        over_budget = (lambda: self.cgroups.cpu_s() > cpu_budget) if self.cgroups.exact else None
-        exited = _wait_pid(pid, lim["wall_s"], over_budget)
-        timed_out = not exited and time.monotonic() - t0 >= lim["wall_s"]
+        over = []
+        watch = self.cgroups.memory_watch
+
+        def over_budget():
+            if watch and self.cgroups.watch_memory(lim["memory_bytes"]):
+                over.append("memory")
+            elif self.cgroups.exact and self.cgroups.cpu_s() > cpu_budget:
+                over.append("cpu")
+            return bool(over)
+
+        checked = over_budget if watch or self.cgroups.exact else None
+        exited = _wait_pid(pid, lim["wall_s"], checked, max_step=0.01 if watch else 0.1)
+        timed_out = not exited and not over and time.monotonic() - t0 >= lim["wall_s"]
         if not exited:
             os.kill(pid, signal.SIGKILL)
         _, status, ru = os.wait4(pid, 0)
@@ -216,7 +227,11 @@ class Worker:
         status_bytes = _read_all(ready_r)
         os.close(ready_r)
         ready = status_bytes.startswith(b"R")
+        if watch:
+            self.cgroups.watch_memory(lim["memory_bytes"])  # a last sample
         peak, ooms, cpu = self.cgroups.stats()
+        if over == ["memory"]:
+            ooms += 1  # killed by the memory watch: what the kernel's OOM kill means
         clean = self.cgroups.remove() and clean
         if not self.cgroups.exact:
             # The largest process's resident peak; a Python run's counts the interpreter
@@ -229,7 +244,7 @@ class Worker:
             "peak_bytes": peak,
             "oom_kills": ooms,
             "wall_timeout": timed_out,
-            "cpu_timeout": not exited and not timed_out,
+            "cpu_timeout": over == ["cpu"],
             "clean": clean,
             "memory_exact": self.cgroups.exact,
             "exit_code": None,
@@ -272,28 +287,53 @@ def _read_all(fd):
     return data
 
 
-def _wait_pid(pid, timeout, over_budget=None):
+def _wait_pid(pid, timeout, over_budget=None, max_step=0.1):
     """Wait for pid to exit; False when `timeout` passed or `over_budget()` said so first.
 
-    Short runs are woken by the exit itself; longer ones are checked a few times a second.
+    Short runs are woken by the exit itself; longer ones are checked a few times a second
+    (up to every `max_step` s). Without pidfds (gVisor) the exit is polled for too.
     """
-    pidfd = os.pidfd_open(pid)
     try:
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
+        pidfd = os.pidfd_open(pid)
+    except OSError as e:
+        if e.errno != errno.ENOSYS:
+            raise
+        pidfd = -1
+    try:
+        if pidfd >= 0:
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+
+            def wait(seconds):
+                return bool(poller.poll(seconds * 1000))
+        else:
+
+            def wait(seconds):
+                end = time.monotonic() + seconds
+                step = 0.0005
+                while True:
+                    if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                        return True
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        return False
+                    time.sleep(min(step, left))
+                    step = min(step * 2, 0.005)
+
         deadline = time.monotonic() + timeout
-        step = 0.02
+        step = min(0.02, max_step)
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            if poller.poll(min(left, step) * 1000):
+            if wait(min(left, step)):
                 return True
             if over_budget is not None and over_budget():
                 return False
-            step = min(step * 2, 0.1)
+            step = min(step * 2, max_step)
     finally:
-        os.close(pidfd)
+        if pidfd >= 0:
+            os.close(pidfd)
 
 
 def become_pid1(channel_fds):
