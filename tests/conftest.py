@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import CGROUP_PARENT_VAR, Harness, nobody_processes
+from harness import CGROUP_PARENT_VAR, Harness, describe_processes, nobody_processes
 
 BACKENDS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
 # The docker backend under gVisor (--runtime runsc) runs these suites only: it is slower
@@ -72,4 +72,5 @@ def clean_after(sandbox: Harness) -> Iterator[Harness]:
     if sandbox.mode is None or not sandbox.mode.rootless:
         # (Rootless, runs keep their user's uid outside their namespace: run_procs is
         # the whole check, every process of a run being in its worker's PID namespace.)
-        assert nobody_processes() == [], "sandboxed processes left running"
+        left = nobody_processes()
+        assert left == [], f"sandboxed processes left running: {describe_processes(left)}"

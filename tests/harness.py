@@ -28,6 +28,7 @@ TEST_CAPS = cgroups.BaseLimits(memory_mb=1536, pids=256)
 NOBODY = 65534
 CGROUP_PARENT_VAR = "RLFLEET_TEST_CGROUP_PARENT"
 """The local backend's --cgroup-parent in tests (tests/test_rootless.py sets it)."""
+GVISOR_BINARY = "/usr/bin/runsc"
 
 
 class Harness:
@@ -138,19 +139,41 @@ def descendants(pid: int, children: dict[int, list[int]]) -> set[int]:
 
 
 def nobody_processes() -> list[int]:
-    """Processes on this machine running as the sandbox's uid (should be none between runs)."""
+    """Processes on this machine running as the sandbox's uid (should be none between runs).
+
+    gVisor's own processes (its kernel and the host processes it keeps to run programs'
+    address spaces in) run as that uid too; they are the runtime, not programs, and are left
+    out: what a program leaves under gVisor lives inside the worker's namespace there, where
+    the worker kills it in the run's cgroup as on Linux."""
     out = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             status = (entry / "status").read_text()
+            if os.readlink(entry / "exe") == GVISOR_BINARY:
+                continue
         except OSError:
             continue
         for line in status.splitlines():
             if line.startswith("Uid:") and int(line.split()[1]) == NOBODY:
                 out.append(int(entry.name))
     return out
+
+
+def describe_processes(pids: list[int]) -> str:
+    """pid, parent and command line of each (for failure messages)."""
+    out = []
+    for pid in pids:
+        try:
+            ppid = (Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split() or ["?", "?"])[1]
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
+            exe = os.readlink(f"/proc/{pid}/exe")
+        except OSError as e:
+            out.append(f"{pid} ({e.strerror})")
+            continue
+        out.append(f"{pid} (parent {ppid}, {exe}: {cmd!r})")
+    return "; ".join(out)
 
 
 def wait_for_sandboxed(timeout_s: float = 60.0, settle_s: float = 0.2) -> list[int]:

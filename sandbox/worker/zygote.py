@@ -115,6 +115,8 @@ class Worker:
         """Run one program. Blobs: [stdin] plus, for kind=exec with `files`, file contents,
         or, for a test-code run (mode=test), the test code."""
         lim = job["limits"]
+        if self.config.get("gvisor"):
+            lim["nproc"] = lim["pids"]
         stdin_fd = memfd("stdin", blobs[0] if blobs else b"")
         # A function-call run seals its stdout when the call fails (program.run_call).
         out_fd, err_fd = memfd("stdout", sealable=True), memfd("stderr")
