@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from rlfleet.errors import CommandError
 from rlfleet.sandbox.cgroups import CgroupError
+from rlfleet.sandbox.docker_backend import DockerConfig
 from rlfleet.sandbox.engine import EngineConfig, make_worker_factory
 from rlfleet.sandbox.judge import Judge
 from rlfleet.sandbox.records import CodeCase, StdioTest, Verdict
@@ -101,8 +102,10 @@ async def judge_runs(pool: WorkerPool, n: int) -> float:
     return n / elapsed
 
 
-async def bench_backend(backend: str, workers: int, n: int) -> dict[str, float]:
-    config = EngineConfig(backend=backend, pool=PoolConfig(workers=workers))
+async def bench_backend(backend: str, workers: int, n: int, runtime: str = "") -> dict[str, float]:
+    config = EngineConfig(
+        backend=backend, pool=PoolConfig(workers=workers), docker=DockerConfig(runtime=runtime)
+    )
     pool = WorkerPool(make_worker_factory(config), config.pool)
     await pool.start()
     try:
@@ -123,29 +126,40 @@ async def bench_backend(backend: str, workers: int, n: int) -> dict[str, float]:
 
 def print_table(rows: dict[str, dict[str, float]]) -> None:
     print(
-        f"{'backend':8} {'ms/test':>9} {'bare ms':>9} {'ratio':>7} {'tests/s':>9} "
+        f"{'backend':12} {'ms/test':>9} {'bare ms':>9} {'ratio':>7} {'tests/s':>9} "
         f"{'bare/s':>8} {'judged/s':>9}"
     )
     for name, r in rows.items():
         print(
-            f"{name:8} {r['per_test_ms']:9.2f} {r['bare_per_test_ms']:9.2f} {r['ratio']:7.2f} "
+            f"{name:12} {r['per_test_ms']:9.2f} {r['bare_per_test_ms']:9.2f} {r['ratio']:7.2f} "
             f"{r['tests_per_s']:9.1f} {r['bare_tests_per_s']:8.1f} {r['judge_cases_per_s']:9.1f}"
         )
 
 
 async def run_sandbox_bench(
-    backends: Sequence[str], workers: int, tests: int, math_pairs: int | None
+    backends: Sequence[str],
+    workers: int,
+    tests: int,
+    math_pairs: int | None,
+    runtimes: Sequence[str] = ("runc",),
 ) -> int:
-    """Print the sandbox figures of each backend, then the math checker's (``math_pairs``
-    pairs of its corpus; None: all; 0: skip)."""
+    """Print the sandbox figures of each backend (the docker backend once per OCI runtime
+    in ``runtimes``: ``docker`` under runc, ``docker/runsc`` under gVisor), then the math
+    checker's (``math_pairs`` pairs of its corpus; None: all; 0: skip)."""
     rows: dict[str, dict[str, float]] = {}
-    for backend in backends:
+    runs = [
+        (backend, runtime)
+        for backend in backends
+        for runtime in (runtimes if backend == "docker" else ("",))
+    ]
+    for backend, runtime in runs:
+        name = f"{backend}/{runtime}" if runtime and runtime != "runc" else backend
         print(
-            f"rlfleet bench sandbox: {backend} backend, {workers} workers, {tests} tests ...",
+            f"rlfleet bench sandbox: {name} backend, {workers} workers, {tests} tests ...",
             file=sys.stderr,
         )
         try:
-            rows[backend] = await bench_backend(backend, workers, tests)
+            rows[name] = await bench_backend(backend, workers, tests, runtime)
         except BackendUnavailable as e:
             raise CommandError(str(e)) from e  # (it names the backend and what to do)
         except (WorkerError, CgroupError) as e:

@@ -112,6 +112,13 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
         "--workers", type=_positive_int, default=2, help="programs run at once (default: 2)"
     )
     p.add_argument(
+        "--runtime",
+        choices=("runc", "runsc"),
+        default=None,
+        help="docker backend: the containers' OCI runtime (default: the engine's; runsc: "
+        "gVisor, a second wall, slower per test: docs/sandbox.md)",
+    )
+    p.add_argument(
         "--cgroup-parent",
         default="",
         metavar="PATH",
@@ -206,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     bsand = _command(bench_sub, "sandbox", _bench_sandbox, "sandbox and math-checker throughput")
     bsand.add_argument(
         "--backends", default="local,docker", help="comma-separated (default: local,docker)"
+    )
+    bsand.add_argument(
+        "--runtimes",
+        default="runc",
+        help="docker backend: comma-separated OCI runtimes, each measured in the same run "
+        "(default: runc; runc,runsc: gVisor against runc)",
     )
     bsand.add_argument("--workers", type=_positive_int, default=2)
     bsand.add_argument(
@@ -540,14 +553,18 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 
 
 def _engine_config(args: argparse.Namespace) -> EngineConfig:
+    from rlfleet.sandbox.docker_backend import DockerConfig
     from rlfleet.sandbox.engine import EngineConfig
     from rlfleet.sandbox.judge import JudgeConfig
     from rlfleet.sandbox.mathcheck import MathCheckConfig
     from rlfleet.sandbox.worker_pool import PoolConfig
 
+    if args.runtime and args.backend != "docker":
+        raise UsageError(f"--runtime: only the docker backend has one (--backend {args.backend})")
     return EngineConfig(
         backend=args.backend,
         pool=PoolConfig(workers=args.workers),
+        docker=DockerConfig(runtime=args.runtime or ""),
         cgroup_parent=args.cgroup_parent,
         judge=JudgeConfig(partial_reward=args.partial_reward),
         math=MathCheckConfig(processes=1, extraction=args.math_extraction),
@@ -623,7 +640,13 @@ def _bench_sandbox(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--backends: unknown {', '.join(unknown) or 'none given'} (one of local, docker)"
         )
-    return _run(run_sandbox_bench(backends, args.workers, args.tests, args.math))
+    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    odd = [r for r in runtimes if r not in ("runc", "runsc")]
+    if odd or not runtimes:
+        raise UsageError(
+            f"--runtimes: unknown {', '.join(odd) or 'none given'} (one of runc, runsc)"
+        )
+    return _run(run_sandbox_bench(backends, args.workers, args.tests, args.math, runtimes))
 
 
 def _bench_rollout(args: argparse.Namespace) -> int:

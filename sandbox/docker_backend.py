@@ -29,6 +29,7 @@ LABEL = "io.rlfleet.sandbox"
 OWNER_LABEL = "io.rlfleet.owner"
 WORKER_PATH = "/opt/rlfleet/worker/zygote.py"
 GVISOR = "runsc"
+RUNTIMES = ("", "runc", GVISOR)
 GVISOR_TASKS_PER_PID = 8
 CAPS = ["SYS_ADMIN", "SYS_CHROOT", "SETUID", "SETGID", "KILL", "CHOWN", "DAC_OVERRIDE", "FOWNER"]
 
@@ -48,8 +49,13 @@ class DockerConfig:
     extra_security_opt: tuple[str, ...] = field(default_factory=tuple)
     """More ``--security-opt`` values (e.g. a custom seccomp profile)."""
     runtime: str = ""
-    """OCI runtime of the containers, as registered with the engine (``runsc``: gVisor);
-    empty: the engine's default (runc)."""
+    """OCI runtime of the containers, as registered with the engine: ``runc`` or ``runsc``
+    (gVisor: a second wall around the worker's, docs/sandbox.md); empty: the engine's
+    default."""
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime: unknown {self.runtime!r} (one of runc, runsc)")
 
 
 def _owner() -> str:
@@ -223,6 +229,15 @@ class DockerWorkerFactory:
                 f"docker backend: no Docker engine answers ({e}); start one, or run "
                 "deploy/host/setup.sh"
             ) from e
+        runtime = self.config.runtime
+        if runtime:
+            registered = sorted(self._client.info().get("Runtimes", {}))
+            if runtime not in registered:
+                raise BackendUnavailable(
+                    f"docker backend: the engine has no runtime {runtime!r} (it has "
+                    f"{', '.join(registered) or 'none'}); deploy/host/setup.sh installs and "
+                    "registers runsc"
+                )
         self.image = self.config.image or image_tag()
         try:
             self._client.images.get(self.image)

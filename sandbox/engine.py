@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from rlfleet.sandbox.docker_backend import DockerConfig
 from rlfleet.sandbox.judge import Judge, JudgeConfig
 from rlfleet.sandbox.mathcheck import AlgebraFault, MathCheckConfig, MathChecker
 from rlfleet.sandbox.records import Case, CaseResult, CodeCase, MathCase, Verdict
@@ -33,6 +34,8 @@ class EngineConfig:
     """Where programs run: ``local`` (namespaces on this host) or ``docker`` (containers)."""
     pool: PoolConfig = field(default_factory=PoolConfig)
     """Sandbox workers: how many programs run at once, and when a worker is replaced."""
+    docker: DockerConfig = field(default_factory=DockerConfig)
+    """docker backend: its containers (image, caps, OCI runtime: ``runsc`` for gVisor)."""
     cgroup_parent: str = ""
     """local backend: the cgroup its cgroups go under, relative to the hierarchy's root
     (on v1 the same path in each controller's); empty: on v2 this process's own cgroup
@@ -46,6 +49,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend: unknown {self.backend!r} (one of {', '.join(BACKENDS)})")
+        if self.docker.runtime and self.backend != "docker":
+            raise ValueError(f"docker.runtime: only the docker backend has one, not {self.backend}")
 
     @property
     def workers(self) -> int:
@@ -93,7 +98,7 @@ def make_worker_factory(config: EngineConfig) -> WorkerFactory:
     if config.backend == "docker":
         from rlfleet.sandbox.docker_backend import DockerWorkerFactory
 
-        return DockerWorkerFactory()
+        return DockerWorkerFactory(config.docker)
     from rlfleet.sandbox import local_mode
     from rlfleet.sandbox.local_backend import LocalWorker, LocalWorkerConfig, worker_tag
 

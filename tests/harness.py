@@ -166,7 +166,9 @@ def describe_processes(pids: list[int]) -> str:
     out = []
     for pid in pids:
         try:
-            ppid = (Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split() or ["?", "?"])[1]
+            ppid = (Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split() or ["?", "?"])[
+                1
+            ]
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
             exe = os.readlink(f"/proc/{pid}/exe")
         except OSError as e:

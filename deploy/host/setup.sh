@@ -3,6 +3,9 @@
 #   1. system packages (Debian's Docker engine and docker-compose, debootstrap, g++,
 #      libseccomp2, prometheus),
 #   2. a running Docker engine (Debian's dockerd, started in the background if none answers),
+#      with gVisor's runsc registered as the runtime `runsc` (the docker backend's
+#      `--runtime runsc`) in /etc/docker/daemon.json, which a running engine re-reads on
+#      SIGHUP (a reload, not a restart: other users' containers keep running),
 #   3. the base image rlfleet/bookworm-base:local, debootstrapped from apt's own mirror
 #      (no image registry needed),
 #   4. the sandbox image rlfleet/sandbox:<content hash>, built FROM that base,
@@ -28,7 +31,8 @@ STATE_DIR=${RLFLEET_STATE_DIR:-$REPO/.state}
 mkdir -p "$STATE_DIR"
 BASE_IMAGE=rlfleet/bookworm-base:local
 DOCKERD=/usr/sbin/dockerd
-PACKAGES=(docker.io containerd runc iptables debootstrap prometheus docker-compose g++ libseccomp2 openssl)
+PACKAGES=(docker.io containerd runc runsc iptables debootstrap prometheus docker-compose g++ libseccomp2 openssl)
+DAEMON_JSON=/etc/docker/daemon.json
 
 # --- 1. packages ---------------------------------------------------------------------------
 missing=()
@@ -49,6 +53,31 @@ fi
 # Debian's docker.io dockerd, named by absolute path.
 dpkg-query -S "$DOCKERD" 2>/dev/null | grep -q '^docker.io:' || die "$DOCKERD is not docker.io's"
 engine_up() { timeout 10 docker info >/dev/null 2>&1; }
+runsc_registered() {
+  timeout 10 docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runsc"'
+}
+# runsc with its network stack off: the sandbox has no network, and gVisor then needs no
+# network namespace of its own from the host. Other keys of an existing file are kept.
+changed=$(/usr/bin/python3 -I - "$DAEMON_JSON" <<'PY'
+import json, os, sys
+path = sys.argv[1]
+config = {}
+if os.path.exists(path):
+    with open(path) as f:
+        config = json.load(f)
+want = {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}
+if config.get("runtimes", {}).get("runsc") == want:
+    print("no")
+else:
+    config.setdefault("runtimes", {})["runsc"] = want
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(config, f, indent=2)
+    os.replace(path + ".tmp", path)
+    print("yes")
+PY
+) || die "cannot update $DAEMON_JSON"
+[ "$changed" = no ] || log "registered runsc in $DAEMON_JSON"
 if engine_up; then
   log "Docker engine answers"
 else
@@ -80,6 +109,20 @@ else
   done
   log "Docker engine up (pid $pid)"
 fi
+if ! runsc_registered; then
+  # A running engine re-reads daemon.json's runtimes on SIGHUP: no restart.
+  pid=$(cat "$STATE_DIR/dockerd.pid" 2>/dev/null || true)
+  if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then pid=$(pgrep -x -o dockerd || true); fi
+  [ -n "$pid" ] || die "the Docker engine answers but lacks runsc, and no local dockerd to reload"
+  log "reloading dockerd (pid $pid) for the runsc runtime"
+  kill -HUP "$pid"
+  deadline=$((SECONDS + 10))
+  until runsc_registered; do
+    [ $SECONDS -lt $deadline ] || die "dockerd did not register runsc; check $DAEMON_JSON"
+    sleep 0.2
+  done
+fi
+log "runtimes: $(docker info --format '{{range $k, $v := .Runtimes}}{{$k}} {{end}}' 2>/dev/null)"
 
 # --- 3. the base image, without a registry ---------------------------------------------------
 if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
