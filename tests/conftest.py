@@ -57,6 +57,8 @@ def local_backend_ready() -> None:
 def sandbox(request: pytest.FixtureRequest, local_backend_ready: None) -> Iterator[Harness]:
     h = Harness(request.param)
     try:
+        if request.param == "runsc":
+            assert h.container_runtimes() == {"runsc"}, "the runsc suite runs under another runtime"
         yield h
     finally:
         h.close()

@@ -106,6 +106,14 @@ class Harness:
 
         return [c.name for c in own_containers(docker.from_env())]
 
+    def container_runtimes(self) -> set[str]:
+        """The OCI runtimes this process's sandbox containers run under."""
+        import docker
+
+        from rlfleet.sandbox.docker_backend import own_containers
+
+        return {c.attrs["HostConfig"]["Runtime"] for c in own_containers(docker.from_env())}
+
     def close(self) -> None:
         self.call(self.pool.close())
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -71,6 +71,12 @@ FAILURES = {
         "verify {cases} --workers two", "rlfleet verify:", 2, "not a whole number"
     ),
     "verify bad backend": Failure("verify {cases} --backend vm", "rlfleet verify:", 2, "--backend"),
+    "verify runtime without docker": Failure(
+        "verify {cases} --runtime runsc", "rlfleet verify:", 2, "--runtime: only the docker"
+    ),
+    "verify unknown runtime": Failure(
+        "verify {cases} --backend docker --runtime kata", "rlfleet verify:", 2, "--runtime"
+    ),
     "verify bad server list": Failure(
         "verify {cases} --server a,b", "rlfleet verify:", 2, "--server"
     ),
@@ -160,6 +166,12 @@ FAILURES = {
     "bench without target": Failure("bench", "rlfleet bench:", 2, "required: TARGET"),
     "bench bogus backend": Failure(
         "bench sandbox --backends bogus", "rlfleet bench sandbox:", 2, "unknown bogus"
+    ),
+    "bench bogus runtime": Failure(
+        "bench sandbox --runtimes runc,kata",
+        "rlfleet bench sandbox:",
+        2,
+        "--runtimes: unknown kata",
     ),
     "bench bad math": Failure(
         "bench sandbox --math -1", "rlfleet bench sandbox:", 2, "--math: must be >= 0"
