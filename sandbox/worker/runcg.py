@@ -153,7 +153,8 @@ class Cgroups:
                 except FileNotFoundError:
                     break
                 except OSError as e:
-                    if e.errno != errno.EBUSY:
+                    # A cgroup that still holds tasks: EBUSY, or ENOTEMPTY under gVisor.
+                    if e.errno not in (errno.EBUSY, errno.ENOTEMPTY):
                         raise
                     if attempt == 0:
                         clean = False
