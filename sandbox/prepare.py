@@ -72,6 +72,13 @@ def prepare_docker() -> int:
         _check(False, "a Docker engine answering", f"{e}; start one with {SETUP_HINT}")
         return 1
     _check(True, f"Docker engine {version.get('Version', '?')} (API {version.get('ApiVersion')})")
+    runtimes = sorted(client.info().get("Runtimes", {}))
+    if "runsc" not in runtimes:
+        # Optional: only `--runtime runsc` (gVisor) needs it.
+        print(
+            f"  note: runtimes {', '.join(runtimes) or 'none'}; --runtime runsc needs gVisor's "
+            f"runsc registered with the engine ({SETUP_HINT} does it)"
+        )
     engine = SdkEngine(client)
     if not engine.has_image(image_tag()) and pick_base(engine) is None:
         print(f"  note: neither {STANDARD_BASE} nor {LOCAL_BASE} is here; trying a pull")
