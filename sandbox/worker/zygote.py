@@ -116,6 +116,8 @@ class Worker:
         or, for a test-code run (mode=test), the test code."""
         lim = job["limits"]
         if self.config.get("gvisor"):
+            # gVisor's pids cgroup lets a fork bomb past pids.max; RLIMIT_NPROC holds it,
+            # counted in gVisor's own kernel, where only this run has the uid.
             lim["nproc"] = lim["pids"]
         stdin_fd = memfd("stdin", blobs[0] if blobs else b"")
         # A function-call run seals its stdout when the call fails (program.run_call).
