@@ -14,6 +14,7 @@ from kernel import (
     MS_BIND,
     MS_MOVE,
     MS_NODEV,
+    MS_NOEXEC,
     MS_NOSUID,
     MS_PRIVATE,
     MS_RDONLY,
@@ -51,10 +52,7 @@ def build_root(tmp_mb):
             os.symlink(os.readlink(path), f"{new}/{name}")
         elif os.path.isdir(path):
             os.mkdir(f"{new}/{name}")
-            mount(path, f"{new}/{name}", None, MS_BIND | MS_REC)
-            mount(
-                None, f"{new}/{name}", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
-            )
+            _bind_read_only(path, f"{new}/{name}")
     os.mkdir(f"{new}/etc")
     files = {
         "passwd": "root:x:0:0:root:/root:/bin/false\nnobody:x:65534:65534:nobody:/tmp:/bin/false\n",
@@ -68,6 +66,11 @@ def build_root(tmp_mb):
     for name in ("ld.so.cache", "ld.so.conf", "localtime"):
         if os.path.isfile(f"/etc/{name}"):
             shutil.copyfile(f"/etc/{name}", f"{new}/etc/{name}")
+    # The JDK's configuration (Debian keeps it in /etc/java-NN-openjdk, linked from the JDK).
+    for name in sorted(os.listdir("/etc")):
+        if name.startswith("java-") and os.path.isdir(f"/etc/{name}"):
+            os.mkdir(f"{new}/etc/{name}")
+            _bind_read_only(f"/etc/{name}", f"{new}/etc/{name}")
     if os.path.isdir("/etc/alternatives"):
         os.mkdir(f"{new}/etc/alternatives")
         for name in os.listdir("/etc/alternatives"):
@@ -78,6 +81,7 @@ def build_root(tmp_mb):
     for name in ("null", "zero", "full", "random", "urandom"):
         open(f"{new}/dev/{name}", "w").close()
         mount(f"/dev/{name}", f"{new}/dev/{name}", None, MS_BIND)
+    _mount_proc(f"{new}/proc")
     os.symlink("/proc/self/fd", f"{new}/dev/fd")
     for i, name in enumerate(("stdin", "stdout", "stderr")):
         os.symlink(f"/proc/self/fd/{i}", f"{new}/dev/{name}")
@@ -100,6 +104,29 @@ def build_root(tmp_mb):
         _check(-1, "pivot_root")
     mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     libc.sethostname(b"sandbox", 7)
+
+
+def _bind_read_only(source, target):
+    mount(source, target, None, MS_BIND | MS_REC)
+    mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _mount_proc(target):
+    """A /proc of the worker's PID namespace holding only process directories
+    (``subset=pid``: no /proc/sys, meminfo, kcore...), each visible only to its own uid
+    (``hidepid=invisible``): a run sees its own processes and nothing of the worker's.
+
+    Toolchains find their own files through /proc/self/exe (rustc, the JDK's $ORIGIN).
+    Kernels before 5.8 know neither option: the sandbox then has no /proc at all.
+    """
+    os.mkdir(target)
+    try:
+        mount(
+            "proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible,subset=pid"
+        )
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
 
 
 def wipe_tmp():
