@@ -59,6 +59,10 @@ class Language:
     """What the runtime writes at the end of stderr when it refuses an allocation (MLE)."""
     names: Callable[[str], Mapping[str, str]] | None = None
     """Template values read from the source (raises ``SourceError``)."""
+    packages: tuple[str, ...] = ()
+    """The Debian packages its toolchain comes from (deploy/host/setup.sh, the image)."""
+    probe: str = ""
+    """A program that prints its first input line back: ``rlfleet sandbox prepare`` runs it."""
     compile_time_s: float = 20.0
     """Wall-time limit for compiling (CPU limit is the same)."""
     compile_memory_mb: int = 1024
@@ -134,6 +138,8 @@ def java_names(code: str) -> dict[str, str]:
 LANGUAGES: dict[str, Language] = {
     "python": Language(
         name="python",
+        packages=("python3",),
+        probe=("print(input())\n"),
         in_process_python=True,
         memory_errors=("MemoryError",),
         supports_call=True,
@@ -141,6 +147,11 @@ LANGUAGES: dict[str, Language] = {
     ),
     "cpp": Language(
         name="cpp",
+        packages=("g++",),
+        probe=(
+            "#include <iostream>\n#include <string>\nint main() { std::string s;"
+            " std::getline(std::cin, s); std::cout << s << std::endl; }\n"
+        ),
         source_path="/tmp/main.cpp",
         compile_argv=(
             "/usr/bin/g++",
@@ -158,6 +169,11 @@ LANGUAGES: dict[str, Language] = {
     ),
     "java": Language(
         name="java",
+        packages=("default-jdk-headless",),
+        probe=(
+            "public class Main { public static void main(String[] a) {"
+            " System.out.println(new java.util.Scanner(System.in).nextLine()); } }\n"
+        ),
         source_path="/tmp/{file}.java",
         # javac leaves a class file per class: one jar carries them all to the tests.
         compile_argv=(
@@ -189,6 +205,8 @@ LANGUAGES: dict[str, Language] = {
     ),
     "javascript": Language(
         name="javascript",
+        packages=("nodejs",),
+        probe=("console.log(require('fs').readFileSync(0, 'utf8').split('\\n')[0]);\n"),
         source_path="/tmp/main.js",
         # No compiler: a syntax check (CE), and the checked source is the artifact.
         compile_argv=("/usr/bin/node", "--check", "/tmp/main.js"),
@@ -205,6 +223,11 @@ LANGUAGES: dict[str, Language] = {
     ),
     "go": Language(
         name="go",
+        packages=("golang-go",),
+        probe=(
+            'package main\nimport ("bufio"; "fmt"; "os")\n'
+            "func main() { s := bufio.NewScanner(os.Stdin); s.Scan(); fmt.Println(s.Text()) }\n"
+        ),
         source_path="/tmp/main.go",
         compile_argv=("/usr/bin/go", "build", "-p", "2", "-o", "/tmp/main", "/tmp/main.go"),
         compile_env=(*GO_ENV, ("GO111MODULE", "off")),
@@ -218,6 +241,11 @@ LANGUAGES: dict[str, Language] = {
     ),
     "rust": Language(
         name="rust",
+        packages=("rustc",),
+        probe=(
+            "fn main() { let mut s = String::new(); std::io::stdin().read_line(&mut s).unwrap();"
+            ' print!("{}", s); }\n'
+        ),
         source_path="/tmp/main.rs",
         compile_argv=(
             "/usr/bin/rustc",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Provision this host (Debian bookworm, as root) for rlfleet's tests and docker backend:
-#   1. system packages (Debian's Docker engine and docker-compose, debootstrap, g++,
-#      libseccomp2, prometheus),
+#   1. system packages (Debian's Docker engine and docker-compose, debootstrap, libseccomp2,
+#      prometheus, the toolchains: g++, the JDK, Node, Go, Rust),
 #   2. a running Docker engine (Debian's dockerd, started in the background if none answers),
 #   3. the base image rlfleet/bookworm-base:local, debootstrapped from apt's own mirror
 #      (no image registry needed),
@@ -26,7 +26,10 @@ STATE_DIR=${RLFLEET_STATE_DIR:-$REPO/.state}
 mkdir -p "$STATE_DIR"
 BASE_IMAGE=rlfleet/bookworm-base:local
 DOCKERD=/usr/sbin/dockerd
-PACKAGES=(docker.io containerd runc iptables debootstrap prometheus docker-compose g++ libseccomp2 openssl)
+# Toolchains of the languages the local backend runs (the docker backend's image has its own).
+LANGUAGE_PACKAGES=(g++ default-jdk-headless nodejs golang-go rustc)
+PACKAGES=(docker.io containerd runc iptables debootstrap prometheus docker-compose libseccomp2 openssl
+  "${LANGUAGE_PACKAGES[@]}")
 
 # --- 1. packages ---------------------------------------------------------------------------
 missing=()
