@@ -192,6 +192,7 @@ LANGUAGES: dict[str, Language] = {
         run_argv=(
             f"{JAVA_HOME}/bin/java",
             "-XX:+UseSerialGC",
+            "-XX:CICompilerCount=2",
             "-XX:-UsePerfData",
             "-Xss64m",
             "-Xmx{heap_mb}m",
@@ -199,7 +200,13 @@ LANGUAGES: dict[str, Language] = {
             "/tmp/main.jar",
         ),
         runtime_mb=48,
-        memory_errors=("java.lang.OutOfMemoryError",),
+        # Not "unable to create native thread": that is the pids limit, not memory.
+        memory_errors=(
+            "java.lang.OutOfMemoryError: Java heap space",
+            "java.lang.OutOfMemoryError: Requested array size exceeds VM limit",
+            "java.lang.OutOfMemoryError: GC overhead limit exceeded",
+            "java.lang.OutOfMemoryError: Metaspace",
+        ),
         names=java_names,
         compile_memory_mb=1536,
     ),

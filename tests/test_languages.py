@@ -236,3 +236,15 @@ def test_host_file_and_env(
 def test_output_flood(sandbox: Harness, language: str) -> None:
     r = sandbox.judge(case(language, OUTPUT_FLOOD[language]))
     assert r.verdict is Verdict.OLE, r
+
+
+def test_java_thread_bomb_is_not_memory(sandbox: Harness) -> None:
+    # The JVM reports a thread it cannot start (the pids limit) as an OutOfMemoryError.
+    code = java(
+        "while (true) { Thread t = new Thread(() -> { try { Thread.sleep(60000); }"
+        " catch (InterruptedException e) { } }); t.setDaemon(true); t.start(); }"
+    )
+    r = sandbox.judge(case("java", code))
+    assert r.verdict is Verdict.RE, r
+    assert "unable to create native thread" in r.message, r.message
+    assert_pool_works(sandbox)
