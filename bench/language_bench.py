@@ -4,8 +4,9 @@ sandbox and run bare, in the same run.
 Each language's program reads a number and prints it plus one. It is built once, in the
 sandbox, as a submission is; then its artifact runs ``n`` times through the worker pool
 (place the artifact, fork, isolate, exec, judge-side limits) and ``n`` times as a bare
-subprocess of this process, with the same command, flags and environment, from a
-temporary directory. Both at the same parallelism.
+subprocess, with the same command, flags and environment, from a temporary directory:
+on this host for the local backend, in a plain container of the sandbox image (its own
+runtimes, no worker, no sandbox) for the docker backend. Both at the same parallelism.
 """
 
 from __future__ import annotations
@@ -148,14 +149,90 @@ def bare_runs(
             return (time.perf_counter() - t0) * parallel / n * 1e3, sum(cpu) / n * 1e3
 
 
-async def bench_languages(pool: WorkerPool, n: int, parallel: int) -> dict[str, LanguageTiming]:
+# Run inside a plain container of the sandbox image (no worker, no sandbox): the bare
+# baseline of the docker backend, with the image's own runtimes. Stdlib only. argv[1]: a
+# JSON header; the artifact waits in /tmp/bare/.
+IN_IMAGE = """
+import json, os, subprocess, sys, time
+from concurrent.futures import ThreadPoolExecutor
+h = json.loads(sys.argv[1])
+env = dict(h["env"], HOME="/tmp/bare", TMPDIR="/tmp/bare")
+def one(i):
+    p = subprocess.Popen(h["argv"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, cwd="/tmp/bare", env=env)
+    p.stdin.write(b"%d\\n" % i)
+    p.stdin.close()
+    out = p.stdout.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    p.stdout.close()
+    if out != b"%d\\n" % (i + 1):
+        raise SystemExit("run %d printed %r" % (i, out[:200]))
+    return usage.ru_utime + usage.ru_stime
+with ThreadPoolExecutor(h["parallel"]) as ex:
+    list(ex.map(one, range(h["parallel"])))
+    t0 = time.perf_counter()
+    cpu = list(ex.map(one, range(h["n"])))
+    wall = time.perf_counter() - t0
+print(json.dumps([wall * h["parallel"] / h["n"] * 1e3, sum(cpu) / h["n"] * 1e3]))
+"""
+
+
+def bare_runs_in_image(
+    lang: Language, command: Command, artifact: bytes, n: int, parallel: int
+) -> tuple[float, float]:
+    """Per-test wall and CPU ms of n bare runs in a plain container of the sandbox image."""
+    import io
+    import json
+    import tarfile
+
+    import docker
+
+    from rlfleet.sandbox.image import image_tag
+
+    client = docker.from_env(timeout=600)
+    argv = [a.replace("/tmp/", "/tmp/bare/") for a in command.argv]
+    header = {"argv": argv, "env": {**BARE_ENV, **dict(command.env)}, "n": n, "parallel": parallel}
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        folder = tarfile.TarInfo("bare")
+        folder.type, folder.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(folder)
+        info = tarfile.TarInfo(f"bare/{os.path.basename(lang.artifact_path)}")
+        info.size, info.mode = len(artifact), 0o755
+        tar.addfile(info, io.BytesIO(artifact))
+    container = client.containers.create(
+        image_tag(),
+        ["/usr/bin/python3", "-I", "-c", IN_IMAGE, json.dumps(header)],
+        network_mode="none",
+        labels={"io.rlfleet.bench": "bare"},
+    )
+    try:
+        container.put_archive("/tmp", archive.getvalue())
+        container.start()
+        status = container.wait(timeout=600)
+        out = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
+        if status.get("StatusCode") != 0:
+            raise RuntimeError(f"bench: bare {lang.name} runs in the image failed: {out[-500:]}")
+        wall, cpu = json.loads(out.strip().splitlines()[-1])
+        return float(wall), float(cpu)
+    finally:
+        container.remove(force=True)
+
+
+async def bench_languages(
+    pool: WorkerPool, n: int, parallel: int, in_image: bool = False
+) -> dict[str, LanguageTiming]:
+    """Each language's figures; ``in_image``: the bare runs in a container of the sandbox
+    image (the docker backend's baseline), else on this host."""
+    bare_fn = bare_runs_in_image if in_image else bare_runs
     rows = {}
     for name, code in PROGRAMS.items():
         lang = LANGUAGES[name]
         artifact, compile_s = await build(pool, lang, code)
         command = lang.run_command(code, LIMITS.memory_mb)
         ours, cpu = await sandbox_runs(pool, lang, command, artifact, n, parallel)
-        bare, bare_cpu = await asyncio.to_thread(bare_runs, lang, command, artifact, n, parallel)
+        bare, bare_cpu = await asyncio.to_thread(bare_fn, lang, command, artifact, n, parallel)
         rows[name] = LanguageTiming(
             compile_s=compile_s,
             per_test_ms=ours,
@@ -171,7 +248,7 @@ async def bench_backend_languages(backend: str, workers: int, n: int) -> dict[st
     pool = WorkerPool(make_worker_factory(config), config.pool)
     await pool.start()
     try:
-        return await bench_languages(pool, n, workers)
+        return await bench_languages(pool, n, workers, in_image=backend == "docker")
     finally:
         await pool.close()
 

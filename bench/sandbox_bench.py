@@ -166,8 +166,8 @@ async def run_sandbox_bench(
         print(
             f"# languages: a program that reads a number and prints it plus one, "
             f"{language_tests} runs at parallelism {workers}; bare = the same artifact and "
-            "command as a plain subprocess here (same run; the docker backend's artifact, "
-            "run bare with this host's runtimes)"
+            "command as a plain subprocess, on this host (local) or in a plain container of "
+            "the sandbox image (docker), in the same run"
         )
         for backend in backends:
             print(f"rlfleet bench sandbox: {backend} backend, languages ...", file=sys.stderr)
