@@ -55,24 +55,24 @@ MEMORY_BOMB = {
     ),
     "rust": "fn main() { let mut v = Vec::new(); loop { v.push(vec![1u8; 1 << 20]); } }\n",
 }
-# 30 MiB kept and 1.5 GiB of garbage in 4 MiB blocks, under a 96 MiB limit: a runtime that
+# 30 MiB kept and 768 MiB of garbage in 4 MiB blocks, under a 96 MiB limit: a runtime that
 # grows its heap by its defaults (sized for the host) rather than the limit is OOM-killed.
 CHURN = {
     "java": java(
-        "int[] keep = new int[30 << 18]; long s = 0; for (int i = 0; i < 384; i++) {"
+        "int[] keep = new int[30 << 18]; long s = 0; for (int i = 0; i < 192; i++) {"
         " int[] g = new int[1 << 20]; g[i] = i; s += g[i] + g[(i * 7) & 1023]; keep[i] = g[i]; }"
         ' System.out.println(s > 0 ? "ok" : "no");'
     ),
     "javascript": "const keep = new Float64Array(30 << 17).fill(1);\nlet s = 0;\n"
-    "for (let i = 0; i < 384; i++) { const g = new Array(1 << 19).fill(i); s += g[7]; }\n"
+    "for (let i = 0; i < 192; i++) { const g = new Array(1 << 19).fill(i); s += g[7]; }\n"
     "console.log(s > 0 && keep[5] === 1 ? 'ok' : 'no');\n",
     "go": go(
         "keep := make([]byte, 30<<20)\nfor i := range keep { keep[i] = 1 }\ns := 0\n"
-        "for i := 0; i < 384; i++ { g := make([]byte, 4<<20)\nfor j := 0; j < len(g); j += 4096 { g[j] = byte(i) }\n"
+        "for i := 0; i < 192; i++ { g := make([]byte, 4<<20)\nfor j := 0; j < len(g); j += 4096 { g[j] = byte(i) }\n"
         's += int(g[4096]) }\nif s > 0 && keep[5] == 1 { fmt.Println("ok") }'
     ),
     "rust": "fn main() { let keep = vec![1u8; 30 << 20]; let mut s = 0u64;"
-    " for i in 0..384u64 { let g = vec![i as u8; 4 << 20]; s += g[4096] as u64; }"
+    " for i in 0..192u64 { let g = vec![i as u8; 4 << 20]; s += g[4096] as u64; }"
     ' if s > 0 && keep[5] == 1 { println!("ok"); } }\n',
 }
 RUNTIME_ERROR = {
