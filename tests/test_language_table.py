@@ -117,3 +117,19 @@ def test_every_toolchain_is_installed_where_programs_run() -> None:
         assert lang.packages and lang.probe, lang.name
         assert set(lang.packages) <= on_host, lang.name
         assert set(lang.packages) <= in_image, lang.name
+
+
+def _toolchain_layer(dockerfile: Path) -> str:
+    """The one instruction that installs the toolchains, continuation lines joined."""
+    lines = [x for x in dockerfile.read_text().splitlines() if not x.startswith("#")]
+    instructions = "\n".join(lines).replace("\\\n", " ").splitlines()
+    found = [x for x in instructions if "default-jdk-headless" in x]
+    assert len(found) == 1, dockerfile
+    return found[0]
+
+
+def test_server_image_shares_the_sandbox_images_toolchain_layer() -> None:
+    # The same instruction on the same base: built once, cached for the other image.
+    sandbox = _toolchain_layer(ROOT / "sandbox/Dockerfile")
+    server = _toolchain_layer(ROOT / "deploy/server/Dockerfile")
+    assert sandbox == server
