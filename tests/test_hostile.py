@@ -110,6 +110,18 @@ def test_host_files_invisible(sandbox: Harness, host_secret_file: Path) -> None:
     assert SECRET not in r.message
 
 
+def test_proc_shows_the_run_alone(sandbox: Harness) -> None:
+    # Toolchains need /proc/self; nothing else of /proc is there, nor the worker (PID 1).
+    code = (
+        "import os\n"
+        "print(sorted(os.listdir('/proc')) == sorted([str(os.getpid()), 'self', 'thread-self']))\n"
+        "print([p for p in ('/proc/1', '/proc/sys', '/proc/meminfo', '/proc/kcore')"
+        " if os.path.exists(p)])\n"
+    )
+    r = sandbox.judge(py(code, tests=[{"stdin": "", "stdout": "True\n[]\n"}]))
+    assert r.verdict is Verdict.AC, r
+
+
 def test_host_files_not_writable(sandbox: Harness) -> None:
     marker = f"rlfleet-hostile-{os.getpid()}"
     code = (
