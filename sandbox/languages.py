@@ -21,7 +21,13 @@ from dataclasses import dataclass
 # runtimes size their pools by the host's CPUs (64 on a large host), not by that limit.
 GO_ENV = (("GOMAXPROCS", "2"), ("GOCACHE", "/tmp/.gocache"), ("GOTELEMETRY", "off"))
 JAVA_HOME = "/usr/lib/jvm/default-java"
-JAVA_ENV = (("JAVA", JAVA_HOME),)
+# The compiler's own JVMs: short-lived, so the client compiler only and the serial
+# collector (two compiler threads at most, one GC thread), heaps well inside the build's
+# memory limit.
+JAVA_ENV = (
+    ("JAVA", JAVA_HOME),
+    ("JVM", "-J-XX:+UseSerialGC -J-XX:TieredStopAtLevel=1 -J-XX:-UsePerfData"),
+)
 
 
 class SourceError(ValueError):
@@ -179,10 +185,9 @@ LANGUAGES: dict[str, Language] = {
         compile_argv=(
             "/bin/sh",
             "-c",
-            "$JAVA/bin/javac -J-XX:+UseSerialGC -J-XX:TieredStopAtLevel=1 -J-XX:-UsePerfData"
-            ' -J-Xss16m -encoding UTF-8 -nowarn -d /tmp/classes "/tmp/$1.java"'
-            " && exec $JAVA/bin/jar -J-XX:+UseSerialGC -J-XX:TieredStopAtLevel=1"
-            ' -J-XX:-UsePerfData --create --file /tmp/main.jar --main-class "$2" -C /tmp/classes .',
+            "$JAVA/bin/javac $JVM -J-Xmx640m -J-Xss16m -encoding UTF-8 -nowarn -d /tmp/classes"
+            ' "/tmp/$1.java" && exec $JAVA/bin/jar $JVM -J-Xmx128m'
+            ' --create --file /tmp/main.jar --main-class "$2" -C /tmp/classes .',
             "javac",
             "{file}",
             "{main}",
@@ -208,7 +213,6 @@ LANGUAGES: dict[str, Language] = {
             "java.lang.OutOfMemoryError: Metaspace",
         ),
         names=java_names,
-        compile_memory_mb=1536,
     ),
     "javascript": Language(
         name="javascript",
