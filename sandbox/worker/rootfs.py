@@ -117,7 +117,9 @@ def _mount_proc(target):
     (``hidepid=invisible``): a run sees its own processes and nothing of the worker's.
 
     Toolchains find their own files through /proc/self/exe (rustc, the JDK's $ORIGIN).
-    Kernels before 5.8 know neither option: the sandbox then has no /proc at all.
+    Kernels before 5.8 know neither option (EINVAL), and a user namespace may refuse a new
+    proc mount (EPERM): the sandbox then has no /proc at all, and those toolchains fail
+    (``rlfleet sandbox prepare`` says which).
     """
     os.mkdir(target)
     try:
@@ -125,7 +127,7 @@ def _mount_proc(target):
             "proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible,subset=pid"
         )
     except OSError as e:
-        if e.errno != errno.EINVAL:
+        if e.errno not in (errno.EINVAL, errno.EPERM):
             raise
 
 
