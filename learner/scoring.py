@@ -130,19 +130,22 @@ class BatchScorer:
             yield case
 
     async def _run(self) -> None:
+        # Every way out fails the callers still waiting, cancellation included: a caller
+        # must never wait on a stream that is gone.
+        failure: BaseException = RuntimeError("the verifier stream ended with cases unanswered")
         try:
             async for result in self.client.verify_many(self._feed()):
                 future = self._waiting.pop(result.id, None)
                 if future is not None and not future.done():
                     future.set_result(result)
         except Exception as e:  # (handed to every caller waiting on the stream, unchanged)
-            self._failed = e
-        else:
-            self._failed = RuntimeError("the verifier stream ended with cases unanswered")
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(self._failed)
-        self._waiting.clear()
+            failure = e
+        finally:
+            self._failed = failure
+            for future in self._waiting.values():
+                if not future.done():
+                    future.set_exception(failure)
+            self._waiting.clear()
 
     async def score(self, pairs: Sequence[tuple[Task, str]]) -> tuple[list[CaseResult], ScoreStats]:
         """The verifier's result for each (task, completion text), in order."""

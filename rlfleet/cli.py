@@ -115,8 +115,9 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
         "--cgroup-parent",
         default="",
         metavar="PATH",
-        help="local backend, cgroup v2: the cgroup to work under (default: its own when "
-        "delegated, as by systemd's Delegate=yes; else the root it sees)",
+        help="local backend: the cgroup to work under (on v1 the same path in each "
+        "controller's hierarchy; default: on v2 its own when delegated, as by systemd's "
+        "Delegate=yes; else as root the root it sees, and not as root no cgroups at all)",
     )
     p.add_argument(
         "--partial-reward",
@@ -162,6 +163,25 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--tls-cert", type=Path, help="PEM certificate (enables TLS)")
     sandbox.add_argument("--tls-key", type=Path, help="PEM private key")
     sandbox.add_argument(
+        "--http-port",
+        type=_port,
+        default=None,
+        help="also answer SandboxFusion's POST /run_code over HTTP on this port (docs/run_code.md)",
+    )
+    sandbox.add_argument(
+        "--run-code-memory-mb",
+        type=_positive_int,
+        default=1024,
+        help="memory of a /run_code run whose request sets no memory_limit_MB (default: 1024)",
+    )
+    sandbox.add_argument(
+        "--run-code-queue-wait-s",
+        type=float,
+        default=600.0,
+        help="how long a /run_code request waits for a slot while the queue is full, "
+        "before a 504 (default: 600)",
+    )
+    sandbox.add_argument(
         "--max-pending",
         type=_positive_int,
         default=None,
@@ -174,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     sb_sub = sb.add_subparsers(dest="action", required=True, metavar="ACTION")
     prepare = _command(sb_sub, "prepare", _prepare, "check (and build) what a backend needs")
     prepare.add_argument("--backend", choices=("local", "docker"), default="local")
+    prepare.add_argument(
+        "--cgroup-parent",
+        default="",
+        metavar="PATH",
+        help="local backend: the cgroup it would work under (as for serve and verify)",
+    )
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
@@ -564,13 +590,23 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
 
 def _serve_sandbox(args: argparse.Namespace) -> int:
     from rlfleet.sandbox import commands
+    from rlfleet.sandbox.fusion import HttpConfig, RunCodeConfig
     from rlfleet.sandbox.servicer import ServiceConfig
 
     try:
+        http = None
+        if args.http_port is not None:
+            http = HttpConfig(
+                port=args.http_port,
+                run_code=RunCodeConfig(
+                    memory_mb=args.run_code_memory_mb, queue_wait_s=args.run_code_queue_wait_s
+                ),
+            )
         config = commands.ServeConfig(
             server=_server_config(args),
             service=ServiceConfig(max_pending=args.max_pending),
             engine=_engine_config(args),
+            http=http,
         )
     except ValueError as e:
         raise UsageError(str(e)) from e
@@ -580,7 +616,7 @@ def _serve_sandbox(args: argparse.Namespace) -> int:
 def _prepare(args: argparse.Namespace) -> int:
     from rlfleet.sandbox.prepare import prepare
 
-    return prepare(args.backend)
+    return prepare(args.backend, args.cgroup_parent)
 
 
 def _bench_sandbox(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -296,15 +296,30 @@ def start_metrics(
     return http_server
 
 
+class Door(Protocol):
+    """Another way into the same service, in the same process (``sandbox.http_door``)."""
+
+    async def start(self) -> str:
+        """Start serving; returns a line saying where."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop accepting, let calls in flight finish within its grace, close."""
+        ...
+
+
 async def run_until_signalled(
     srv: Server,
     config: ServerConfig,
     registry: CollectorRegistry | None = None,
     announce: Callable[[str], None] | None = None,
+    doors: Sequence[Door] = (),
 ) -> None:
     """Serve until SIGTERM/SIGINT (or cancellation), then shut down gracefully.
 
-    ``announce`` gets one line once the port accepts calls ("listening on HOST:PORT").
+    ``doors`` open after the gRPC port and close with it, drained at the same time.
+    ``announce`` gets each door's line, then, once everything accepts calls, "listening on
+    HOST:PORT" (the gRPC port) last.
     """
     metrics = None
     if config.metrics_port is not None:
@@ -312,10 +327,16 @@ async def run_until_signalled(
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)
+    opened: list[Door] = []
     try:
         for sig in signals:
             loop.add_signal_handler(sig, stop.set)
         await srv.start()
+        for door in doors:
+            line = await door.start()
+            opened.append(door)
+            if announce is not None:
+                announce(line)
         if announce is not None:
             announce(f"listening on {config.host}:{srv.port}")
         await stop.wait()
@@ -323,6 +344,8 @@ async def run_until_signalled(
         for sig in signals:
             loop.remove_signal_handler(sig)
         # Shielded: a second Ctrl-C or the caller's cancellation must not cut the grace short.
-        await asyncio.shield(srv.stop(config.grace_s))
+        await asyncio.shield(
+            asyncio.gather(srv.stop(config.grace_s), *(door.stop() for door in opened))
+        )
         if metrics is not None:
             metrics.shutdown()

@@ -137,8 +137,9 @@ def _v2_parent(point: Path, parent: str) -> Path:
 def detect(parent: str = "") -> Hierarchy:
     """Find a usable hierarchy: v2 when it has memory and pids, else v1's controllers.
 
-    ``parent`` (v2 only) names the cgroup under which the workers' cgroups are made,
-    relative to the hierarchy's root; empty: decided as ``_v2_parent`` says.
+    ``parent`` names the cgroup under which the workers' cgroups are made, relative to the
+    hierarchy's root (on v1: the same path in each controller's hierarchy); empty: on v2
+    decided as ``_v2_parent`` says, on v1 each hierarchy's root.
     """
     mounts = _mounts()
     for point, fstype, _ in mounts:
@@ -157,8 +158,6 @@ def detect(parent: str = "") -> Hierarchy:
                 f"cgroup {base} lacks controllers: has {' '.join(controllers) or 'none'}, "
                 f"needs {' '.join(V2_CONTROLLERS)} (delegate them to it)"
             )
-    if parent:
-        raise CgroupParentError("a cgroup parent is only supported on cgroup v2")
     roots: dict[str, Path] = {}
     for point, fstype, opts in mounts:
         if fstype == "cgroup":
@@ -172,7 +171,42 @@ def detect(parent: str = "") -> Hierarchy:
             f"controllers, or cgroup v1 with {', '.join(V1_CONTROLLERS)} "
             f"(missing: {', '.join(missing)})"
         )
+    if parent:
+        # v1: the same cgroup path in each controller's hierarchy.
+        roots = {c: root / parent.strip("/") for c, root in roots.items()}
+        absent = [str(r) for r in roots.values() if not (r / "cgroup.procs").is_file()]
+        if absent:
+            raise CgroupParentError(f"cgroup parent {parent!r}: no such cgroup {', '.join(absent)}")
     return Hierarchy(version=1, roots=roots)
+
+
+def unwritable(h: Hierarchy) -> list[Path]:
+    """The roots of ``h`` this process cannot make cgroups in."""
+    return [r for r in h.roots.values() if not os.access(r, os.W_OK | os.X_OK)]
+
+
+def find_delegated() -> Hierarchy | None:
+    """For a process that is not root: the nearest cgroup v2 at or above its own that was
+    delegated to it (systemd ``Delegate=yes``: a user service, ``systemd-run --user
+    -p Delegate=yes``) and that it may write, with the memory and pids controllers; None
+    where there is none (cgroup v1 has no delegation to find: name one with a parent)."""
+    for point, fstype, _ in _mounts():
+        if fstype != "cgroup2":
+            continue
+        root = Path(point)
+        own = root / own_v2_cgroup().strip("/")
+        for candidate in (own, *own.parents):
+            if candidate == root or root not in candidate.parents:
+                break
+            if not (is_delegated(candidate) and os.access(candidate, os.W_OK | os.X_OK)):
+                continue
+            try:
+                controllers = (candidate / "cgroup.controllers").read_text().split()
+            except OSError:
+                continue
+            if all(c in controllers for c in V2_CONTROLLERS):
+                return Hierarchy(version=2, roots={"unified": candidate})
+    return None
 
 
 HOST_LEAF = "main"

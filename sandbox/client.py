@@ -263,27 +263,54 @@ class VerifierClient:
             retries.add(task)
             task.add_done_callback(retries.discard)
 
+        # One task pulls the source for the whole call, never cancelled mid-pull: a stream
+        # that breaks while the source is waiting (a batch's next group not finished yet)
+        # must leave the source whole for the next stream. (gRPC's own request poller is not
+        # cancelled when its call fails, and would take the next case into the dead call.)
+        incoming: asyncio.Queue[Case | None] = asyncio.Queue(maxsize=1)
+
+        async def pull() -> None:
+            try:
+                async for case in source:
+                    await incoming.put(case)
+            except Exception as e:
+                failed.append(e)
+            await incoming.put(None)
+
+        puller = asyncio.create_task(pull())
         # Cases of a broken stream to send again; the next stream takes them one by one, so
         # what it has not taken when it breaks too is still here.
         resend: deque[Case] = deque()
+        source_done = False
         failures = 0
         try:
             while True:
                 # Sent and not answered yet, by id (a list: ids may repeat).
                 unanswered: dict[str, list[Case]] = {}
+                call = self._stub.VerifyStream()
 
-                async def requests(
+                async def write(
+                    call: grpc.aio.StreamStreamCall[pb.VerifyRequest, pb.VerifyResponse] = call,
                     unanswered: dict[str, list[Case]] = unanswered,
-                ) -> AsyncIterator[pb.VerifyRequest]:
-                    while resend:
-                        case = resend.popleft()
+                ) -> None:
+                    nonlocal source_done
+                    # A case is in ``unanswered`` before it is written: cancelled or failed
+                    # at any await here, nothing taken is lost.
+                    while True:
+                        if resend:
+                            case = resend.popleft()
+                        elif source_done:
+                            break
+                        elif (got := await incoming.get()) is None:
+                            source_done = True
+                            break
+                        else:
+                            case = got
                         unanswered.setdefault(case.id, []).append(case)
-                        yield self._request(case)
-                    async for case in source:
-                        unanswered.setdefault(case.id, []).append(case)
-                        yield self._request(case)
+                        await call.write(self._request(case))
+                    await call.done_writing()
 
-                call = self._stub.VerifyStream(requests())
+                writer = asyncio.create_task(write())
                 try:
                     async for reply in call:
                         if failed:
@@ -310,6 +337,7 @@ class VerifierClient:
                 except grpc.aio.AioRpcError as e:
                     if e.code() not in RETRYABLE or failures + 1 >= self.config.attempts:
                         self._raise_last(e)
+                    await _stop(writer)
                     await asyncio.sleep(self._delay(failures))
                     failures += 1
                     lost = [c for waiting in unanswered.values() for c in waiting]
@@ -317,6 +345,25 @@ class VerifierClient:
                     continue
                 finally:
                     call.cancel()
+                    await _stop(writer)
+                if failed:
+                    raise failed[0]  # (the source itself failed)
+                if not source_done or resend:
+                    # The server ended the stream before taking everything (it is going
+                    # away): what it left goes on a new stream, as after a failure.
+                    ended = grpc.aio.AioRpcError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        grpc.aio.Metadata(),
+                        grpc.aio.Metadata(),
+                        details="the stream ended before it took every case",
+                    )
+                    if failures + 1 >= self.config.attempts:
+                        self._raise_last(ended)
+                    await asyncio.sleep(self._delay(failures))
+                    failures += 1
+                    lost = [c for waiting in unanswered.values() for c in waiting]
+                    resend.extendleft(reversed(lost))
+                    continue
                 # The server closed the stream cleanly: anything unanswered goes by unary.
                 for waiting in unanswered.values():
                     for case in waiting:
@@ -328,9 +375,17 @@ class VerifierClient:
             if failed:
                 raise failed[0]  # e.g. a retried case the server refused as invalid
         finally:
+            puller.cancel()
             for task in retries:
                 task.cancel()
-            await asyncio.gather(*retries, return_exceptions=True)
+            await asyncio.gather(puller, *retries, return_exceptions=True)
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it; its own failure (a write into a broken call) is
+    the stream's, which the reader sees."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def _aiter(cases: Iterable[Case] | AsyncIterable[Case]) -> AsyncIterator[Case]:

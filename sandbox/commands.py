@@ -25,6 +25,7 @@ from rlfleet.errors import CommandError, UsageError
 from rlfleet.grpc_server import ServerConfig, run_until_signalled
 from rlfleet.sandbox.cgroups import CgroupError, CgroupParentError
 from rlfleet.sandbox.engine import Engine, EngineConfig
+from rlfleet.sandbox.fusion import HttpConfig
 from rlfleet.sandbox.mathcheck import AlgebraStartError
 from rlfleet.sandbox.servicer import ServiceConfig, build_verifier_server
 from rlfleet.sandbox.worker_handle import BackendUnavailable
@@ -60,6 +61,9 @@ class ServeConfig:
     """Admission control and the registered-problem store."""
     engine: EngineConfig = field(default_factory=EngineConfig)
     """Where and how cases run."""
+    http: HttpConfig | None = None
+    """Also answer SandboxFusion's ``POST /run_code`` over HTTP (same host, TLS and pool);
+    None: gRPC only."""
 
 
 async def start_engine(config: EngineConfig, registry: CollectorRegistry | None = None) -> Engine:
@@ -169,14 +173,24 @@ async def serve(config: ServeConfig) -> int:
     _check_port_free(server.host, server.port, "--port")
     if server.metrics_port is not None:
         _check_port_free(server.host, server.metrics_port, "--metrics-port")
+    if config.http is not None:
+        _check_port_free(server.host, config.http.port, "--http-port")
     registry = CollectorRegistry()
     engine = await start_engine(config.engine, registry)
     try:
         try:
-            srv, _ = build_verifier_server(server, config.service, engine, registry)
+            srv, service = build_verifier_server(server, config.service, engine, registry)
         except (OSError, RuntimeError) as e:  # taken since the check above
             raise CommandError(f"cannot listen on {server.host}:{server.port}: {e}") from e
-        await run_until_signalled(srv, server, registry, _announce)
+        doors = []
+        if config.http is not None:
+            from rlfleet.sandbox.http_door import HttpDoor  # (aiohttp: only when asked for)
+
+            doors.append(HttpDoor(config.http, server, service, engine))
+        try:
+            await run_until_signalled(srv, server, registry, _announce, doors)
+        except OSError as e:  # the HTTP port, taken since the check above
+            raise CommandError(f"--http-port: cannot listen on {server.host} ({e})") from e
     finally:
         await engine.close()
     return 0

@@ -8,6 +8,7 @@ gRPC service both drive this.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -16,8 +17,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from rlfleet.sandbox.judge import Judge, JudgeConfig
 from rlfleet.sandbox.mathcheck import AlgebraFault, MathCheckConfig, MathChecker
 from rlfleet.sandbox.records import Case, CaseResult, CodeCase, MathCase, Verdict
+from rlfleet.sandbox.runcode import ProgramOutcome, ProgramRun, ProgramRunner
 from rlfleet.sandbox.worker_handle import RunFacts, RunRequest
 from rlfleet.sandbox.worker_pool import PoolConfig, WorkerFactory, WorkerPool
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("local", "docker")
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
@@ -30,9 +34,10 @@ class EngineConfig:
     pool: PoolConfig = field(default_factory=PoolConfig)
     """Sandbox workers: how many programs run at once, and when a worker is replaced."""
     cgroup_parent: str = ""
-    """local backend on cgroup v2: the cgroup its cgroups go under, relative to the
-    hierarchy's root; empty: this process's own cgroup when delegated (systemd
-    ``Delegate=yes``), else the root this process sees."""
+    """local backend: the cgroup its cgroups go under, relative to the hierarchy's root
+    (on v1 the same path in each controller's); empty: on v2 this process's own cgroup
+    when delegated (systemd ``Delegate=yes``), else (as root) the root this process sees;
+    on v1 (as root) each hierarchy's root. Not root and none found: the rlimit fallback."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     """How code cases are judged (limits, checkers, rewards)."""
     math: MathCheckConfig = field(default_factory=lambda: MathCheckConfig(processes=1))
@@ -51,7 +56,7 @@ class EngineMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.executions = Counter(
             "rlfleet_sandbox_executions",
-            "Test executions by language and verdict",
+            "Test executions (and /run_code runs) by language and verdict",
             ["language", "verdict"],
             registry=registry,
         )
@@ -89,12 +94,14 @@ def make_worker_factory(config: EngineConfig) -> WorkerFactory:
         from rlfleet.sandbox.docker_backend import DockerWorkerFactory
 
         return DockerWorkerFactory()
-    from rlfleet.sandbox import cgroups
+    from rlfleet.sandbox import local_mode
     from rlfleet.sandbox.local_backend import LocalWorker, LocalWorkerConfig, worker_tag
 
-    hierarchy = cgroups.prepare(config.cgroup_parent)
     local = LocalWorkerConfig()
-    return lambda i: LocalWorker(worker_tag(i), hierarchy, local)
+    mode = local_mode.detect(config.cgroup_parent, local.python)
+    # Shown by default where runs are isolated otherwise than as root.
+    (log.warning if mode.rootless else log.info)("%s", mode.summary())
+    return lambda i: LocalWorker(worker_tag(i), mode, local)
 
 
 class Engine:
@@ -113,6 +120,7 @@ class Engine:
         self.metrics.busy.set_function(lambda: pool.stats.busy)
         self._restarts_seen = 0
         self.judge = Judge(self._run, config.judge)
+        self.runner = ProgramRunner(self._run, config.judge)
 
     @classmethod
     async def start(cls, config: EngineConfig, registry: CollectorRegistry | None = None) -> Engine:
@@ -151,6 +159,13 @@ class Engine:
         result = await self.judge.judge(case)
         self._count(case, result)
         return result
+
+    async def run_program(self, program: ProgramRun) -> ProgramOutcome:
+        """Run a program as it is (``runcode``); its execution is counted under its outcome
+        label (OK for a clean exit, where a judged test says AC or WA)."""
+        outcome = await self.runner.run(program)
+        self.metrics.executions.labels(program.language.name, outcome.label).inc()
+        return outcome
 
     def _count(self, case: CodeCase, result: CaseResult) -> None:
         if not result.tests:  # CE or SE before any test ran

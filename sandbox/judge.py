@@ -34,6 +34,9 @@ from rlfleet.sandbox.worker_handle import RunFacts, RunLimits, RunRequest
 
 RunFn = Callable[[RunRequest], Awaitable[RunFacts]]
 SYNTAX_ERROR_EXIT = 3  # the worker's syntax-check mode exits 3 on a SyntaxError
+APPROX_MLE_SHARE = (1 << 20) * 3 // 4
+"""Bytes per MB of the memory limit a run's peak must reach for a failed run to count as
+MLE where memory is not measured exactly (3/4 of the limit)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -278,6 +281,11 @@ class Judge:
             # runtime's own heap limit, never reaches the OOM killer; the runtime reports it
             # instead (Node before a native stack trace). Faking it gains nothing (still 0).
             if any(m.encode() in facts.stderr for m in lang.memory_errors):
+                return Verdict.MLE
+            if not facts.memory_exact and facts.peak_bytes >= limits.memory_mb * APPROX_MLE_SHARE:
+                # Without a cgroup nothing reports the limit hit: an allocation refused by
+                # RLIMIT_AS often ends in a crash (a null pointer written). A run that failed
+                # near its limit is taken as out of memory (docs/sandbox.md).
                 return Verdict.MLE
             return Verdict.RE
         if isinstance(test, CodeTest):

@@ -1,4 +1,5 @@
-"""The local backend: the sandbox worker as a host process (root: namespaces, cgroups)."""
+"""The local backend: the sandbox worker as a host process (namespaces, cgroups where it
+may have them; ``local_mode`` says which)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from rlfleet.sandbox import cgroups
+from rlfleet.sandbox.local_mode import LocalMode
 from rlfleet.sandbox.worker_handle import WORKER_SCRIPT, WorkerHandle
 
 
@@ -22,14 +24,16 @@ class LocalWorkerConfig:
 
 
 class LocalWorker(WorkerHandle):
-    """The worker as a host process (needs root: namespaces, cgroups, setuid)."""
+    """The worker as a host process: as root, or in a user namespace of its own (``mode``)."""
 
-    def __init__(self, tag: str, hierarchy: cgroups.Hierarchy, config: LocalWorkerConfig) -> None:
+    def __init__(self, tag: str, mode: LocalMode, config: LocalWorkerConfig) -> None:
         super().__init__()
         self.tag = tag
-        self._hierarchy = hierarchy
-        cgroups.remove_base(hierarchy, tag)
-        cgroups.create_base(hierarchy, tag, config.caps)
+        self.mode = mode
+        self._hierarchy = hierarchy = mode.hierarchy
+        if hierarchy is not None:
+            cgroups.remove_base(hierarchy, tag)
+            cgroups.create_base(hierarchy, tag, config.caps)
         self._proc = subprocess.Popen(
             [config.python, "-I", "-S", "-B", str(WORKER_SCRIPT)],
             stdin=subprocess.PIPE,
@@ -45,8 +49,13 @@ class LocalWorker(WorkerHandle):
         try:
             # The worker waits for its setup frame before doing anything, so it (and all it
             # will start) is inside its capped cgroup before any run.
-            cgroups.join_worker_leaf(hierarchy, tag, self._proc.pid)
-            self._handshake({"cgroup": hierarchy.spec(tag), "tmp_mb": config.tmp_mb}, 30.0)
+            setup: dict[str, object] = {"cgroup": None, "tmp_mb": config.tmp_mb}
+            if hierarchy is not None:
+                cgroups.join_worker_leaf(hierarchy, tag, self._proc.pid)
+                setup["cgroup"] = hierarchy.spec(tag)
+            if mode.rootless:
+                setup["userns"] = {"uid": os.getuid(), "gid": os.getgid()}
+            self._handshake(setup, 30.0)
         except BaseException:
             self.close()
             raise
@@ -71,15 +80,21 @@ class LocalWorker(WorkerHandle):
             if self._proc.stdout:
                 self._proc.stdout.close()
         # The run's init and program sit in the worker's cgroups: killing them there
-        # reaches everything, even when the worker itself died first.
-        cgroups.remove_base(self._hierarchy, self.tag)
+        # reaches everything, even when the worker itself died first. (Without cgroups
+        # the kernel does it: the worker is PID 1 of their namespace, and dies with its
+        # parent, this process's child.)
+        self._remove_cgroups()
+
+    def _remove_cgroups(self) -> None:
+        if self._hierarchy is not None:
+            cgroups.remove_base(self._hierarchy, self.tag)
 
     def kill(self) -> None:
         # Pipes stay open: a thread may be reading the reply; it sees EOF and gives up.
         with contextlib.suppress(ProcessLookupError):
             self._proc.kill()
         self._proc.wait()
-        cgroups.remove_base(self._hierarchy, self.tag)
+        self._remove_cgroups()
 
 
 def worker_tag(index: int) -> str:

@@ -15,7 +15,7 @@ import docker.errors
 
 from rlfleet import deps
 from rlfleet.errors import CommandError
-from rlfleet.sandbox import cgroups
+from rlfleet.sandbox import cgroups, local_mode
 from rlfleet.sandbox.cases import parse_case
 from rlfleet.sandbox.engine import EngineConfig, make_worker_factory
 from rlfleet.sandbox.image import (
@@ -37,9 +37,9 @@ from rlfleet.sandbox.worker_pool import PoolConfig, WorkerPool
 PROBE_LINE = "rlfleet-probe 42"
 
 
-async def _probe_languages(backend: str) -> list[tuple[str, CaseResult, float]]:
+async def _probe_languages(backend: str, cgroup_parent: str) -> list[tuple[str, CaseResult, float]]:
     """Each language's probe program, built and run by one worker of the backend."""
-    factory = make_worker_factory(EngineConfig(backend=backend))
+    factory = make_worker_factory(EngineConfig(backend=backend, cgroup_parent=cgroup_parent))
     pool = WorkerPool(factory, PoolConfig(workers=1))
     await pool.start()
     try:
@@ -65,10 +65,10 @@ async def _probe_languages(backend: str) -> list[tuple[str, CaseResult, float]]:
         await pool.close()
 
 
-def check_languages(backend: str) -> bool:
+def check_languages(backend: str, cgroup_parent: str = "") -> bool:
     """Build and run a small program in every language, as submissions are: one line each."""
     try:
-        results = asyncio.run(_probe_languages(backend))
+        results = asyncio.run(_probe_languages(backend, cgroup_parent))
     except WorkerError as e:
         return _check(False, "a sandbox worker", str(e))
     ok = True
@@ -148,36 +148,32 @@ def prepare_docker() -> int:
     return 0 if check_languages("docker") else 1
 
 
-def _privileges() -> tuple[bool, str]:
-    if os.geteuid() == 0:
-        return True, "running as root"
+def _isolation(cgroup_parent: str) -> bool:
+    """The mode the local backend will use here and why (see ``local_mode``)."""
     try:
-        max_ns = int(Path("/proc/sys/user/max_user_namespaces").read_text())
-    except (OSError, ValueError):
-        max_ns = 0
-    clone = Path("/proc/sys/kernel/unprivileged_userns_clone")
-    allowed = max_ns > 0 and (not clone.exists() or clone.read_text().strip() != "0")
-    return allowed, "unprivileged user namespaces" + ("" if allowed else " (not root either)")
-
-
-def _cgroups() -> tuple[bool, str]:
-    try:
-        h = cgroups.prepare()  # as the backend will: read-only mounts in a container remounted
-    except cgroups.CgroupError as e:
-        return False, str(e)
-    unwritable = [str(p) for p in sorted(set(h.roots.values())) if not os.access(p, os.W_OK)]
+        mode = local_mode.detect(cgroup_parent)
+    except (cgroups.CgroupError, local_mode.LocalModeError) as e:
+        return _check(False, "isolation", str(e))
+    ok = _check(True, f"mode {mode.name}: {mode.why}")
+    h = mode.hierarchy
+    if h is None:
+        print(
+            "  note: no cgroups: memory and tasks are limited per process (rlimits), peak"
+            " memory and MLE are approximate (docs/sandbox.md, Rootless)",
+            flush=True,
+        )
+        return ok
+    unwritable = [str(p) for p in cgroups.unwritable(h)]
     controllers = ", ".join(h.roots) if h.version == 1 else "memory, pids, cpu"
+    where = ", ".join(sorted({str(r) for r in h.roots.values()}))
     if unwritable:
-        return False, f"cgroup v{h.version} not writable here: {', '.join(unwritable)}"
-    return True, f"cgroup v{h.version} ({controllers}) writable"
+        return _check(False, f"cgroup v{h.version} not writable here: {', '.join(unwritable)}")
+    return _check(True, f"cgroup v{h.version} ({controllers}) writable under {where}")
 
 
-def prepare_local() -> int:
+def prepare_local(cgroup_parent: str = "") -> int:
     print("local backend:")
-    ok, what = _privileges()
-    ok = _check(ok, what, "run as root, or enable user namespaces")
-    cg_ok, cg_what = _cgroups()
-    ok &= _check(cg_ok, "cgroups" if not cg_ok else cg_what, cg_what)
+    ok = _isolation(cgroup_parent)
     ok &= _check(
         os.access("/usr/bin/python3", os.X_OK), "/usr/bin/python3", "apt-get install python3"
     )
@@ -188,7 +184,7 @@ def prepare_local() -> int:
         ok &= _check(False, "libseccomp.so.2", f"{e}; apt-get install libseccomp2")
     if not ok:
         return 1
-    return 0 if check_languages("local") else 1
+    return 0 if check_languages("local", cgroup_parent) else 1
 
 
 # A correct answer that only the symbolic path (latex2sympy, sympy) can prove.
@@ -223,13 +219,13 @@ def prepare_math() -> int:
     )
 
 
-def prepare(backend: str) -> int:
+def prepare(backend: str, cgroup_parent: str = "") -> int:
     """`rlfleet sandbox prepare --backend B`: check (and for docker build) what the backend
     and the math checker need, printing each check; 0 when ready, else ``CommandError``."""
     if backend == "docker":
         status = prepare_docker()
     elif backend == "local":
-        status = prepare_local()
+        status = prepare_local(cgroup_parent)
     else:
         raise ValueError(f"unknown backend {backend!r}")
     if prepare_math() or status:

@@ -19,9 +19,9 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -54,6 +54,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Verifier"].full_name
 # Requests above this size are converted (JSON decoding, hashing) in a thread, so one big
 # suite does not stall every other call on the event loop.
 INLINE_CONVERT_BYTES = 256 << 10
+T = TypeVar("T")
 
 
 class Engine(Protocol):
@@ -115,7 +116,8 @@ class ServiceMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.cases = Counter(
             "rlfleet_verifier_cases",
-            "Cases verified, by kind, language and verdict",
+            "Cases verified (kind code, math) and programs run (kind run: /run_code), by kind, "
+            "language and verdict",
             ["kind", "language", "verdict"],
             registry=registry,
         )
@@ -232,17 +234,45 @@ class VerifierService(pb_grpc.VerifierServicer):
         self.metrics.busy.set(busy)
         self.metrics.queue_depth.set(self.pending - busy)
 
-    async def _verify(self, case: Case) -> CaseResult:
-        """Run one admitted case (the caller holds its slot)."""
+    async def _pending(self, work: Awaitable[T]) -> T:
+        """Await admitted work (the caller holds its slot), counted as pending and timed."""
         self.pending += 1
         self._set_load_gauges()
         t0 = time.perf_counter()
         try:
-            result = await self.engine.verify(case)
+            result = await work
         finally:
             self.pending -= 1
             self._set_load_gauges()
         self.metrics.seconds.observe(time.perf_counter() - t0)
+        return result
+
+    async def admitted(self, work: Callable[[], Awaitable[T]], wait_s: float = 0.0) -> T:
+        """Run ``work`` as a unary call runs a case, for the service's other doors (HTTP
+        ``/run_code``), counted in the queue depth, busy workers and case seconds. While
+        ``max_pending`` cases are pending it waits up to ``wait_s`` for a slot (0: none),
+        then is refused with ``QueueFull``."""
+        if self._slots.locked():
+            try:
+                if wait_s <= 0:
+                    raise TimeoutError
+                await asyncio.wait_for(self._slots.acquire(), wait_s)
+            except TimeoutError:
+                self.metrics.rejected.labels("queue_full").inc()
+                waited = f" for {wait_s:g} s" if wait_s > 0 else ""
+                raise QueueFull(
+                    f"queue full ({self.max_pending} cases pending{waited}): retry later"
+                ) from None
+        else:
+            await self._slots.acquire()
+        try:
+            return await self._pending(work())
+        finally:
+            self._slots.release()
+
+    async def _verify(self, case: Case) -> CaseResult:
+        """Run one admitted case (the caller holds its slot)."""
+        result = await self._pending(self.engine.verify(case))
         if isinstance(case, CodeCase):
             self.metrics.cases.labels("code", case.language, result.verdict.value).inc()
         else:

@@ -99,6 +99,10 @@ class RunFacts:
     cpu_timeout: bool = False
     """Killed by the worker for going over the CPU-time limit."""
     system_error: str = ""
+    memory_exact: bool = True
+    """Memory limited and measured for the run as a whole (a cgroup); False in the local
+    backend's rlimit fallback, where the limit is per process and the peak is the largest
+    process's resident peak (docs/sandbox.md)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

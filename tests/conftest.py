@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import socket
 import sys
 import threading
@@ -11,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import SECRET, Harness, nobody_processes
+from harness import CGROUP_PARENT_VAR, SECRET, Harness, nobody_processes
 
 BACKENDS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
 
@@ -22,8 +23,30 @@ def require_root() -> None:
         pytest.fail("the local sandbox backend needs root (namespaces, cgroups, setuid)")
 
 
+LOCAL_MODE_VAR = "RLFLEET_TEST_LOCAL_MODE"
+"""Set (by tests/test_rootless.py) where the local backend runs without root: the mode its
+tests must find, rather than root."""
+
+
+@pytest.fixture(scope="session")
+def local_backend_ready() -> None:
+    """Root, or the rootless mode a run of the suite as another user was started for."""
+    expected = os.environ.get(LOCAL_MODE_VAR)
+    if expected is None:
+        if os.geteuid() != 0:
+            pytest.fail(
+                "the local sandbox backend's tests run as root (tests/test_rootless.py"
+                " runs them as another user)"
+            )
+        return
+    from rlfleet.sandbox import local_mode
+
+    mode = local_mode.detect(os.environ.get(CGROUP_PARENT_VAR, ""))
+    assert mode.name == expected, mode.summary()
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
-def sandbox(request: pytest.FixtureRequest, require_root: None) -> Iterator[Harness]:
+def sandbox(request: pytest.FixtureRequest, local_backend_ready: None) -> Iterator[Harness]:
     h = Harness(request.param)
     try:
         yield h
@@ -38,7 +61,10 @@ def clean_after(sandbox: Harness) -> Iterator[Harness]:
     """Run a test, then check nothing it started is left running."""
     yield sandbox
     assert sandbox.run_procs() == set(), "processes left in a run cgroup"
-    assert nobody_processes() == [], "sandboxed processes left running"
+    if sandbox.mode is None or not sandbox.mode.rootless:
+        # (Rootless, runs keep their user's uid outside their namespace: run_procs is
+        # the whole check, every process of a run being in its worker's PID namespace.)
+        assert nobody_processes() == [], "sandboxed processes left running"
 
 
 @pytest.fixture
@@ -71,7 +97,9 @@ def listener() -> Iterator[tuple[int, list[object]]]:
 @pytest.fixture
 def host_secret_file() -> Iterator[Path]:
     """A file on the host holding SECRET."""
-    path = Path("/root/rlfleet-test-secret.txt")
+    # In the home of whoever runs the tests: root's, or (tests/test_rootless.py) that of
+    # the user the programs run as outside their namespaces, who may read it there.
+    path = Path(pwd.getpwuid(os.getuid()).pw_dir) / "rlfleet-test-secret.txt"
     path.write_text(SECRET)
     try:
         yield path

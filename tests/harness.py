@@ -15,7 +15,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rlfleet.sandbox import cgroups
+from rlfleet.sandbox import cgroups, local_mode
 from rlfleet.sandbox.cases import parse_case
 from rlfleet.sandbox.judge import Judge, JudgeConfig
 from rlfleet.sandbox.local_backend import LocalWorker, LocalWorkerConfig
@@ -28,6 +28,8 @@ TEST_CAPS = cgroups.BaseLimits(memory_mb=1536, pids=256)
 NOBODY = 65534
 SECRET = "rlfleet-test-secret-4242"
 """Planted on the host (and in its environment) by hostile tests; no program may read it."""
+CGROUP_PARENT_VAR = "RLFLEET_TEST_CGROUP_PARENT"
+"""The local backend's --cgroup-parent in tests (tests/test_rootless.py sets it)."""
 
 
 class Harness:
@@ -36,8 +38,12 @@ class Harness:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        self.hierarchy = cgroups.prepare() if backend == "local" else None
+        self.mode = (
+            local_mode.detect(os.environ.get(CGROUP_PARENT_VAR, "")) if backend == "local" else None
+        )
+        self.hierarchy = self.mode.hierarchy if self.mode else None
         self.tags: list[str] = []
+        self.workers: list[LocalWorker] = []
         self.pool = WorkerPool(self._factory(), PoolConfig(workers=workers))
         self.call(self.pool.start())
         self.judge_impl = Judge(self.pool.run, judge or JudgeConfig())
@@ -47,14 +53,16 @@ class Harness:
             from rlfleet.sandbox.docker_backend import DockerWorkerFactory
 
             return DockerWorkerFactory()
-        hierarchy = self.hierarchy
-        assert hierarchy is not None
+        mode = self.mode
+        assert mode is not None
 
         def make(i: int) -> WorkerHandle:
             tag = f"{os.getpid()}-test{i}"
             if tag not in self.tags:
                 self.tags.append(tag)
-            return LocalWorker(tag, hierarchy, LocalWorkerConfig(caps=TEST_CAPS))
+            worker = LocalWorker(tag, mode, LocalWorkerConfig(caps=TEST_CAPS))
+            self.workers = [w for w in self.workers if w.alive()] + [worker]
+            return worker
 
         return make
 
@@ -70,9 +78,19 @@ class Harness:
         return self.call(self.judge_impl.judge(case))
 
     def run_procs(self) -> set[int]:
-        """Processes inside run cgroups (should be none between runs)."""
-        if self.hierarchy is None:
+        """Processes inside run cgroups, or without cgroups the processes under each local
+        worker but the worker itself (should be none between runs)."""
+        if self.backend != "local":
             return set()
+        if self.hierarchy is None:
+            parents = child_pids()
+            return {
+                pid
+                for w in self.workers
+                if w.alive()
+                for init in parents.get(w.pid, [])  # the worker, PID 1 of its namespace
+                for pid in descendants(init, parents)
+            }
         pids: set[int] = set()
         for tag in self.tags:
             for base in self.hierarchy.base_dirs(tag):
@@ -92,6 +110,32 @@ class Harness:
         self.call(self.pool.close())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+
+def child_pids() -> dict[int, list[int]]:
+    """Every process's children, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def descendants(pid: int, children: dict[int, list[int]]) -> set[int]:
+    found: set[int] = set()
+    todo = list(children.get(pid, []))
+    while todo:
+        p = todo.pop()
+        if p not in found:
+            found.add(p)
+            todo.extend(children.get(p, []))
+    return found
 
 
 def nobody_processes() -> list[int]:

@@ -58,8 +58,11 @@ def test_own_cgroup_is_used_only_when_delegated(
 def test_this_machine_hierarchy() -> None:
     h = cgroups.detect()
     if h.version == 1:
-        with pytest.raises(cgroups.CgroupError, match="only supported on cgroup v2"):
-            cgroups.detect("/anything")
+        with pytest.raises(cgroups.CgroupParentError, match="no such cgroup"):
+            cgroups.detect("/rlfleet-no-such-cgroup")
+        # A parent on v1 is the same path in each controller's hierarchy.
+        named = cgroups.detect("/")
+        assert named.roots == h.roots
         # Each root is where the kernel says that controller is mounted (read independently).
         mounts: dict[str, str] = {}
         for line in Path("/proc/self/mounts").read_text().splitlines():

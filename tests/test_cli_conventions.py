@@ -104,6 +104,18 @@ FAILURES = {
         1,
         "--metrics-port",
     ),
+    "serve http port taken": Failure(
+        "serve sandbox --port 0 --http-port {taken}", "rlfleet serve sandbox:", 1, "--http-port"
+    ),
+    "serve bad http port": Failure(
+        "serve sandbox --http-port -1", "rlfleet serve sandbox:", 2, "must be 0 to 65535"
+    ),
+    "serve bad run-code wait": Failure(
+        "serve sandbox --http-port 0 --run-code-queue-wait-s 0",
+        "rlfleet serve sandbox:",
+        2,
+        "queue_wait_s must be > 0",
+    ),
     "serve unknown host": Failure(
         "serve sandbox --host no-such-host.invalid", "rlfleet serve sandbox:", 2, "--host"
     ),

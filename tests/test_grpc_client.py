@@ -12,7 +12,7 @@ from typing import cast
 
 import grpc
 import pytest
-from test_grpc_fakes import FakeEngine, Running, RunningCanned, code_case
+from test_grpc_fakes import CannedVerifier, FakeEngine, Running, RunningCanned, code_case
 
 from rlfleet.sandbox.client import ClientConfig, VerifierClient, VerifierUnavailable, channel_target
 from rlfleet.sandbox.convert import UnknownEnumValue, problem_ref
@@ -237,6 +237,43 @@ async def test_verify_many_resends_unanswered_cases_when_a_server_goes_away() ->
     assert all(r.verdict is Verdict.AC for r in results)
 
 
+async def test_verify_many_keeps_a_live_source_when_its_server_dies_between_cases() -> None:
+    """The stream waits on a source that yields later (a batch's groups as they finish)
+    when its server dies: the next case and every later one reach the other server."""
+    doomed, spare = FakeEngine(), FakeEngine()
+    dying = Running(doomed)
+    await dying.__aenter__()
+    feed: asyncio.Queue[Case | None] = asyncio.Queue()
+
+    async def live() -> AsyncIterator[Case]:
+        while (case := await feed.get()) is not None:
+            yield case
+
+    try:
+        async with Running(spare) as other:
+            patient = ClientConfig(attempts=10, backoff_s=0.05, max_backoff_s=0.3)
+            target = f"{dying.target},{other.target}"
+            async with VerifierClient(target, patient) as client:
+                stream = client.verify_many(live())
+                results = []
+                for i in range(4):
+                    feed.put_nowait(code_case(f"a{i}"))
+                    results.append(await asyncio.wait_for(anext(stream), 10))
+                # The stream is idle, waiting on the source; its server goes away.
+                await dying.srv.server.stop(0)
+                await asyncio.sleep(0.2)
+                for i in range(6):
+                    feed.put_nowait(code_case(f"b{i}"))
+                    results.append(await asyncio.wait_for(anext(stream), 10))
+                feed.put_nowait(None)
+                results += [r async for r in stream]
+    finally:
+        await dying.channel.close()
+    assert sorted(r.id for r in results) == sorted(
+        [f"a{i}" for i in range(4)] + [f"b{i}" for i in range(6)]
+    )
+
+
 @pytest.mark.parametrize(
     ("reply", "field", "number"),
     [
@@ -273,3 +310,43 @@ async def test_a_stream_refusal_with_an_unknown_error_code_is_not_retried() -> N
         with pytest.raises(ValueError, match="case 'm0': refused for a new reason"):
             _ = [r async for r in client.verify_many([code_case("m0")])]
         assert s.servicer.seen == ["m0"]
+
+
+class _Leaving(CannedVerifier):
+    """Answers ``per_stream`` cases of each stream, then ends it cleanly (a server going
+    away in an orderly way), whatever the client still has to send."""
+
+    def __init__(self, per_stream: int) -> None:
+        super().__init__(pb.VerifyResponse(verdict=pb.VERDICT_AC, passed=1, total=1, reward=1.0))
+        self.per_stream = per_stream
+        self.streams = 0
+
+    async def VerifyStream(
+        self, request_iterator: AsyncIterator[pb.VerifyRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.VerifyResponse]:
+        self.streams += 1
+        answered = 0
+        async for request in request_iterator:
+            yield self._answer(request)
+            answered += 1
+            if answered == self.per_stream:
+                return
+
+
+async def test_verify_many_goes_on_when_a_server_ends_the_stream_before_taking_every_case() -> None:
+    leaving = _Leaving(per_stream=3)
+
+    async def slowly() -> AsyncIterator[Case]:
+        for i in range(10):
+            await asyncio.sleep(0.02)  # (the server ends each stream before the next)
+            yield code_case(f"c{i}")
+
+    patient = ClientConfig(attempts=3, backoff_s=0.01)
+    async with (
+        RunningCanned(pb.VerifyResponse(), leaving) as s,
+        VerifierClient(s.target, patient) as c,
+    ):
+        ids = [r.id async for r in c.verify_many(slowly())]
+    assert sorted(ids) == sorted(f"c{i}" for i in range(10))
+    # Each stream took three at most; what the source gave later went on new streams.
+    assert leaving.streams >= 3

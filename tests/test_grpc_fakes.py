@@ -138,8 +138,8 @@ class CannedVerifier(pb_grpc.VerifierServicer):
 class RunningCanned:
     """``async with RunningCanned(reply) as s``: a ``CannedVerifier`` at ``s.target``."""
 
-    def __init__(self, reply: pb.VerifyResponse) -> None:
-        self.servicer = CannedVerifier(reply)
+    def __init__(self, reply: pb.VerifyResponse, servicer: CannedVerifier | None = None) -> None:
+        self.servicer = servicer or CannedVerifier(reply)
         self.server = grpc.aio.server()
         pb_grpc.add_VerifierServicer_to_server(self.servicer, self.server)
         self.target = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"

@@ -1,9 +1,12 @@
-"""The verifier service image (deploy/server) run the way the Kubernetes manifest
-(deploy/k8s/verifier.yaml) says: its capabilities, no seccomp profile, its command, not
-privileged. It answers real cases over loopback, contains a fork bomb, and drains on stop."""
+"""The verifier service image (deploy/server) run the way the Kubernetes manifests say:
+deploy/k8s/verifier.yaml (its capabilities, no seccomp profile, its command, not
+privileged) and deploy/k8s/verifier-rootless.yaml (a uid that is not root, no capabilities,
+its Localhost seccomp profile, no privilege escalation). It answers real cases over
+loopback, contains a fork bomb, and drains on stop."""
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -20,21 +23,48 @@ from rlfleet.cli import build_parser
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST = REPO / "deploy" / "k8s" / "verifier.yaml"
+ROOTLESS = REPO / "deploy" / "k8s" / "verifier-rootless.yaml"
+SECCOMP_DIR = REPO / "deploy" / "k8s" / "seccomp"
 MATH_SET = REPO / "tests" / "data" / "math_symbolic.jsonl"
 RLFLEET = [sys.executable, "-m", "rlfleet.cli"]
 
 pytestmark = pytest.mark.docker
 
 
-def manifest() -> dict[str, Any]:
-    docs = {d["kind"]: d for d in yaml.safe_load_all(MANIFEST.read_text())}
+def manifest(path: Path = MANIFEST) -> dict[str, Any]:
+    docs = {d["kind"]: d for d in yaml.safe_load_all(path.read_text())}
     return docs
 
 
-def container_spec() -> dict[str, Any]:
-    pod = manifest()["Deployment"]["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
+def pod_spec(path: Path = MANIFEST) -> dict[str, Any]:
+    return dict(manifest(path)["Deployment"]["spec"]["template"]["spec"])
+
+
+def container_spec(path: Path = MANIFEST) -> dict[str, Any]:
+    (container,) = pod_spec(path)["containers"]
     return dict(container)
+
+
+def docker_security(path: Path) -> list[str]:
+    """A manifest's security settings as `docker run` flags (user namespaces aside: a uid
+    that is not root without any capability is what the pod's process has, or less)."""
+    pod, sec = pod_spec(path), container_spec(path)["securityContext"]
+    flags = [f"--cap-drop={x}" for x in sec["capabilities"]["drop"]]
+    flags += [f"--cap-add={x}" for x in sec["capabilities"].get("add", [])]
+    seccomp = sec["seccompProfile"]
+    if seccomp["type"] == "Localhost":
+        flags += ["--security-opt", f"seccomp={SECCOMP_DIR / seccomp['localhostProfile']}"]
+    else:
+        assert seccomp == {"type": "Unconfined"}
+        flags += ["--security-opt", "seccomp=unconfined"]
+    if sec.get("appArmorProfile") == {"type": "Unconfined"}:
+        flags += ["--security-opt", "apparmor=unconfined"]
+    if sec.get("allowPrivilegeEscalation") is False:
+        flags += ["--security-opt", "no-new-privileges"]
+    user = pod.get("securityContext", {})
+    if "runAsUser" in user:
+        flags += ["--user", f"{user['runAsUser']}:{user.get('runAsGroup', user['runAsUser'])}"]
+    return flags
 
 
 def test_manifest_is_consistent_with_the_cli_and_itself() -> None:
@@ -76,12 +106,44 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def server(image: str) -> Iterator[tuple[str, str]]:
-    """(container name, target): the image, started as the manifest starts it, on loopback."""
-    c = container_spec()
+def test_rootless_manifest_is_the_same_service_without_privileges() -> None:
+    plain, rootless = manifest(), manifest(ROOTLESS)
+    assert rootless["Service"] == plain["Service"]
+    c, c0 = container_spec(ROOTLESS), container_spec()
+    assert {k: v for k, v in c.items() if k != "securityContext"} == {
+        k: v for k, v in c0.items() if k != "securityContext"
+    }
+    pod = pod_spec(ROOTLESS)
+    assert pod["hostUsers"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
     sec = c["securityContext"]
-    assert sec["seccompProfile"] == {"type": "Unconfined"}
+    assert sec["capabilities"] == {"drop": ["ALL"]}  # nothing added
+    assert "Unconfined" not in yaml.safe_dump(pod)
+    assert sec["allowPrivilegeEscalation"] is False
+    assert "privileged" not in sec
+    # The profile: the sandbox's own deny list, less what a worker's set-up calls. (Read
+    # from the worker's source: its modules import each other as scripts do.)
+    filters = ast.parse((REPO / "sandbox" / "worker" / "filters.py").read_text())
+    (listed,) = [
+        node.value
+        for node in filters.body
+        if isinstance(node, ast.Assign)
+        and [getattr(t, "id", "") for t in node.targets] == ["DENIED_SYSCALLS"]
+    ]
+    deny_list = ast.literal_eval(listed)
+    profile = json.loads((SECCOMP_DIR / sec["seccompProfile"]["localhostProfile"]).read_text())
+    (denied,) = profile["syscalls"]
+    assert (denied["action"], denied["errnoRet"]) == ("SCMP_ACT_ERRNO", 1)
+    setup = {"unshare", "mount", "umount2", "pivot_root", "sethostname"}
+    assert denied["names"] == [n for n in deny_list if n not in setup]
+
+
+@pytest.fixture(params=[MANIFEST, ROOTLESS], ids=["verifier", "rootless"])
+def server(image: str, request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """(container name, target): the image, started as a manifest starts it, on loopback."""
+    path: Path = request.param
+    c = container_spec(path)
     port = free_port()
     args = list(c["args"])
     args[args.index("--host") + 1] = "127.0.0.1"
@@ -91,9 +153,7 @@ def server(image: str) -> Iterator[tuple[str, str]]:
     name = f"rlfleet-verifier-test-{port}"
     run = [
         "docker", "run", "-d", "--name", name, "--network", "host",
-        *[f"--cap-drop={x}" for x in sec["capabilities"]["drop"]],
-        *[f"--cap-add={x}" for x in sec["capabilities"]["add"]],
-        "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+        *docker_security(path),
         "--memory", "2g", "--pids-limit", "512",
         image, *args,
     ]  # fmt: skip
@@ -107,6 +167,11 @@ def server(image: str) -> Iterator[tuple[str, str]]:
                 ["docker", "logs", name], capture_output=True, text=True, timeout=30
             ).stderr
         assert "listening on" in logs, logs
+        if path == ROOTLESS:
+            # Its one line on how runs are isolated (a warning: not as root): the fallback,
+            # a container's cgroups not being the user's.
+            (mode,) = [line for line in logs.splitlines() if "local backend mode" in line]
+            assert "local backend mode rootless-rlimits:" in mode, logs
         yield name, f"127.0.0.1:{port}"
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)

@@ -175,6 +175,26 @@ async def test_a_failed_verifier_stream_fails_every_waiting_group() -> None:
         await scorer.score([(tasks[0], "5")])
 
 
+class CancelledStream(StreamVerifier):
+    """A stream that ends in cancellation it did not ask for (as a gRPC call cancelled
+    under it does)."""
+
+    async def verify_many(self, cases: AsyncIterable[Case]) -> AsyncIterator[CaseResult]:
+        async for case in cases:
+            self.seen.append(case)
+            raise asyncio.CancelledError
+        yield CaseResult(id="never", verdict=Verdict.WA, passed=0, total=1, reward=0.0)
+
+
+async def test_a_cancelled_verifier_stream_fails_the_waiting_groups_instead_of_hanging() -> None:
+    tasks = builtin_tasks(BuiltinConfig(seed=0))[:2]
+    scorer = BatchScorer(CancelledStream(), VerdictCache())
+    async with scorer:
+        waiting = asyncio.gather(*(scorer.score([(t, "1")]) for t in tasks))
+        with pytest.raises(RuntimeError, match="verifier stream ended with cases unanswered"):
+            await asyncio.wait_for(waiting, 10)
+
+
 def test_the_reward_curve_is_a_png() -> None:
     data = reward_curve_png(list(range(50)), [i / 50 for i in range(50)], width=64, height=32)
     assert data.startswith(b"\x89PNG\r\n\x1a\n")

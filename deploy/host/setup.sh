@@ -5,7 +5,9 @@
 #   2. a running Docker engine (Debian's dockerd, started in the background if none answers),
 #   3. the base image rlfleet/bookworm-base:local, debootstrapped from apt's own mirror
 #      (no image registry needed),
-#   4. the sandbox image rlfleet/sandbox:<content hash>, built FROM that base.
+#   4. the sandbox image rlfleet/sandbox:<content hash>, built FROM that base,
+#   5. a user who is not root, rlfleet-ci, that tests/test_rootless.py runs the local
+#      backend's hostile suite as.
 # Idempotent: each step is skipped when already done. Progress goes to stderr.
 #
 # Environment (all optional):
@@ -124,4 +126,10 @@ t0=$SECONDS
 tag=$(/usr/bin/python3 -I sandbox/image.py ensure "$BASE_IMAGE" 2> >(sed 's/^/setup:   /' >&2)) \
   || die "building the sandbox image failed"
 log "sandbox image $tag ready ($((SECONDS - t0)) s)"
+
+# --- 5. a user who is not root ---------------------------------------------------------------
+if ! id rlfleet-ci >/dev/null 2>&1; then
+  useradd --create-home --shell /usr/sbin/nologin rlfleet-ci
+  log "created user rlfleet-ci"
+fi
 log "host ready in $((SECONDS - START)) s"

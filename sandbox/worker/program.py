@@ -12,7 +12,7 @@ import resource
 import signal
 import sys
 
-from kernel import NOBODY
+from kernel import NOBODY, drop_bounding_capabilities, drop_capabilities
 from testrun import run_test
 
 WORKER_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -26,6 +26,12 @@ def set_limits(lim):
     resource.setrlimit(resource.RLIMIT_NOFILE, (lim.get("nofile", 64), lim.get("nofile", 64)))
     stack = lim.get("stack_bytes", lim["memory_bytes"])
     resource.setrlimit(resource.RLIMIT_STACK, (stack, stack))
+    # Only where no cgroup limits the run as a whole (the worker's rlimit fallback).
+    if "address_space_bytes" in lim:
+        space = lim["address_space_bytes"]
+        resource.setrlimit(resource.RLIMIT_AS, (space, space))
+    if "nproc" in lim:
+        resource.setrlimit(resource.RLIMIT_NPROC, (lim["nproc"], lim["nproc"]))
 
 
 CLEAN_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
@@ -39,9 +45,12 @@ def become_program(job, stdio_fds, ready_w):
     os.chdir("/tmp")
     set_limits(job["limits"])
     os.umask(0o077)
-    os.setgroups([])
+    drop_bounding_capabilities()
+    if not job.get("keep_groups"):
+        os.setgroups([])
     os.setresgid(NOBODY, NOBODY, NOBODY)
     os.setresuid(NOBODY, NOBODY, NOBODY)
+    drop_capabilities()
     if job["kind"] != "python":
         # A Python process ignores these; an exec'd program must start with the defaults
         # (ignored dispositions survive execve).

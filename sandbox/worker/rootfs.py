@@ -13,12 +13,15 @@ from kernel import (
     MNT_DETACH,
     MS_BIND,
     MS_MOVE,
+    MS_NOATIME,
     MS_NODEV,
+    MS_NODIRATIME,
     MS_NOEXEC,
     MS_NOSUID,
     MS_PRIVATE,
     MS_RDONLY,
     MS_REC,
+    MS_RELATIME,
     MS_REMOUNT,
     _check,
     libc,
@@ -37,7 +40,7 @@ def build_root(tmp_mb):
     mount("rlfleet-root", new, "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=755")
     os.mkdir(f"{new}/usr")
     mount("/usr", f"{new}/usr", None, MS_BIND | MS_REC)
-    mount(None, f"{new}/usr", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    remount_read_only(f"{new}/usr")
     if os.path.isdir("/usr/local"):
         mount(
             "rlfleet-empty",
@@ -106,9 +109,30 @@ def build_root(tmp_mb):
     libc.sethostname(b"sandbox", 7)
 
 
+# statvfs flag -> mount flag, for the flags a bind mount keeps from its source.
+_KEPT_FLAGS = (
+    (os.ST_NOEXEC, MS_NOEXEC),
+    (os.ST_NOATIME, MS_NOATIME),
+    (os.ST_NODIRATIME, MS_NODIRATIME),
+    (os.ST_RELATIME, MS_RELATIME),
+)
+
+
+def remount_read_only(path):
+    """Make a bind mount read-only, nosuid and nodev, keeping the source's other flags: in
+    a user namespace a host mount's noexec and atime flags are locked, and a remount that
+    leaves them out is refused."""
+    have = os.statvfs(path).f_flag
+    kept = 0
+    for st_flag, ms_flag in _KEPT_FLAGS:
+        if have & st_flag:
+            kept |= ms_flag
+    mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | kept)
+
+
 def _bind_read_only(source, target):
     mount(source, target, None, MS_BIND | MS_REC)
-    mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    remount_read_only(target)
 
 
 def _mount_proc(target):

@@ -2,6 +2,7 @@
 
 import errno
 import os
+import resource
 import signal
 import time
 
@@ -10,6 +11,9 @@ from kernel import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_REMOUNT, mount
 
 class Cgroups:
     """Per-run cgroups under a base the worker owns; v1 (one dir per controller) or v2."""
+
+    exact = True
+    """Memory, tasks and CPU time are limited and counted for the run as a whole."""
 
     def __init__(self, spec):
         self.version = spec["version"]
@@ -149,6 +153,59 @@ class Cgroups:
                 pass
 
 
+class NoCgroups:
+    """The fallback where no cgroup can be had (a user who is not root, nothing delegated):
+    the same interface as ``Cgroups``, from what the worker's PID namespace and rlimits give.
+
+    Exact still: everything a run leaves is killed (the worker is PID 1 of the namespace
+    every run lives in, so ``kill(-1)`` reaches all of it and nothing else), and the run's
+    CPU time once it ended (every process of it is reaped by the worker or by a process the
+    worker reaped). Approximated: memory and tasks are limited per process by rlimits set
+    in the run (program.set_limits), peak memory is the largest process's resident peak,
+    there are no OOM kills to count, and CPU time is not known while the run goes on.
+    """
+
+    exact = False
+
+    def __init__(self):
+        self._cpu_at_start = 0.0
+        self.orphans_maxrss_kb = 0
+
+    def create(self, memory_bytes, pids):
+        self._cpu_at_start = self._children_cpu()
+        self.orphans_maxrss_kb = 0
+        return []
+
+    def _children_cpu(self):
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return ru.ru_utime + ru.ru_stime
+
+    def cpu_s(self):
+        return None  # not known before the run's processes are reaped
+
+    def stats(self):
+        return 0, 0, self._children_cpu() - self._cpu_at_start
+
+    def kill_all(self):
+        """Kill every process of this PID namespace but the worker, and reap them all;
+        True once none is left. (Their peak resident size goes to ``orphans_maxrss_kb``.)"""
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        while True:
+            try:
+                _, _, ru = os.wait4(-1, 0)
+            except ChildProcessError:
+                return True
+            except InterruptedError:
+                continue
+            self.orphans_maxrss_kb = max(self.orphans_maxrss_kb, ru.ru_maxrss)
+
+    def remove(self):
+        return True
+
+
 def adopt_container_cgroups(spec):
     """Inside a container: make its own cgroups usable for runs, before anything else.
 
@@ -158,6 +215,8 @@ def adopt_container_cgroups(spec):
     before the worker enters its own PID namespace, where the launcher left outside would
     be invisible in cgroup.procs and so never moved.
     """
+    if spec is None:
+        return
     paths = [spec["path"]] if spec["version"] == 2 else list(spec["paths"].values())
     if spec.get("remount"):
         for path in paths:

@@ -42,10 +42,23 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from filters import build_seccomp_filter, load_seccomp
 from frames import read_frame, write_frame
-from kernel import CLONE_NEWPID, NOBODY, PR_SET_PDEATHSIG, _check, libc, unshare
+from kernel import (
+    CLONE_NEWPID,
+    NOBODY,
+    PR_SET_DUMPABLE,
+    PR_SET_PDEATHSIG,
+    _check,
+    enter_user_namespace,
+    libc,
+    unshare,
+)
 from program import program_main
 from rootfs import build_root, wipe_tmp
-from runcg import Cgroups, adopt_container_cgroups
+from runcg import Cgroups, NoCgroups, adopt_container_cgroups
+
+WORKER_TASKS = 2
+"""Tasks of the worker itself in its user namespace (PID 1 and the parent waiting for it):
+the rlimit fallback's RLIMIT_NPROC counts them with the run's."""
 
 
 def memfd(name, data=b"", sealable=False):
@@ -73,7 +86,15 @@ def read_capped(fd, cap):
 class Worker:
     def __init__(self, config):
         self.config = config
-        self.cgroups = Cgroups(config["cgroup"])
+        self.userns = bool(config.get("userns"))
+        self._statm = -1
+        if config["cgroup"] is None:
+            self.cgroups = NoCgroups()
+            # Opened before the host's /proc goes out of sight: the worker's own size,
+            # which a forked run starts with, taken off its rlimits and its peak.
+            self._statm = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+        else:
+            self.cgroups = Cgroups(config["cgroup"])
         self.cgroups.remove()
         build_root(config["tmp_mb"])
         # The filter is loaded here, once, and inherited by every run: loading it per run
@@ -142,7 +163,24 @@ class Worker:
             os.close(fd)
         return data
 
+    def _own_size(self):
+        """(virtual, resident) bytes of this process, as a run forked now starts with."""
+        fields = os.pread(self._statm, 256, 0).split()
+        page = os.sysconf("SC_PAGE_SIZE")
+        return int(fields[0]) * page, int(fields[1]) * page
+
     def _run_isolated(self, job, lim, stdio_fds):
+        if self.userns:
+            job["keep_groups"] = True  # setgroups is denied in the worker's user namespace
+        base_rss = 0
+        if not self.cgroups.exact:
+            # The fallback's limits, per process (program.set_limits): address space above
+            # what the forked interpreter already has (an exec starts afresh), and tasks of
+            # this user namespace, which holds only the worker and the run.
+            vm, base_rss = self._own_size()
+            own = vm if job["kind"] == "python" else 0
+            lim["address_space_bytes"] = own + lim["memory_bytes"]
+            lim["nproc"] = lim["pids"] + WORKER_TASKS
         cg_fds = self.cgroups.create(lim["memory_bytes"], lim["pids"])
         ready_r, ready_w = os.pipe()
         t0 = time.monotonic()
@@ -163,7 +201,8 @@ class Worker:
             os.close(ready_r)
             raise OSError("fork failed")
         cpu_budget = lim["cpu_s"] + 0.05
-        exited = _wait_pid(pid, lim["wall_s"], lambda: self.cgroups.cpu_s() > cpu_budget)
+        over_budget = (lambda: self.cgroups.cpu_s() > cpu_budget) if self.cgroups.exact else None
+        exited = _wait_pid(pid, lim["wall_s"], over_budget)
         timed_out = not exited and time.monotonic() - t0 >= lim["wall_s"]
         if not exited:
             os.kill(pid, signal.SIGKILL)
@@ -179,6 +218,11 @@ class Worker:
         ready = status_bytes.startswith(b"R")
         peak, ooms, cpu = self.cgroups.stats()
         clean = self.cgroups.remove() and clean
+        if not self.cgroups.exact:
+            # The largest process's resident peak; a Python run's counts the interpreter
+            # it was forked with, taken off here (an exec'd program's counts it until exec).
+            maxrss = max(ru.ru_maxrss, self.cgroups.orphans_maxrss_kb) * 1024
+            peak = max(0, maxrss - (base_rss if job["kind"] == "python" else 0))
         facts = {
             "wall_s": wall,
             "cpu_s": cpu,
@@ -187,6 +231,7 @@ class Worker:
             "wall_timeout": timed_out,
             "cpu_timeout": not exited and not timed_out,
             "clean": clean,
+            "memory_exact": self.cgroups.exact,
             "exit_code": None,
             "signal": None,
             "rusage_cpu_s": ru.ru_utime + ru.ru_stime,
@@ -285,10 +330,21 @@ def main():
     os.set_inheritable(rfd, False)
     os.set_inheritable(wfd, False)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # No handler at all: as PID 1 of its namespace the worker then gets no signal sent from
+    # inside it. (Python's own SIGINT handler would let a run that shares its uid, in a
+    # user namespace, interrupt it.)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         header, _ = read_frame(rfd)
         adopt_container_cgroups(header["cgroup"])
+        userns = header.get("userns")
+        if userns:
+            enter_user_namespace(userns["uid"], userns["gid"])
         become_pid1((rfd, wfd))
+        if userns:
+            # Runs keep the worker's uid here: not dumpable, nothing of the same uid can
+            # attach to it (ptrace is refused to runs by seccomp as well).
+            _check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "dumpable")
         worker = Worker(header)
     except BaseException as e:
         write_frame(wfd, {"ok": False, "error": f"worker setup failed: {e!r}"})
