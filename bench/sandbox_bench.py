@@ -142,9 +142,11 @@ async def run_sandbox_bench(
     tests: int,
     math_pairs: int | None,
     runtimes: Sequence[str] = ("runc",),
+    language_tests: int = 0,
 ) -> int:
     """Print the sandbox figures of each backend (the docker backend once per OCI runtime
-    in ``runtimes``: ``docker`` under runc, ``docker/runsc`` under gVisor), then the math
+    in ``runtimes``: ``docker`` under runc, ``docker/runsc`` under gVisor), then each
+    language's start-up cost (``language_tests`` runs each; 0: skip), then the math
     checker's (``math_pairs`` pairs of its corpus; None: all; 0: skip)."""
     rows: dict[str, dict[str, float]] = {}
     runs = [
@@ -169,6 +171,19 @@ async def run_sandbox_bench(
         "ratio = per-test time / bare `python3 -c` per-test time (same run)"
     )
     print_table(rows)
+    if language_tests:
+        from rlfleet.bench.language_bench import bench_backend_languages, print_languages
+
+        print(
+            f"# languages: a program that reads a number and prints it plus one, "
+            f"{language_tests} runs at parallelism {workers}; bare = the same artifact and "
+            "command as a plain subprocess, on this host (local) or in a plain container of "
+            "the sandbox image (docker), in the same run"
+        )
+        for backend in backends:
+            print(f"rlfleet bench sandbox: {backend} backend, languages ...", file=sys.stderr)
+            timings = await bench_backend_languages(backend, workers, language_tests)
+            print_languages(backend, timings)
     if math_pairs != 0:
         from rlfleet.bench.math_bench import run_math_bench
 

@@ -225,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--tests", type=_positive_int, default=400, help="trivial tests per measurement"
     )
     bsand.add_argument(
+        "--language-tests",
+        type=_count,
+        default=40,
+        help="runs per language for its start-up cost against a bare run (default: 40; 0: skip)",
+    )
+    bsand.add_argument(
         "--math", type=_count, default=None, help="math corpus size (default: all; 0: skip)"
     )
     brol = _command(
@@ -646,7 +652,11 @@ def _bench_sandbox(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--runtimes: unknown {', '.join(odd) or 'none given'} (one of runc, runsc)"
         )
-    return _run(run_sandbox_bench(backends, args.workers, args.tests, args.math, runtimes))
+    return _run(
+        run_sandbox_bench(
+            backends, args.workers, args.tests, args.math, runtimes, args.language_tests
+        )
+    )
 
 
 def _bench_rollout(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from rlfleet.sandbox.languages import get_language
+from rlfleet.sandbox.languages import LANGUAGES, get_language
 from rlfleet.sandbox.mathcheck.extract import EXTRACTIONS
 from rlfleet.sandbox.records import (
     CallTest,
@@ -158,7 +158,7 @@ def parse_case(obj: Any) -> Case:
     language = _require(obj, "language", str)
     lang = get_language(language)
     if lang is None:
-        raise CaseError("language", f"unknown {language!r} (one of python, cpp)")
+        raise CaseError("language", f"unknown {language!r} (one of {', '.join(LANGUAGES)})")
     fn_name = obj.get("fn_name")
     if fn_name is not None:
         if not isinstance(fn_name, str) or not fn_name.isidentifier():

@@ -2,9 +2,9 @@
 
 Verdicts are decided here, from the facts the worker measured, with the expected output in
 this process only. Order of precedence follows what was actually hit: our own failure (SE)
-first, then the kernel's OOM kill (MLE), the output cap (OLE: a program stuck writing past
-it may also run out of time), the time limits (TLE), an abnormal exit (RE), and only for a
-clean exit the comparison (AC/WA).
+first, then the output cap (OLE: a program stuck writing past it may also run out of time
+or memory), the kernel's OOM kill (MLE), the time limits (TLE), an abnormal exit (RE), and
+only for a clean exit the comparison (AC/WA).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from rlfleet.sandbox import checkers
-from rlfleet.sandbox.languages import Language, get_language
+from rlfleet.sandbox.languages import Language, SourceError, get_language
 from rlfleet.sandbox.records import (
     CallTest,
     CaseResult,
@@ -34,7 +34,6 @@ from rlfleet.sandbox.worker_handle import RunFacts, RunLimits, RunRequest
 
 RunFn = Callable[[RunRequest], Awaitable[RunFacts]]
 SYNTAX_ERROR_EXIT = 3  # the worker's syntax-check mode exits 3 on a SyntaxError
-MEMORY_ERROR_MARKERS = ("MemoryError", "std::bad_alloc")
 APPROX_MLE_SHARE = (1 << 20) * 3 // 4
 """Bytes per MB of the memory limit a run's peak must reach for a failed run to count as
 MLE where memory is not measured exactly (3/4 of the limit)."""
@@ -144,10 +143,15 @@ class Judge:
             if facts.exit_code == 0:
                 return b""
             return self._case_error(case, Verdict.CE, self._compile_message(facts))
+        try:
+            source_path, command = lang.compile_command(case.code)
+        except SourceError as e:
+            return self._case_error(case, Verdict.CE, f"{lang.name}: {e}")
         req = RunRequest(
             kind="exec",
-            argv=lang.compile_argv,
-            files=((lang.source_path, case.code.encode(), 0o644),),
+            argv=command.argv,
+            env=command.env,
+            files=((source_path, case.code.encode("utf-8", "surrogatepass"), 0o644),),
             capture=lang.artifact_path,
             limits=self._limits(lang.compile_time_s, lang.compile_memory_mb),
         )
@@ -208,9 +212,11 @@ class Judge:
             return RunRequest(
                 kind="python", code=case.code, stdin=test.stdin.encode(), limits=limits
             )
+        command = lang.run_command(case.code, case.memory_limit_mb)
         return RunRequest(
             kind="exec",
-            argv=lang.run_argv,
+            argv=command.argv,
+            env=command.env,
             files=((lang.artifact_path, artifact, 0o755),),
             stdin=test.stdin.encode(),
             limits=limits,
@@ -222,7 +228,7 @@ class Judge:
         async def one(test: object, unit: str) -> tuple[TestResult, bytes]:
             req = self._request(case, lang, artifact, test, unit)
             facts = await self._run_retrying(req)
-            verdict = await self._verdict(case, test, req.limits, facts)
+            verdict = await self._verdict(case, lang, test, req.limits, facts)
             result = TestResult(
                 verdict=verdict,
                 time_s=facts.cpu_s,
@@ -250,14 +256,17 @@ class Judge:
         return results
 
     async def _verdict(
-        self, case: CodeCase, test: object, limits: RunLimits, facts: RunFacts
+        self, case: CodeCase, lang: Language, test: object, limits: RunLimits, facts: RunFacts
     ) -> Verdict:
         if facts.system_error:
             return Verdict.SE
-        if facts.oom_kills:
-            return Verdict.MLE
+        # Past the output cap first: a runtime that ignores SIGXFSZ (Node) may keep what it
+        # could not write in memory until the OOM killer ends it, and the output itself is
+        # charged to the run's memory.
         if facts.stdout_size > limits.output_bytes or facts.signal == signal.SIGXFSZ:
             return Verdict.OLE
+        if facts.oom_kills:
+            return Verdict.MLE
         over_cpu = facts.cpu_timeout or facts.cpu_s > limits.cpu_s or facts.signal == signal.SIGXCPU
         if facts.wall_timeout or over_cpu:
             return Verdict.TLE
@@ -268,10 +277,10 @@ class Judge:
             if facts.exit_code == testwire.TEST_FAILED:
                 return Verdict.WA
         if facts.signal is not None or facts.exit_code != 0:
-            # An allocation refused outright (far above the limit) never reaches the OOM
-            # killer; the runtime reports it instead. Faking it gains nothing (still 0).
-            tail = facts.stderr[-512:]
-            if any(m.encode() in tail for m in MEMORY_ERROR_MARKERS):
+            # An allocation refused outright (far above the limit), or by a managed
+            # runtime's own heap limit, never reaches the OOM killer; the runtime reports it
+            # instead (Node before a native stack trace). Faking it gains nothing (still 0).
+            if any(m.encode() in facts.stderr for m in lang.memory_errors):
                 return Verdict.MLE
             if not facts.memory_exact and facts.peak_bytes >= limits.memory_mb * APPROX_MLE_SHARE:
                 # Without a cgroup nothing reports the limit hit: an allocation refused by

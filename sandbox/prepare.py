@@ -1,11 +1,13 @@
 """`rlfleet sandbox prepare`: check what a backend and the math checker need, and build the
-sandbox image for the docker backend when it is missing. Each check prints one line."""
+sandbox image for the docker backend when it is missing; then build and run a small program
+in every language through the backend's sandbox. Each check prints one line."""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
-import shutil
+import time
 from pathlib import Path
 
 import docker
@@ -14,6 +16,8 @@ import docker.errors
 from rlfleet import deps
 from rlfleet.errors import CommandError
 from rlfleet.sandbox import cgroups, local_mode
+from rlfleet.sandbox.cases import parse_case
+from rlfleet.sandbox.engine import EngineConfig, make_worker_factory
 from rlfleet.sandbox.image import (
     LOCAL_BASE,
     SETUP_HINT,
@@ -24,6 +28,65 @@ from rlfleet.sandbox.image import (
     image_tag,
     pick_base,
 )
+from rlfleet.sandbox.judge import Judge, JudgeConfig
+from rlfleet.sandbox.languages import LANGUAGES
+from rlfleet.sandbox.records import CaseResult, CodeCase, Verdict
+from rlfleet.sandbox.worker_handle import WorkerError
+from rlfleet.sandbox.worker_pool import PoolConfig, WorkerPool
+
+PROBE_LINE = "rlfleet-probe 42"
+
+
+async def _probe_languages(backend: str, cgroup_parent: str) -> list[tuple[str, CaseResult, float]]:
+    """Each language's probe program, built and run by one worker of the backend."""
+    factory = make_worker_factory(EngineConfig(backend=backend, cgroup_parent=cgroup_parent))
+    pool = WorkerPool(factory, PoolConfig(workers=1))
+    await pool.start()
+    try:
+        judge = Judge(pool.run, JudgeConfig(se_retries=0))
+        results = []
+        for lang in LANGUAGES.values():
+            case = parse_case(
+                {
+                    "id": lang.name,
+                    "kind": "code",
+                    "language": lang.name,
+                    "code": lang.probe,
+                    "tests": [{"stdin": PROBE_LINE + "\n", "stdout": PROBE_LINE + "\n"}],
+                    "time_limit_s": 5,
+                }
+            )
+            assert isinstance(case, CodeCase)
+            t0 = time.perf_counter()
+            result = await judge.judge(case)
+            results.append((lang.name, result, time.perf_counter() - t0))
+        return results
+    finally:
+        await pool.close()
+
+
+def check_languages(backend: str, cgroup_parent: str = "") -> bool:
+    """Build and run a small program in every language, as submissions are: one line each."""
+    try:
+        results = asyncio.run(_probe_languages(backend, cgroup_parent))
+    except WorkerError as e:
+        return _check(False, "a sandbox worker", str(e))
+    ok = True
+    for name, result, seconds in results:
+        lang = LANGUAGES[name]
+        if backend == "docker":
+            hint = "the sandbox image lacks it (rebuild: deploy/host/setup.sh)"
+        else:
+            hint = f"apt-get install {' '.join(lang.packages)}"
+        detail = (result.message or "").strip().splitlines()
+        ok &= _check(
+            result.verdict is Verdict.AC,
+            f"{name}: built and ran a program ({seconds:.1f} s)"
+            if result.verdict is Verdict.AC
+            else f"{name}: {result.verdict.value} {detail[0] if detail else ''}".rstrip(),
+            hint,
+        )
+    return ok
 
 
 def _check(ok: bool, what: str, hint: str = "") -> bool:
@@ -89,7 +152,7 @@ def prepare_docker() -> int:
         return 1
     _check(True, f"sandbox image {tag}")
     print(tag)
-    return 0
+    return 0 if check_languages("docker") else 1
 
 
 def _isolation(cgroup_parent: str) -> bool:
@@ -121,14 +184,14 @@ def prepare_local(cgroup_parent: str = "") -> int:
     ok &= _check(
         os.access("/usr/bin/python3", os.X_OK), "/usr/bin/python3", "apt-get install python3"
     )
-    gxx = shutil.which("g++")
-    ok &= _check(gxx is not None, f"g++ ({gxx})" if gxx else "g++", "apt-get install g++")
     try:
         ctypes.CDLL("libseccomp.so.2")
         ok &= _check(True, "libseccomp.so.2 loads")
     except OSError as e:
         ok &= _check(False, "libseccomp.so.2", f"{e}; apt-get install libseccomp2")
-    return 0 if ok else 1
+    if not ok:
+        return 1
+    return 0 if check_languages("local", cgroup_parent) else 1
 
 
 # A correct answer that only the symbolic path (latex2sympy, sympy) can prove.

@@ -73,6 +73,8 @@ class RunRequest:
     test_method: str = ""
     """mode ``test``: the unittest method (``Class.method``) to run; empty runs the code alone."""
     argv: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    """exec: variables added to the run's clean environment (it holds nothing of the host's)."""
     files: tuple[tuple[str, bytes, int], ...] = ()
     """(path under /tmp, content, mode) placed before the run."""
     capture: str = ""
@@ -164,6 +166,8 @@ class WorkerHandle:
                 blobs.append(req.test_code.encode("utf-8", "surrogatepass"))
         else:
             header["argv"] = list(req.argv)
+            if req.env:
+                header["env"] = [list(pair) for pair in req.env]
         if req.files:
             header["files"] = [(path, mode) for path, _, mode in req.files]
             blobs.extend(content for _, content, _ in req.files)

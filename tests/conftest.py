@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import os
+import pwd
+import socket
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import CGROUP_PARENT_VAR, Harness, describe_processes, nobody_processes
+from harness import CGROUP_PARENT_VAR, SECRET, Harness, describe_processes, nobody_processes
 
 BACKENDS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
 # The docker backend under gVisor (--runtime runsc) runs these suites only: it is slower
@@ -76,3 +79,43 @@ def clean_after(sandbox: Harness) -> Iterator[Harness]:
         # the whole check, every process of a run being in its worker's PID namespace.)
         left = nobody_processes()
         assert left == [], f"sandboxed processes left running: {describe_processes(left)}"
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[int, list[object]]]:
+    """A loopback TCP listener that records any connection it accepts."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(0.2)
+    accepted: list[object] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                conn, addr = srv.accept()
+            except OSError:
+                continue
+            accepted.append(addr)
+            conn.close()
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    yield srv.getsockname()[1], accepted
+    stop.set()
+    t.join(2)
+    srv.close()
+
+
+@pytest.fixture
+def host_secret_file() -> Iterator[Path]:
+    """A file on the host holding SECRET."""
+    # In the home of whoever runs the tests: root's, or (tests/test_rootless.py) that of
+    # the user the programs run as outside their namespaces, who may read it there.
+    path = Path(pwd.getpwuid(os.getuid()).pw_dir) / "rlfleet-test-secret.txt"
+    path.write_text(SECRET)
+    try:
+        yield path
+    finally:
+        path.unlink()

@@ -26,6 +26,8 @@ from rlfleet.sandbox.worker_pool import PoolConfig, WorkerFactory, WorkerPool
 T = TypeVar("T")
 TEST_CAPS = cgroups.BaseLimits(memory_mb=1536, pids=256)
 NOBODY = 65534
+SECRET = "rlfleet-test-secret-4242"
+"""Planted on the host (and in its environment) by hostile tests; no program may read it."""
 CGROUP_PARENT_VAR = "RLFLEET_TEST_CGROUP_PARENT"
 """The local backend's --cgroup-parent in tests (tests/test_rootless.py sets it)."""
 GVISOR_BINARY = "/usr/bin/runsc"
@@ -209,3 +211,10 @@ def dashboard_exprs(name: str = "rlfleet-verifier") -> list[str]:
     path = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / f"{name}.json"
     dash = json.loads(path.read_text())
     return [t["expr"] for p in dash["panels"] for t in p["targets"]]
+
+
+def assert_pool_works(h: Harness) -> None:
+    """After a hostile program: the pool still judges a plain case."""
+    case = {"code": "print(input())", "tests": [{"stdin": "alive\n", "stdout": "alive\n"}]}
+    r = h.judge(case)
+    assert r.verdict.value == "AC", r

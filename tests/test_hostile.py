@@ -5,20 +5,14 @@ namespaces, so a broken sandbox cannot take the machine down with it."""
 from __future__ import annotations
 
 import os
-import pwd
-import socket
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Harness
+from harness import SECRET, Harness, assert_pool_works
 
 from rlfleet.sandbox.records import Verdict
 
 pytestmark = pytest.mark.usefixtures("clean_after")
-
-SECRET = "rlfleet-test-secret-4242"
 
 
 def py(code: str, **kw: object) -> dict[str, object]:
@@ -37,50 +31,6 @@ def cpp(code: str, **kw: object) -> dict[str, object]:
         "tests": kw.pop("tests", [{"stdin": "", "stdout": "ok"}]),
         **kw,
     }
-
-
-def assert_pool_works(h: Harness) -> None:
-    r = h.judge(py("print(input())", tests=[{"stdin": "alive\n", "stdout": "alive\n"}]))
-    assert r.verdict is Verdict.AC, r
-
-
-@pytest.fixture
-def listener() -> Iterator[tuple[int, list[object]]]:
-    """A loopback TCP listener that records any connection it accepts."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    srv.settimeout(0.2)
-    accepted: list[object] = []
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            try:
-                conn, addr = srv.accept()
-            except OSError:
-                continue
-            accepted.append(addr)
-            conn.close()
-
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
-    yield srv.getsockname()[1], accepted
-    stop.set()
-    t.join(2)
-    srv.close()
-
-
-@pytest.fixture
-def host_secret_file() -> Iterator[Path]:
-    # In the home of whoever runs the tests: root's, or (tests/test_rootless.py) that of
-    # the user the programs run as outside their namespaces, who may read it there.
-    path = Path(pwd.getpwuid(os.getuid()).pw_dir) / "rlfleet-test-secret.txt"
-    path.write_text(SECRET)
-    try:
-        yield path
-    finally:
-        path.unlink()
 
 
 # ------------------------------------------------------------------------- Python
@@ -158,6 +108,18 @@ def test_host_files_invisible(sandbox: Harness, host_secret_file: Path) -> None:
     r = sandbox.judge(py(code, tests=[{"stdin": "", "stdout": "x"}]))
     assert r.verdict is Verdict.WA, r  # ran to the end, printed only errors
     assert SECRET not in r.message
+
+
+def test_proc_shows_the_run_alone(sandbox: Harness) -> None:
+    # Toolchains need /proc/self; nothing else of /proc is there, nor the worker (PID 1).
+    code = (
+        "import os\n"
+        "print(sorted(os.listdir('/proc')) == sorted([str(os.getpid()), 'self', 'thread-self']))\n"
+        "print([p for p in ('/proc/1', '/proc/sys', '/proc/meminfo', '/proc/kcore')"
+        " if os.path.exists(p)])\n"
+    )
+    r = sandbox.judge(py(code, tests=[{"stdin": "", "stdout": "True\n[]\n"}]))
+    assert r.verdict is Verdict.AC, r
 
 
 def test_host_files_not_writable(sandbox: Harness) -> None:

@@ -119,11 +119,11 @@ def test_prepare_passes_on_a_plain_install(installed: Path, require_root: None) 
 
 
 def test_bench_says_what_the_math_comparison_needs(installed: Path, require_root: None) -> None:
-    proc = run(
-        installed, "bench", "sandbox", "--backends", "local", "--tests", "20", "--math", "20"
-    )
+    args = ("--backends", "local", "--tests", "20", "--math", "20", "--language-tests", "2")
+    proc = run(installed, "bench", "sandbox", *args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     assert "# sandbox" in proc.stdout and "local" in proc.stdout  # the sandbox figures
+    assert "# languages" in proc.stdout and "local    rust" in proc.stdout
     assert "ours_checks_per_s" in proc.stdout
     assert "math_verify" in proc.stdout and "rlfleet[dev]" in proc.stdout

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Provision this host (Debian bookworm, as root) for rlfleet's tests and docker backend:
-#   1. system packages (Debian's Docker engine and docker-compose, debootstrap, g++,
-#      libseccomp2, prometheus),
+#   1. system packages (Debian's Docker engine and docker-compose, debootstrap, libseccomp2,
+#      prometheus, the toolchains: g++, the JDK, Node, Go, Rust),
 #   2. a running Docker engine (Debian's dockerd, started in the background if none answers),
 #      with gVisor's runsc registered as the runtime `runsc` (the docker backend's
 #      `--runtime runsc`) in /etc/docker/daemon.json, which a running engine re-reads on
@@ -31,7 +31,10 @@ STATE_DIR=${RLFLEET_STATE_DIR:-$REPO/.state}
 mkdir -p "$STATE_DIR"
 BASE_IMAGE=rlfleet/bookworm-base:local
 DOCKERD=/usr/sbin/dockerd
-PACKAGES=(docker.io containerd runc runsc iptables debootstrap prometheus docker-compose g++ libseccomp2 openssl)
+# Toolchains of the languages the local backend runs (the docker backend's image has its own).
+LANGUAGE_PACKAGES=(g++ default-jdk-headless nodejs golang-go rustc)
+PACKAGES=(docker.io containerd runc runsc iptables debootstrap prometheus docker-compose libseccomp2
+  openssl "${LANGUAGE_PACKAGES[@]}")
 DAEMON_JSON=/etc/docker/daemon.json
 
 # --- 1. packages ---------------------------------------------------------------------------

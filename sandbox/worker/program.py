@@ -320,7 +320,9 @@ def run_call(
 
 def run_exec(job, ready_w):
     try:
-        os.execve(job["argv"][0], job["argv"], CLEAN_ENV)
+        env = dict(CLEAN_ENV)
+        env.update(job.get("env", ()))
+        os.execve(job["argv"][0], job["argv"], env)
     except OSError as e:
         os.write(ready_w, f"E{e.errno}".encode())
         os._exit(73)

@@ -86,6 +86,11 @@ def build_root(tmp_mb, gvisor=False):
     for name in ("ld.so.cache", "ld.so.conf", "localtime"):
         if os.path.isfile(f"/etc/{name}"):
             shutil.copyfile(f"/etc/{name}", f"{new}/etc/{name}")
+    # The JDK's configuration (Debian keeps it in /etc/java-NN-openjdk, linked from the JDK).
+    for name in sorted(os.listdir("/etc")):
+        if name.startswith("java-") and os.path.isdir(f"/etc/{name}"):
+            os.mkdir(f"{new}/etc/{name}")
+            _bind_readonly(f"/etc/{name}", f"{new}/etc/{name}", gvisor)
     if os.path.isdir("/etc/alternatives"):
         os.mkdir(f"{new}/etc/alternatives")
         for name in os.listdir("/etc/alternatives"):
@@ -96,6 +101,7 @@ def build_root(tmp_mb, gvisor=False):
     for name in ("null", "zero", "full", "random", "urandom"):
         open(f"{new}/dev/{name}", "w").close()
         mount(f"/dev/{name}", f"{new}/dev/{name}", None, MS_BIND)
+    _mount_proc(f"{new}/proc")
     os.symlink("/proc/self/fd", f"{new}/dev/fd")
     for i, name in enumerate(("stdin", "stdout", "stderr")):
         os.symlink(f"/proc/self/fd/{i}", f"{new}/dev/{name}")
@@ -144,6 +150,26 @@ def remount_read_only(path):
         if have & st_flag:
             kept |= ms_flag
     mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | kept)
+
+
+def _mount_proc(target):
+    """A /proc of the worker's PID namespace holding only process directories
+    (``subset=pid``: no /proc/sys, meminfo, kcore...), each visible only to its own uid
+    (``hidepid=invisible``): a run sees its own processes and nothing of the worker's.
+
+    Toolchains find their own files through /proc/self/exe (rustc, the JDK's $ORIGIN).
+    Kernels before 5.8 know neither option (EINVAL), and a user namespace may refuse a new
+    proc mount (EPERM): the sandbox then has no /proc at all, and those toolchains fail
+    (``rlfleet sandbox prepare`` says which).
+    """
+    os.mkdir(target)
+    try:
+        mount(
+            "proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible,subset=pid"
+        )
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.EPERM):
+            raise
 
 
 def wipe_tmp():
