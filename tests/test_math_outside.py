@@ -4,6 +4,8 @@ evaluation outputs (tests/data/math_outside.md), not written alongside the check
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,3 +61,41 @@ def test_no_false_positive_and_agreement_on_the_outside_corpus(checker: MathChec
     assert false_positives == []
     agreement = sum(v == p.expected for p, v in zip(pairs, verdicts, strict=True)) / len(pairs)
     assert agreement >= MIN_AGREEMENT
+
+
+def test_bench_math_prints_both_checkers_and_each_source(tmp_path: Path) -> None:
+    # Two sources; one pair of each labelled wrongly on purpose, so the figures must move.
+    rows = [
+        ("a", "\\boxed{4}", "4", True),
+        ("a", "\\boxed{5}", "4", False),
+        ("a", "\\boxed{5}", "4", True),  # mislabelled: a false negative for both checkers
+        ("b", "The answer is $\\frac{1}{2}$.", "0.5", True),
+        ("b", "\\boxed{7}", "7", False),  # mislabelled: a false positive for both checkers
+    ]
+    corpus = tmp_path / "pairs.jsonl"
+    corpus.write_text(
+        "".join(
+            json.dumps({"completion": c, "gold": g, "label": label, "source": s}) + "\n"
+            for s, c, g, label in rows
+        )
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "rlfleet.cli", "bench", "math", "--corpus", str(corpus)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == f"# math: 5 labelled pairs of {corpus}"
+    table = {line.split()[0]: line.split() for line in lines[2:4]}
+    for checker in ("ours", "math-verify"):
+        # agreement 60 %, one false positive, one false negative, then speed and worst case
+        assert table[checker][1:4] == ["60.00%", "1", "1"], run.stdout
+        assert float(table[checker][4]) > 0 and float(table[checker][5]) > 0
+    ratio = [line for line in lines if line.startswith("throughput ratio")]
+    assert len(ratio) == 1 and float(ratio[0].rsplit(" ", 1)[1]) > 0
+    by_source = {line.split()[0]: line for line in lines[lines.index(ratio[0]) + 3 :]}
+    assert set(by_source) == {"a", "b"}
+    assert by_source["a"].split()[1:3] == ["3", "66.67%"]
+    assert by_source["b"].split()[1:5] == ["2", "50.00%", "(", "1)"]
