@@ -56,6 +56,8 @@ class _Child:
             start_new_session=True,
         )
         self._buffer = b""
+        self._kill_lock = threading.Lock()
+        self._killed = False
 
     @property
     def pid(self) -> int:
@@ -90,6 +92,12 @@ class _Child:
         return lines[-1] if lines else f"it exited with status {self.process.poll()}"
 
     def kill(self) -> None:
+        """Kill the child and close its files, once: ``close`` and a restarting thread may
+        both come here for the same child (closing a file twice at once raises)."""
+        with self._kill_lock:
+            if self._killed:
+                return
+            self._killed = True
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
         self.process.wait()

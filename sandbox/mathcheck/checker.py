@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import re
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,9 @@ from rlfleet.sandbox.mathcheck.algebra import AlgebraRunner
 from rlfleet.sandbox.mathcheck.compare import Algebra, Undecided, equal, is_candidate_list
 from rlfleet.sandbox.mathcheck.extract import EXTRACTIONS, Extraction, boxed_contents, extract
 from rlfleet.sandbox.mathcheck.normalize import (
+    Norm,
     alternatives_as_list,
+    choice_letter,
     decimal_comma,
     has_and,
     inequality_union,
@@ -24,6 +27,9 @@ from rlfleet.sandbox.mathcheck.normalize import (
     parse_struct,
     strip_assignment,
 )
+
+_MATH_DELIMITER = re.compile(r"(?<!\\)\$")
+_CHOICE = re.compile(r"^[A-Z]$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,10 +107,12 @@ def read_gold(gold: str) -> str:
 
     A boxed gold is its box ("\\boxed{5}"); several boxes of different text are all of the
     answer ("\\boxed{4} and \\boxed{-1}" is the list "4, -1"); values joined by "and"
-    ("3 \\text{ and } 10", "5, 17, and 29") are a list."""
+    ("3 \\text{ and } 10", "5, 17, and 29") are a list; the ``$`` of math spans go
+    ("(-6,6)$, $(2,6)" is the list "(-6,6), (2,6)"; an escaped ``\\$`` stays)."""
     boxes = boxed_contents(gold)
     if boxes:
         gold = ", ".join(_distinct(tuple(boxes)))
+    gold = _MATH_DELIMITER.sub("", gold)  # "(-6,6)$, $(2,6)": math spans of one list
     if has_and(gold) and not is_hedge(gold):
         gold = alternatives_as_list(gold)
     return gold
@@ -241,6 +249,12 @@ class MathChecker:
         decimal = decimal_comma(gold)
         if decimal is not None and is_point_decimal(a.text):
             g = normalize(decimal)  # a gold of "2,5" against "2.5": a decimal comma
+        letter = choice_letter(answer_text) if _CHOICE.match(g.text) else None
+        if letter is not None:
+            a = Norm(letter)  # "(D) (2,0)" against the gold "D": the choice's letter
+        letter = choice_letter(gold) if _CHOICE.match(a.text) else None
+        if letter is not None:
+            g = Norm(letter)  # and "C" against the gold "C. x = 42"
         if is_candidate_list(a, g):
             return MathResult(correct=False, extracted=answer, reason="hedged")
         try:
