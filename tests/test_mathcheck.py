@@ -7,6 +7,7 @@ import asyncio
 import gc
 import os
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -302,6 +303,23 @@ def test_timeout_kills_and_replaces_the_worker() -> None:
         assert c.check("\\boxed{7}", "7").correct  # fast paths need no worker
     with MathChecker(MathCheckConfig(processes=1, timeout_s=5)) as c:
         assert c.check(*SLOW).correct
+
+
+def test_a_standby_takes_the_place_of_a_killed_worker() -> None:
+    with MathChecker(MathCheckConfig(processes=1, timeout_s=0.001)) as c:
+        deadline = time.monotonic() + 60
+        while not c.standby_pids and time.monotonic() < deadline:
+            time.sleep(0.05)  # the standby starts in the background
+        (standby,) = c.standby_pids
+        (worker,) = c.process_pids
+        assert standby != worker
+        assert c.check(*SLOW).reason == "timeout"
+        # At once, not after a start: the standby does the checks now.
+        assert c.process_pids == [standby]
+        assert _gone(worker)
+        while not c.standby_pids and time.monotonic() < deadline:
+            time.sleep(0.05)  # and a new standby starts
+        assert c.standby_pids and c.standby_pids != [standby]
 
 
 def test_a_slow_check_does_not_block_the_pool() -> None:

@@ -1,7 +1,9 @@
 """Algebra in child processes, each request bounded in wall time from any thread.
 
 A request borrows an idle child, sends it the pair and waits at most its time budget; a
-child that overruns is killed and a replacement started in the background. No signals are
+child that overruns is killed and a ready standby takes its place at once, while a new
+standby starts in the background: starting a child takes seconds (sympy's imports), and
+without the standby the checks after a timeout would wait for it. No signals are
 used (``signal.alarm`` only works in the main thread), so this works from any thread or
 event loop. Children are fresh interpreters (``python -m ...algebra_child``), never forks of
 the caller, which is what makes them safe to start from threaded and asyncio servers.
@@ -109,13 +111,21 @@ class _Child:
 
 
 class AlgebraRunner:
-    """A fixed number of child processes; ``check`` is thread-safe."""
+    """A fixed number of child processes doing checks, and one standby; ``check`` is
+    thread-safe."""
 
     def __init__(self, processes: int, *, memory_mb: int, max_wait_s: float) -> None:
         self._memory_mb = memory_mb
         self._max_wait_s = max_wait_s
         self._idle: queue.Queue[_Child] = queue.Queue()
         self._all: set[_Child] = set()
+        self._active: set[_Child] = set()
+        """The children doing checks (idle or busy); not the standby, nor one starting."""
+        self._standby: list[_Child] = []
+        """At most one ready child, waiting to replace one that is killed."""
+        self._vacant = 0
+        """Places of killed children that no standby could take: a new child goes there
+        first."""
         self._starters: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -126,7 +136,9 @@ class AlgebraRunner:
                 reason = w.failure() if w else "closed while starting"
                 self.close()
                 raise AlgebraStartError(_start_error(reason))
+            self._active.add(w)
             self._idle.put(w)
+        self._replace()  # the standby, started in the background
 
     def _spawn(self) -> _Child | None:
         # Spawned under the lock that close() takes: a child either exists in _all when
@@ -147,7 +159,23 @@ class AlgebraRunner:
     def _discard(self, w: _Child) -> None:
         with self._lock:
             self._all.discard(w)
+            self._active.discard(w)
         w.kill()
+
+    def _take_place(self, w: _Child) -> bool:
+        """Put a child that just became ready where it is needed: a vacant place, else the
+        standby; False when neither needs it (or the runner closed). Call under the lock."""
+        if self._closed:
+            return False
+        if self._vacant > 0:
+            self._vacant -= 1
+            self._active.add(w)
+            self._idle.put(w)
+            return True
+        if not self._standby:
+            self._standby.append(w)
+            return True
+        return False
 
     def _replace(self) -> None:
         def start() -> None:
@@ -159,8 +187,7 @@ class AlgebraRunner:
                     self._discard(w)
                     return
                 with self._lock:
-                    if not self._closed:
-                        self._idle.put(w)
+                    if self._take_place(w):
                         return
                 self._discard(w)
             finally:
@@ -194,9 +221,17 @@ class AlgebraRunner:
                 return (str(reply[0]), reply[1])
         except (EOFError, OSError, ValueError):
             pass
-        # Overran (or died): kill it, start a replacement in the background.
+        # Overran (or died): kill it; the standby takes its place, and a new child starts in
+        # the background (the next standby, or this place when there was no standby).
         self._discard(w)
         self.restarts += 1
+        with self._lock:
+            if self._standby:
+                standby = self._standby.pop()
+                self._active.add(standby)
+                self._idle.put(standby)
+            else:
+                self._vacant += 1
         self._replace()
         return ("timeout", None)
 
@@ -205,6 +240,8 @@ class AlgebraRunner:
             self._closed = True
             children = list(self._all)
             self._all.clear()
+            self._active.clear()
+            self._standby.clear()
             starters = list(self._starters)
         for w in children:
             w.kill()
@@ -212,8 +249,14 @@ class AlgebraRunner:
             t.join(READY_TIMEOUT_S)
 
     def pids(self) -> list[int]:
+        """The children doing checks (not the standby)."""
         with self._lock:
-            return [w.pid for w in self._all]
+            return [w.pid for w in self._active]
+
+    def standby_pids(self) -> list[int]:
+        """The ready standby, if there is one now."""
+        with self._lock:
+            return [w.pid for w in self._standby]
 
 
 def _start_error(reason: str) -> str:

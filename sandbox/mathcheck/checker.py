@@ -37,7 +37,8 @@ class MathCheckConfig:
     timeout_s: float = 2.0
     """Wall-time budget of the algebra of one check; past it the check is "timeout"."""
     processes: int = 2
-    """Child processes doing algebra (each about 100 MB with sympy loaded)."""
+    """Child processes doing algebra (each about 100 MB with sympy loaded), plus one
+    standby that replaces at once a child killed for overrunning its budget."""
     max_wait_s: float = 30.0
     """How long a check may wait for a free process before it gives up as "timeout"."""
     process_memory_mb: int = 2048
@@ -172,8 +173,13 @@ class MathChecker:
 
     @property
     def process_pids(self) -> list[int]:
-        """Process ids of the live algebra processes (for tests and monitoring)."""
+        """Process ids of the algebra processes doing checks (for tests and monitoring)."""
         return self._algebra.pids()
+
+    @property
+    def standby_pids(self) -> list[int]:
+        """Process id of the ready standby, when there is one (for tests and monitoring)."""
+        return self._algebra.standby_pids()
 
     def check(self, completion: str, gold: str, *, extraction: str | None = None) -> MathResult:
         """Compare the completion's final answer with ``gold``; blocks at most about
