@@ -17,8 +17,9 @@ from rlfleet.sandbox.mathcheck.corpus import load_outside
 DATA = Path(__file__).parent / "data"
 CORPUS = DATA / "math_outside.jsonl"
 
-MIN_AGREEMENT = 0.99
-"""Agreement with the labels below which the checker has regressed (it is 2279/2282)."""
+MIN_AGREEMENT = 0.98
+"""Agreement with the labels below which the checker has regressed (the issue's bar; it was
+5549/5597 on a heavily loaded machine, where most misses are algebra timeouts)."""
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def checker() -> Iterator[MathChecker]:
 def test_every_pair_is_sourced_and_hand_labels_say_why() -> None:
     rows = [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines()]
     readme = (DATA / "math_outside.md").read_text(encoding="utf-8")
-    assert len(rows) >= 2000
+    assert len(rows) >= 5000
     assert len({r["id"] for r in rows}) == len(rows)
     for r in rows:
         assert f"`{r['source']}`" in readme, r["id"]  # every source has its provenance
