@@ -93,15 +93,23 @@ class _Child:
         lines = self._stderr.read()[-4096:].decode("utf-8", "replace").strip().splitlines()
         return lines[-1] if lines else f"it exited with status {self.process.poll()}"
 
-    def kill(self) -> None:
+    def kill(self, *, reap: bool = True) -> None:
         """Kill the child and close its files, once: ``close`` and a restarting thread may
-        both come here for the same child (closing a file twice at once raises)."""
+        both come here for the same child (closing a file twice at once raises). With
+        ``reap=False`` only the signal is sent here; waiting for the child to end and
+        closing its files happen in a thread, off the caller's time."""
         with self._kill_lock:
             if self._killed:
                 return
             self._killed = True
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
+        if reap:
+            self._reap()
+        else:
+            threading.Thread(target=self._reap, daemon=True, name="mathcheck-reap").start()
+
+    def _reap(self) -> None:
         self.process.wait()
         for pipe in (self.process.stdin, self.process.stdout):
             with contextlib.suppress(OSError):
@@ -156,11 +164,11 @@ class AlgebraRunner:
         except (EOFError, OSError, ValueError):
             return False
 
-    def _discard(self, w: _Child) -> None:
+    def _discard(self, w: _Child, *, reap: bool = True) -> None:
         with self._lock:
             self._all.discard(w)
             self._active.discard(w)
-        w.kill()
+        w.kill(reap=reap)
 
     def _take_place(self, w: _Child) -> bool:
         """Put a child that just became ready where it is needed: a vacant place, else the
@@ -223,7 +231,7 @@ class AlgebraRunner:
             pass
         # Overran (or died): kill it; the standby takes its place, and a new child starts in
         # the background (the next standby, or this place when there was no standby).
-        self._discard(w)
+        self._discard(w, reap=False)  # the check returns now; the child ends in a thread
         self.restarts += 1
         with self._lock:
             if self._standby:
