@@ -265,7 +265,7 @@ def print_outside_bench(report: OutsideBench, out: TextIO = sys.stdout) -> None:
     for name, f in rows:
         print(
             f"{name:12} {f.total.agreement_pct:9.2f}% {f.total.false_positives:9d} "
-            f"{f.total.false_negatives:9d} {f.checks_per_s:9.1f} {f.max_check_s:11.3f}",
+            f"{f.total.false_negatives:9d} {f.checks_per_s:9.1f} {f.max_check_s:11.4f}",
             file=out,
         )
     if report.math_verify is None:

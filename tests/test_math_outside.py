@@ -70,6 +70,7 @@ def test_bench_math_prints_both_checkers_and_each_source(tmp_path: Path) -> None
         ("a", "\\boxed{4}", "4", True),
         ("a", "\\boxed{5}", "4", False),
         ("a", "\\boxed{5}", "4", True),  # mislabelled: a false negative for both checkers
+        ("a", "\\boxed{(x+1)^2}", "x^2+2x+1", True),  # algebra: the slowest check
         ("b", "The answer is $\\frac{1}{2}$.", "0.5", True),
         ("b", "\\boxed{7}", "7", False),  # mislabelled: a false positive for both checkers
     ]
@@ -88,15 +89,15 @@ def test_bench_math_prints_both_checkers_and_each_source(tmp_path: Path) -> None
     )
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
-    assert lines[0] == f"# math: 5 labelled pairs of {corpus}"
+    assert lines[0] == f"# math: 6 labelled pairs of {corpus}"
     table = {line.split()[0]: line.split() for line in lines[2:4]}
     for checker in ("ours", "math-verify"):
-        # agreement 60 %, one false positive, one false negative, then speed and worst case
-        assert table[checker][1:4] == ["60.00%", "1", "1"], run.stdout
+        # agreement 4 of 6, one false positive, one false negative, then speed and worst case
+        assert table[checker][1:4] == ["66.67%", "1", "1"], run.stdout
         assert float(table[checker][4]) > 0 and float(table[checker][5]) > 0
     ratio = [line for line in lines if line.startswith("throughput ratio")]
     assert len(ratio) == 1 and float(ratio[0].rsplit(" ", 1)[1]) > 0
     by_source = {line.split()[0]: line for line in lines[lines.index(ratio[0]) + 3 :]}
     assert set(by_source) == {"a", "b"}
-    assert by_source["a"].split()[1:3] == ["3", "66.67%"]
+    assert by_source["a"].split()[1:3] == ["4", "75.00%"]
     assert by_source["b"].split()[1:5] == ["2", "50.00%", "(", "1)"]
