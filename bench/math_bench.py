@@ -1,18 +1,24 @@
 """Our math checker against math-verify on the same corpus: throughput, agreement, worst case.
 
+``run_math_bench`` (the math part of ``rlfleet bench sandbox``) times both on the project's
+template corpus; ``run_outside_bench`` (``rlfleet bench math``) measures both against the
+hand-checked labels of the outside corpus, source by source.
+
 math-verify is a dev dependency (``pip install 'rlfleet[dev]'``), imported only when the
 benchmark runs; without it the benchmark says so and reports our checker alone. Its timeouts
-use ``signal.alarm``, so call ``run_math_bench`` from the main thread.
+use ``signal.alarm``, so call both from the main thread.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rlfleet.sandbox.mathcheck import MathCheckConfig, MathChecker
 from rlfleet.sandbox.mathcheck.corpus import MV_KNOWN_WRONG, Pair, build, load_outside
@@ -47,24 +53,14 @@ def _spread(pairs: list[Pair], n: int | None) -> list[Pair]:
     return pairs
 
 
-def _labelled(prefix: str, verdicts: list[bool], pairs: list[Pair]) -> dict[str, Any]:
-    """Agreement with the labels and false positives (a wrong answer accepted)."""
-    wrong_accepted = sum(v and not p.expected for v, p in zip(verdicts, pairs, strict=True))
-    return {
-        f"{prefix}_agreement_pct": round(100.0 * _right(verdicts, pairs) / len(pairs), 2),
-        f"{prefix}_false_positives": wrong_accepted,
-    }
-
-
 def run_math_bench(n: int | None = None) -> dict[str, Any]:
-    """Time both checkers over the corpus (``n`` pairs, default all) and compare verdicts;
-    then both against the labels of the outside corpus, when this is a source checkout.
+    """Time both checkers over the template corpus (``n`` pairs, default all) and compare
+    their verdicts (the outside corpus: ``run_outside_bench``, ``rlfleet bench math``).
 
     Both run sequentially from this thread, one check at a time: the figures are per-caller
     latency-bound throughput, ours with the worker round trips included.
     """
     pairs = _corpus(n)
-    outside = _spread(load_outside(OUTSIDE_CORPUS), n) if OUTSIDE_CORPUS.exists() else []
     mv = _math_verify()
     if mv is not None:
         mv("$1$", "1")  # warm: imports and the LaTeX grammar
@@ -73,38 +69,17 @@ def run_math_bench(n: int | None = None) -> dict[str, Any]:
         ours_verdicts, ours_times = _timed(
             lambda p: ours.check(p.completion, p.gold).correct, pairs
         )
-        # Pair by pair, ours then math-verify: both see the same load on a shared machine.
-        checkers = [lambda p: ours.check(p.completion, p.gold).correct]
-        if mv is not None:
-            checkers.append(lambda p: mv(p.completion, p.gold))
-        outside_runs = _interleaved(checkers, outside)
     alone: dict[str, Any] = {
         "pairs": len(pairs),
         "ours_checks_per_s": round(len(pairs) / sum(ours_times), 1),
         "ours_correct_pct": round(100.0 * _right(ours_verdicts, pairs) / len(pairs), 2),
         "ours_max_check_s": round(max(ours_times), 4),
     }
-    if outside:
-        outside_verdicts, outside_times = outside_runs[0]
-        alone = {
-            **alone,
-            "outside_pairs": len(outside),
-            **_labelled("outside_ours", outside_verdicts, outside),
-            "outside_ours_checks_per_s": round(len(outside) / sum(outside_times), 1),
-            "outside_ours_max_check_s": round(max(outside_times), 4),
-        }
-    else:
-        missing = f"none: {OUTSIDE_CORPUS.name} comes with a source checkout"
-        alone = {**alone, "outside_pairs": missing}
+    # The outside corpus, labelled by hand, has its own command: the harder part of it
+    # takes minutes.
+    alone["outside_corpus"] = "rlfleet bench math"
     if mv is None:
         return {**alone, "math_verify": MATH_VERIFY_MISSING}
-    if outside:
-        mv_outside, mv_outside_times = outside_runs[1]
-        alone = {
-            **alone,
-            **_labelled("outside_math_verify", mv_outside, outside),
-            "outside_throughput_ratio": round(sum(mv_outside_times) / sum(outside_times), 2),
-        }
     mv_verdicts, mv_times = _timed(lambda p: mv(p.completion, p.gold), pairs)
     ours_s, mv_s = sum(ours_times), sum(mv_times)
     # math-verify spends its own 5 s timeouts on pathological answers; without them the
@@ -174,6 +149,137 @@ def disagreements(n: int | None = None) -> list[tuple[str, str, bool, bool, str]
             if a != b:
                 out.append((p.completion[-60:], p.gold, a, b, p.kind))
     return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceFigures:
+    """One checker on the pairs of one source (or of the whole corpus)."""
+
+    pairs: int
+    agreeing: int
+    """Verdicts equal to the pair's label."""
+    false_positives: int
+    """Wrong answers accepted."""
+    false_negatives: int
+    """Right answers refused."""
+
+    @property
+    def agreement_pct(self) -> float:
+        return 100.0 * self.agreeing / self.pairs
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckerFigures:
+    """One checker on the outside corpus."""
+
+    total: SourceFigures
+    by_source: dict[str, SourceFigures]
+    seconds: float
+    """Time of all its checks together."""
+    max_check_s: float
+    """Its slowest single check."""
+
+    @property
+    def checks_per_s(self) -> float:
+        return self.total.pairs / self.seconds
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutsideBench:
+    """Both checkers on the same pairs of an outside corpus, checked alternately."""
+
+    corpus: Path
+    pairs: int
+    ours: CheckerFigures
+    math_verify: CheckerFigures | None
+    """None when math-verify is not installed."""
+
+    @property
+    def throughput_ratio(self) -> float | None:
+        """math-verify's time over ours on the same pairs (how many times faster ours is)."""
+        if self.math_verify is None:
+            return None
+        return self.math_verify.seconds / self.ours.seconds
+
+
+def _figures(verdicts: list[bool], pairs: list[Pair]) -> SourceFigures:
+    return SourceFigures(
+        pairs=len(pairs),
+        agreeing=_right(verdicts, pairs),
+        false_positives=sum(v and not p.expected for v, p in zip(verdicts, pairs, strict=True)),
+        false_negatives=sum(p.expected and not v for v, p in zip(verdicts, pairs, strict=True)),
+    )
+
+
+def _checker_figures(verdicts: list[bool], times: list[float], pairs: list[Pair]) -> CheckerFigures:
+    sources = sorted({p.kind for p in pairs})
+    by_source = {}
+    for source in sources:
+        picked = [i for i, p in enumerate(pairs) if p.kind == source]
+        by_source[source] = _figures([verdicts[i] for i in picked], [pairs[i] for i in picked])
+    return CheckerFigures(
+        total=_figures(verdicts, pairs),
+        by_source=by_source,
+        seconds=sum(times),
+        max_check_s=max(times),
+    )
+
+
+def run_outside_bench(corpus: Path = OUTSIDE_CORPUS, n: int | None = None) -> OutsideBench:
+    """Our checker and math-verify on the pairs of ``corpus`` (``n`` of them, evenly spread;
+    default all), pair by pair one after the other, against the pairs' labels.
+
+    Raises ``ValueError`` naming a malformed line, ``FileNotFoundError`` for no corpus."""
+    pairs = _spread(load_outside(corpus), n)
+    if not pairs:
+        raise ValueError(f"{corpus}: no pairs")
+    mv = _math_verify()
+    if mv is not None:
+        mv("$1$", "1")  # warm: imports and the LaTeX grammar
+    with MathChecker(MathCheckConfig()) as ours:
+        ours.check("\\boxed{x+1}", "1+x")  # warm the algebra's parse path
+        checkers = [lambda p: ours.check(p.completion, p.gold).correct]
+        if mv is not None:
+            checkers.append(lambda p: mv(p.completion, p.gold))
+        runs = _interleaved(checkers, pairs)
+    figures = [_checker_figures(verdicts, times, pairs) for verdicts, times in runs]
+    return OutsideBench(
+        corpus=corpus,
+        pairs=len(pairs),
+        ours=figures[0],
+        math_verify=figures[1] if mv is not None else None,
+    )
+
+
+def print_outside_bench(report: OutsideBench, out: TextIO = sys.stdout) -> None:
+    """The figures of ``run_outside_bench`` as lines: both checkers, then source by source."""
+    rows = [("ours", report.ours)]
+    if report.math_verify is not None:
+        rows.append(("math-verify", report.math_verify))
+    print(f"# math: {report.pairs} labelled pairs of {report.corpus}", file=out)
+    print(
+        f"{'checker':12} {'agreement':>10} {'false_pos':>9} {'false_neg':>9} "
+        f"{'checks/s':>9} {'max_check_s':>11}",
+        file=out,
+    )
+    for name, f in rows:
+        print(
+            f"{name:12} {f.total.agreement_pct:9.2f}% {f.total.false_positives:9d} "
+            f"{f.total.false_negatives:9d} {f.checks_per_s:9.1f} {f.max_check_s:11.4f}",
+            file=out,
+        )
+    if report.math_verify is None:
+        print(f"math-verify: {MATH_VERIFY_MISSING}", file=out)
+    else:
+        print(
+            f"throughput ratio (math-verify time / ours): {report.throughput_ratio:.2f}", file=out
+        )
+    print("# by source: agreement % (false positives)", file=out)
+    print(f"{'source':36} {'pairs':>6} " + " ".join(f"{name:>16}" for name, _ in rows), file=out)
+    for source, mine in report.ours.by_source.items():
+        cells = [mine] + [f.by_source[source] for _, f in rows[1:]]
+        shown = " ".join(f"{c.agreement_pct:9.2f}% ({c.false_positives:3d})" for c in cells)
+        print(f"{source:36} {mine.pairs:6d} {shown}", file=out)
 
 
 if __name__ == "__main__":

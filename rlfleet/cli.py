@@ -233,6 +233,25 @@ def build_parser() -> argparse.ArgumentParser:
     bsand.add_argument(
         "--math", type=_count, default=None, help="math corpus size (default: all; 0: skip)"
     )
+    bmath = _command(
+        bench_sub,
+        "math",
+        _bench_math,
+        "math checker against math-verify on the labelled outside corpus",
+    )
+    bmath.add_argument(
+        "--corpus",
+        type=Path,
+        default=None,
+        help="labelled pairs, JSON lines (default: tests/data/math_outside.jsonl of a source "
+        "checkout)",
+    )
+    bmath.add_argument(
+        "--pairs",
+        type=_positive_int,
+        default=None,
+        help="an even spread of this many (default: all)",
+    )
     brol = _command(
         bench_sub,
         "rollout",
@@ -657,6 +676,23 @@ def _bench_sandbox(args: argparse.Namespace) -> int:
             backends, args.workers, args.tests, args.math, runtimes, args.language_tests
         )
     )
+
+
+def _bench_math(args: argparse.Namespace) -> int:
+    from rlfleet.bench.math_bench import OUTSIDE_CORPUS, print_outside_bench, run_outside_bench
+
+    corpus = args.corpus or OUTSIDE_CORPUS
+    if not corpus.is_file():
+        where = "" if args.corpus else " (it comes with a source checkout; give --corpus)"
+        raise UsageError(f"{corpus}: no such file{where}")
+    print(f"rlfleet bench math: {corpus} (vs math-verify where installed) ...", file=sys.stderr)
+    try:
+        # In this (main) thread: math-verify's own timeout relies on signal.alarm.
+        report = run_outside_bench(corpus, args.pairs)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    print_outside_bench(report)
+    return 0
 
 
 def _bench_rollout(args: argparse.Namespace) -> int:

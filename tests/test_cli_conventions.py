@@ -183,6 +183,16 @@ FAILURES = {
         "no Docker engine answers",
         env=NO_DOCKER,
     ),
+    # rlfleet bench math
+    "bench math missing corpus": Failure(
+        "bench math --corpus {tmp}/nope.jsonl", "rlfleet bench math:", 2, "no such file"
+    ),
+    "bench math not a corpus": Failure(
+        "bench math --corpus {cases}", "rlfleet bench math:", 2, "not a pair"
+    ),
+    "bench math bad pairs": Failure(
+        "bench math --pairs 0", "rlfleet bench math:", 2, "--pairs: must be >= 1"
+    ),
     # rlfleet bench train
     "bench train bad steps": Failure("bench train --steps 0", "rlfleet bench train:", 2, "--steps"),
     "bench train bad override": Failure(
@@ -560,6 +570,7 @@ def test_help_exits_zero() -> None:
         ["serve", "sandbox"],
         ["sandbox", "prepare"],
         ["bench", "sandbox"],
+        ["bench", "math"],
         ["model", "init"],
         ["bench", "rollout"],
         ["serve", "rollout"],

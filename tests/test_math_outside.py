@@ -4,6 +4,8 @@ evaluation outputs (tests/data/math_outside.md), not written alongside the check
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +17,9 @@ from rlfleet.sandbox.mathcheck.corpus import load_outside
 DATA = Path(__file__).parent / "data"
 CORPUS = DATA / "math_outside.jsonl"
 
-MIN_AGREEMENT = 0.99
-"""Agreement with the labels below which the checker has regressed (it is 2279/2282)."""
+MIN_AGREEMENT = 0.98
+"""Agreement with the labels below which the checker has regressed (the issue's bar; it was
+5549/5597 on a heavily loaded machine, where most misses are algebra timeouts)."""
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +31,7 @@ def checker() -> Iterator[MathChecker]:
 def test_every_pair_is_sourced_and_hand_labels_say_why() -> None:
     rows = [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines()]
     readme = (DATA / "math_outside.md").read_text(encoding="utf-8")
-    assert len(rows) >= 2000
+    assert len(rows) >= 5000
     assert len({r["id"] for r in rows}) == len(rows)
     for r in rows:
         assert f"`{r['source']}`" in readme, r["id"]  # every source has its provenance
@@ -59,3 +62,42 @@ def test_no_false_positive_and_agreement_on_the_outside_corpus(checker: MathChec
     assert false_positives == []
     agreement = sum(v == p.expected for p, v in zip(pairs, verdicts, strict=True)) / len(pairs)
     assert agreement >= MIN_AGREEMENT
+
+
+def test_bench_math_prints_both_checkers_and_each_source(tmp_path: Path) -> None:
+    # Two sources; one pair of each labelled wrongly on purpose, so the figures must move.
+    rows = [
+        ("a", "\\boxed{4}", "4", True),
+        ("a", "\\boxed{5}", "4", False),
+        ("a", "\\boxed{5}", "4", True),  # mislabelled: a false negative for both checkers
+        ("a", "\\boxed{(x+1)^2}", "x^2+2x+1", True),  # algebra: the slowest check
+        ("b", "The answer is $\\frac{1}{2}$.", "0.5", True),
+        ("b", "\\boxed{7}", "7", False),  # mislabelled: a false positive for both checkers
+    ]
+    corpus = tmp_path / "pairs.jsonl"
+    corpus.write_text(
+        "".join(
+            json.dumps({"completion": c, "gold": g, "label": label, "source": s}) + "\n"
+            for s, c, g, label in rows
+        )
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "rlfleet.cli", "bench", "math", "--corpus", str(corpus)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == f"# math: 6 labelled pairs of {corpus}"
+    table = {line.split()[0]: line.split() for line in lines[2:4]}
+    for checker in ("ours", "math-verify"):
+        # agreement 4 of 6, one false positive, one false negative, then speed and worst case
+        assert table[checker][1:4] == ["66.67%", "1", "1"], run.stdout
+        assert float(table[checker][4]) > 0 and float(table[checker][5]) > 0
+    ratio = [line for line in lines if line.startswith("throughput ratio")]
+    assert len(ratio) == 1 and float(ratio[0].rsplit(" ", 1)[1]) > 0
+    by_source = {line.split()[0]: line for line in lines[lines.index(ratio[0]) + 3 :]}
+    assert set(by_source) == {"a", "b"}
+    assert by_source["a"].split()[1:3] == ["4", "75.00%"]
+    assert by_source["b"].split()[1:5] == ["2", "50.00%", "(", "1)"]

@@ -63,6 +63,12 @@ def test_rule_times_of_day_compare_as_times(checker: MathChecker) -> None:
                 ("\\boxed{10:30:16}", "10:30:15", False),
                 ("\\boxed{1:3}", "2:6", True),  # a ratio, not a time
                 ("\\boxed{2:9}", "9:2", False),
+                # An hour with am/pm is a time too.
+                ("\\boxed{5\\text{am}}", "5am", True),
+                ("\\boxed{5 \\text{ p.m.}}", "17:00", True),
+                ("\\boxed{5pm}", "5am", False),
+                ("\\boxed{5}", "5am", False),
+                ("\\boxed{5\\text{ am}}", "5", False),
             ],
         )
         == []
@@ -374,6 +380,11 @@ def test_rule_placeholder_boxes_are_no_answer(checker: MathChecker) -> None:
                 (solution, "2", False),
                 ("\\boxed{\\phantom{2}}", "2", False),
                 ("So \\boxed{5}, then \\boxed{}", "5", True),
+                # The blank of a format instruction, written as a box.
+                ("Put it as \\boxed{Your answer}. The final answer is: $\\boxed{7}$", "7", True),
+                ("Put it as \\boxed{Your answer}. The final answer is: $\\boxed{7}$", "8", False),
+                ("Put it as \\boxed{\\text{your final answer}}.", "7", False),
+                ("\\boxed{answers}", "answers", True),  # a word that is not the blank
             ],
         )
         == []
@@ -425,6 +436,17 @@ def test_rule_set_builder_notation_is_the_set_of_its_inequality(checker: MathChe
                 ("\\boxed{\\{x \\in \\mathbb{R} : x \\geq 3\\}}", "x \\ge 3", True),
                 ("\\boxed{\\{x \\mid x > 3\\} \\cup \\{x \\mid x < 1\\}}", "(3, \\infty)", False),
                 ("\\boxed{\\{1, 2\\}}", "\\{1,2\\}", True),  # a set of values stays one
+                # \mid is the bar: other conditions compare as written.
+                (
+                    "\\boxed{\\{x \\mid x = 3k, k \\in \\mathbb{Z}\\}}",
+                    "\\{x|x=3k,k\\in \\mathbb{Z}\\}",
+                    True,
+                ),
+                (
+                    "\\boxed{\\{x \\mid x = 3k+1, k \\in \\mathbb{Z}\\}}",
+                    "\\{x|x=3k,k\\in \\mathbb{Z}\\}",
+                    False,
+                ),
             ],
         )
         == []
@@ -473,3 +495,70 @@ async def test_prose_extraction_from_asyncio(checker: MathChecker) -> None:
     second = await checker.check_async("So it is $\\sqrt{8}$.", "2\\sqrt{2}", extraction="prose")
     strict = await checker.check_async("So it is $\\sqrt{8}$.", "2\\sqrt{2}")
     assert (first.correct, second.correct, strict.reason) == (True, True, "no_answer")
+
+
+def test_rule_a_tuple_answers_a_gold_listing_its_values(checker: MathChecker) -> None:
+    """A gold that lists values (``10^{3}, 10`` for x and y) is answered by a tuple of the
+    same values in the same order; not in another order, and not by what may be an open
+    interval."""
+    assert (
+        _verdicts(
+            checker,
+            [
+                ("\\boxed{(1000, 10)}", "10^{3},10", True),
+                ("\\boxed{\\left(\\frac{1}{3}, -2, 5\\right)}", "\\frac{1}{3},-2,5", True),
+                ("\\boxed{(1, 2, 3)}", "1, 2, 3", True),
+                ("\\boxed{(2, 1, 3)}", "1, 2, 3", False),  # a tuple keeps its order
+                ("\\boxed{(10, 1000)}", "10^{3},10", False),
+                ("\\boxed{(1000, 11)}", "10^{3},10", False),
+                ("\\boxed{(1, 2)}", "1, 2", False),  # may be the interval from 1 to 2
+                ("\\boxed{[1, 2]}", "1, 2", False),
+                ("\\boxed{1, 2, 3}", "(1, 2, 3)", False),  # a tuple gold still wants a tuple
+            ],
+        )
+        == []
+    )
+
+
+def test_rule_math_delimiters_in_a_gold_are_dropped(checker: MathChecker) -> None:
+    """A gold written as several math spans (``(-6,6)$, $(2,6)``) is their list; an escaped
+    dollar sign stays (``\\$5`` is five dollars)."""
+    assert (
+        _verdicts(
+            checker,
+            [
+                ("\\boxed{(2, 6) \\text{ and } (-6, 6)}", "(-6,6)$, $(2,6)", True),
+                ("\\boxed{(2, 6), (-6, 6)}", "(-6,6)$,$(2,6)", True),
+                ("\\boxed{(2, 6)}", "(-6,6)$, $(2,6)", False),
+                ("\\boxed{(2, 6), (6, 6)}", "(-6,6)$, $(2,6)", False),
+                ("\\boxed{5}", "\\$5", True),
+                ("\\boxed{6}", "\\$5", False),
+            ],
+        )
+        == []
+    )
+
+
+def test_rule_a_choice_letter_with_its_content_is_the_letter(checker: MathChecker) -> None:
+    """Against a gold that is a choice letter, an answer giving the letter with the choice's
+    content (``(D) (2,0)``, ``C. x = 42``) is the letter; content naming another choice, or
+    alternatives, are no answer of one letter."""
+    assert (
+        _verdicts(
+            checker,
+            [
+                ("\\boxed{(D) (2,0)}", "D", True),
+                ("\\boxed{(D) $4(x+1)=4x$}", "D", True),
+                ("\\boxed{(H) $\\frac{2}{a^{2}-b^{2}}$}", "H", True),
+                ("Answer: C. x = 42", "C", True),
+                ("\\boxed{C}", "C. x = 42", True),  # either side may carry the content
+                ("\\boxed{B}", "C. x = 42", False),
+                ("\\boxed{(C) (2,0)}", "D", False),
+                ("\\boxed{(D) (2,0) or (B) (1,0)}", "D", False),
+                ("\\boxed{(D) 4 (B) 5}", "D", False),
+                ("\\boxed{(D) (2,0)}", "(2,0)", False),  # the letter is not the value
+                ("\\boxed{A \\cup B}", "A", False),  # a letter that opens an expression
+            ],
+        )
+        == []
+    )

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import os
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -38,6 +39,17 @@ def _gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
+
+
+def _all_gone(pids: set[int], within_s: float = 10.0) -> bool:
+    """Whether every process has ended and been reaped: a child killed for overrunning
+    ends in a thread, after the check has returned."""
+    deadline = time.monotonic() + within_s
+    while not all(_gone(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 # --- extraction -------------------------------------------------------------------------
@@ -298,10 +310,27 @@ def test_timeout_kills_and_replaces_the_worker() -> None:
         before = set(c.process_pids)
         r = c.check(*SLOW)
         assert (r.correct, r.reason) == (False, "timeout")
-        assert all(_gone(pid) for pid in before)
+        assert _all_gone(before)
         assert c.check("\\boxed{7}", "7").correct  # fast paths need no worker
     with MathChecker(MathCheckConfig(processes=1, timeout_s=5)) as c:
         assert c.check(*SLOW).correct
+
+
+def test_a_standby_takes_the_place_of_a_killed_worker() -> None:
+    with MathChecker(MathCheckConfig(processes=1, timeout_s=0.001)) as c:
+        deadline = time.monotonic() + 60
+        while not c.standby_pids and time.monotonic() < deadline:
+            time.sleep(0.05)  # the standby starts in the background
+        (standby,) = c.standby_pids
+        (worker,) = c.process_pids
+        assert standby != worker
+        assert c.check(*SLOW).reason == "timeout"
+        # At once, not after a start: the standby does the checks now.
+        assert c.process_pids == [standby]
+        assert _all_gone({worker})
+        while not c.standby_pids and time.monotonic() < deadline:
+            time.sleep(0.05)  # and a new standby starts
+        assert c.standby_pids and c.standby_pids != [standby]
 
 
 def test_a_slow_check_does_not_block_the_pool() -> None:
@@ -352,7 +381,7 @@ def test_close_leaves_no_processes() -> None:
     assert c.check(*SLOW).reason == "timeout"  # a replacement is starting
     c.close()
     assert c.process_pids == []
-    assert all(_gone(pid) for pid in pids)
+    assert _all_gone(set(pids))  # the one killed for overrunning ends in a thread
     assert _children() <= before
     with pytest.raises(RuntimeError):
         c.check("\\boxed{x^2}", "x^3")

@@ -1,7 +1,9 @@
 """Algebra in child processes, each request bounded in wall time from any thread.
 
 A request borrows an idle child, sends it the pair and waits at most its time budget; a
-child that overruns is killed and a replacement started in the background. No signals are
+child that overruns is killed and a ready standby takes its place at once, while a new
+standby starts in the background: starting a child takes seconds (sympy's imports), and
+without the standby the checks after a timeout would wait for it. No signals are
 used (``signal.alarm`` only works in the main thread), so this works from any thread or
 event loop. Children are fresh interpreters (``python -m ...algebra_child``), never forks of
 the caller, which is what makes them safe to start from threaded and asyncio servers.
@@ -56,6 +58,8 @@ class _Child:
             start_new_session=True,
         )
         self._buffer = b""
+        self._kill_lock = threading.Lock()
+        self._killed = False
 
     @property
     def pid(self) -> int:
@@ -89,9 +93,23 @@ class _Child:
         lines = self._stderr.read()[-4096:].decode("utf-8", "replace").strip().splitlines()
         return lines[-1] if lines else f"it exited with status {self.process.poll()}"
 
-    def kill(self) -> None:
+    def kill(self, *, reap: bool = True) -> None:
+        """Kill the child and close its files, once: ``close`` and a restarting thread may
+        both come here for the same child (closing a file twice at once raises). With
+        ``reap=False`` only the signal is sent here; waiting for the child to end and
+        closing its files happen in a thread, off the caller's time."""
+        with self._kill_lock:
+            if self._killed:
+                return
+            self._killed = True
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
+        if reap:
+            self._reap()
+        else:
+            threading.Thread(target=self._reap, daemon=True, name="mathcheck-reap").start()
+
+    def _reap(self) -> None:
         self.process.wait()
         for pipe in (self.process.stdin, self.process.stdout):
             with contextlib.suppress(OSError):
@@ -101,13 +119,21 @@ class _Child:
 
 
 class AlgebraRunner:
-    """A fixed number of child processes; ``check`` is thread-safe."""
+    """A fixed number of child processes doing checks, and one standby; ``check`` is
+    thread-safe."""
 
     def __init__(self, processes: int, *, memory_mb: int, max_wait_s: float) -> None:
         self._memory_mb = memory_mb
         self._max_wait_s = max_wait_s
         self._idle: queue.Queue[_Child] = queue.Queue()
         self._all: set[_Child] = set()
+        self._active: set[_Child] = set()
+        """The children doing checks (idle or busy); not the standby, nor one starting."""
+        self._standby: list[_Child] = []
+        """At most one ready child, waiting to replace one that is killed."""
+        self._vacant = 0
+        """Places of killed children that no standby could take: a new child goes there
+        first."""
         self._starters: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -118,7 +144,9 @@ class AlgebraRunner:
                 reason = w.failure() if w else "closed while starting"
                 self.close()
                 raise AlgebraStartError(_start_error(reason))
+            self._active.add(w)
             self._idle.put(w)
+        self._replace()  # the standby, started in the background
 
     def _spawn(self) -> _Child | None:
         # Spawned under the lock that close() takes: a child either exists in _all when
@@ -136,10 +164,26 @@ class AlgebraRunner:
         except (EOFError, OSError, ValueError):
             return False
 
-    def _discard(self, w: _Child) -> None:
+    def _discard(self, w: _Child, *, reap: bool = True) -> None:
         with self._lock:
             self._all.discard(w)
-        w.kill()
+            self._active.discard(w)
+        w.kill(reap=reap)
+
+    def _take_place(self, w: _Child) -> bool:
+        """Put a child that just became ready where it is needed: a vacant place, else the
+        standby; False when neither needs it (or the runner closed). Call under the lock."""
+        if self._closed:
+            return False
+        if self._vacant > 0:
+            self._vacant -= 1
+            self._active.add(w)
+            self._idle.put(w)
+            return True
+        if not self._standby:
+            self._standby.append(w)
+            return True
+        return False
 
     def _replace(self) -> None:
         def start() -> None:
@@ -151,8 +195,7 @@ class AlgebraRunner:
                     self._discard(w)
                     return
                 with self._lock:
-                    if not self._closed:
-                        self._idle.put(w)
+                    if self._take_place(w):
                         return
                 self._discard(w)
             finally:
@@ -186,9 +229,17 @@ class AlgebraRunner:
                 return (str(reply[0]), reply[1])
         except (EOFError, OSError, ValueError):
             pass
-        # Overran (or died): kill it, start a replacement in the background.
-        self._discard(w)
+        # Overran (or died): kill it; the standby takes its place, and a new child starts in
+        # the background (the next standby, or this place when there was no standby).
+        self._discard(w, reap=False)  # the check returns now; the child ends in a thread
         self.restarts += 1
+        with self._lock:
+            if self._standby:
+                standby = self._standby.pop()
+                self._active.add(standby)
+                self._idle.put(standby)
+            else:
+                self._vacant += 1
         self._replace()
         return ("timeout", None)
 
@@ -197,6 +248,8 @@ class AlgebraRunner:
             self._closed = True
             children = list(self._all)
             self._all.clear()
+            self._active.clear()
+            self._standby.clear()
             starters = list(self._starters)
         for w in children:
             w.kill()
@@ -204,8 +257,14 @@ class AlgebraRunner:
             t.join(READY_TIMEOUT_S)
 
     def pids(self) -> list[int]:
+        """The children doing checks (not the standby)."""
         with self._lock:
-            return [w.pid for w in self._all]
+            return [w.pid for w in self._active]
+
+    def standby_pids(self) -> list[int]:
+        """The ready standby, if there is one now."""
+        with self._lock:
+            return [w.pid for w in self._standby]
 
 
 def _start_error(reason: str) -> str:

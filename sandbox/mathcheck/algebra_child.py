@@ -30,6 +30,11 @@ def main() -> int:
     if not equivalent("\\frac{x^2-1}{x-1}", "x+1"):  # loads sympy and both parsers
         print("self-check failed: (x^2-1)/(x-1) is not x+1", file=sys.stderr)
         return 1
+    # Loads the solvers behind sets of inequalities, whose first use costs a second or more:
+    # paid here, before ready, and not by the first check that needs them.
+    if not equivalent("(-1, 4]", "-1 < x \\le 4"):
+        print("self-check failed: (-1, 4] is not -1 < x <= 4", file=sys.stderr)
+        return 1
     unreadable: tuple[type[BaseException], ...] = (*ANSWER_ERRORS, MemoryError)  # ballooned
     sys.setrecursionlimit(3000)
     out = sys.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import re
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,9 @@ from rlfleet.sandbox.mathcheck.algebra import AlgebraRunner
 from rlfleet.sandbox.mathcheck.compare import Algebra, Undecided, equal, is_candidate_list
 from rlfleet.sandbox.mathcheck.extract import EXTRACTIONS, Extraction, boxed_contents, extract
 from rlfleet.sandbox.mathcheck.normalize import (
+    Norm,
     alternatives_as_list,
+    choice_letter,
     decimal_comma,
     has_and,
     inequality_union,
@@ -25,13 +28,17 @@ from rlfleet.sandbox.mathcheck.normalize import (
     strip_assignment,
 )
 
+_MATH_DELIMITER = re.compile(r"(?<!\\)\$")
+_CHOICE = re.compile(r"^[A-Z]$")
+
 
 @dataclass(frozen=True, kw_only=True)
 class MathCheckConfig:
     timeout_s: float = 2.0
     """Wall-time budget of the algebra of one check; past it the check is "timeout"."""
     processes: int = 2
-    """Child processes doing algebra (each about 100 MB with sympy loaded)."""
+    """Child processes doing algebra (each about 100 MB with sympy loaded), plus one
+    standby that replaces at once a child killed for overrunning its budget."""
     max_wait_s: float = 30.0
     """How long a check may wait for a free process before it gives up as "timeout"."""
     process_memory_mb: int = 2048
@@ -101,10 +108,12 @@ def read_gold(gold: str) -> str:
 
     A boxed gold is its box ("\\boxed{5}"); several boxes of different text are all of the
     answer ("\\boxed{4} and \\boxed{-1}" is the list "4, -1"); values joined by "and"
-    ("3 \\text{ and } 10", "5, 17, and 29") are a list."""
+    ("3 \\text{ and } 10", "5, 17, and 29") are a list; the ``$`` of math spans go
+    ("(-6,6)$, $(2,6)" is the list "(-6,6), (2,6)"; an escaped ``\\$`` stays)."""
     boxes = boxed_contents(gold)
     if boxes:
         gold = ", ".join(_distinct(tuple(boxes)))
+    gold = _MATH_DELIMITER.sub("", gold)  # "(-6,6)$, $(2,6)": math spans of one list
     if has_and(gold) and not is_hedge(gold):
         gold = alternatives_as_list(gold)
     return gold
@@ -164,8 +173,13 @@ class MathChecker:
 
     @property
     def process_pids(self) -> list[int]:
-        """Process ids of the live algebra processes (for tests and monitoring)."""
+        """Process ids of the algebra processes doing checks (for tests and monitoring)."""
         return self._algebra.pids()
+
+    @property
+    def standby_pids(self) -> list[int]:
+        """Process id of the ready standby, when there is one (for tests and monitoring)."""
+        return self._algebra.standby_pids()
 
     def check(self, completion: str, gold: str, *, extraction: str | None = None) -> MathResult:
         """Compare the completion's final answer with ``gold``; blocks at most about
@@ -241,6 +255,12 @@ class MathChecker:
         decimal = decimal_comma(gold)
         if decimal is not None and is_point_decimal(a.text):
             g = normalize(decimal)  # a gold of "2,5" against "2.5": a decimal comma
+        letter = choice_letter(answer_text) if _CHOICE.match(g.text) else None
+        if letter is not None:
+            a = Norm(letter)  # "(D) (2,0)" against the gold "D": the choice's letter
+        letter = choice_letter(gold) if _CHOICE.match(a.text) else None
+        if letter is not None:
+            g = Norm(letter)  # and "C" against the gold "C. x = 42"
         if is_candidate_list(a, g):
             return MathResult(correct=False, extracted=answer, reason="hedged")
         try:

@@ -146,12 +146,29 @@ def _struct_equal(a: Struct, g: Struct, algebra: Algebra) -> bool:
         if named.open == "" and tuple_.open == "(" and all_named:
             pairs = zip(values, tuple_.items, strict=True)
             return all(equal(Norm(x), Norm(y), algebra) for x, y in pairs)
+    if _tuple_of_listed_values(a, g):
+        # "(1000, 10)" against "10^{3}, 10": the gold lists the tuple's values in its order.
+        return all(equal(Norm(x), Norm(y), algebra) for x, y in zip(a.items, g.items, strict=True))
     if (a.open, a.close) != (g.open, g.close) and not (a.unordered and g.unordered):
         # Brackets of tuples and intervals matter; a bare list against a set does not.
         return False
     if a.unordered:
         return _unordered_equal(list(a.items), list(g.items), algebra)
     return all(equal(Norm(x), Norm(y), algebra) for x, y in zip(a.items, g.items, strict=True))
+
+
+def _tuple_of_listed_values(answer: Struct, gold: Struct) -> bool:
+    """Whether a tuple answer is to be read against a bare-list gold item by item, in order.
+
+    Not when the tuple may be an open interval (two numbers, the first smaller): ``(1, 2)``
+    against the gold ``1, 2`` stays a mismatch."""
+    if gold.open != "" or (answer.open, answer.close) != ("(", ")"):
+        return False
+    if len(answer.items) == 2:
+        low, high = (to_fraction(x) for x in answer.items)
+        if low is not None and high is not None and low < high:
+            return False
+    return True
 
 
 def _unordered_equal(a: list[str], g: list[str], algebra: Algebra) -> bool:

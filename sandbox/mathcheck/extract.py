@@ -46,6 +46,10 @@ _PROSE_MATH = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]",
 _PROSE_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?")
 _HEDGE_WORD = re.compile(r"\bor\b|\beither\b", re.IGNORECASE)
 _PLACEHOLDER = re.compile(r"^(?:\\(?:phantom|hphantom|vphantom)\s*\{[^{}]*\}|\s)*$")
+# The blank of a format instruction: "put it in the form \boxed{Your answer}".
+_BLANK_WORDS = re.compile(
+    r"^(?:\\text\s*\{)?\s*(?:your\s+)?(?:final\s+)?answer(?:\s+here)?\s*\}?$", re.IGNORECASE
+)
 _CHOICE = re.compile(r"^\(?[A-Ea-e]\)?$")
 
 
@@ -100,8 +104,8 @@ def _located_boxes(text: str) -> list[tuple[int, int, str]]:
         if end is None:
             continue
         content = text[m.end() : end - 1].strip()
-        if _PLACEHOLDER.match(content):
-            continue  # \boxed{\phantom{2}}: a blank to fill in, drawn in the text, no answer
+        if _PLACEHOLDER.match(content) or _BLANK_WORDS.match(content):
+            continue  # \boxed{\phantom{2}}, \boxed{Your answer}: a blank to fill in, no answer
         out.append((m.start(), end, content))
     return out
 

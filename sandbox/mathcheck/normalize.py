@@ -79,11 +79,12 @@ _UNIT_TAIL = re.compile(
 )
 # A number followed by \text{...}: the text is a unit, even a one-letter one (5 \text{m}).
 _PERCENT_WORD = re.compile(r"\s*(?:\\text\s*\{\s*percent\s*\}|\bpercent)\s*$")
-# Not a one-letter unit: \mathrm{e} is Euler's number and \mathrm{i} the imaginary unit.
+# Not a one-letter unit: \mathrm{e} is Euler's number and \mathrm{i} the imaginary unit;
+# not a unit either: the am/pm of a time of day (5\text{ am}).
 _TEXT_UNIT = re.compile(
     r"^([-+]?[\d.,/]*\d)\s*\\"
     + _TEXT_COMMANDS
-    + r"\s*\{\s*(?![ei]\s*\})[a-zA-Z][^{}]*\}(?:\s*\^\s*\{?\d\}?)?$"
+    + r"\s*\{\s*(?![ei]\s*\})(?![aApP]\.?[mM]\.?\s*\})[a-zA-Z][^{}]*\}(?:\s*\^\s*\{?\d\}?)?$"
 )
 # Words in \text after any expression are a unit too (2\pi \text{ cm}): whole words of two
 # letters or more that are not words of mathematics ("or", "and").
@@ -125,6 +126,10 @@ _EQUALS = re.compile(r"(?<![<>!])=")  # an equation, not the = of <= or >=
 _AND = re.compile(r"\\text\{\s*and\s*\}|\band\b", re.IGNORECASE)
 _SPACES = re.compile(r"(\\[a-zA-Z]+|(?<=\d))\s+(?=[a-zA-Z\d])|\s+")
 _LETTER_CHOICE = re.compile(r"^\(([A-Ea-e])\)$|^([A-E])$")
+_MID = re.compile(r"\\mid(?![a-zA-Z])")
+# A choice letter followed by the choice's content: "(D) $4(x+1)=4x$", "C. x = 42".
+_CHOICE_WITH_CONTENT = re.compile(r"^\(([A-Z])\)\s*(\S.*)$|^([A-Z])[.:)]\s+(\S.*)$", re.DOTALL)
+_OTHER_CHOICE = re.compile(r"\([A-Z]\)|(?:^|\s)[A-Z][.:)](?:\s|$)")
 
 
 @dataclass(frozen=True)
@@ -177,6 +182,7 @@ def _normalize(raw: str) -> Norm:
     for _ in range(2):  # twice: \frac12 -> \frac{1}2 -> \frac{1}{2}
         s = _SHORT_ARGUMENT.sub(lambda m: m.group(1) + "{" + m.group(2) + "}", s)
     s = s.replace("\\lbrace", "\\{").replace("\\rbrace", "\\}")
+    s = _MID.sub("|", s)  # \{x \mid x = 3k\}: \mid is the bar with its spacing
     s = re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
     s = s.rstrip("\\").strip()  # "185\": a backslash that ends the text begins no command
     s = _DOLLARS.sub("", s)
@@ -292,6 +298,18 @@ def alternatives_as_list(text: str) -> str:
     """``2 or 3`` -> ``2, 3``: alternatives offered by a gold answer, as a list."""
     text = _EITHER.sub("", text)
     return _ALTERNATIVE.sub(", ", text)
+
+
+def choice_letter(answer: str) -> str | None:
+    """The letter of an answer that gives a choice with its content (``(D) (2,0)``,
+    ``C. x = 42``); None for anything else, and for content naming another choice."""
+    m = _CHOICE_WITH_CONTENT.match(answer.strip())
+    if m is None:
+        return None
+    letter, content = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    if _OTHER_CHOICE.search(content) or is_hedge(content):
+        return None
+    return letter
 
 
 def has_and(text: str) -> bool:

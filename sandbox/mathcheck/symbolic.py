@@ -259,11 +259,11 @@ def expressions_equal(a: Any, b: Any) -> bool:
     except SYMPY_ERRORS:
         pass
     numeric = _numeric(a, b)
-    if numeric is False:
-        return False
-    if _exactly_zero(diff):
-        return True
-    return bool(numeric)
+    if numeric is not None:
+        # Equal at every sample point, or different at one, decides; cancel and simplify
+        # (slow: tenths of a second) only decide what no point could be evaluated at.
+        return numeric
+    return _exactly_zero(diff)
 
 
 def _sets_equal(a: Any, b: Any) -> bool:
