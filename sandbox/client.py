@@ -25,6 +25,7 @@ raise ``VerifierUnavailable``, which names the target and what gRPC last saw.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import random
@@ -143,8 +144,9 @@ class VerifierClient:
         else:
             self._channel = grpc.aio.insecure_channel(resolved, options)
         self._stub = pb_grpc.VerifierStub(self._channel)
-        self._batches = config.stream_batch > 1
-        """Streams use VerifyBatches; off once a server answers it UNIMPLEMENTED (older)."""
+        self._batches: bool | None = None if config.stream_batch > 1 else False
+        """Streams use VerifyBatches: None until a server was asked whether it has it
+        (``_has_batches``), False after one answered UNIMPLEMENTED (it is older)."""
 
     async def __aenter__(self) -> VerifierClient:
         return self
@@ -174,6 +176,25 @@ class VerifierClient:
         if isinstance(case, CodeCase) and self._by_ref(case) and not inline:
             return case_to_request(case, problem_ref(case))
         return case_to_request(case)
+
+    async def _has_batches(self) -> bool:
+        """Whether streams go as VerifyBatches; asks a server once (an empty call: an older
+        server answers UNIMPLEMENTED at once). Asked while streaming cases instead, the
+        answer can race a write into the refused call, which gRPC then ends as INTERNAL."""
+        if self._batches is None:
+            probe: StreamCall = self._stub.VerifyBatches(timeout=self.config.timeout_s)
+            try:
+                with contextlib.suppress(Exception):  # (no server: the status says so)
+                    await probe.done_writing()
+                code = await probe.code()
+            finally:
+                probe.cancel()
+            if code == grpc.StatusCode.OK:
+                self._batches = True
+            elif code == grpc.StatusCode.UNIMPLEMENTED:
+                self._batches = False
+            # Otherwise unknown still (no server answered?): the stream will tell.
+        return self._batches is not False
 
     def _raise_last(self, e: grpc.aio.AioRpcError) -> NoReturn:
         """Raise a call's last error: as ``VerifierUnavailable`` when no server answered."""
@@ -291,7 +312,7 @@ class VerifierClient:
             while True:
                 # Sent and not answered yet, by id (a list: ids may repeat).
                 unanswered: dict[str, list[Case]] = {}
-                batched = self._batches
+                batched = await self._has_batches()
                 call: StreamCall = (
                     self._stub.VerifyBatches() if batched else self._stub.VerifyStream()
                 )

@@ -180,6 +180,11 @@ class VerifierService(pb_grpc.VerifierServicer):
         self.pending = 0
         """Cases handed to the engine and not finished."""
         self._slots = asyncio.Semaphore(self.max_pending)
+        # Read when scraped, not set per case.
+        self.metrics.busy.set_function(lambda: min(self.pending, engine.capacity))
+        self.metrics.queue_depth.set_function(
+            lambda: self.pending - min(self.pending, engine.capacity)
+        )
 
     # -- edge: proto -> record --------------------------------------------------------------
 
@@ -235,21 +240,14 @@ class VerifierService(pb_grpc.VerifierServicer):
 
     # -- running a case ---------------------------------------------------------------------
 
-    def _set_load_gauges(self) -> None:
-        busy = min(self.pending, self.engine.capacity)
-        self.metrics.busy.set(busy)
-        self.metrics.queue_depth.set(self.pending - busy)
-
     async def _pending(self, work: Awaitable[T]) -> T:
         """Await admitted work (the caller holds its slot), counted as pending and timed."""
         self.pending += 1
-        self._set_load_gauges()
         t0 = time.perf_counter()
         try:
             result = await work
         finally:
             self.pending -= 1
-            self._set_load_gauges()
         self.metrics.seconds.observe(time.perf_counter() - t0)
         return result
 
@@ -345,17 +343,20 @@ class VerifierService(pb_grpc.VerifierServicer):
         out: asyncio.Queue[pb.VerifyResponse | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
         held = 0
+        running = 0  # cases of this stream without a response yet
 
         async def run(case: Case) -> None:
+            nonlocal running
             try:
                 resp = result_to_response(await self._verify(case))
             except Exception as e:
                 log.error("case %r failed", case.id, exc_info=e)
                 resp = _error_response(case.id, e)
+            running -= 1
             out.put_nowait(resp)
 
         async def read() -> None:
-            nonlocal held
+            nonlocal held, running
             try:
                 async for message in messages:
                     for item in items(message):
@@ -372,6 +373,7 @@ class VerifierService(pb_grpc.VerifierServicer):
                                 log.error("stream item failed", exc_info=e)
                             out.put_nowait(_error_response(getattr(item, "id", ""), e))
                             continue
+                        running += 1
                         task = asyncio.create_task(run(case))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
@@ -384,7 +386,7 @@ class VerifierService(pb_grpc.VerifierServicer):
         try:
             while reading or tasks or not out.empty():
                 got = [await out.get()]
-                if wait_s > 0 and tasks and out.empty():
+                if wait_s > 0 and running and out.empty():
                     await asyncio.sleep(wait_s)
                 while not out.empty():
                     got.append(out.get_nowait())
