@@ -16,16 +16,35 @@ from pathlib import Path
 PROC = Path("/proc")
 
 
-def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds including reaped children) of a live process."""
+def _stat(pid: int) -> tuple[int, float, float] | None:
+    """(parent pid, own CPU seconds, CPU seconds including reaped children) of a live
+    process."""
     try:
         text = (PROC / str(pid) / "stat").read_text()
     except OSError:  # (gone since the listing)
         return None
     # Fields after the command name, which is in parentheses and may hold spaces.
     fields = text.rsplit(")", 1)[1].split()
-    ticks = sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
-    return int(fields[1]), ticks / os.sysconf("SC_CLK_TCK")
+    own = sum(int(v) for v in fields[11:13])  # utime, stime
+    reaped = sum(int(v) for v in fields[13:15])  # cutime, cstime
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[1]), own / tick, (own + reaped) / tick
+
+
+def _processes() -> tuple[dict[int, list[int]], dict[int, float], dict[int, float]]:
+    """(children by pid, own CPU by pid, CPU with reaped children by pid) of every live
+    process."""
+    parent: dict[int, int] = {}
+    own: dict[int, float] = {}
+    cpu: dict[int, float] = {}
+    for entry in PROC.iterdir():
+        if entry.name.isdigit() and (found := _stat(int(entry.name))) is not None:
+            pid = int(entry.name)
+            parent[pid], own[pid], cpu[pid] = found
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    return children, own, cpu
 
 
 def _cmdline(pid: int) -> str:
@@ -39,14 +58,7 @@ def cpu_by_part(root: int, part_of: Callable[[str], str | None]) -> dict[str, fl
     """CPU seconds of ``root``'s tree: a child of ``root`` whose command line
     ``part_of`` names starts a part holding its whole subtree; ``root`` and its other
     descendants count as ``"root"``."""
-    parent: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for entry in PROC.iterdir():
-        if entry.name.isdigit() and (found := _stat(int(entry.name))) is not None:
-            parent[int(entry.name)], cpu[int(entry.name)] = found
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parent.items():
-        children.setdefault(ppid, []).append(pid)
+    children, _, cpu = _processes()
     out: dict[str, float] = {}
 
     def add(pid: int, part: str) -> None:
@@ -57,4 +69,38 @@ def cpu_by_part(root: int, part_of: Callable[[str], str | None]) -> dict[str, fl
 
     if root in cpu:
         add(root, "root")
+    return out
+
+
+def cpu_by_subtree(root: int, part_of: Callable[[str], str | None]) -> dict[int, tuple[str, float]]:
+    """A snapshot of ``root``'s tree for ``cpu_between``: ``root``'s own CPU seconds (its
+    threads, without the children it reaped) under its pid, and the subtree of each of its
+    live children (with what they reaped) under the child's pid, each with its part as in
+    ``cpu_by_part``."""
+    children, own, cpu = _processes()
+    if root not in own:
+        return {}
+
+    def subtree(pid: int) -> float:
+        return cpu[pid] + sum(subtree(child) for child in children.get(pid, []))
+
+    out = {root: ("root", own[root])}
+    for child in children.get(root, []):
+        out[child] = (part_of(_cmdline(child)) or "root", subtree(child))
+    return out
+
+
+def cpu_between(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds by part from one ``cpu_by_subtree`` snapshot of a tree to a later one.
+
+    Subtree by subtree: one that started in between counts whole, one that ended in between
+    (reaped by the root, which ``cpu_by_part`` would then charge with its whole life)
+    counts nothing, so a replaced child never counts twice nor makes its part go down.
+    """
+    out: dict[str, float] = {}
+    for pid, (part, seconds) in after.items():
+        start = before.get(pid)
+        out[part] = out.get(part, 0.0) + seconds - (start[1] if start is not None else 0.0)
     return out

@@ -5,25 +5,43 @@ pool at parallelism P, and the same program as bare ``/usr/bin/python3 -c`` subp
 the same P, in the same run. Printed: per-test time of each and their ratio, tests/s through
 the pool and through the whole judge (syntax check + test + verdict), and the math checker
 against math-verify on the same corpus.
+
+Then the same one-test cases where users meet them, with the same number of workers on the
+same cores: through ``rlfleet serve sandbox`` (a server process) and ``VerifierClient``
+(``verify_many``, here), and through ``rlfleet verify`` (a process reading a JSONL file; its
+start-up and shutdown are left out: timed from its first results to its last ones). Each is
+printed as a ratio of the pool's own rate in the same run, and as CPU time per case (every
+process involved, read from ``/proc``: the pool's driver and workers; the server's tree and
+the client; the verify process's tree) with the pool's CPU per case over it: on a machine
+shared with other work the wall-clock rates move with the load, the CPU per case much less.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import subprocess
 import sys
+import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
+from rlfleet.bench.proctree import cpu_between, cpu_by_subtree
 from rlfleet.errors import CommandError
 from rlfleet.sandbox.cgroups import CgroupError
 from rlfleet.sandbox.docker_backend import DockerConfig
 from rlfleet.sandbox.engine import EngineConfig, make_worker_factory
 from rlfleet.sandbox.judge import Judge
-from rlfleet.sandbox.records import CodeCase, StdioTest, Verdict
+from rlfleet.sandbox.records import Case, CodeCase, StdioTest, Verdict
 from rlfleet.sandbox.worker_handle import (
+    WORKER_SCRIPT,
     BackendUnavailable,
     RunLimits,
     RunRequest,
@@ -39,6 +57,44 @@ BARE_PYTHON = "/usr/bin/python3"
 class Timing:
     per_test_ms: float
     tests_per_s: float
+    front_cpu_ms: float = 0.0
+    """CPU time per test of the processes that drive the sandbox workers (0: not measured)."""
+    sandbox_cpu_ms: float = 0.0
+    """CPU time per test of the local backend's workers and the runs they forked."""
+
+
+@dataclass(frozen=True)
+class Cpu:
+    """CPU seconds: of the processes driving the sandbox workers, and of the workers."""
+
+    front: float
+    sandbox: float
+
+    def __add__(self, other: Cpu) -> Cpu:
+        return Cpu(self.front + other.front, self.sandbox + other.sandbox)
+
+
+Snapshot = dict[int, tuple[str, float]]
+
+
+def snapshot(pid: int) -> Snapshot:
+    """CPU so far of ``pid``'s tree (the local backend's workers are its children; the
+    docker backend's live in containers, outside it)."""
+    return cpu_by_subtree(pid, lambda cmd: "sandbox" if WORKER_SCRIPT.name in cmd else None)
+
+
+def used(before: Snapshot, after: Snapshot) -> Cpu:
+    parts = cpu_between(before, after)
+    return Cpu(front=parts.get("root", 0.0), sandbox=parts.get("sandbox", 0.0))
+
+
+def timing(n: int, parallel: int, elapsed: float, cpu: Cpu) -> Timing:
+    return Timing(
+        per_test_ms=elapsed * parallel / n * 1e3,
+        tests_per_s=n / elapsed,
+        front_cpu_ms=cpu.front / n * 1e3,
+        sandbox_cpu_ms=cpu.sandbox / n * 1e3,
+    )
 
 
 def bare_python(n: int, parallel: int) -> Timing:
@@ -75,10 +131,152 @@ async def pool_runs(pool: WorkerPool, n: int, parallel: int) -> Timing:
             raise RuntimeError(f"bench run {i} failed: {facts}")
 
     await asyncio.gather(*(one(i) for i in range(parallel * 2)))
+    cpu0 = snapshot(os.getpid())  # this process (the driver's threads) and its workers
     t0 = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(n)))
     elapsed = time.perf_counter() - t0
-    return Timing(per_test_ms=elapsed * parallel / n * 1e3, tests_per_s=n / elapsed)
+    return timing(n, parallel, elapsed, used(cpu0, snapshot(os.getpid())))
+
+
+def bench_case(i: int) -> dict[str, object]:
+    """The bench's one-test case number ``i``, in the case format of ``rlfleet verify``."""
+    return {
+        "id": str(i),
+        "kind": "code",
+        "language": "python",
+        "code": PROGRAM,
+        "tests": [{"stdin": f"{i}\n", "stdout": f"{i + 1}\n"}],
+    }
+
+
+def rlfleet_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "rlfleet.cli", *args]
+
+
+def engine_flags(backend: str, workers: int) -> list[str]:
+    return ["--backend", backend, "--workers", str(workers)]
+
+
+class StderrTail:
+    """Drains a child's stderr in a thread (it never blocks on a full pipe), keeping the
+    last lines for an error message."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        self._stream = proc.stderr
+        self.lines: deque[str] = deque(maxlen=20)
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _drain(self) -> None:
+        for line in self._stream:
+            self.lines.append(line.rstrip())
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@contextmanager
+def sandbox_server(backend: str, workers: int) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``rlfleet serve sandbox`` on a free port: (its process, its target), stopped after."""
+    proc = subprocess.Popen(
+        rlfleet_command("serve", "sandbox", *engine_flags(backend, workers), "--port", "0"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        target = ""
+        seen: list[str] = []
+        for line in proc.stderr:
+            seen.append(line.rstrip())
+            if "listening on " in line:
+                target = line.rsplit(" ", 1)[1].strip()
+                break
+        if not target:
+            raise CommandError(
+                f"rlfleet serve sandbox did not start (exit {proc.wait()}):\n" + "\n".join(seen)
+            )
+        StderrTail(proc).start()
+        yield proc, target
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def service_runs(backend: str, workers: int, n: int) -> Timing:
+    """Cases/s and CPU per case through ``rlfleet serve sandbox`` and ``verify_many``:
+    the server's process tree and this process (the client) together."""
+    from rlfleet.sandbox.cases import parse_case
+    from rlfleet.sandbox.client import VerifierClient
+
+    def cases(start: int, count: int) -> list[Case]:
+        return [parse_case(bench_case(i)) for i in range(start, start + count)]
+
+    async def verify_all(client: VerifierClient, batch: list[Case]) -> None:
+        async for result in client.verify_many(batch):
+            if result.verdict is not Verdict.AC:
+                raise RuntimeError(f"bench case {result.id} through the service: {result}")
+
+    with sandbox_server(backend, workers) as (server, target):
+        async with VerifierClient(target) as client:
+            warm, measured = cases(0, workers * 2), cases(workers * 2, n)
+            await verify_all(client, warm)
+            server0, client0 = snapshot(server.pid), time.process_time()
+            t0 = time.perf_counter()
+            await verify_all(client, measured)
+            elapsed = time.perf_counter() - t0
+            server1, client1 = snapshot(server.pid), time.process_time()
+    cpu = used(server0, server1) + Cpu(front=client1 - client0, sandbox=0.0)
+    return timing(n, workers, elapsed, cpu)
+
+
+def verify_runs(backend: str, workers: int, n: int) -> Timing:
+    """Cases/s and CPU per case through ``rlfleet verify`` on a JSONL file, from its
+    ``2 x workers``-th result to its ``n - 2 x workers``-th (start-up and shutdown left out);
+    its CPU is read while it runs."""
+    edge = workers * 2
+    total = n + 2 * edge
+    with tempfile.TemporaryDirectory(prefix="rlfleet-bench-") as tmp:
+        path = Path(tmp) / "cases.jsonl"
+        path.write_text("".join(json.dumps(bench_case(i)) + "\n" for i in range(total)))
+        proc = subprocess.Popen(
+            rlfleet_command("verify", str(path), *engine_flags(backend, workers)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        tail = StderrTail(proc)
+        tail.start()
+        assert proc.stdout is not None
+        cpu0: Snapshot = {}
+        cpu1: Snapshot = {}
+        t0 = t1 = 0.0
+        count = 0
+        try:
+            for line in proc.stdout:
+                result = json.loads(line)
+                if result.get("verdict") != "AC":
+                    raise RuntimeError(f"bench case through rlfleet verify: {result}")
+                count += 1
+                if count == edge:
+                    cpu0, t0 = snapshot(proc.pid), time.perf_counter()
+                elif count == edge + n:
+                    cpu1, t1 = snapshot(proc.pid), time.perf_counter()
+        finally:
+            code = proc.wait()
+        if code != 0 or count != total:
+            raise CommandError(
+                f"rlfleet verify exited {code} after {count} of {total} results:\n{tail.text()}"
+            )
+    return timing(n, workers, t1 - t0, used(cpu0, cpu1))
 
 
 async def judge_runs(pool: WorkerPool, n: int) -> float:
@@ -113,6 +311,9 @@ async def bench_backend(backend: str, workers: int, n: int, runtime: str = "") -
         judged = await judge_runs(pool, max(n // 2, 1))
     finally:
         await pool.close()
+    # The pool's processes are gone: the paths below start their own, with as many workers.
+    service = await service_runs(backend, workers, n)
+    verified = await asyncio.to_thread(verify_runs, backend, workers, n)
     bare = await asyncio.to_thread(bare_python, n, workers)
     return {
         "per_test_ms": ours.per_test_ms,
@@ -121,6 +322,16 @@ async def bench_backend(backend: str, workers: int, n: int, runtime: str = "") -
         "tests_per_s": ours.tests_per_s,
         "bare_tests_per_s": bare.tests_per_s,
         "judge_cases_per_s": judged,
+        "pool_per_s": ours.tests_per_s,
+        "pool_front_ms": ours.front_cpu_ms,
+        "pool_sandbox_ms": ours.sandbox_cpu_ms,
+        "service_per_s": service.tests_per_s,
+        "service_front_ms": service.front_cpu_ms,
+        "service_sandbox_ms": service.sandbox_cpu_ms,
+        "verify_per_s": verified.tests_per_s,
+        "verify_front_ms": verified.front_cpu_ms,
+        "verify_sandbox_ms": verified.sandbox_cpu_ms,
+        "verify_bare_ratio": verified.per_test_ms / bare.per_test_ms,
     }
 
 
@@ -136,6 +347,39 @@ def print_table(rows: dict[str, dict[str, float]]) -> None:
         )
 
 
+PATHS = ("pool", "service", "verify")
+
+
+def print_paths(rows: dict[str, dict[str, float]]) -> None:
+    """Each path's rate and CPU per case against the pool's. The CPU ratio charges every
+    path the same sandbox CPU per case (the mean of the three measured: the same runs, so
+    the differences between them are the machine's load), and its own front CPU."""
+    print(
+        f"{'backend':8} {'path':8} {'cases/s':>8} {'x pool':>7} {'front ms':>9} "
+        f"{'sandbox ms':>11} {'x pool (CPU)':>13}"
+    )
+    for name, r in rows.items():
+        sandbox = sum(r[f"{p}_sandbox_ms"] for p in PATHS) / len(PATHS)
+        pool_cpu = r["pool_front_ms"] + sandbox
+        for path in PATHS:
+            rate, front = r[f"{path}_per_s"], r[f"{path}_front_ms"]
+            cpu_ratio = f"{pool_cpu / (front + sandbox):13.2f}" if sandbox else f"{'-':>13}"
+            measured = f"{r[f'{path}_sandbox_ms']:11.2f}" if sandbox else f"{'-':>11}"
+            print(
+                f"{name:8} {path:8} {rate:8.1f} {rate / r['pool_per_s']:7.2f} {front:9.2f} "
+                f"{measured} {cpu_ratio}"
+            )
+        print(
+            f"{name:8} verify: {r['verify_bare_ratio']:.2f}x a bare `python3 -c` per test "
+            f"(the pool alone: {r['ratio']:.2f}x)"
+        )
+
+
+def load_text() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} CPUs"
+
+
 async def run_sandbox_bench(
     backends: Sequence[str],
     workers: int,
@@ -149,6 +393,7 @@ async def run_sandbox_bench(
     language's start-up cost (``language_tests`` runs each; 0: skip), then the math
     checker's (``math_pairs`` pairs of its corpus; None: all; 0: skip)."""
     rows: dict[str, dict[str, float]] = {}
+    load_before = load_text()
     runs = [
         (backend, runtime)
         for backend in backends
@@ -171,6 +416,17 @@ async def run_sandbox_bench(
         "ratio = per-test time / bare `python3 -c` per-test time (same run)"
     )
     print_table(rows)
+    print(
+        f"# where users meet it: one-test cases through `rlfleet serve sandbox` + VerifierClient "
+        f"(service) and through `rlfleet verify` without its start-up (verify), {workers} "
+        "workers each, against the pool driven directly (same run). x pool: rate / the pool's "
+        "rate. CPU per case: front = the processes driving the workers (the pool's driver; "
+        "server and client; verify), sandbox = the local backend's workers and their runs. "
+        "x pool (CPU): (the pool's front + S) / (the path's front + S), S = the mean sandbox "
+        "CPU per case of the three"
+    )
+    print_paths(rows)
+    print(f"# machine: before: {load_before}; after: {load_text()}")
     if language_tests:
         from rlfleet.bench.language_bench import bench_backend_languages, print_languages
 

@@ -16,6 +16,7 @@ import json
 import logging
 import sys
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -100,6 +101,16 @@ async def verify_lines(
     if concurrency < 1 or max_unprinted_bytes < 1:
         raise ValueError("concurrency and max_unprinted_bytes must be >= 1")
     running: dict[asyncio.Task[CaseResult], int] = {}  # -> its input position
+    # Finished tasks, in the order they finished, and the wait for the next one: a done
+    # callback instead of ``asyncio.wait``, which would hook every running task per result.
+    completed: deque[asyncio.Task[CaseResult]] = deque()
+    wake: asyncio.Future[None] | None = None
+
+    def on_done(task: asyncio.Task[CaseResult]) -> None:
+        completed.append(task)
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
     finished: dict[int, Output] = {}  # input position -> output, until every earlier one is out
     unprinted_bytes = 0
     read = printed = 0  # input positions: next to read, next to print
@@ -128,7 +139,9 @@ async def verify_lines(
                     assert line.error is not None
                     finish(read, Output(text=json.dumps(line.error), invalid=True))
                 else:
-                    running[asyncio.create_task(safe_verify(line.case))] = read
+                    task = asyncio.create_task(safe_verify(line.case))
+                    task.add_done_callback(on_done)
+                    running[task] = read
                 read += 1
             if printed in finished:
                 output = finished.pop(printed)
@@ -139,8 +152,14 @@ async def verify_lines(
             if not running:  # nothing left to wait for: every line was read and printed
                 assert not finished
                 return
-            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
+            if not completed:
+                wake = asyncio.get_running_loop().create_future()
+                try:
+                    await wake
+                finally:
+                    wake = None
+            while completed:
+                task = completed.popleft()
                 finish(running.pop(task), Output(text=json.dumps(task.result().to_json())))
     finally:
         for task in running:

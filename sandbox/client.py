@@ -25,6 +25,7 @@ raise ``VerifierUnavailable``, which names the target and what gRPC last saw.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import random
@@ -33,7 +34,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 
@@ -53,6 +54,10 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXH
 RETRYABLE_ITEM = frozenset(
     {pb.ERROR_CODE_UNAVAILABLE, pb.ERROR_CODE_RESOURCE_EXHAUSTED, pb.ERROR_CODE_NOT_FOUND}
 )
+BATCH_BYTES = 1 << 20
+"""A stream message holds more than one case only up to about this many bytes."""
+
+StreamCall: TypeAlias = "grpc.aio.StreamStreamCall[Any, Any]"
 
 
 class VerifierUnavailable(ServerUnavailable):
@@ -82,6 +87,14 @@ class ClientConfig:
     stream (which in turn stops the server from taking more of our requests)."""
     max_retries_in_flight: int = 64
     """Concurrent retries ``verify_many`` runs for SE or refused items."""
+    stream_batch: int = 64
+    """Cases ``verify_many`` sends in one stream message at most: those already waiting
+    when the stream takes more (a message costs more than a small case). The source is
+    read this many cases ahead. 1: one case per message."""
+
+    def __post_init__(self) -> None:
+        if self.stream_batch < 1:
+            raise ValueError("stream_batch must be >= 1")
 
 
 def channel_target(target: str) -> str:
@@ -131,6 +144,9 @@ class VerifierClient:
         else:
             self._channel = grpc.aio.insecure_channel(resolved, options)
         self._stub = pb_grpc.VerifierStub(self._channel)
+        self._batches: bool | None = None if config.stream_batch > 1 else False
+        """Streams use VerifyBatches: None until a server was asked whether it has it
+        (``_has_batches``), False after one answered UNIMPLEMENTED (it is older)."""
 
     async def __aenter__(self) -> VerifierClient:
         return self
@@ -160,6 +176,25 @@ class VerifierClient:
         if isinstance(case, CodeCase) and self._by_ref(case) and not inline:
             return case_to_request(case, problem_ref(case))
         return case_to_request(case)
+
+    async def _has_batches(self) -> bool:
+        """Whether streams go as VerifyBatches; asks a server once (an empty call: an older
+        server answers UNIMPLEMENTED at once). Asked while streaming cases instead, the
+        answer can race a write into the refused call, which gRPC then ends as INTERNAL."""
+        if self._batches is None:
+            probe: StreamCall = self._stub.VerifyBatches(timeout=self.config.timeout_s)
+            try:
+                with contextlib.suppress(Exception):  # (no server: the status says so)
+                    await probe.done_writing()
+                code = await probe.code()
+            finally:
+                probe.cancel()
+            if code == grpc.StatusCode.OK:
+                self._batches = True
+            elif code == grpc.StatusCode.UNIMPLEMENTED:
+                self._batches = False
+            # Otherwise unknown still (no server answered?): the stream will tell.
+        return self._batches is not False
 
     def _raise_last(self, e: grpc.aio.AioRpcError) -> NoReturn:
         """Raise a call's last error: as ``VerifierUnavailable`` when no server answered."""
@@ -223,28 +258,18 @@ class VerifierClient:
         ``VerifierUnavailable`` when no server answers, and ``UnknownEnumValue`` for a
         verdict this client does not know (as ``verify``).
         """
-        out: asyncio.Queue[CaseResult] = asyncio.Queue(self.config.stream_buffer)
+        out = _Results(self.config.stream_buffer)
         pump = asyncio.create_task(self._pump(_aiter(cases), out))
-        get: asyncio.Future[CaseResult] | None = None
+        pump.add_done_callback(lambda _: out.end())
         try:
-            while True:
-                get = asyncio.ensure_future(out.get())
-                await asyncio.wait({get, pump}, return_when=asyncio.FIRST_COMPLETED)
-                if get.done():
-                    yield get.result()
-                    continue
-                get.cancel()  # the pump has ended: take what it left directly
-                while not out.empty():
-                    yield out.get_nowait()
-                pump.result()  # raises what ended the pump
-                return
+            while (result := await out.get()) is not None:
+                yield result
+            pump.result()  # raises what ended the pump
         finally:
-            if get is not None:
-                get.cancel()
             pump.cancel()
             await asyncio.gather(pump, return_exceptions=True)
 
-    async def _pump(self, source: AsyncIterator[Case], out: asyncio.Queue[CaseResult]) -> None:
+    async def _pump(self, source: AsyncIterator[Case], out: _Results) -> None:
         retries: set[asyncio.Task[None]] = set()
         room = asyncio.Semaphore(self.config.max_retries_in_flight)
 
@@ -267,7 +292,7 @@ class VerifierClient:
         # that breaks while the source is waiting (a batch's next group not finished yet)
         # must leave the source whole for the next stream. (gRPC's own request poller is not
         # cancelled when its call fails, and would take the next case into the dead call.)
-        incoming: asyncio.Queue[Case | None] = asyncio.Queue(maxsize=1)
+        incoming: asyncio.Queue[Case | None] = asyncio.Queue(maxsize=self.config.stream_batch)
 
         async def pull() -> None:
             try:
@@ -287,54 +312,91 @@ class VerifierClient:
             while True:
                 # Sent and not answered yet, by id (a list: ids may repeat).
                 unanswered: dict[str, list[Case]] = {}
-                call = self._stub.VerifyStream()
+                batched = await self._has_batches()
+                call: StreamCall = (
+                    self._stub.VerifyBatches() if batched else self._stub.VerifyStream()
+                )
+
+                def next_ready() -> Case | None:
+                    """A case to send that is here already (None: none without waiting)."""
+                    nonlocal source_done
+                    if resend:
+                        return resend.popleft()
+                    if source_done or incoming.empty():
+                        return None
+                    got = incoming.get_nowait()
+                    source_done = got is None
+                    return got
 
                 async def write(
-                    call: grpc.aio.StreamStreamCall[pb.VerifyRequest, pb.VerifyResponse] = call,
+                    call: StreamCall = call,
                     unanswered: dict[str, list[Case]] = unanswered,
+                    batched: bool = batched,
                 ) -> None:
                     nonlocal source_done
                     # A case is in ``unanswered`` before it is written: cancelled or failed
                     # at any await here, nothing taken is lost.
                     while True:
-                        if resend:
-                            case = resend.popleft()
-                        elif source_done:
+                        first = next_ready()
+                        if first is None and not source_done:
+                            first = await incoming.get()
+                            source_done = first is None
+                        if first is None:
                             break
-                        elif (got := await incoming.get()) is None:
-                            source_done = True
-                            break
-                        else:
-                            case = got
-                        unanswered.setdefault(case.id, []).append(case)
-                        await call.write(self._request(case))
+                        unanswered.setdefault(first.id, []).append(first)
+                        if not batched:
+                            await call.write(self._request(first))
+                            continue
+                        requests = [self._request(first)]
+                        size = requests[0].ByteSize()
+                        while len(requests) < self.config.stream_batch and size < BATCH_BYTES:
+                            case = next_ready()
+                            if case is None:
+                                break
+                            request = self._request(case)
+                            size += request.ByteSize()
+                            if size > BATCH_BYTES:
+                                resend.appendleft(case)  # (too big to join: it goes next)
+                                break
+                            requests.append(request)
+                            unanswered.setdefault(case.id, []).append(case)
+                        await call.write(pb.VerifyBatch(requests=requests))
                     await call.done_writing()
 
                 writer = asyncio.create_task(write())
                 try:
-                    async for reply in call:
+                    async for message in call:
                         if failed:
                             raise failed[0]
                         failures = 0  # a stream that answers has recovered
-                        waiting = unanswered.get(reply.id)
-                        if not waiting:
-                            raise RuntimeError(f"server answered an unknown id {reply.id!r}")
-                        case = waiting.pop(0)
-                        if not waiting:
-                            del unanswered[reply.id]
-                        if reply.error or reply.error_code:
-                            if reply.error_code not in RETRYABLE_ITEM:
-                                raise ValueError(f"case {reply.id!r}: {reply.error}")
-                            await room.acquire()
-                            retry_later(case)
-                            continue
-                        result = response_to_result(reply)
-                        if result.verdict is Verdict.SE:
-                            await room.acquire()
-                            retry_later(case)
-                            continue
-                        await out.put(result)
+                        for reply in message.responses if batched else (message,):
+                            waiting = unanswered.get(reply.id)
+                            if not waiting:
+                                raise RuntimeError(f"server answered an unknown id {reply.id!r}")
+                            case = waiting.pop(0)
+                            if not waiting:
+                                del unanswered[reply.id]
+                            if reply.error or reply.error_code:
+                                if reply.error_code not in RETRYABLE_ITEM:
+                                    raise ValueError(f"case {reply.id!r}: {reply.error}")
+                                await room.acquire()
+                                retry_later(case)
+                                continue
+                            result = response_to_result(reply)
+                            if result.verdict is Verdict.SE:
+                                await room.acquire()
+                                retry_later(case)
+                                continue
+                            await out.put(result)
                 except grpc.aio.AioRpcError as e:
+                    if batched and e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                        # A server that predates VerifyBatches: one case per message from
+                        # now on, starting with what this stream took.
+                        self._batches = False
+                        await _stop(writer)
+                        lost = [c for waiting in unanswered.values() for c in waiting]
+                        resend.extendleft(reversed(lost))
+                        continue
                     if e.code() not in RETRYABLE or failures + 1 >= self.config.attempts:
                         self._raise_last(e)
                     await _stop(writer)
@@ -379,6 +441,31 @@ class VerifierClient:
             for task in retries:
                 task.cancel()
             await asyncio.gather(puller, *retries, return_exceptions=True)
+
+
+class _Results:
+    """From ``verify_many``'s pump to its caller: results, at most ``size`` of them waiting
+    (the pump waits for room), then the end of the pump. The caller waits on the queue
+    alone: no task or ``asyncio.wait`` per result."""
+
+    def __init__(self, size: int) -> None:
+        self._room = asyncio.Semaphore(size)
+        self._queue: asyncio.Queue[CaseResult | None] = asyncio.Queue()
+
+    async def put(self, result: CaseResult) -> None:
+        await self._room.acquire()
+        self._queue.put_nowait(result)
+
+    def end(self) -> None:
+        """No more results (the pump has ended, whichever way)."""
+        self._queue.put_nowait(None)
+
+    async def get(self) -> CaseResult | None:
+        """The next result, or None once the pump has ended and every result was taken."""
+        result = await self._queue.get()
+        if result is not None:
+            self._room.release()
+        return result
 
 
 async def _stop(task: asyncio.Task[None]) -> None:

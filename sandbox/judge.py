@@ -246,6 +246,8 @@ class Judge:
             for t in case.tests
             for unit in (t.units if isinstance(t, CodeTest) else ("",))
         ]
+        if len(runs) == 1:  # (no task for a lone run)
+            return [await one(*runs[0])]
         if not case.early_stop:
             return list(await asyncio.gather(*(one(t, unit) for t, unit in runs)))
         results = []

@@ -19,7 +19,8 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -55,6 +56,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Verifier"].full_name
 # suite does not stall every other call on the event loop.
 INLINE_CONVERT_BYTES = 256 << 10
 T = TypeVar("T")
+M = TypeVar("M")
 
 
 class Engine(Protocol):
@@ -75,6 +77,10 @@ class ServiceConfig:
     keep_inline_tests: int = 8
     """Inline suites with at least this many tests are stored too, so that a client that
     got NOT_FOUND for a ref and resent the suite inline can use the ref again."""
+    batch_wait_s: float = 0.005
+    """A VerifyBatches response waits this long for more results while cases of its stream
+    are still running: fewer, fuller messages (each costs far more CPU, on both sides, than
+    a small case), each result late by this much at most. 0: send as soon as one is ready."""
 
 
 class ProblemStore:
@@ -174,6 +180,11 @@ class VerifierService(pb_grpc.VerifierServicer):
         self.pending = 0
         """Cases handed to the engine and not finished."""
         self._slots = asyncio.Semaphore(self.max_pending)
+        # Read when scraped, not set per case.
+        self.metrics.busy.set_function(lambda: min(self.pending, engine.capacity))
+        self.metrics.queue_depth.set_function(
+            lambda: self.pending - min(self.pending, engine.capacity)
+        )
 
     # -- edge: proto -> record --------------------------------------------------------------
 
@@ -229,21 +240,14 @@ class VerifierService(pb_grpc.VerifierServicer):
 
     # -- running a case ---------------------------------------------------------------------
 
-    def _set_load_gauges(self) -> None:
-        busy = min(self.pending, self.engine.capacity)
-        self.metrics.busy.set(busy)
-        self.metrics.queue_depth.set(self.pending - busy)
-
     async def _pending(self, work: Awaitable[T]) -> T:
         """Await admitted work (the caller holds its slot), counted as pending and timed."""
         self.pending += 1
-        self._set_load_gauges()
         t0 = time.perf_counter()
         try:
             result = await work
         finally:
             self.pending -= 1
-            self._set_load_gauges()
         self.metrics.seconds.observe(time.perf_counter() - t0)
         return result
 
@@ -303,41 +307,76 @@ class VerifierService(pb_grpc.VerifierServicer):
         request_iterator: AsyncIterator[pb.VerifyRequest | Undecodable],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.VerifyResponse]:
-        # Each request takes a slot before it is read further; the slot is given back after
-        # its response is yielded. ``held`` counts this stream's slots, so that whatever
-        # way the stream ends (client gone, deadline, error) they all return to the pool.
+        # (aclosing: the inner generator's cleanup runs when this one is closed, not later.)
+        stream = self._stream(request_iterator, _one_item, "VerifyRequest", wait_s=0.0)
+        async with aclosing(stream) as lists:
+            async for ready in lists:
+                for response in ready:
+                    yield response
+
+    async def VerifyBatches(
+        self,
+        request_iterator: AsyncIterator[pb.VerifyBatch | Undecodable],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.VerifyBatchResponse]:
+        wait_s = self.config.batch_wait_s
+        stream = self._stream(request_iterator, _batch_items, "VerifyBatch", wait_s=wait_s)
+        async with aclosing(stream) as lists:
+            async for ready in lists:
+                yield pb.VerifyBatchResponse(responses=ready)
+
+    async def _stream(
+        self,
+        messages: AsyncIterator[M],
+        items: Callable[[M], Iterable[pb.VerifyRequest | Undecodable]],
+        message_type: str,
+        wait_s: float,
+    ) -> AsyncGenerator[list[pb.VerifyResponse], None]:
+        """Both streaming calls: ``items`` gives the requests of each message read (a
+        message that did not decode, ``message_type``, is one item refused). Yields the
+        responses finished since its last yield (at least one each time), after waiting
+        ``wait_s`` from the first for more while cases of the stream are running."""
+        # Each request takes a slot before it is read further; the slot is given back once
+        # the caller has handed its response to gRPC (when it asks for the next list).
+        # ``held`` counts this stream's slots, so that whatever way the stream ends (client
+        # gone, deadline, error) they all return to the pool.
         out: asyncio.Queue[pb.VerifyResponse | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
         held = 0
+        running = 0  # cases of this stream without a response yet
 
         async def run(case: Case) -> None:
+            nonlocal running
             try:
                 resp = result_to_response(await self._verify(case))
             except Exception as e:
                 log.error("case %r failed", case.id, exc_info=e)
                 resp = _error_response(case.id, e)
+            running -= 1
             out.put_nowait(resp)
 
         async def read() -> None:
-            nonlocal held
+            nonlocal held, running
             try:
-                async for item in request_iterator:
-                    await self._slots.acquire()
-                    held += 1
-                    try:
-                        if isinstance(item, Undecodable):
-                            self.metrics.rejected.labels("invalid").inc()
-                            raise BadRequest("request", "not a valid VerifyRequest message")
-                        case = await self._case(item)
-                    except Exception as e:
-                        # One bad item is answered with an error; the stream goes on.
-                        if status_for(e)[0] is grpc.StatusCode.INTERNAL:
-                            log.error("VerifyStream item failed", exc_info=e)
-                        out.put_nowait(_error_response(getattr(item, "id", ""), e))
-                        continue
-                    task = asyncio.create_task(run(case))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                async for message in messages:
+                    for item in items(message):
+                        await self._slots.acquire()
+                        held += 1
+                        try:
+                            if isinstance(item, Undecodable):
+                                self.metrics.rejected.labels("invalid").inc()
+                                raise BadRequest("request", f"not a valid {message_type} message")
+                            case = await self._case(item)
+                        except Exception as e:
+                            # One bad item is answered with an error; the stream goes on.
+                            if status_for(e)[0] is grpc.StatusCode.INTERNAL:
+                                log.error("stream item failed", exc_info=e)
+                            out.put_nowait(_error_response(getattr(item, "id", ""), e))
+                            continue
+                        running += 1
+                        task = asyncio.create_task(run(case))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
             finally:
                 # Also when the request stream breaks: ``await reader`` then re-raises.
                 out.put_nowait(None)
@@ -346,14 +385,20 @@ class VerifierService(pb_grpc.VerifierServicer):
         reading = True
         try:
             while reading or tasks or not out.empty():
-                item = await out.get()
-                if item is None:
+                got = [await out.get()]
+                if wait_s > 0 and running and out.empty():
+                    await asyncio.sleep(wait_s)
+                while not out.empty():
+                    got.append(out.get_nowait())
+                ready = [r for r in got if r is not None]
+                if ready:
+                    yield ready
+                    held -= len(ready)
+                    for _ in ready:
+                        self._slots.release()
+                if len(ready) < len(got):
                     reading = False
                     await reader  # a broken request stream surfaces as the call's error
-                    continue
-                yield item
-                held -= 1
-                self._slots.release()
         finally:
             reader.cancel()
             for t in tasks:
@@ -374,6 +419,14 @@ class VerifierService(pb_grpc.VerifierServicer):
         case = await self._case(probe, keep=False)
         assert isinstance(case, CodeCase)
         return pb.ProblemRef(sha256=await self._store(request, case))
+
+
+def _one_item(request: pb.VerifyRequest | Undecodable) -> tuple[pb.VerifyRequest | Undecodable]:
+    return (request,)
+
+
+def _batch_items(batch: pb.VerifyBatch | Undecodable) -> Iterable[pb.VerifyRequest | Undecodable]:
+    return (batch,) if isinstance(batch, Undecodable) else batch.requests
 
 
 def _error_response(case_id: str, exc: BaseException) -> pb.VerifyResponse:

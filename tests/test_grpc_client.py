@@ -350,3 +350,78 @@ async def test_verify_many_goes_on_when_a_server_ends_the_stream_before_taking_e
     assert sorted(ids) == sorted(f"c{i}" for i in range(10))
     # Each stream took three at most; what the source gave later went on new streams.
     assert leaving.streams >= 3
+
+
+class _Batching(CannedVerifier):
+    """Answers VerifyBatches too, recording how many cases each message carried."""
+
+    def __init__(self) -> None:
+        super().__init__(pb.VerifyResponse(verdict=pb.VERDICT_AC, passed=1, total=1, reward=1.0))
+        self.sizes: list[int] = []
+        self.item_streams = 0
+
+    async def VerifyStream(
+        self, request_iterator: AsyncIterator[pb.VerifyRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.VerifyResponse]:
+        self.item_streams += 1
+        async for request in request_iterator:
+            yield self._answer(request)
+
+    async def VerifyBatches(
+        self, request_iterator: AsyncIterator[pb.VerifyBatch], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.VerifyBatchResponse]:
+        async for batch in request_iterator:
+            self.sizes.append(len(batch.requests))
+            yield pb.VerifyBatchResponse(responses=[self._answer(r) for r in batch.requests])
+
+
+async def test_verify_many_sends_the_cases_it_has_in_few_messages() -> None:
+    batching = _Batching()
+    config = ClientConfig(backoff_s=0.001, stream_batch=16)
+    async with (
+        RunningCanned(pb.VerifyResponse(), batching) as s,
+        VerifierClient(s.target, config) as c,
+    ):
+        ids = [r.id async for r in c.verify_many(code_case(f"c{i}") for i in range(100))]
+    assert sorted(ids) == sorted(f"c{i}" for i in range(100))
+    assert sum(batching.sizes) == 100 and max(batching.sizes) <= 16
+    assert len(batching.sizes) < 100 and batching.item_streams == 0
+
+
+async def test_verify_many_with_a_batch_of_one_uses_verify_stream() -> None:
+    batching = _Batching()
+    config = ClientConfig(backoff_s=0.001, stream_batch=1)
+    async with (
+        RunningCanned(pb.VerifyResponse(), batching) as s,
+        VerifierClient(s.target, config) as c,
+    ):
+        ids = [r.id async for r in c.verify_many(code_case(f"c{i}") for i in range(5))]
+    assert sorted(ids) == sorted(f"c{i}" for i in range(5))
+    assert batching.sizes == [] and batching.item_streams == 1
+
+
+class _Older(CannedVerifier):
+    """A server from before VerifyBatches: it answers it UNIMPLEMENTED (counted)."""
+
+    def __init__(self) -> None:
+        super().__init__(pb.VerifyResponse(verdict=pb.VERDICT_AC, passed=1, total=1, reward=1.0))
+        self.batch_calls = 0
+
+    async def VerifyBatches(
+        self, request_iterator: AsyncIterator[pb.VerifyBatch], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.VerifyBatchResponse]:
+        self.batch_calls += 1
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+        yield pb.VerifyBatchResponse()  # (never reached: makes this a stream handler)
+
+
+async def test_verify_many_falls_back_to_verify_stream_on_an_older_server() -> None:
+    older = _Older()
+    async with RunningCanned(pb.VerifyResponse(), older) as s, VerifierClient(s.target, FAST) as c:
+        ids = [r.id async for r in c.verify_many(code_case(f"a{i}") for i in range(30))]
+        again = [r.id async for r in c.verify_many(code_case(f"b{i}") for i in range(3))]
+    # Nothing the refused stream took is lost, none is sent twice, and the client asks once.
+    assert sorted(ids) == sorted(f"a{i}" for i in range(30))
+    assert sorted(again) == ["b0", "b1", "b2"]
+    assert sorted(older.seen) == sorted([*ids, *again])
+    assert older.batch_calls == 1

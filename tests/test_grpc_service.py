@@ -520,3 +520,95 @@ async def test_tls(tmp_path: Path) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as err:  # plaintext is refused
             await s.stub.Verify(code_request("plain"), timeout=5)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+# -- VerifyBatches: VerifyStream with several items per message ---------------------------
+
+
+def batches(requests: list[pb.VerifyRequest], size: int) -> list[pb.VerifyBatch]:
+    return [pb.VerifyBatch(requests=requests[i : i + size]) for i in range(0, len(requests), size)]
+
+
+async def test_batches_answer_every_item_and_refusals_keep_the_stream_open() -> None:
+    async with Running(FakeEngine(), batch_wait_s=0.05) as s:
+        requests = [
+            code_request("a"),
+            pb.VerifyRequest(id="bad"),  # neither code nor math
+            code_request("b"),
+            *(code_request(f"s{i}") for i in range(20)),
+        ]
+        messages = [m async for m in s.stub.VerifyBatches(iter(batches(requests, 7)))]
+        replies = [r for m in messages for r in m.responses]
+        assert sorted(r.id for r in replies) == sorted(r.id for r in requests)
+        assert {r.id: r.error_code for r in replies if r.error} == {
+            "bad": pb.ERROR_CODE_INVALID_ARGUMENT
+        }
+        assert all(r.verdict == pb.VERDICT_AC for r in replies if r.id != "bad")
+        # Results that finish together travel together.
+        assert len(messages) < len(replies)
+
+
+async def test_a_batch_that_does_not_decode_is_one_refusal_and_the_stream_goes_on() -> None:
+    async with Running(FakeEngine()) as s:
+        raw = s.channel.stream_stream("/rlfleet.v1.Verifier/VerifyBatches")
+        good = pb.VerifyBatch(requests=[code_request("after")]).SerializeToString()
+        messages = [
+            pb.VerifyBatchResponse.FromString(m) async for m in raw(iter([b"\xff\xff", good]))
+        ]
+        replies = [r for m in messages for r in m.responses]
+        assert [(r.id, r.error_code, r.error) for r in replies] == [
+            ("", pb.ERROR_CODE_INVALID_ARGUMENT, "request: not a valid VerifyBatch message"),
+            ("after", pb.ERROR_CODE_UNSPECIFIED, ""),
+        ]
+
+
+async def test_batch_backpressure_keeps_admitted_cases_bounded() -> None:
+    # Every item of a batch takes its own slot: a batch bigger than the budget is taken in
+    # part, and the rest waits in the server until slots free.
+    gate = asyncio.Event()
+    engine = FakeEngine(gate=gate)
+    async with Running(engine, max_pending=4) as s:
+        requests = [code_request(f"s{i}") for i in range(200)]
+        call = s.stub.VerifyBatches(iter(batches(requests, 50)))
+        await until(lambda: len(engine.seen) == 4, "the budget filled")
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            assert len(engine.seen) == 4 and s.service.pending == 4
+        gate.set()
+        ids = [r.id async for m in call for r in m.responses]
+        assert sorted(ids) == sorted(f"s{i}" for i in range(200))
+        assert engine.peak <= 4
+
+
+async def test_a_cancelled_batch_stream_gives_its_slots_back() -> None:
+    gate = asyncio.Event()
+    engine = FakeEngine(gate=gate)
+    async with Running(engine, max_pending=3) as s:
+        call = s.stub.VerifyBatches(iter(batches([code_request(f"s{i}") for i in range(10)], 5)))
+        await until(lambda: len(engine.seen) == 3, "the budget filled")
+        call.cancel()
+        await until(lambda: len(engine.cancelled) == 3, "the stream's cases cancelled")
+        await until(lambda: s.service.pending == 0, "pending back to zero")
+        gate.set()
+        replies = await asyncio.gather(*(s.stub.Verify(code_request(f"u{i}")) for i in range(3)))
+        assert [r.verdict for r in replies] == [pb.VERDICT_AC] * 3
+
+
+async def test_a_batch_stream_deadline_cancels_the_engine_tasks() -> None:
+    engine = FakeEngine(gate=asyncio.Event())
+    async with Running(engine) as s:
+        call = s.stub.VerifyBatches(
+            iter(batches([code_request("a"), code_request("b")], 2)), timeout=0.3
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            _ = [m async for m in call]
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await until(lambda: sorted(engine.cancelled) == ["a", "b"], "both cancelled")
+        await until(lambda: s.service.pending == 0, "pending back to zero")
+
+
+async def test_a_lone_result_is_not_held_for_the_batch_wait() -> None:
+    # With nothing else running in its stream, a result goes at once, whatever the wait.
+    async with Running(FakeEngine(), batch_wait_s=30) as s:
+        call = s.stub.VerifyBatches(iter(batches([code_request("only")], 1)), timeout=10)
+        assert [r.id async for m in call for r in m.responses] == ["only"]

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from rlfleet.bench.proctree import cpu_by_part
+from rlfleet.bench.proctree import cpu_between, cpu_by_part, cpu_by_subtree
 
 BUSY = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\n"
 
@@ -47,3 +47,38 @@ def test_a_process_that_is_gone_counts_nothing() -> None:
     gone.wait()
     time.sleep(0.01)
     assert cpu_by_part(gone.pid, lambda cmd: None) == {}
+
+
+def test_between_snapshots_a_replaced_child_counts_nothing_and_a_new_one_counts_whole() -> None:
+    # "alpha" burns CPU and is reaped by this process between the snapshots (cpu_by_part
+    # would move its whole life into the root); "beta" starts in between and burns 0.3 s.
+    alpha = subprocess.Popen([sys.executable, "-c", BUSY.format(s=0.4) + "time.sleep(30)", "alpha"])
+    try:
+        time.sleep(0.1)
+        while cpu_by_part(os.getpid(), _name).get("a", 0.0) < 0.35:
+            time.sleep(0.05)
+        before = cpu_by_subtree(os.getpid(), _name)
+    finally:
+        alpha.kill()
+        alpha.wait()
+    beta = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            BUSY.format(s=0.3) + "print('done', flush=True)\ntime.sleep(30)",
+            "beta",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert beta.stdout is not None and beta.stdout.readline() == "done\n"
+        after = cpu_by_subtree(os.getpid(), _name)
+    finally:
+        beta.kill()
+        beta.wait()
+    assert before[alpha.pid][0] == "a" and before[alpha.pid][1] >= 0.35
+    parts = cpu_between(before, after)
+    assert "a" not in parts
+    assert 0.25 <= parts["b"] < 0.6
+    assert parts["root"] < 0.2  # (this process's own time only: it reaped alpha)

@@ -44,6 +44,11 @@ class VerifierStub:
                 request_serializer=rlfleet_dot_v1_dot_verifier__pb2.VerifyRequest.SerializeToString,
                 response_deserializer=rlfleet_dot_v1_dot_verifier__pb2.VerifyResponse.FromString,
                 _registered_method=True)
+        self.VerifyBatches = channel.stream_stream(
+                '/rlfleet.v1.Verifier/VerifyBatches',
+                request_serializer=rlfleet_dot_v1_dot_verifier__pb2.VerifyBatch.SerializeToString,
+                response_deserializer=rlfleet_dot_v1_dot_verifier__pb2.VerifyBatchResponse.FromString,
+                _registered_method=True)
         self.RegisterProblem = channel.unary_unary(
                 '/rlfleet.v1.Verifier/RegisterProblem',
                 request_serializer=rlfleet_dot_v1_dot_verifier__pb2.Problem.SerializeToString,
@@ -71,6 +76,17 @@ class VerifierServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyBatches(self, request_iterator, context):
+        """VerifyStream with several items per message, each way: the same items, refusals,
+        backpressure and deadlines, far fewer messages (on a small case a message costs more
+        than the case's conversion). A response message holds the results finished since the
+        previous one was sent. A message that does not decode is answered by one refusal with
+        an empty id. Servers that predate it answer UNIMPLEMENTED: use VerifyStream there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RegisterProblem(self, request, context):
         """Stores a test suite under its content hash; idempotent.
         """
@@ -90,6 +106,11 @@ def add_VerifierServicer_to_server(servicer, server):
                     servicer.VerifyStream,
                     request_deserializer=rlfleet_dot_v1_dot_verifier__pb2.VerifyRequest.FromString,
                     response_serializer=rlfleet_dot_v1_dot_verifier__pb2.VerifyResponse.SerializeToString,
+            ),
+            'VerifyBatches': grpc.stream_stream_rpc_method_handler(
+                    servicer.VerifyBatches,
+                    request_deserializer=rlfleet_dot_v1_dot_verifier__pb2.VerifyBatch.FromString,
+                    response_serializer=rlfleet_dot_v1_dot_verifier__pb2.VerifyBatchResponse.SerializeToString,
             ),
             'RegisterProblem': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterProblem,
@@ -151,6 +172,33 @@ class Verifier:
             '/rlfleet.v1.Verifier/VerifyStream',
             rlfleet_dot_v1_dot_verifier__pb2.VerifyRequest.SerializeToString,
             rlfleet_dot_v1_dot_verifier__pb2.VerifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyBatches(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/rlfleet.v1.Verifier/VerifyBatches',
+            rlfleet_dot_v1_dot_verifier__pb2.VerifyBatch.SerializeToString,
+            rlfleet_dot_v1_dot_verifier__pb2.VerifyBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
