@@ -7,7 +7,8 @@ Fake-only flags: ``--fake-startup-s S`` (answer unhealthy for S seconds), ``--fa
 ``--fake-ignore-sigterm`` (only SIGKILL ends it), ``--fake-pid-file F`` (writes its pid and
 the pid of a child it forks, as SGLang forks its scheduler), ``--fake-exit N`` (exit at once),
 ``--fake-receive-dir D`` (the NCCL routes join and receive for real, on gloo, and save what
-came there), ``--fake-die-after-tensors N`` (exit after receiving N broadcast tensors).
+came there), ``--fake-die-after-tensors N`` (exit after receiving N broadcast tensors),
+``--fake-stall-receive`` (an update by broadcast never receives: a server that hangs).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--fake-exit", type=int)
     p.add_argument("--fake-receive-dir", type=Path)
     p.add_argument("--fake-die-after-tensors", type=int)
+    p.add_argument("--fake-stall-receive", action="store_true")
     return p.parse_args(argv)
 
 
@@ -76,6 +78,7 @@ async def main(args: argparse.Namespace) -> None:
             version=args.weight_version,
             receive_dir=args.fake_receive_dir,
             die_after_tensors=args.fake_die_after_tensors,
+            stall_receive=args.fake_stall_receive,
         )
         http.healthy = False
         http.start()

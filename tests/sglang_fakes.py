@@ -284,6 +284,7 @@ class FakeHttpSglang:
         eos: int | None = None,
         receive_dir: Path | None = None,
         die_after_tensors: int | None = None,
+        stall_receive: bool = False,
     ) -> None:
         self.version = version
         self.step_s = step_s
@@ -303,6 +304,9 @@ class FakeHttpSglang:
         self.die_after_tensors = die_after_tensors
         """Set: the process exits at once after receiving this many tensors (a server gone
         mid-broadcast)."""
+        self.stall_receive = stall_receive
+        """Set: an update by broadcast never receives anything (a server that hangs)."""
+        self.stopped = threading.Event()
         self.process_groups: dict[str, Any] = {}
         self.cond = threading.Condition()
         self.active: dict[str, _Request] = {}
@@ -320,6 +324,7 @@ class FakeHttpSglang:
         return self
 
     def stop(self) -> None:
+        self.stopped.set()
         with self.cond:
             for req in self.active.values():
                 req.aborted.set()
@@ -420,6 +425,9 @@ class FakeHttpSglang:
             if refused is not None:
                 return refused
             group = self.process_groups[body.get("group_name", "weight_update_group")]
+        if self.stall_receive:
+            self.stopped.wait()
+            return 503, _result(False, "stopped")
         try:
             received = self._receive(body, group)
         except Exception as e:

@@ -24,6 +24,7 @@ from rollout_fakes import Running
 from safetensors.torch import load_file, save_file
 
 from rlfleet.learner.broadcast import (
+    BroadcastFailed,
     BroadcastPusher,
     BroadcastUnsupported,
     PushConfig,
@@ -236,6 +237,44 @@ async def test_a_group_the_server_is_not_in_is_not_found(model_dir: Path, tmp_pa
         await engine.close()
 
 
+async def test_a_server_that_hangs_is_bounded_and_the_other_one_served(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """In this process, as a world of one: the hung server's call ends at its deadline,
+    the learner goes on, the other server takes the version."""
+    from transformers import AutoModelForCausalLM
+
+    received = tmp_path / "received"
+    received.mkdir()
+    flags = ("--fake-receive-dir", str(received))
+    good, hung = await asyncio.gather(
+        SglangEngine.start(sglang_config(model_dir, tmp_path / "w-good", *flags)),
+        SglangEngine.start(
+            sglang_config(model_dir, tmp_path / "w-hung", *flags, "--fake-stall-receive")
+        ),
+    )
+    try:
+        async with (
+            Running(good) as good_server,
+            Running(hung) as hung_server,
+            RolloutClient(good_server.target) as good_client,
+            RolloutClient(hung_server.target) as hung_client,
+        ):
+            model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+            config = PushConfig(transport="distributed", timeout_s=15)
+            pusher = BroadcastPusher(config, torch.device("cpu"), call_timeout_s=90)
+            outcomes = await pusher.push([good_client, hung_client], model, 1)
+            assert not isinstance(outcomes[0], Exception), outcomes[0]
+            assert outcomes[0].version == 1
+            # The learner's broadcast to it timed out (gloo's wait), and its call was ended.
+            assert isinstance(outcomes[1], BroadcastFailed), outcomes[1]
+            assert good_server.target in pusher.groups and hung_server.target not in pusher.groups
+            assert good.version == 1 and hung.version == 0
+            await hung.close()  # (its update call waits on the hung server until then)
+    finally:
+        await asyncio.gather(good.close(), hung.close())
+
+
 def test_tensor_parallel_ranks_from_sglang_flags() -> None:
     assert tensor_parallel_ranks(()) == 1
     assert tensor_parallel_ranks(("--tp-size", "4")) == 4
@@ -250,6 +289,12 @@ def test_local_address_towards_a_loopback_server() -> None:
 
 
 def test_push_config_is_checked() -> None:
+    from rlfleet.learner.config import ConfigError, load_config
+
+    config = load_config(overrides=["push.transport=distributed", "push.dtype=bfloat16"])
+    assert config.push.transport == "distributed" and config.push.dtype == "bfloat16"
+    with pytest.raises(ConfigError, match=r"push\.transport"):
+        load_config(overrides=["push.transport=nccl"])
     with pytest.raises(ValueError, match="timeout_s"):
         PushConfig(timeout_s=0)
     with pytest.raises(ValueError, match="nccl needs the learner on CUDA"):
