@@ -5,11 +5,11 @@ tensor by tensor in manifest order, while the server's BroadcastWeights call wai
 
 One group per server: a server that dies or hangs mid-broadcast breaks its own group only;
 the others go on, and the broken one is joined anew (a new name) at the next push. The
-group is set up as SGLang's ``init_weights_update_group`` sets up its side: rank 0 (here)
-serves a TCP store, the members connect to it, the group's keys sit under its name, and
-the group is created over that store under the same name, with NCCL between GPUs (the
-learner's side created eagerly, on its device) or gloo on CPU. Every wait is bounded by
-``PushConfig.timeout_s``: a join, the server's acceptance, each tensor's broadcast.
+group is set up as SGLang's ``init_weights_update_group`` sets up its side
+(``rollout.weight_group``): rank 0 (here) serves a TCP store, the members connect to it,
+with NCCL between GPUs (the learner's side created eagerly, on its device) or gloo on CPU.
+Every wait is bounded by ``PushConfig.timeout_s``: a join, the server's acceptance, each
+tensor's broadcast.
 
 Gathering is a collective as for the gRPC push: every rank runs the gather to its end
 (``export.iter_full_tensors``), rank 0 alone broadcasts, a bucket of tensors at a time.
@@ -44,6 +44,7 @@ from rlfleet.rollout.client import (
     WeightsRejected,
 )
 from rlfleet.rollout.records import WeightGroup, WeightManifest, WeightUpdateResult
+from rlfleet.rollout.weight_group import create_group
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,8 @@ class PushConfig:
     transport: Literal["grpc", "distributed"] = "grpc"
     """How weights reach the rollout servers: ``grpc``, the UpdateWeights stream (every
     engine; docs/weight-push.md); ``distributed``, a broadcast in a weight group per server
-    (SGLang's NCCL path: ``rlfleet serve rollout --engine sglang --sglang-surface http``;
-    a server that cannot receive broadcasts stops the run at its start)."""
+    (SGLang's NCCL path, ``--engine sglang --sglang-surface http``, or the torch engine's,
+    on gloo or NCCL; a server that cannot receive broadcasts stops the run at its start)."""
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     """The weight groups' backend (distributed): ``auto`` takes NCCL when the learner is on
     CUDA, else gloo."""
@@ -106,43 +107,6 @@ def local_address_towards(target: str) -> str:
     with socket.socket(family, socket.SOCK_DGRAM) as s:
         s.connect(addr)
         return str(s.getsockname()[0])
-
-
-def create_group(
-    store: dist.Store,
-    *,
-    rank: int,
-    world_size: int,
-    name: str,
-    backend: str,
-    timeout: timedelta,
-    device: torch.device | None = None,
-) -> dist.ProcessGroup:
-    """One member's side of a weight group over ``store`` (rank 0's store, reached by all),
-    laid out as SGLang lays out its side: the keys under the prefix ``name``, the group
-    created under the name ``name`` (the name prefixes its keys once more inside torch).
-    Returns once every member has joined (gloo; NCCL with ``device``, created eagerly)."""
-    from torch.distributed.distributed_c10d import (
-        Backend,
-        GroupName,
-        _new_process_group_helper,
-        _world,
-    )
-
-    # (torch's own helper, as SGLang uses it: both sides then derive the same keys.)
-    group, _ = _new_process_group_helper(
-        world_size,
-        rank,
-        [],
-        Backend(backend),
-        dist.PrefixStore(name, store),
-        group_name=GroupName(name),
-        timeout=timeout,
-        device_id=device if backend == "nccl" else None,
-    )
-    # Group ranks are the global ranks of these members (as SGLang registers its side).
-    _world.pg_group_ranks[group] = {i: i for i in range(world_size)}
-    return group
 
 
 def in_daemon_thread(fn: Callable[[], T]) -> concurrent.futures.Future[T]:

@@ -525,7 +525,8 @@ class RolloutService(pb_grpc.RolloutServicer):
             name = engine.status().engine
             raise FailedPrecondition(
                 f"this rollout server's engine ({name}) cannot receive weights by broadcast "
-                "(only --engine sglang --sglang-surface http can); push them with UpdateWeights"
+                "(the torch engine and --engine sglang --sglang-surface http can); push them "
+                "with UpdateWeights"
             )
         return engine
 

@@ -1,10 +1,11 @@
 """Weights pushed by broadcast (``push.transport = "distributed"``), end to end on CPU with
 gloo: a 2-rank FSDP learner (real processes) gathers its shards and broadcasts each version
-from rank 0 through three rollout servers (``rlfleet`` rollout service, sglang engine, http
-surface) whose SGLang is the fake server process that really joins the learner's group and
-really receives: one takes both versions, whose received tensors equal the learner's full
-state dict; one exits mid-broadcast; one serves a model of another shape and refuses the
-manifest. Neither failure holds the learner or the good server. Then the service's own
+from rank 0 through four rollout servers: three with the sglang engine (http surface) whose
+SGLang is the fake server process that really joins the learner's group and really
+receives: one takes both versions, whose received tensors equal the learner's full state
+dict; one exits mid-broadcast; one serves a model of another shape and refuses the
+manifest; and one with the torch engine, which receives on its own and then serves exactly
+those weights. Neither failure holds the learner or the good servers. Then the service's own
 answers: an engine that cannot receive broadcasts, an unjoined group, bad group fields."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import grpc
 import pytest
 import torch
 from learner_launch import launch
-from rollout_fakes import Running
+from rollout_fakes import FakeEngine, Running
 from safetensors.torch import load_file, save_file
 
 from rlfleet.learner.broadcast import (
@@ -91,20 +92,28 @@ def pushed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
     async def run() -> dict[str, Any]:
-        engines = dict(
+        engines: dict[str, Any] = dict(
             zip(
                 configs,
                 await asyncio.gather(*(SglangEngine.start(c) for c in configs.values())),
                 strict=True,
             )
         )
+        # The torch engine receives too (its own gloo side, in this process).
+        engines["torch"] = TorchEngine(TorchEngineConfig(model=model, max_batch=2, max_seq_len=64))
         try:
             async with (
                 Running(engines["good"]) as good,
                 Running(engines["dies"]) as dies,
                 Running(engines["other"]) as other_server,
+                Running(engines["torch"]) as torch_server,
             ):
-                targets = {"good": good.target, "dies": dies.target, "other": other_server.target}
+                targets = {
+                    "good": good.target,
+                    "dies": dies.target,
+                    "other": other_server.target,
+                    "torch": torch_server.target,
+                }
                 await launch(
                     {
                         "model": str(model),
@@ -115,9 +124,14 @@ def pushed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                     },
                     ranks=2,
                 )
+                served = {
+                    n: p.detach().clone()
+                    for n, p in engines["torch"].model.named_parameters(remove_duplicate=False)
+                }
                 return {
                     "targets": targets,
                     "versions": {k: e.version for k, e in engines.items()},
+                    "torch_served": served,
                 }
         finally:
             await asyncio.gather(*(e.close() for e in engines.values()))
@@ -141,12 +155,21 @@ def test_received_tensors_are_the_learners_full_state_dict(pushed: dict[str, Any
     assert pushed["versions"]["good"] == 2
 
 
+def test_the_torch_engine_serves_exactly_the_broadcast_weights(pushed: dict[str, Any]) -> None:
+    assert pushed["versions"]["torch"] == 2
+    served, full = pushed["torch_served"], pushed["full"][1]
+    assert served.keys() == full.keys()  # (tied names included: the head is the embedding)
+    for name, tensor in full.items():
+        assert torch.equal(served[name], tensor), name
+
+
 def test_a_server_gone_mid_broadcast_or_refusing_leaves_the_others_served(
     pushed: dict[str, Any],
 ) -> None:
     targets = pushed["targets"]
     first, second = pushed["reports"]
-    assert first["served"] == [targets["good"]] and second["served"] == [targets["good"]]
+    took = [targets["good"], targets["torch"]]
+    assert first["served"] == took and second["served"] == took
     assert set(first["failed"]) == {targets["dies"], targets["other"]}
     assert "broadcast of" in first["failed"][targets["dies"]]
     assert first["failed"][targets["other"]].startswith("WeightsRejected: tensors:")
@@ -169,8 +192,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-async def torch_server(model_dir: Path) -> AsyncIterator[Running]:
-    engine = TorchEngine(TorchEngineConfig(model=model_dir, max_batch=2, max_seq_len=32))
+async def unable_server() -> AsyncIterator[Running]:
+    """A rollout server whose engine cannot receive broadcasts."""
+    engine = FakeEngine()
     try:
         async with Running(engine) as server:
             yield server
@@ -190,22 +214,22 @@ def group(name: str = "g", **override: Any) -> WeightGroup:
     return WeightGroup(**{**fields, **override})
 
 
-async def test_an_engine_that_cannot_receive_says_so(torch_server: Running) -> None:
-    async with RolloutClient(torch_server.target) as client:
+async def test_an_engine_that_cannot_receive_says_so(unable_server: Running) -> None:
+    async with RolloutClient(unable_server.target) as client:
         assert (await client.status()).broadcast_ranks == 0
         with pytest.raises(WeightsRejected, match="cannot receive weights by broadcast") as e:
             await client.join_weight_group(group(), timeout_s=10)
         assert e.value.code is grpc.StatusCode.FAILED_PRECONDITION
         pusher = BroadcastPusher(PushConfig(transport="distributed"), torch.device("cpu"), 10.0)
-        with pytest.raises(BroadcastUnsupported, match=r"engine torch.*push.transport = \"grpc\""):
+        with pytest.raises(BroadcastUnsupported, match=r"engine fake.*push.transport = \"grpc\""):
             await pusher.check([client])
 
 
-async def test_bad_group_fields_and_unjoined_groups_are_refused(torch_server: Running) -> None:
+async def test_bad_group_fields_and_unjoined_groups_are_refused(unable_server: Running) -> None:
     manifest = WeightManifest(
         version=1, tensors=(TensorSpec(name="x", dtype=DType.FLOAT32, shape=(1,)),)
     )
-    async with RolloutClient(torch_server.target) as client:
+    async with RolloutClient(unable_server.target) as client:
         for bad, field in (
             (group(backend="mpi"), "backend"),
             (group(rank_offset=0), "rank_offset"),
@@ -216,7 +240,7 @@ async def test_bad_group_fields_and_unjoined_groups_are_refused(torch_server: Ru
                 await client.join_weight_group(bad, timeout_s=10)
             assert e.value.code is grpc.StatusCode.INVALID_ARGUMENT
         call = client.broadcast_weights(manifest, "never-joined", timeout_s=10)
-        # (The torch engine cannot receive at all: refused before the group is looked at.)
+        # (This engine cannot receive at all: refused before the group is looked at.)
         with pytest.raises(WeightsRejected, match="cannot receive"):
             await call.accepted()
 
