@@ -214,6 +214,14 @@ async def train(cmd: TrainCommand) -> int:
                 reference = parallelize(frozen.to(ctx.device).eval(), ctx.mesh, config.parallel)  # type: ignore[arg-type]
             optimizer = build_optimizer(model, config.optim)
             scheduler = build_scheduler(optimizer, config.optim)
+            broadcaster = None
+            if ctx.is_main and config.push.transport == "distributed":
+                from rlfleet.learner.broadcast import BroadcastPusher
+
+                try:
+                    broadcaster = BroadcastPusher(config.push, ctx.device, fleet.push_timeout_s)
+                except ValueError as e:
+                    raise UsageError(str(e)) from None
             start = 0
             latest = latest_checkpoint(run_dir / CHECKPOINTS)
             if cmd.resume and latest is not None:
@@ -231,6 +239,7 @@ async def train(cmd: TrainCommand) -> int:
                 spool_dir=run_dir / "spool",
                 checkpoint_dir=run_dir / CHECKPOINTS,
                 reference=reference,
+                broadcaster=broadcaster,
             )
             if ctx.is_main:
                 records = await lead(trainer, cmd, start, latest)

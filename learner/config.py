@@ -2,9 +2,9 @@
 read from TOML (``tomllib``) or JSON that maps 1:1 onto the dataclasses.
 
 A file holds tables named as ``TrainConfig``'s fields (``[algorithm]``, ``[optim]``,
-``[rewards]``, ``[data]``, ``[rollout]``, ``[fleet]``, ``[checkpoint]``, ``[parallel]``,
-``[dist]``) and its plain fields at the top (``seed = 1``, ``steps = 500``). A key no
-dataclass has is an error naming it. Overrides on the command line (``optim.lr=3e-4``) are
+``[rewards]``, ``[data]``, ``[rollout]``, ``[fleet]``, ``[push]``, ``[checkpoint]``,
+``[parallel]``, ``[dist]``) and its plain fields at the top (``seed = 1``, ``steps = 500``). A
+key no dataclass has is an error naming it. Overrides on the command line (``optim.lr=3e-4``) are
 applied to the same mapping before it becomes dataclasses: the value is read as a TOML value
 (``3e-4``, ``true``, ``"grpo"``, ``[0.9, 0.99]``), or taken as a bare string when it is none.
 
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rlfleet.learner.algorithms import AlgorithmConfig
+from rlfleet.learner.broadcast import PushConfig
 from rlfleet.learner.checkpoint import CheckpointConfig
 from rlfleet.learner.distributed import DistConfig
 from rlfleet.learner.optim import OptimConfig
@@ -137,6 +138,9 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
+    push: PushConfig = field(default_factory=PushConfig)
+    """How the weights reach the rollout servers after each step: the UpdateWeights stream,
+    or a broadcast (SGLang's NCCL path)."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     dist: DistConfig = field(default_factory=lambda: DistConfig(device="cpu"))

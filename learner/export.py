@@ -69,11 +69,13 @@ def iter_full_tensors(
     *,
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(hf_name, full CPU tensor)`` for every exported parameter, in ``exported_parameters``
+    """``(hf_name, full tensor)`` for every exported parameter, in ``exported_parameters``
     order, on rank 0; nothing on the other ranks, which must still run it to its end (each
     sharded parameter is one all-gather). Tensors are gathered until a bucket of
-    ``bucket_bytes`` is full, then moved to the host together and handed out."""
+    ``bucket_bytes`` is full, then copied together to ``device`` (None: the host) and
+    handed out."""
     if bucket_bytes < 1:
         raise ValueError("bucket_bytes: must be >= 1")
     main = _is_main()
@@ -89,14 +91,17 @@ def iter_full_tensors(
         bucket.append((name, full))
         size += full.nbytes
         if size >= bucket_bytes:
-            yield from _to_host(bucket)
+            yield from _copied(bucket, device)
             bucket, size = [], 0
-    yield from _to_host(bucket)
+    yield from _copied(bucket, device)
 
 
-def _to_host(bucket: list[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
-    # A copy even on the host: the caller may keep it while the model trains on.
-    host = [(name, t.to("cpu", copy=True)) for name, t in bucket]
+def _copied(
+    bucket: list[tuple[str, torch.Tensor]], device: torch.device | None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    # A copy even where the tensor already is: the caller may keep it while the model
+    # trains on.
+    host = [(name, t.to(device or "cpu", copy=True)) for name, t in bucket]
     bucket.clear()
     while host:
         yield host.pop(0)

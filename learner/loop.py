@@ -32,6 +32,7 @@ from torch import nn
 
 from rlfleet.learner import follow
 from rlfleet.learner.algorithms import LossFn, make_advantages, make_loss
+from rlfleet.learner.broadcast import BroadcastPusher
 from rlfleet.learner.checkpoint import TrainerState, save_checkpoint
 from rlfleet.learner.config import TrainConfig
 from rlfleet.learner.data import Task
@@ -165,6 +166,7 @@ class Trainer:
         spool_dir: Path,
         checkpoint_dir: Path,
         reference: nn.Module | None = None,
+        broadcaster: BroadcastPusher | None = None,
     ) -> None:
         self.config = config
         self.tasks = list(tasks)
@@ -179,6 +181,9 @@ class Trainer:
         self.checkpoint_dir = checkpoint_dir
         self.reference = reference
         """The frozen initial policy of the KL term (None: the term is off)."""
+        self.broadcaster = broadcaster
+        """Rank 0's weight groups when weights go by broadcast (``push.transport =
+        "distributed"``); None: through UpdateWeights."""
         self.reward_fn = RewardFunction(config.rewards, template)
         self.loss_fn: LossFn = make_loss(config.algorithm)
         self.advantage_fn = make_advantages(config.algorithm)
@@ -414,6 +419,7 @@ class Trainer:
             if isinstance(order, follow.TrainOrder):
                 await asyncio.to_thread(self.train, order.batch)
             elif isinstance(order, follow.PushOrder):
+                # (The gather's collectives, the same whatever the transport.)
                 await push_weights_each([], self.model, order.version, spool_dir=self.spool_dir)
             else:
                 await self.save(order.state)
@@ -424,7 +430,15 @@ class Trainer:
 
         async def each(clients: Sequence[RolloutClient]) -> list[Any]:
             follow.announce(follow.PushOrder(version))
-            return await push_weights_each(clients, self.model, version, spool_dir=self.spool_dir)
+            if self.broadcaster is not None:
+                return await self.broadcaster.push(clients, self.model, version)
+            return await push_weights_each(
+                clients,
+                self.model,
+                version,
+                spool_dir=self.spool_dir,
+                dtype=self.config.push.torch_dtype,
+            )
 
         report = await self.pool.push(version, each)
         async with self.served:
@@ -436,6 +450,8 @@ class Trainer:
         """Before step ``start``: the servers' versions read; the version numbering moved
         above any newer one; the learner's weights pushed unless every server already
         serves them (a fresh run on servers that loaded its model)."""
+        if self.broadcaster is not None:
+            await self.broadcaster.check(self.pool.clients)
         versions = await self.pool.versions()
         known = [v for v in versions.values() if v is not None]
         if not known:

@@ -188,7 +188,9 @@ class RolloutPool:
     async def push(
         self,
         version: int,
-        push_one: Callable[[Sequence[RolloutClient]], Awaitable[list[WeightUpdateResult]]],
+        push_one: Callable[
+            [Sequence[RolloutClient]], Awaitable[Sequence[WeightUpdateResult | Exception]]
+        ],
     ) -> PushReport:
         """Push ``version`` to every server through ``push_one(clients)`` (the learner's
         gather-and-send); returns who took it. ``NoRolloutServer`` if none did."""

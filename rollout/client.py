@@ -16,6 +16,9 @@ TCP connection beside the call) when the server offers it, the target names one 
 the client has no TLS; otherwise, or when ``ClientConfig.weight_transport`` says "grpc", in
 the call's messages. A data connection that cannot be opened makes the push (and the
 client's later ones) go over messages instead, unless the transport was forced.
+
+Weights by broadcast (``join_weight_group``, ``broadcast_weights``) are never retried: a
+join or a broadcast cut short leaves a group the learner discards, and it joins anew.
 """
 
 from __future__ import annotations
@@ -36,14 +39,23 @@ from rlfleet.grpc_client import ServerUnavailable
 from rlfleet.rollout import checksum as checksums
 from rlfleet.rollout import data_plane
 from rlfleet.rollout.convert import (
+    broadcast_request_to_pb,
     completion_from_pb,
     data_chunk_bytes,
     manifest_to_pb,
     request_to_pb,
     status_from_pb,
     update_result_from_pb,
+    weight_group_to_pb,
 )
-from rlfleet.rollout.records import Completion, EngineStatus, GenerateRequest, WeightUpdateResult
+from rlfleet.rollout.records import (
+    Completion,
+    EngineStatus,
+    GenerateRequest,
+    WeightGroup,
+    WeightManifest,
+    WeightUpdateResult,
+)
 from rlfleet.rollout.weights import WeightSource, open_source
 from rlfleet.sandbox.client import channel_target
 from rlfleet.v1 import rollout_pb2 as pb
@@ -84,6 +96,11 @@ class WeightsRejected(ValueError):
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)
         self.code = code
+
+
+class GroupNotJoined(LookupError):
+    """BroadcastWeights named a weight group the server is not in (it restarted, or its
+    group broke): join it anew."""
 
 
 REJECTED_UPDATE = frozenset(
@@ -244,6 +261,14 @@ class RolloutClient:
         # not copied into and out of protobuf messages on the way.
         self._update_weights = self._channel.stream_unary(
             "/rlfleet.v1.Rollout/UpdateWeights",
+            response_deserializer=pb.WeightUpdateResult.FromString,
+        )
+        # BroadcastWeights is unary, but called as a client stream of one message: gRPC's
+        # unary calls deliver the server's initial metadata (the acceptance the learner
+        # waits for before broadcasting) only with the response.
+        self._broadcast_weights = self._channel.stream_unary(
+            "/rlfleet.v1.Rollout/BroadcastWeights",
+            request_serializer=pb.BroadcastWeightsRequest.SerializeToString,
             response_deserializer=pb.WeightUpdateResult.FromString,
         )
 
@@ -411,6 +436,29 @@ class RolloutClient:
             ) from e
         await call.write(pb.WeightChunk(checksum=digest).SerializeToString())
 
+    async def join_weight_group(self, group: WeightGroup, timeout_s: float) -> int:
+        """Have the server join ``group`` (the caller creates its own side meanwhile);
+        returns the ranks it joined with. Raises ``WeightsRejected`` (INVALID_ARGUMENT,
+        FAILED_PRECONDITION: an engine that cannot receive broadcasts), ``grpc.aio.AioRpcError``
+        otherwise (INTERNAL: the engine could not join; DEADLINE_EXCEEDED)."""
+        try:
+            reply = await self._stub.JoinWeightGroup(weight_group_to_pb(group), timeout=timeout_s)
+        except grpc.aio.AioRpcError as e:
+            if e.code() in REJECTED_UPDATE:
+                raise WeightsRejected(e.code(), e.details() or "refused") from None
+            raise
+        return int(reply.ranks)
+
+    def broadcast_weights(
+        self, manifest: WeightManifest, group_name: str, timeout_s: float
+    ) -> BroadcastCall:
+        """Start a BroadcastWeights call: ``await call.accepted()`` before broadcasting the
+        tensors in the group, then ``await call.result()``."""
+        call = self._broadcast_weights(
+            iter([broadcast_request_to_pb(manifest, group_name)]), timeout=timeout_s
+        )
+        return BroadcastCall(call)
+
     async def status(self) -> EngineStatus:
         retry = 0
         while True:
@@ -422,3 +470,32 @@ class RolloutClient:
                     raise
             await asyncio.sleep(self._delay(retry))
             retry += 1
+
+
+class BroadcastCall:
+    """A BroadcastWeights call in flight (``RolloutClient.broadcast_weights``)."""
+
+    def __init__(self, call: grpc.aio.StreamUnaryCall) -> None:
+        self._call = call
+
+    async def accepted(self) -> None:
+        """Returns once the server has accepted the manifest and waits for the tensors;
+        raises its refusal (``WeightsRejected``) or failure (``grpc.aio.AioRpcError``)."""
+        metadata = dict(await self._call.initial_metadata() or ())
+        if metadata.get(ACCEPTED_KEY) != ACCEPTED_VALUE:
+            await self.result()  # raises the status that ended the call
+            raise RuntimeError("BroadcastWeights answered without accepting the update")
+
+    async def result(self) -> WeightUpdateResult:
+        """The server's outcome once it has received and loaded the tensors."""
+        try:
+            return update_result_from_pb(await self._call)
+        except grpc.aio.AioRpcError as e:
+            if e.code() is grpc.StatusCode.NOT_FOUND:
+                raise GroupNotJoined(e.details() or "no such weight group") from None
+            if e.code() in REJECTED_UPDATE:
+                raise WeightsRejected(e.code(), e.details() or "refused") from None
+            raise
+
+    def cancel(self) -> None:
+        self._call.cancel()

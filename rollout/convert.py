@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 from rlfleet.grpc_server import BadRequest
 from rlfleet.rollout import checksum as checksums
 from rlfleet.rollout.records import (
+    BROADCAST_BACKENDS,
     Completion,
     DType,
     EngineStatus,
@@ -31,6 +32,7 @@ from rlfleet.rollout.records import (
     Timings,
     Verification,
     VersionSpan,
+    WeightGroup,
     WeightManifest,
     WeightUpdateResult,
 )
@@ -310,6 +312,58 @@ def digest_from_pb(msg: pb.WeightChunk, begin: pb.WeightUpdateBegin) -> str | No
     return msg.checksum or None
 
 
+def broadcast_manifest_from_pb(req: pb.BroadcastWeightsRequest) -> tuple[WeightManifest, str]:
+    """A BroadcastWeights request's manifest and group; raises ``BadRequest`` naming the
+    field (the tensors' fields as an UpdateWeights ``begin``'s)."""
+    manifest = manifest_from_pb(pb.WeightUpdateBegin(version=req.version, tensors=req.tensors))
+    if not req.group_name:
+        raise BadRequest("group_name", "missing")
+    return manifest, req.group_name
+
+
+def broadcast_request_to_pb(m: WeightManifest, group_name: str) -> pb.BroadcastWeightsRequest:
+    begin = manifest_to_pb(m)
+    return pb.BroadcastWeightsRequest(
+        version=begin.version, tensors=begin.tensors, group_name=group_name
+    )
+
+
+def weight_group_from_pb(g: pb.WeightGroup) -> WeightGroup:
+    """Validate a JoinWeightGroup request; raises ``BadRequest`` naming the field."""
+    if not g.master_address:
+        raise BadRequest("master_address", "missing")
+    if not 0 < g.master_port < 65536:
+        raise BadRequest("master_port", f"{g.master_port} is not a port number (1-65535)")
+    if not g.group_name:
+        raise BadRequest("group_name", "missing")
+    if g.backend not in BROADCAST_BACKENDS:
+        known = ", ".join(BROADCAST_BACKENDS)
+        raise BadRequest("backend", f"{g.backend!r} is not one of {known}")
+    if g.rank_offset < 1:
+        raise BadRequest("rank_offset", f"{g.rank_offset}: must be >= 1 (the learner is 0)")
+    if g.world_size <= g.rank_offset:
+        raise BadRequest("world_size", f"{g.world_size} leaves no rank after {g.rank_offset}")
+    return WeightGroup(
+        master_address=g.master_address,
+        master_port=g.master_port,
+        group_name=g.group_name,
+        backend=g.backend,
+        world_size=g.world_size,
+        rank_offset=g.rank_offset,
+    )
+
+
+def weight_group_to_pb(g: WeightGroup) -> pb.WeightGroup:
+    return pb.WeightGroup(
+        master_address=g.master_address,
+        master_port=g.master_port,
+        group_name=g.group_name,
+        backend=g.backend,
+        world_size=g.world_size,
+        rank_offset=g.rank_offset,
+    )
+
+
 def manifest_to_pb(m: WeightManifest) -> pb.WeightUpdateBegin:
     return pb.WeightUpdateBegin(
         version=m.version,
@@ -343,6 +397,7 @@ def status_to_pb(s: EngineStatus) -> pb.StatusResponse:
         running=s.running,
         queued=s.queued,
         device=s.device,
+        broadcast_ranks=s.broadcast_ranks,
     )
 
 
@@ -354,6 +409,7 @@ def status_from_pb(s: pb.StatusResponse) -> EngineStatus:
         running=s.running,
         queued=s.queued,
         device=s.device,
+        broadcast_ranks=s.broadcast_ranks,
     )
 
 

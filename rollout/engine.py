@@ -11,9 +11,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from rlfleet.rollout.records import EngineStatus, SampleRequest, TokenChunk, WeightManifest
+from rlfleet.rollout.records import (
+    EngineStatus,
+    SampleRequest,
+    TokenChunk,
+    WeightGroup,
+    WeightManifest,
+)
 
 
 class WeightMismatch(ValueError):
@@ -66,3 +72,27 @@ class Engine(Protocol):
     def status(self) -> EngineStatus: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class BroadcastReceiver(Protocol):
+    """An engine that can also take new weights by broadcast (docs/weight-push.md "By
+    broadcast"): it joins a learner's weight group, then receives each version's tensors
+    from the group's rank 0 in manifest order."""
+
+    @property
+    def broadcast_ranks(self) -> int:
+        """Ranks the engine brings to a group (0: it cannot receive broadcasts now)."""
+        ...
+
+    async def join_weight_group(self, group: WeightGroup) -> None:
+        """Join ``group`` (ranks ``rank_offset ..``); returns once joined. A group joined
+        before is left behind: the learner always joins with a new name."""
+        ...
+
+    async def receive_weights(self, manifest: WeightManifest, group_name: str) -> None:
+        """Receive the manifest's tensors by broadcast in ``group_name`` and load them,
+        between two decode steps; sequences in flight go on with the new weights. Raises
+        ``EngineError`` when the broadcast or the load failed (the weights may then be partly
+        updated)."""
+        ...

@@ -187,6 +187,29 @@ class EngineStatus:
     running: int
     queued: int
     device: str
+    broadcast_ranks: int = 0
+    """Ranks the engine brings to a weight group (0: it cannot receive weights by
+    broadcast)."""
+
+
+BROADCAST_BACKENDS = ("nccl", "gloo")
+"""torch.distributed backends a weight group may use: NCCL between GPUs, gloo on CPU."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class WeightGroup:
+    """A process group of the learner's rank 0 (the group's rank 0, serving its store) and a
+    rollout server's engine ranks, over which new weights are broadcast."""
+
+    master_address: str
+    master_port: int
+    group_name: str
+    """Unique per group: also the prefix of its keys in the store."""
+    backend: str
+    """One of ``BROADCAST_BACKENDS``."""
+    world_size: int
+    rank_offset: int
+    """The engine's first rank (1: the learner is rank 0)."""
 
 
 @dataclass(frozen=True, kw_only=True)

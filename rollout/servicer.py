@@ -20,6 +20,11 @@ is in and checked the update is applied even if the client leaves meanwhile (an 
 never cut in half); the spool is deleted afterwards in every case (in the background: the
 call answers without waiting for the file system, and the next update waits for it).
 
+JoinWeightGroup / BroadcastWeights: the same checks, then the engine (a ``BroadcastReceiver``)
+joins the learner's weight group, or receives a version by broadcast in it while the call
+waits; one at a time with UpdateWeights. The servicer never touches a tensor on this path:
+the engine's ranks are the group's members (docs/weight-push.md "By broadcast").
+
 Sequences in flight when an update lands go on with the new weights: their later tokens
 carry the new version, and the completion reports one ``VersionSpan`` per version.
 """
@@ -47,11 +52,13 @@ from rlfleet.grpc_server import (
     BadRequest,
     DataLoss,
     FailedPrecondition,
+    NotFound,
     Server,
     ServerConfig,
     build_server,
 )
 from rlfleet.rollout.convert import (
+    broadcast_manifest_from_pb,
     checksum_from_pb,
     completion_to_pb,
     digest_from_pb,
@@ -60,9 +67,10 @@ from rlfleet.rollout.convert import (
     status_to_pb,
     update_result_to_pb,
     weight_chunk_from_bytes,
+    weight_group_from_pb,
 )
 from rlfleet.rollout.data_plane import PORT_KEY, TOKEN_KEY, DataListener
-from rlfleet.rollout.engine import Engine, WeightMismatch, WeightUpdate
+from rlfleet.rollout.engine import BroadcastReceiver, Engine, WeightMismatch, WeightUpdate
 from rlfleet.rollout.metrics import RolloutMetrics
 from rlfleet.rollout.records import (
     Completion,
@@ -147,6 +155,17 @@ async def _finished(work: asyncio.Future[Any]) -> None:
             work.exception()  # (retrieved: its outcome is reported elsewhere)
 
 
+def _log_failure(what: str) -> Any:
+    """A done-callback logging the failure of work whose caller may have left (a cancelled
+    call re-raises its cancellation, not the work's error)."""
+
+    def done(work: asyncio.Future[Any]) -> None:
+        if not work.cancelled() and (error := work.exception()) is not None:
+            log.warning("%s failed: %s", what, error)
+
+    return done
+
+
 async def _checksum_message(
     messages: AsyncIterator[bytes], begin: pb.WeightUpdateBegin
 ) -> str | None:
@@ -186,6 +205,8 @@ class RolloutService(pb_grpc.RolloutServicer):
         self._updating = asyncio.Lock()
         self._removal: asyncio.Future[None] | None = None
         """The last update's spool being deleted."""
+        self._group: str | None = None
+        """The weight group the engine last joined (JoinWeightGroup)."""
         self.metrics.version.set_function(lambda: engine.status().version)
         self.metrics.running.set_function(lambda: engine.status().running)
         self.metrics.queued.set_function(lambda: engine.status().queued)
@@ -496,6 +517,108 @@ class RolloutService(pb_grpc.RolloutServicer):
             listener.close()
         spool.finish(digest)
 
+    # -- Weights by broadcast -----------------------------------------------------------------
+
+    def _receiver(self) -> BroadcastReceiver:
+        engine = self.engine
+        if not isinstance(engine, BroadcastReceiver) or engine.broadcast_ranks < 1:
+            name = engine.status().engine
+            raise FailedPrecondition(
+                f"this rollout server's engine ({name}) cannot receive weights by broadcast "
+                "(the torch engine and --engine sglang --sglang-surface http can); push them "
+                "with UpdateWeights"
+            )
+        return engine
+
+    async def JoinWeightGroup(
+        self, request: pb.WeightGroup, context: grpc.aio.ServicerContext
+    ) -> pb.JoinWeightGroupResult:
+        group = weight_group_from_pb(request)
+        receiver = self._receiver()
+        ranks = receiver.broadcast_ranks
+        if group.world_size < group.rank_offset + ranks:
+            raise BadRequest(
+                "world_size",
+                f"{group.world_size} is too small: this server brings {ranks} rank(s) from "
+                f"rank_offset {group.rank_offset}",
+            )
+        async with self._updating:
+            self._group = None
+            await _uncancelled(asyncio.ensure_future(receiver.join_weight_group(group)))
+            self._group = group.group_name
+        log.info(
+            "weights: joined group %s at %s:%d (%s, ranks %d..%d of %d)",
+            group.group_name,
+            group.master_address,
+            group.master_port,
+            group.backend,
+            group.rank_offset,
+            group.rank_offset + ranks - 1,
+            group.world_size,
+        )
+        return pb.JoinWeightGroupResult(ranks=ranks)
+
+    async def BroadcastWeights(
+        self, request: pb.BroadcastWeightsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.WeightUpdateResult:
+        outcome = "rejected"
+        self.metrics.update_started.set_to_current_time()
+        try:
+            result = await self._broadcast_update(request, context)
+            outcome = "applied"
+            return update_result_to_pb(result)
+        except (BadRequest, FailedPrecondition, NotFound, asyncio.CancelledError):
+            raise
+        except Exception:
+            outcome = "failed"
+            # The engine may hold a broken group: the learner joins a new one.
+            self._group = None
+            raise
+        finally:
+            self.metrics.updates.labels(outcome).inc()
+            self.metrics.update_started.set(0)
+
+    async def _broadcast_update(
+        self, request: pb.BroadcastWeightsRequest, context: grpc.aio.ServicerContext
+    ) -> WeightUpdateResult:
+        t0 = time.perf_counter()
+        manifest, group_name = broadcast_manifest_from_pb(request)
+        receiver = self._receiver()
+        async with self._updating:
+            if group_name != self._group:
+                raise NotFound(
+                    f"group_name: {group_name!r} is not the weight group this server is in "
+                    f"({self._group or 'none'}): join it first (JoinWeightGroup)"
+                )
+            serving = self.engine.status().version
+            if manifest.version <= serving:
+                raise FailedPrecondition(
+                    f"version: {manifest.version} is not newer than the version serving ({serving})"
+                )
+            try:
+                self.engine.check_manifest(manifest)
+            except WeightMismatch as e:
+                raise BadRequest("tensors", str(e)) from None
+            # Tells the learner to broadcast: a refusal is the call's status instead, sent
+            # before any tensor is on the way.
+            await context.send_initial_metadata((ACCEPTED,))
+            work = asyncio.ensure_future(receiver.receive_weights(manifest, group_name))
+            work.add_done_callback(_log_failure(f"weights: version {manifest.version}"))
+            await _uncancelled(work)
+        done = time.perf_counter()
+        self.metrics.update_seconds.labels("receive").observe(done - t0)
+        self.metrics.update_bytes.inc(manifest.nbytes)
+        log.info(
+            "weights: version %d applied (%d bytes, broadcast in %s)",
+            manifest.version,
+            manifest.nbytes,
+            group_name,
+        )
+        # (Received and loaded in one engine call: the whole of it counts as receiving.)
+        return WeightUpdateResult(
+            version=manifest.version, bytes=manifest.nbytes, receive_s=done - t0, apply_s=0.0
+        )
+
     # -- Status -----------------------------------------------------------------------------
 
     async def Status(
@@ -545,6 +668,16 @@ def _register(servicer: RolloutService, server: grpc.aio.Server) -> None:
             servicer.Status,
             request_deserializer=pb.StatusRequest.FromString,
             response_serializer=pb.StatusResponse.SerializeToString,
+        ),
+        "JoinWeightGroup": grpc.unary_unary_rpc_method_handler(
+            servicer.JoinWeightGroup,
+            request_deserializer=pb.WeightGroup.FromString,
+            response_serializer=pb.JoinWeightGroupResult.SerializeToString,
+        ),
+        "BroadcastWeights": grpc.unary_unary_rpc_method_handler(
+            servicer.BroadcastWeights,
+            request_deserializer=pb.BroadcastWeightsRequest.FromString,
+            response_serializer=pb.WeightUpdateResult.SerializeToString,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -10,7 +10,8 @@ surfaces, chosen at start:
   ``update_weights`` refuses with an error saying so and samples are not seeded.
 - ``http``: SGLang's HTTP server: the ``/generate`` stream, and weights updated in place
   between decode steps through ``update_weights_from_disk`` (or the tensor / NCCL routes),
-  wrapped in ``pause_generation(mode="retract")`` / ``continue_generation``. Sequences in
+  wrapped in ``pause_generation(mode="retract")`` / ``continue_generation``. The NCCL route is
+  what the rollout service's BroadcastWeights drives (``BroadcastReceiver``). Sequences in
   flight are retracted and resume on the new weights; SGLang's per-token version spans tag
   their chunks. Per-sample seeds need SGLang's deterministic mode (on by default here).
 
@@ -40,6 +41,7 @@ from rlfleet.rollout.records import (
     SampleRequest,
     SamplingParams,
     TokenChunk,
+    WeightGroup,
     WeightManifest,
 )
 from rlfleet.rollout.sglang_grpc import SchedulerClient
@@ -127,6 +129,30 @@ def launch_argv(config: SglangEngineConfig, port: int, grpc_port: int) -> list[s
     elif config.deterministic:
         argv += ["--enable-deterministic-inference"]
     return argv + list(config.extra_args)
+
+
+def flag_value(argv: Sequence[str], names: Sequence[str]) -> str | None:
+    """The value of the last of ``names`` in ``argv`` (``--flag V`` or ``--flag=V``)."""
+    found = None
+    for i, arg in enumerate(argv):
+        for name in names:
+            if arg == name and i + 1 < len(argv):
+                found = argv[i + 1]
+            elif arg.startswith(name + "="):
+                found = arg[len(name) + 1 :]
+    return found
+
+
+def tensor_parallel_ranks(extra_args: Sequence[str]) -> int:
+    """Ranks SGLang brings to a weight group: one per tensor-parallel rank (each joins as
+    ``rank_offset + tp_rank``); 0 where another parallelism would give ranks the same
+    number (pipeline or data parallel above 1)."""
+    for names in (("--pp-size", "--pipeline-parallel-size"), ("--dp-size", "--data-parallel-size")):
+        value = flag_value(extra_args, names)
+        if value is not None and int(value) > 1:
+            return 0
+    value = flag_value(extra_args, ("--tp-size", "--tensor-parallel-size", "--tp"))
+    return int(value) if value is not None else 1
 
 
 def sample_seed(request: SampleRequest) -> int:
@@ -405,6 +431,29 @@ class SglangEngine:
             )
             self._version = manifest.version
 
+    # -- weights by broadcast (the rollout service's JoinWeightGroup / BroadcastWeights) ------
+
+    @property
+    def broadcast_ranks(self) -> int:
+        """SGLang's tensor-parallel ranks on the http surface (the grpc one takes no
+        weights); 0 with pipeline or data parallelism."""
+        if self.config.surface != "http":
+            return 0
+        return tensor_parallel_ranks(self.config.extra_args)
+
+    async def join_weight_group(self, group: WeightGroup) -> None:
+        await self.init_weights_update_group(
+            master_address=group.master_address,
+            master_port=group.master_port,
+            rank_offset=group.rank_offset,
+            world_size=group.world_size,
+            group_name=group.group_name,
+            backend=group.backend,
+        )
+
+    async def receive_weights(self, manifest: WeightManifest, group_name: str) -> None:
+        await self.update_weights_from_distributed(manifest, group_name=group_name)
+
     async def _paused_update(self, call: Callable[[], Awaitable[object]], *, session: bool) -> None:
         """pause(retract) -> [begin] -> the update call -> [end] -> continue. Generation
         continues whatever happened: on failure SGLang keeps (or rolls back to) the old
@@ -438,6 +487,7 @@ class SglangEngine:
             running=self._running,
             queued=0,
             device=f"sglang ({self.config.surface}) pid {self._process.pid}",
+            broadcast_ranks=self.broadcast_ranks,
         )
 
     async def close(self) -> None:

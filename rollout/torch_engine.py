@@ -17,6 +17,11 @@ Conventions (the same as SGLang's):
   (``ValueError``), a completion that reaches the limit ends with LENGTH.
 - A weight update lands between two steps; sequences in flight go on with the new weights
   and their next chunks carry the new version.
+
+Weights by broadcast (``BroadcastReceiver``, one rank): the engine joins a learner's weight
+group (gloo on the CPU, NCCL on a GPU), receives a version's tensors in a worker thread while
+the loop goes on decoding with the old weights, then the loop copies them in between two
+steps as it does a pushed file. Peak extra memory: one copy of the pushed tensors.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -42,10 +48,12 @@ from rlfleet.rollout.records import (
     FinishReason,
     SampleRequest,
     TokenChunk,
+    WeightGroup,
     WeightManifest,
 )
 from rlfleet.rollout.stops import StopMatcher
 from rlfleet.rollout.torch_batch import DecodeBatch, NewRow
+from rlfleet.rollout.weight_group import join_group, receive_tensors
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +63,14 @@ TORCH_DTYPES = {
     DType.BFLOAT16: torch.bfloat16,
 }
 SAFETENSORS_DTYPES = {DType.FLOAT32: "F32", DType.FLOAT16: "F16", DType.BFLOAT16: "BF16"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReceivedWeights:
+    """A version received by broadcast, whole, waiting to be copied in between two steps."""
+
+    manifest: WeightManifest
+    tensors: dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,8 +104,12 @@ class TorchEngineConfig:
     """Tokens are handed to the callers at most this often (and whenever a sequence
     finishes): waking every caller after every step costs as much as the step on a small
     model. 0: after every step."""
+    broadcast_timeout_s: float = 120.0
+    """Bound on joining a learner's weight group and on each tensor's broadcast."""
 
     def __post_init__(self) -> None:
+        if self.broadcast_timeout_s <= 0:
+            raise ValueError("broadcast_timeout_s: must be > 0")
         if self.max_batch < 1:
             raise ValueError("max_batch: must be >= 1")
         if self.max_seq_len < 2:
@@ -165,7 +185,10 @@ class TorchEngine:
         self._wake = threading.Condition()
         self._queued: list[_Stream] = []  # guarded by _wake
         self._cancelled: set[_Stream] = set()  # guarded by _wake
-        self._updates: list[tuple[WeightUpdate, asyncio.Future[None]]] = []  # guarded by _wake
+        # guarded by _wake:
+        self._updates: list[tuple[WeightUpdate | ReceivedWeights, asyncio.Future[None]]] = []
+        self._group: tuple[str, torch.distributed.ProcessGroup] | None = None
+        """The weight group joined last (name, group)."""
         self._stopping = False
         self._failed: str | None = None
         self._running: list[_Stream] = []  # row i of the batch; the loop thread's own
@@ -230,6 +253,49 @@ class TorchEngine:
             self._wake.notify()
         await done
 
+    # -- weights by broadcast (BroadcastReceiver) --
+
+    broadcast_ranks = 1
+    """One rank: the model lives on one device."""
+
+    @property
+    def _broadcast_backend(self) -> str:
+        return "nccl" if self.device.type == "cuda" else "gloo"
+
+    async def join_weight_group(self, group: WeightGroup) -> None:
+        if group.backend != self._broadcast_backend:
+            raise EngineError(
+                f"the torch engine on {self.device} takes {self._broadcast_backend} weight "
+                f"groups, not {group.backend}"
+            )
+        timeout = timedelta(seconds=self.config.broadcast_timeout_s)
+        device = self.device if self.device.type == "cuda" else None
+        self._group = None
+        joined = await asyncio.to_thread(join_group, group, timeout, device)
+        self._group = (group.group_name, joined)
+
+    async def receive_weights(self, manifest: WeightManifest, group_name: str) -> None:
+        self.check_manifest(manifest)
+        if self._group is None or self._group[0] != group_name:
+            raise EngineError(f"weight group {group_name}: not the one this engine joined")
+        group = self._group[1]
+        timeout = timedelta(seconds=self.config.broadcast_timeout_s)
+        dtypes = {d.value: t for d, t in TORCH_DTYPES.items()}
+        try:
+            tensors = await asyncio.to_thread(
+                receive_tensors, group, manifest, dtypes, self.device, timeout
+            )
+        except Exception as e:
+            # The group is broken (a peer gone, a timeout): the learner joins anew.
+            self._group = None
+            raise EngineError(f"receiving weights by broadcast failed: {e}") from e
+        done: asyncio.Future[None] = self._bind_loop().create_future()
+        with self._wake:
+            self._raise_if_unusable()
+            self._updates.append((ReceivedWeights(manifest=manifest, tensors=tensors), done))
+            self._wake.notify()
+        await done
+
     def status(self) -> EngineStatus:
         return EngineStatus(
             engine="torch",
@@ -238,6 +304,7 @@ class TorchEngine:
             running=len(self._running),
             queued=len(self._queued),
             device=str(self.device),
+            broadcast_ranks=self.broadcast_ranks,
         )
 
     async def close(self) -> None:
@@ -446,9 +513,17 @@ class TorchEngine:
             # The event loop is closed: nobody is left to read the tokens.
             log.debug("event loop closed; dropped a delivery")
 
-    def _apply(self, update: WeightUpdate, done: asyncio.Future[None]) -> None:
+    def _apply(self, update: WeightUpdate | ReceivedWeights, done: asyncio.Future[None]) -> None:
         """Load the update's tensors into the model, one at a time (peak extra memory: one
         tensor). Everything is checked from the file's header before the first copy."""
+        if isinstance(update, ReceivedWeights):
+            # (Received whole and checked against the manifest already.)
+            with torch.no_grad():
+                for name, tensor in update.tensors.items():
+                    self._params[name].copy_(tensor)
+            self._version = update.manifest.version
+            self._call_soon(_settle, done, None)
+            return
         try:
             names = _check_file(update, self._dtype)
         except (WeightMismatch, OSError) as e:

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,15 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM
 
+from rlfleet.learner.broadcast import BroadcastPusher, PushConfig
 from rlfleet.learner.checkpoint import TrainerState, load_checkpoint, save_checkpoint
 from rlfleet.learner.distributed import DistConfig, DistContext, distributed
-from rlfleet.learner.export import export_hf_dir, iter_full_tensors, push_weights
+from rlfleet.learner.export import drain, export_hf_dir, iter_full_tensors, push_weights
 from rlfleet.learner.optim import OptimConfig, build_optimizer, build_scheduler, clip_gradients
 from rlfleet.learner.parallelize import ParallelConfig, parallelize
+from rlfleet.learner.pool import PoolConfig, PushReport, RolloutPool
 from rlfleet.rollout.client import RolloutClient
+from rlfleet.rollout.records import WeightUpdateResult
 
 BATCH, SEQ = 4, 12
 STEPS_BEFORE_SAVE = 3
@@ -78,6 +82,9 @@ def main(args: dict[str, Any]) -> None:
             return
         if args["mode"] == "gpu":
             gpu(args, ctx, out)
+            return
+        if args["mode"] == "broadcast":
+            broadcast(args, ctx, out)
             return
         random.seed(1)
         torch.manual_seed(1)
@@ -156,6 +163,55 @@ def extras(args: dict[str, Any], ctx: DistContext, out: Path) -> None:
         found[name] = {"loss": loss.item(), "grads": grads, "names": sorted(gathered)}
     if ctx.is_main:
         torch.save(found, out / "extras.pt")
+
+
+def broadcast(args: dict[str, Any], ctx: DistContext, out: Path) -> None:
+    """Versions 1 and 2 (a step between them) pushed by broadcast to the pool
+    ``args["targets"]`` (rank 0; the other ranks join the gathers), and the full state dict
+    of each version."""
+    torch.manual_seed(1)
+    model = build(args, ctx, ParallelConfig())
+    optimizer = build_optimizer(model, OPTIM)
+    scheduler = build_scheduler(optimizer, OPTIM)
+    config = PushConfig(transport="distributed", timeout_s=args.get("timeout_s", 30.0))
+    pusher = BroadcastPusher(config, ctx.device, call_timeout_s=60.0)
+    full = []
+    reports: list[PushReport] = []
+
+    async def pushes() -> None:
+        pool = RolloutPool(",".join(args["targets"]), PoolConfig(push_timeout_s=60.0))
+        try:
+            for version in (1, 2):
+                if ctx.is_main:
+
+                    async def each(
+                        clients: Sequence[RolloutClient], v: int = version
+                    ) -> list[WeightUpdateResult | Exception]:
+                        return await pusher.push(clients, model, v)
+
+                    reports.append(await pool.push(version, each))
+                else:
+                    await asyncio.to_thread(drain, iter_full_tensors(model))
+                state = get_model_state_dict(
+                    model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+                )
+                full.append(state)
+                if version == 1:
+                    step(model, optimizer, scheduler, ctx)
+        finally:
+            await pool.close()
+
+    asyncio.run(pushes())
+    if ctx.is_main:
+        torch.save(
+            {
+                "full": full,
+                "reports": [
+                    {"served": r.served, "failed": r.failed, "bytes": r.bytes} for r in reports
+                ],
+            },
+            out / "broadcast.pt",
+        )
 
 
 def gpu(args: dict[str, Any], ctx: DistContext, out: Path) -> None:

@@ -5,7 +5,10 @@ select (tests/sglang_fakes.py) and runs until SIGTERM, so the adapter's process 
 
 Fake-only flags: ``--fake-startup-s S`` (answer unhealthy for S seconds), ``--fake-never-healthy``,
 ``--fake-ignore-sigterm`` (only SIGKILL ends it), ``--fake-pid-file F`` (writes its pid and
-the pid of a child it forks, as SGLang forks its scheduler), ``--fake-exit N`` (exit at once).
+the pid of a child it forks, as SGLang forks its scheduler), ``--fake-exit N`` (exit at once),
+``--fake-receive-dir D`` (the NCCL routes join and receive for real, on gloo, and save what
+came there), ``--fake-die-after-tensors N`` (exit after receiving N broadcast tensors),
+``--fake-stall-receive`` (an update by broadcast never receives: a server that hangs).
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--fake-ignore-sigterm", action="store_true")
     p.add_argument("--fake-pid-file")
     p.add_argument("--fake-exit", type=int)
+    p.add_argument("--fake-receive-dir", type=Path)
+    p.add_argument("--fake-die-after-tensors", type=int)
+    p.add_argument("--fake-stall-receive", action="store_true")
     return p.parse_args(argv)
 
 
@@ -66,7 +72,14 @@ async def main(args: argparse.Namespace) -> None:
             await asyncio.sleep(0.05)
         await server.stop(0.5)
     else:
-        http = FakeHttpSglang(host=args.host, port=args.port, version=args.weight_version)
+        http = FakeHttpSglang(
+            host=args.host,
+            port=args.port,
+            version=args.weight_version,
+            receive_dir=args.fake_receive_dir,
+            die_after_tensors=args.fake_die_after_tensors,
+            stall_receive=args.fake_stall_receive,
+        )
         http.healthy = False
         http.start()
         while not stop.is_set():

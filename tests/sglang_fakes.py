@@ -14,7 +14,12 @@
   routes with SGLang's request fields, its answers and its error answers: a weight-update
   session (``begin_weight_update`` / ``end_weight_update``) required around tensor and NCCL
   updates, pause modes, an unpaused disk update waiting for the requests in flight. Every
-  control call is recorded in order.
+  control call is recorded in order. With ``receive_dir`` set, the NCCL routes are real (on
+  gloo): ``/init_weights_update_group`` joins the caller's process group as SGLang's
+  ``init_custom_process_group`` does (a ``tcp://`` rendezvous on rank 0's store, the keys under
+  the group's name, the group created under that name), and ``/update_weights_from_distributed``
+  receives each tensor by broadcast from rank 0, in order, and writes what it received to
+  ``receive_dir/v<weight_version>.pt``.
 
 The fields and routes used here are checked against the pinned wheel's source by
 test_sglang_contract.py (``GENERATE_FIELDS``, ``SAMPLING_FIELDS``, ``ROUTE_FIELDS``).
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import threading
 import time
@@ -276,6 +282,9 @@ class FakeHttpSglang:
         version: str = "0",
         step_s: float = 0.002,
         eos: int | None = None,
+        receive_dir: Path | None = None,
+        die_after_tensors: int | None = None,
+        stall_receive: bool = False,
     ) -> None:
         self.version = version
         self.step_s = step_s
@@ -290,6 +299,15 @@ class FakeHttpSglang:
         """File names of each directory update_weights_from_disk loaded."""
         self.fail_update: str | None = None
         """Set: the next update_weights_* answers success false with this message."""
+        self.receive_dir = receive_dir
+        """Set: the NCCL routes join and receive for real (gloo), and save what came."""
+        self.die_after_tensors = die_after_tensors
+        """Set: the process exits at once after receiving this many tensors (a server gone
+        mid-broadcast)."""
+        self.stall_receive = stall_receive
+        """Set: an update by broadcast never receives anything (a server that hangs)."""
+        self.stopped = threading.Event()
+        self.process_groups: dict[str, Any] = {}
         self.cond = threading.Condition()
         self.active: dict[str, _Request] = {}
         self.server = ThreadingHTTPServer((host, port), _handler(self))
@@ -306,6 +324,7 @@ class FakeHttpSglang:
         return self
 
     def stop(self) -> None:
+        self.stopped.set()
         with self.cond:
             for req in self.active.values():
                 req.aborted.set()
@@ -364,15 +383,78 @@ class FakeHttpSglang:
                 return 400, _result(
                     False, f"{name} must run between begin_weight_update() and end_weight_update()"
                 )
-            group = body.get("group_name", "weight_update_group")
-            if route.endswith("distributed") and group not in self.groups:
-                return 400, _result(
-                    False,
-                    f"Failed to receive weights: Group {group} not in {sorted(self.groups)}. "
-                    "Please call `init_weights_update_group` first.",
-                )
+            refused = self._refuse_distributed(route, body)
+            if refused is not None:
+                return refused
             return self._finish_update(body, "Succeeded to update parameter online.")
         raise AssertionError(route)
+
+    def _refuse_distributed(self, route: str, body: dict[str, Any]) -> tuple[int, Any] | None:
+        name = route.lstrip("/")
+        if not self.session_open:
+            return 400, _result(
+                False, f"{name} must run between begin_weight_update() and end_weight_update()"
+            )
+        group = body.get("group_name", "weight_update_group")
+        if route.endswith("distributed") and group not in self.groups:
+            return 400, _result(
+                False,
+                f"Failed to receive weights: Group {group} not in {sorted(self.groups)}. "
+                "Please call `init_weights_update_group` first.",
+            )
+        return None
+
+    # -- the NCCL routes for real (receive_dir set; a handler thread, without the lock) ------
+
+    def distributed(self, route: str, body: dict[str, Any]) -> tuple[int, Any]:
+        if route == "/init_weights_update_group":
+            with self.cond:
+                self.calls.append((route, body))
+            name = body.get("group_name", "weight_update_group")
+            try:
+                group = _join_group(body, name)
+            except Exception as e:
+                return 400, _result(False, f"Failed to initialize custom process group: {e}.")
+            with self.cond:
+                self.process_groups[name] = group
+                self.groups.add(name)
+            return 200, _result(True, "Succeeded to initialize custom process group.")
+        with self.cond:
+            self.calls.append((route, body))
+            refused = self._refuse_distributed(route, body)
+            if refused is not None:
+                return refused
+            group = self.process_groups[body.get("group_name", "weight_update_group")]
+        if self.stall_receive:
+            self.stopped.wait()
+            return 503, _result(False, "stopped")
+        try:
+            received = self._receive(body, group)
+        except Exception as e:
+            return 400, _result(
+                False,
+                f"Failed to update parameter online: {e}. The full weights of the ModelRunner "
+                "are partially updated. Please discard the whole weights.",
+            )
+        import torch
+
+        assert self.receive_dir is not None
+        torch.save(received, self.receive_dir / f"v{body.get('weight_version')}.pt")
+        with self.cond:
+            return self._finish_update(body, "Succeeded to update parameter online.")
+
+    def _receive(self, body: dict[str, Any], group: Any) -> dict[str, Any]:
+        import torch
+        import torch.distributed as dist
+
+        received: dict[str, Any] = {}
+        for name, dtype, shape in zip(body["names"], body["dtypes"], body["shapes"], strict=True):
+            tensor = torch.empty(shape, dtype=getattr(torch, dtype))
+            dist.broadcast(tensor, src=0, group=group)
+            received[name] = tensor
+            if self.die_after_tensors is not None and len(received) >= self.die_after_tensors:
+                os._exit(3)
+        return received
 
     def _update_from_disk(self, body: dict[str, Any]) -> tuple[int, Any]:
         # Not paused: SGLang takes the model-update writer lock, which waits for every
@@ -456,6 +538,40 @@ class FakeHttpSglang:
             with self.cond:
                 self.active.pop(rid, None)
                 self.cond.notify_all()
+
+
+def _join_group(body: dict[str, Any], name: str) -> Any:
+    """This server's rank (rank_offset: one tensor-parallel rank) in the caller's group,
+    made the way SGLang makes it: rendezvous on rank 0's store, keys under the group's name,
+    the group created under that name and its ranks registered as global ones."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+    from torch.distributed.distributed_c10d import (
+        Backend,
+        GroupName,
+        _new_process_group_helper,
+        _world,
+    )
+
+    timeout = timedelta(seconds=60)
+    world = int(body["world_size"])
+    url = f"tcp://{body['master_address']}:{body['master_port']}"
+    store, rank, world = next(
+        dist.rendezvous(url, int(body["rank_offset"]), world, timeout=timeout)
+    )
+    store.set_timeout(timeout)
+    group, _ = _new_process_group_helper(
+        world,
+        rank,
+        [],
+        Backend(body.get("backend", "nccl")),
+        dist.PrefixStore(name, store),
+        group_name=GroupName(name),
+        timeout=timeout,
+    )
+    _world.pg_group_ranks[group] = {i: i for i in range(world)}
+    return group
 
 
 def _result(success: bool, message: str, **extra: Any) -> dict[str, Any]:
@@ -545,8 +661,14 @@ def _handler(fake: FakeHttpSglang) -> type[BaseHTTPRequestHandler]:
                         422, {"detail": f"missing {sorted(missing)}, unknown {sorted(unknown)}"}
                     )
                     return
-                with fake.cond:
-                    status, answer = fake.control(self.path, body)
+                if fake.receive_dir is not None and self.path in (
+                    "/init_weights_update_group",
+                    "/update_weights_from_distributed",
+                ):
+                    status, answer = fake.distributed(self.path, body)
+                else:
+                    with fake.cond:
+                        status, answer = fake.control(self.path, body)
                 self._send(status, answer)
             else:
                 self._send(404, {"detail": "Not Found"})

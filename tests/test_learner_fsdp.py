@@ -6,16 +6,13 @@ server's torch engine; a checkpoint resumed in fresh processes continues exactly
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-import os
-import signal
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from learner_launch import launch
 from rollout_fakes import Running
 
 from rlfleet.learner.export import hf_name
@@ -24,48 +21,11 @@ from rlfleet.rollout.torch_engine import TorchEngine, TorchEngineConfig
 
 pytestmark = pytest.mark.timeout(240)
 
-ROOT = Path(__file__).resolve().parent.parent
-WORKER = Path(__file__).resolve().parent / "learner_worker.py"
-LAUNCH_TIMEOUT_S = 120
 FP32_TOL = 1e-5
 PARAM_TOL = 1e-4
 """Parameters after 4 AdamW steps at lr 1e-2: Adam divides by the root of the second
 moment, so early updates are near +-lr whatever the gradient's size, and a 1e-7 difference
 in a near-zero gradient can move a weight by a visible fraction of lr (measured: 1e-5)."""
-
-
-async def launch(args: dict[str, Any], ranks: int) -> None:
-    """Run the worker as ``ranks`` processes (torchrun's standalone rendezvous on
-    localhost) or as one plain process; killed, with its whole group, on timeout."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-        "MASTER_ADDR": "127.0.0.1",
-        "GLOO_SOCKET_IFNAME": "lo",  # (gloo's peers meet on loopback, whatever the hostname resolves to)
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_VERBOSITY": "error",
-    }
-    head = [sys.executable]
-    if ranks > 1:
-        head += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
-        head += ["--local-addr=127.0.0.1"]
-    proc = await asyncio.create_subprocess_exec(
-        *head,
-        str(WORKER),
-        json.dumps(args),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        output, _ = await asyncio.wait_for(proc.communicate(), LAUNCH_TIMEOUT_S)
-    finally:
-        if proc.returncode is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-    assert proc.returncode == 0, output.decode(errors="replace")[-6000:]
 
 
 def load(path: Path) -> Any:

@@ -187,17 +187,51 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("engine", "model", "version", "running", "queued", "device")
+    __slots__ = ("engine", "model", "version", "running", "queued", "device", "broadcast_ranks")
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    BROADCAST_RANKS_FIELD_NUMBER: _ClassVar[int]
     engine: str
     model: str
     version: int
     running: int
     queued: int
     device: str
-    def __init__(self, engine: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., running: _Optional[int] = ..., queued: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
+    broadcast_ranks: int
+    def __init__(self, engine: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., running: _Optional[int] = ..., queued: _Optional[int] = ..., device: _Optional[str] = ..., broadcast_ranks: _Optional[int] = ...) -> None: ...
+
+class WeightGroup(_message.Message):
+    __slots__ = ("master_address", "master_port", "group_name", "backend", "world_size", "rank_offset")
+    MASTER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MASTER_PORT_FIELD_NUMBER: _ClassVar[int]
+    GROUP_NAME_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    RANK_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    master_address: str
+    master_port: int
+    group_name: str
+    backend: str
+    world_size: int
+    rank_offset: int
+    def __init__(self, master_address: _Optional[str] = ..., master_port: _Optional[int] = ..., group_name: _Optional[str] = ..., backend: _Optional[str] = ..., world_size: _Optional[int] = ..., rank_offset: _Optional[int] = ...) -> None: ...
+
+class JoinWeightGroupResult(_message.Message):
+    __slots__ = ("ranks",)
+    RANKS_FIELD_NUMBER: _ClassVar[int]
+    ranks: int
+    def __init__(self, ranks: _Optional[int] = ...) -> None: ...
+
+class BroadcastWeightsRequest(_message.Message):
+    __slots__ = ("version", "tensors", "group_name")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_NAME_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    tensors: _containers.RepeatedCompositeFieldContainer[TensorSpec]
+    group_name: str
+    def __init__(self, version: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., group_name: _Optional[str] = ...) -> None: ...

@@ -49,6 +49,16 @@ class RolloutStub:
                 request_serializer=rlfleet_dot_v1_dot_rollout__pb2.StatusRequest.SerializeToString,
                 response_deserializer=rlfleet_dot_v1_dot_rollout__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.JoinWeightGroup = channel.unary_unary(
+                '/rlfleet.v1.Rollout/JoinWeightGroup',
+                request_serializer=rlfleet_dot_v1_dot_rollout__pb2.WeightGroup.SerializeToString,
+                response_deserializer=rlfleet_dot_v1_dot_rollout__pb2.JoinWeightGroupResult.FromString,
+                _registered_method=True)
+        self.BroadcastWeights = channel.unary_unary(
+                '/rlfleet.v1.Rollout/BroadcastWeights',
+                request_serializer=rlfleet_dot_v1_dot_rollout__pb2.BroadcastWeightsRequest.SerializeToString,
+                response_deserializer=rlfleet_dot_v1_dot_rollout__pb2.WeightUpdateResult.FromString,
+                _registered_method=True)
 
 
 class RolloutServicer:
@@ -78,6 +88,29 @@ class RolloutServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def JoinWeightGroup(self, request, context):
+        """Join the learner's weight group; returns once the server's ranks are in it (the
+        learner creates its side at the same time). FAILED_PRECONDITION when the engine cannot
+        receive broadcasts (Status.broadcast_ranks 0), INVALID_ARGUMENT naming a bad field,
+        INTERNAL when the engine could not join (the group's store unreachable, a timeout).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BroadcastWeights(self, request, context):
+        """A new version by broadcast in a joined group. INVALID_ARGUMENT (unknown tensor, wrong
+        shape or dtype), NOT_FOUND (not the group the server is in: join anew),
+        FAILED_PRECONDITION (version not newer; an engine that cannot receive broadcasts):
+        refused before anything is received,
+        the old weights keep serving. INTERNAL when the broadcast or the load failed: the
+        engine's weights may then be partly updated (SGLang's own warning), the server's
+        version stays the old one, and the group should be joined anew.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RolloutServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +128,16 @@ def add_RolloutServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=rlfleet_dot_v1_dot_rollout__pb2.StatusRequest.FromString,
                     response_serializer=rlfleet_dot_v1_dot_rollout__pb2.StatusResponse.SerializeToString,
+            ),
+            'JoinWeightGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.JoinWeightGroup,
+                    request_deserializer=rlfleet_dot_v1_dot_rollout__pb2.WeightGroup.FromString,
+                    response_serializer=rlfleet_dot_v1_dot_rollout__pb2.JoinWeightGroupResult.SerializeToString,
+            ),
+            'BroadcastWeights': grpc.unary_unary_rpc_method_handler(
+                    servicer.BroadcastWeights,
+                    request_deserializer=rlfleet_dot_v1_dot_rollout__pb2.BroadcastWeightsRequest.FromString,
+                    response_serializer=rlfleet_dot_v1_dot_rollout__pb2.WeightUpdateResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +221,60 @@ class Rollout:
             '/rlfleet.v1.Rollout/Status',
             rlfleet_dot_v1_dot_rollout__pb2.StatusRequest.SerializeToString,
             rlfleet_dot_v1_dot_rollout__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JoinWeightGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rlfleet.v1.Rollout/JoinWeightGroup',
+            rlfleet_dot_v1_dot_rollout__pb2.WeightGroup.SerializeToString,
+            rlfleet_dot_v1_dot_rollout__pb2.JoinWeightGroupResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BroadcastWeights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rlfleet.v1.Rollout/BroadcastWeights',
+            rlfleet_dot_v1_dot_rollout__pb2.BroadcastWeightsRequest.SerializeToString,
+            rlfleet_dot_v1_dot_rollout__pb2.WeightUpdateResult.FromString,
             options,
             channel_credentials,
             insecure,
