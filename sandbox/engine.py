@@ -109,6 +109,28 @@ def make_worker_factory(config: EngineConfig) -> WorkerFactory:
     return lambda i: LocalWorker(worker_tag(i), mode, local)
 
 
+def unavailable_languages(config: EngineConfig) -> dict[str, str]:
+    """Languages the backend cannot run as configured, each with why: under the local
+    backend's rlimit fallback, those whose runtimes reserve more than they use."""
+    if config.backend != "local":
+        return {}
+    from rlfleet.sandbox import local_mode
+    from rlfleet.sandbox.languages import LANGUAGES
+
+    if local_mode.privileged():
+        return {}
+    mode = local_mode.detect(config.cgroup_parent)
+    if mode.hierarchy is not None:
+        return {}
+    return {
+        name: f"{name} cannot run under the local backend's {mode.name} isolation (its "
+        "runtime reserves more memory than the rlimits it would be held to allow): give it "
+        "a writable cgroup (--cgroup-parent) or run as root"
+        for name, lang in LANGUAGES.items()
+        if lang.needs_cgroups
+    }
+
+
 class Engine:
     def __init__(
         self,
@@ -125,6 +147,8 @@ class Engine:
         self.metrics.busy.set_function(lambda: pool.stats.busy)
         self._restarts_seen = 0
         self.judge = Judge(self._run, config.judge)
+        self.unavailable = unavailable_languages(config)
+        """Languages this engine cannot run, and why (the local backend's rlimit fallback)."""
         self.runner = ProgramRunner(self._run, config.judge)
 
     @classmethod
@@ -161,6 +185,17 @@ class Engine:
     async def verify(self, case: Case) -> CaseResult:
         if isinstance(case, MathCase):
             return await self._verify_math(case)
+        if case.language in self.unavailable:
+            result = CaseResult(
+                id=case.id,
+                verdict=Verdict.SE,
+                passed=0,
+                total=len(case.tests),
+                reward=0.0,
+                message=self.unavailable[case.language],
+            )
+            self._count(case, result)
+            return result
         result = await self.judge.judge(case)
         self._count(case, result)
         return result

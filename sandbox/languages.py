@@ -61,6 +61,10 @@ class Language:
     runtime_mb: int = 0
     """Memory the runtime needs beside the program's heap; ``{heap_mb}`` is the limit less
     this, and never under half the limit."""
+    needs_cgroups: bool = False
+    """Its runtime reserves far more address space (and threads) than it uses, which the
+    local backend's rlimit fallback (rootless without cgroups) counts as used: it cannot
+    run there, and such cases are SE (our limitation, never the program's verdict)."""
     memory_errors: tuple[str, ...] = ()
     """What the runtime writes at the end of stderr when it refuses an allocation (MLE)."""
     names: Callable[[str], Mapping[str, str]] | None = None
@@ -175,6 +179,7 @@ LANGUAGES: dict[str, Language] = {
     ),
     "java": Language(
         name="java",
+        needs_cgroups=True,
         packages=("default-jdk-headless",),
         probe=(
             "public class Main { public static void main(String[] a) {"
@@ -216,6 +221,7 @@ LANGUAGES: dict[str, Language] = {
     ),
     "javascript": Language(
         name="javascript",
+        needs_cgroups=True,
         packages=("nodejs",),
         probe=("console.log(require('fs').readFileSync(0, 'utf8').split('\\n')[0]);\n"),
         source_path="/tmp/main.js",
@@ -234,6 +240,7 @@ LANGUAGES: dict[str, Language] = {
     ),
     "go": Language(
         name="go",
+        needs_cgroups=True,
         packages=("golang-go",),
         probe=(
             'package main\nimport ("bufio"; "fmt"; "os")\n'

@@ -8,6 +8,7 @@ import asyncio
 import ctypes
 import os
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import docker
@@ -17,7 +18,7 @@ from rlfleet import deps
 from rlfleet.errors import CommandError
 from rlfleet.sandbox import cgroups, local_mode
 from rlfleet.sandbox.cases import parse_case
-from rlfleet.sandbox.engine import EngineConfig, make_worker_factory
+from rlfleet.sandbox.engine import EngineConfig, make_worker_factory, unavailable_languages
 from rlfleet.sandbox.image import (
     LOCAL_BASE,
     SETUP_HINT,
@@ -37,8 +38,11 @@ from rlfleet.sandbox.worker_pool import PoolConfig, WorkerPool
 PROBE_LINE = "rlfleet-probe 42"
 
 
-async def _probe_languages(backend: str, cgroup_parent: str) -> list[tuple[str, CaseResult, float]]:
-    """Each language's probe program, built and run by one worker of the backend."""
+async def _probe_languages(
+    backend: str, cgroup_parent: str, skip: Collection[str] = ()
+) -> list[tuple[str, CaseResult, float]]:
+    """Each language's probe program (but ``skip``'s), built and run by one worker of the
+    backend."""
     factory = make_worker_factory(EngineConfig(backend=backend, cgroup_parent=cgroup_parent))
     pool = WorkerPool(factory, PoolConfig(workers=1))
     await pool.start()
@@ -46,6 +50,8 @@ async def _probe_languages(backend: str, cgroup_parent: str) -> list[tuple[str, 
         judge = Judge(pool.run, JudgeConfig(se_retries=0))
         results = []
         for lang in LANGUAGES.values():
+            if lang.name in skip:
+                continue
             case = parse_case(
                 {
                     "id": lang.name,
@@ -67,10 +73,14 @@ async def _probe_languages(backend: str, cgroup_parent: str) -> list[tuple[str, 
 
 def check_languages(backend: str, cgroup_parent: str = "") -> bool:
     """Build and run a small program in every language, as submissions are: one line each."""
+    unavailable = unavailable_languages(EngineConfig(backend=backend, cgroup_parent=cgroup_parent))
     try:
-        results = asyncio.run(_probe_languages(backend, cgroup_parent))
+        results = asyncio.run(_probe_languages(backend, cgroup_parent, unavailable))
     except WorkerError as e:
         return _check(False, "a sandbox worker", str(e))
+    for why in unavailable.values():
+        # (Not a fault of this host's set-up: what this mode cannot do; such cases are SE.)
+        print(f"  note: {why}", flush=True)
     ok = True
     for name, result, seconds in results:
         lang = LANGUAGES[name]

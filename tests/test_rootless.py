@@ -11,8 +11,10 @@ import json
 import os
 import pwd
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,3 +166,30 @@ def test_root_is_the_root_mode(require_root: None) -> None:
     assert mode.name == local_mode.ROOT and not mode.rootless
     assert mode.hierarchy is not None
     assert mode.summary().startswith("local backend mode root: privileged")
+
+
+def test_a_language_the_rlimit_fallback_cannot_run_is_se_not_a_verdict(
+    user: pwd.struct_passwd,
+) -> None:
+    # Go's runtime reserves far more than it uses: under rlimits alone it cannot start, and
+    # that is this fleet's limitation, never the program's verdict (CE, RE or MLE).
+    shared = Path(tempfile.mkdtemp(prefix="rlfleet-rootless-"))  # (readable to the user)
+    shared.chmod(0o755)
+    cases = shared / "go.jsonl"
+    case = {
+        "id": "go-ok",
+        "kind": "code",
+        "language": "go",
+        "code": 'package main\nimport "fmt"\nfunc main() { fmt.Println(1) }\n',
+        "tests": [{"stdin": "", "stdout": "1\n"}],
+    }
+    cases.write_text(json.dumps(case) + "\n")
+    cases.chmod(0o644)
+    try:
+        proc = as_user([sys.executable, "-m", "rlfleet.cli", "verify", str(cases)])
+    finally:
+        shutil.rmtree(shared)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = map(json.loads, proc.stdout.splitlines())
+    assert result["verdict"] == "SE", result
+    assert "cannot run under the local backend's rootless-rlimits isolation" in result["message"]
