@@ -19,11 +19,11 @@ shared with other work the wall-clock rates move with the load, the CPU per case
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -31,7 +31,6 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 from rlfleet.bench.proctree import cpu_between, cpu_by_subtree
 from rlfleet.errors import CommandError
@@ -262,44 +261,72 @@ async def settled(pid: int, timeout_s: float = 60.0) -> None:
         before = after
 
 
-def verify_runs(backend: str, workers: int, n: int) -> Timing:
-    """Cases/s and CPU per case through ``rlfleet verify`` on a JSONL file, from its
-    ``2 x workers``-th result to its ``n - 2 x workers``-th (start-up and shutdown left out);
-    its CPU is read while it runs."""
+def verify_runs(backend: str, workers: int, n: int, settle_s: float = 60.0) -> Timing:
+    """Cases/s and CPU per case through ``rlfleet verify`` reading cases from a pipe, over
+    ``n`` results once its start-up is over: from the first result after the
+    ``2 x workers``-th at which its math checker's processes (which warm up beside the first
+    cases) are idle, or after ``settle_s``. Cases are fed until then; its CPU is read while
+    it runs."""
     edge = workers * 2
-    total = n + 2 * edge
-    with tempfile.TemporaryDirectory(prefix="rlfleet-bench-") as tmp:
-        path = Path(tmp) / "cases.jsonl"
-        path.write_text("".join(json.dumps(bench_case(i)) + "\n" for i in range(total)))
-        proc = subprocess.Popen(
-            rlfleet_command("verify", str(path), *engine_flags(backend, workers)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        tail = StderrTail(proc)
-        tail.start()
-        assert proc.stdout is not None
-        cpu0: Snapshot = {}
-        cpu1: Snapshot = {}
-        t0 = t1 = 0.0
-        count = 0
+    proc = subprocess.Popen(
+        rlfleet_command("verify", "-", *engine_flags(backend, workers)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    tail = StderrTail(proc)
+    tail.start()
+    assert proc.stdin is not None and proc.stdout is not None
+    stop = threading.Event()
+    written = 0
+
+    def feed() -> None:
+        nonlocal written
+        stdin = proc.stdin
+        assert stdin is not None
         try:
-            for line in proc.stdout:
-                result = json.loads(line)
-                if result.get("verdict") != "AC":
-                    raise RuntimeError(f"bench case through rlfleet verify: {result}")
-                count += 1
-                if count == edge:
-                    cpu0, t0 = snapshot(proc.pid), time.perf_counter()
-                elif count == edge + n:
-                    cpu1, t1 = snapshot(proc.pid), time.perf_counter()
+            while not stop.is_set():
+                stdin.write(json.dumps(bench_case(written)) + "\n")
+                stdin.flush()
+                written += 1
+        except BrokenPipeError:
+            pass  # (verify ended: its exit code says why)
         finally:
-            code = proc.wait()
-        if code != 0 or count != total:
-            raise CommandError(
-                f"rlfleet verify exited {code} after {count} of {total} results:\n{tail.text()}"
-            )
+            with contextlib.suppress(BrokenPipeError):
+                stdin.close()
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    cpu0: Snapshot = {}
+    cpu1: Snapshot = {}
+    t0 = t1 = 0.0
+    count = start = 0
+    deadline = time.monotonic() + settle_s
+    last = snapshot(proc.pid)
+    try:
+        for line in proc.stdout:
+            result = json.loads(line)
+            if result.get("verdict") != "AC":
+                raise RuntimeError(f"bench case through rlfleet verify: {result}")
+            count += 1
+            if not start and count >= edge and count % edge == 0:
+                now = snapshot(proc.pid)
+                idle = cpu_between(last, now).get("math", 0.0) < 0.005
+                last = now
+                if idle or time.monotonic() > deadline:
+                    cpu0, t0, start = now, time.perf_counter(), count
+            elif start and count == start + n:
+                cpu1, t1 = snapshot(proc.pid), time.perf_counter()
+                stop.set()
+    finally:
+        stop.set()
+        feeder.join(30)
+        code = proc.wait()
+    if code != 0 or count != written or not cpu1:
+        raise CommandError(
+            f"rlfleet verify exited {code} after {count} of {written} results:\n{tail.text()}"
+        )
     return timing(n, workers, t1 - t0, used(cpu0, cpu1))
 
 
