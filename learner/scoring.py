@@ -145,6 +145,8 @@ class BatchScorer:
             for future in self._waiting.values():
                 if not future.done():
                     future.set_exception(failure)
+                    # (Marked seen: a caller cancelled with the run has none to take it.)
+                    future.exception()
             self._waiting.clear()
 
     async def score(self, pairs: Sequence[tuple[Task, str]]) -> tuple[list[CaseResult], ScoreStats]:

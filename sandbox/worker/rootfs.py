@@ -101,7 +101,11 @@ def build_root(tmp_mb, gvisor=False):
     for name in ("null", "zero", "full", "random", "urandom"):
         open(f"{new}/dev/{name}", "w").close()
         mount(f"/dev/{name}", f"{new}/dev/{name}", None, MS_BIND)
-    _mount_proc(f"{new}/proc")
+    if not gvisor:
+        # (gVisor's proc ignores hidepid and subset: it would show the worker and the
+        # sandbox kernel's files. Under it there is no /proc, so Java and Rust, which find
+        # their own files through /proc/self/exe, do not build there.)
+        _mount_proc(f"{new}/proc")
     os.symlink("/proc/self/fd", f"{new}/dev/fd")
     for i, name in enumerate(("stdin", "stdout", "stderr")):
         os.symlink(f"/proc/self/fd/{i}", f"{new}/dev/{name}")
