@@ -4,8 +4,10 @@ math-verify, pathological inputs, bounded time from any thread, no processes lef
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -331,6 +333,52 @@ def test_a_standby_takes_the_place_of_a_killed_worker() -> None:
         while not c.standby_pids and time.monotonic() < deadline:
             time.sleep(0.05)  # and a new standby starts
         assert c.standby_pids and c.standby_pids != [standby]
+
+
+def _hold(pid: int, seconds: float) -> threading.Thread:
+    """Stop a process for ``seconds`` (a host so loaded it gets no CPU), then let it go."""
+
+    def hold() -> None:
+        time.sleep(seconds)
+        with contextlib.suppress(ProcessLookupError):  # killed for overrunning: gone
+            os.kill(pid, signal.SIGCONT)
+
+    os.kill(pid, signal.SIGSTOP)
+    thread = threading.Thread(target=hold)
+    thread.start()
+    return thread
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux /proc")
+def test_the_budget_is_cpu_time_a_starved_process_is_not_timed_out() -> None:
+    # 0.5 s of CPU: the check needs far less, but waits 1.5 s of wall time for the CPU.
+    with MathChecker(MathCheckConfig(processes=1, timeout_s=0.5, wall_limit_s=10)) as c:
+        (pid,) = c.process_pids
+        held = _hold(pid, 1.5)
+        start = time.monotonic()
+        r = c.check("\\boxed{\\frac{d}{dx} x^2}", "2x")
+        held.join()
+        assert (r.correct, r.reason) == (True, "match")
+        assert time.monotonic() - start >= 1.4
+        assert c.process_pids == [pid]  # not killed
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux /proc")
+def test_the_wall_limit_caps_a_process_that_gets_no_cpu() -> None:
+    with MathChecker(MathCheckConfig(processes=1, timeout_s=0.5, wall_limit_s=0.8)) as c:
+        (pid,) = c.process_pids
+        held = _hold(pid, 3)
+        start = time.monotonic()
+        r = c.check("\\boxed{\\frac{d}{dx} x^2}", "2x")
+        assert (r.correct, r.reason) == (False, "timeout")
+        assert 0.7 < time.monotonic() - start < 2.5
+        held.join()
+        assert _all_gone({pid})
+
+
+def test_the_wall_limit_is_no_less_than_the_cpu_budget() -> None:
+    with pytest.raises(ValueError, match="wall_limit_s"):
+        MathCheckConfig(timeout_s=3, wall_limit_s=2)
 
 
 def test_a_slow_check_does_not_block_the_pool() -> None:

@@ -202,8 +202,9 @@ def test_image_serves_cases_contains_a_fork_bomb_and_drains(
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    got = {r["id"]: r["verdict"] for r in map(json.loads, proc.stdout.splitlines())}
-    assert got == {
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    got = {r["id"]: r["verdict"] for r in results}
+    expected = {
         "py-sum-ac": "AC",
         "py-sum-wa": "WA",
         "py-loop-tle": "TLE",
@@ -217,6 +218,13 @@ def test_image_serves_cases_contains_a_fork_bomb_and_drains(
         "bomb": got["bomb"],
         **{m["id"]: m["expect"] for m in math},
     }
+    assert got.keys() == expected.keys()
+    wrong = {
+        r["id"]: (r["verdict"], r.get("message", "")[:300])
+        for r in results
+        if r["verdict"] != expected[r["id"]]
+    }
+    assert wrong == {}
     assert got["bomb"] in ("TLE", "RE"), got["bomb"]
     assert nobody_processes() == []
     # `docker stop` sends SIGTERM: the server drains and exits cleanly.

@@ -1,11 +1,16 @@
-"""Algebra in child processes, each request bounded in wall time from any thread.
+"""Algebra in child processes, each request bounded in time from any thread.
 
-A request borrows an idle child, sends it the pair and waits at most its time budget; a
-child that overruns is killed and a ready standby takes its place at once, while a new
+A request borrows an idle child, sends it the pair and waits until the child has spent its
+CPU-time budget on it (or a wall-time cap passed: a starved or stalled child); a child that
+overruns is killed and a ready standby takes its place at once, while a new
 standby starts in the background: starting a child takes seconds (sympy's imports), and
 without the standby the checks after a timeout would wait for it. No signals are
 used (``signal.alarm`` only works in the main thread), so this works from any thread or
-event loop. Children are fresh interpreters (``python -m ...algebra_child``), never forks of
+event loop. The budget is CPU time, not wall time, so that a loaded host (the sandbox's own
+runs beside it, a fork bomb among them) does not turn a right answer that needs a second of
+algebra into a timeout: the verdict is the same on a quiet host and a busy one. Where the
+child's CPU time cannot be read (no /proc), its wall time stands in. Children are fresh
+interpreters (``python -m ...algebra_child``), never forks of
 the caller, which is what makes them safe to start from threaded and asyncio servers.
 """
 
@@ -26,6 +31,24 @@ from typing import Any
 
 READY_TIMEOUT_S = 60.0
 """How long a new child may take to import sympy and say ready."""
+
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
+_MIN_WAIT_S = 0.01
+"""The shortest wait between two readings of a child's CPU time (its clock's resolution)."""
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) a live process has spent; None where /proc cannot tell."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: count from its end.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        return (int(fields[11]) + int(fields[12])) * _TICK_S
+    except (IndexError, ValueError):
+        return None
 
 
 class AlgebraStartError(RuntimeError):
@@ -209,24 +232,45 @@ class AlgebraRunner:
             self._starters.add(thread)
         thread.start()
 
-    def check(self, answer: str, gold: str, timeout: float) -> tuple[str, Any]:
-        """("ok", bool), ("error", message), ("fault", message) or ("timeout", None).
+    def check(self, answer: str, gold: str, cpu_s: float, wall_s: float) -> tuple[str, Any, float]:
+        """(status, value, CPU seconds spent): ("ok", bool), ("error", message), ("fault",
+        message) or ("timeout", None).
 
-        Waits up to ``max_wait_s`` for an idle child (not counted in ``timeout``), then
-        gives the child ``timeout`` seconds.
+        Waits up to ``max_wait_s`` for an idle child (not counted in the budgets), then
+        gives the child ``cpu_s`` seconds of CPU time, and at most ``wall_s`` of wall time
+        however little CPU it got.
         """
         if self._closed:
             raise RuntimeError("math checker is closed")
         try:
             w = self._idle.get(timeout=self._max_wait_s)
         except queue.Empty:
-            return ("timeout", None)
+            return ("timeout", None, 0.0)
+        start = time.monotonic()
+        cpu_start = cpu_seconds(w.pid)
+        spent = 0.0
         try:
             w.send(answer, gold)
-            reply = w.receive(max(timeout, 0.001))
-            if reply is not None and len(reply) == 2:
-                self._idle.put(w)
-                return (str(reply[0]), reply[1])
+            while True:
+                cpu_now = cpu_seconds(w.pid) if cpu_start is not None else None
+                wall = time.monotonic() - start
+                spent = wall if cpu_start is None or cpu_now is None else cpu_now - cpu_start
+                # A child cannot spend CPU faster than the clock runs: waiting for what is
+                # left of its CPU budget never waits past the point it could have overrun.
+                left = min(cpu_s - spent, wall_s - wall)
+                if left <= 0:
+                    break
+                reply = w.receive(max(left, _MIN_WAIT_S))
+                if reply is not None:
+                    if len(reply) != 2:
+                        break
+                    cpu_end = cpu_seconds(w.pid) if cpu_start is not None else None
+                    if cpu_start is not None and cpu_end is not None:
+                        spent = cpu_end - cpu_start
+                    else:
+                        spent = time.monotonic() - start
+                    self._idle.put(w)
+                    return (str(reply[0]), reply[1], spent)
         except (EOFError, OSError, ValueError):
             pass
         # Overran (or died): kill it; the standby takes its place, and a new child starts in
@@ -241,7 +285,7 @@ class AlgebraRunner:
             else:
                 self._vacant += 1
         self._replace()
-        return ("timeout", None)
+        return ("timeout", None, spent)
 
     def close(self) -> None:
         with self._lock:

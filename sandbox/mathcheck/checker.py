@@ -35,7 +35,11 @@ _CHOICE = re.compile(r"^[A-Z]$")
 @dataclass(frozen=True, kw_only=True)
 class MathCheckConfig:
     timeout_s: float = 2.0
-    """Wall-time budget of the algebra of one check; past it the check is "timeout"."""
+    """CPU-time budget of the algebra of one check (its process's CPU seconds, so that a
+    loaded host gives the same verdicts as a quiet one); past it the check is "timeout"."""
+    wall_limit_s: float = 20.0
+    """Wall-time cap of the algebra of one check however little CPU it was given (a starved
+    or stalled process); past it the check is "timeout"."""
     processes: int = 2
     """Child processes doing algebra (each about 100 MB with sympy loaded), plus one
     standby that replaces at once a child killed for overrunning its budget."""
@@ -51,6 +55,8 @@ class MathCheckConfig:
     def __post_init__(self) -> None:
         if self.timeout_s <= 0 or self.max_wait_s <= 0:
             raise ValueError("timeout_s and max_wait_s must be > 0")
+        if self.wall_limit_s < self.timeout_s:
+            raise ValueError("wall_limit_s must be >= timeout_s")
         if self.processes < 1:
             raise ValueError("processes must be >= 1")
         _check_extraction(self.extraction)
@@ -182,8 +188,9 @@ class MathChecker:
         return self._algebra.standby_pids()
 
     def check(self, completion: str, gold: str, *, extraction: str | None = None) -> MathResult:
-        """Compare the completion's final answer with ``gold``; blocks at most about
-        ``timeout_s`` (plus ``max_wait_s`` when every process is busy). ``extraction``
+        """Compare the completion's final answer with ``gold``; its algebra spends at most
+        ``timeout_s`` of CPU time and blocks at most ``wall_limit_s`` (plus ``max_wait_s``
+        when every process is busy). ``extraction``
         ("strict" or "prose") overrides the configured one for this check.
 
         Raises ``AlgebraFault`` when the algebra failed in a way that is not the answer's
@@ -191,14 +198,15 @@ class MathChecker:
         self._usable()
         prose = self._prose(extraction)
         budget = [self.config.timeout_s]
+        wall_end = time.monotonic() + self.config.wall_limit_s
 
         def algebra(answer: str, gold_text: str) -> bool:
             # One budget for the whole check, however many elements a tuple sends.
-            if budget[0] <= 0:
+            wall_left = wall_end - time.monotonic()
+            if budget[0] <= 0 or wall_left <= 0:
                 raise Undecided("timeout")
-            start = time.monotonic()
-            status, value = self._algebra.check(answer, gold_text, budget[0])
-            budget[0] -= time.monotonic() - start
+            status, value, spent = self._algebra.check(answer, gold_text, budget[0], wall_left)
+            budget[0] -= spent
             if status == "ok":
                 return bool(value)
             if status == "fault":
