@@ -252,21 +252,33 @@ class DecodeBatch:
         width = max(len(r.prompt) for r in rows)
         assert width < self.max_len
         lengths_list = [len(r.prompt) for r in rows]
-        ids = torch.tensor(
-            [[*r.prompt, *[0] * (width - len(r.prompt))] for r in rows], device=self.device
-        )  # [m, S] (right-padded)
         lengths = torch.tensor(lengths_list, device=self.device)  # [m]
-        positions = torch.arange(width, device=self.device)[None, :].expand(m, width)  # [m, S]
         new = slice(start, start + m)
-        self.cache.for_prefill(start, m, width)
+        # Each distinct prompt is prefilled once (a group's n samples share theirs): into
+        # the first rows, in order of first appearance, then its keys and values are copied
+        # to the rows of its other samples.
+        distinct: dict[tuple[int, ...], int] = {}
+        source = [distinct.setdefault(tuple(r.prompt), len(distinct)) for r in rows]
+        u = len(distinct)
+        ids = torch.tensor(
+            [[*p, *[0] * (width - len(p))] for p in distinct], device=self.device
+        )  # [u, S] (right-padded)
+        unique_lengths = torch.tensor([len(p) for p in distinct], device=self.device)  # [u]
+        positions = torch.arange(width, device=self.device)[None, :].expand(u, width)  # [u, S]
+        self.cache.for_prefill(start, u, width)
         # Plain decoders prefill with no mask: sdpa then attends causally (its is_causal
         # kernel, about twice as fast here as with a mask). That is exact for right-padded
         # rows: a prompt token's keys are all at or before it, inside the prompt; what the
         # padding computes is never read (see ``SlotCache.for_prefill``).
-        mask = None if is_plain(self.decoder) else prefill_mask(lengths, width)
-        hidden = forward_hidden(self.decoder, self.cache, ids, positions, mask)  # [m, S, H]
-        last = hidden[torch.arange(m, device=self.device), lengths - 1]  # [m, H]
-        logits = self.head(last)  # [m, V]
+        mask = None if is_plain(self.decoder) else prefill_mask(unique_lengths, width)
+        hidden = forward_hidden(self.decoder, self.cache, ids, positions, mask)  # [u, S, H]
+        last = hidden[torch.arange(u, device=self.device), unique_lengths - 1]  # [u, H]
+        logits = self.head(last)  # [u, V]
+        if u < m:
+            # (The gather reads every source row before any row is written.)
+            src = torch.tensor(source, device=self.device)  # [m]
+            self.cache.move(self._rows[new], start + src, width)
+            logits = logits[src]  # [m, V]
 
         self.scale[new] = torch.tensor([r.temperature if r.temperature > 0 else 1.0 for r in rows])
         self.top_p[new] = torch.tensor([r.top_p for r in rows])

@@ -217,6 +217,36 @@ def test_a_padded_prefill_equals_one_prompt_at_a_time(qwen_dir: Path) -> None:
         assert torch.allclose(lp, want, atol=1e-5), (step, (lp - want).abs().max())
 
 
+def test_repeated_prompts_prefilled_once_decode_as_each_alone(qwen_dir: Path) -> None:
+    """A group's samples share one prompt: it is prefilled once and its keys and values
+    copied to the other rows (interleaved with other prompts here); every row samples and
+    decodes as it would alone."""
+    model = AutoModelForCausalLM.from_pretrained(qwen_dir).eval()
+    a, b, c = list(range(5, 12)), list(range(20, 23)), list(range(30, 41))
+    prompts = [a, a, b, a, c, b]
+    rows = [
+        NewRow(prompt=p, temperature=1.0, top_p=1.0, top_k=0, seed=i, max_new_tokens=8)
+        for i, p in enumerate(prompts)
+    ]
+    calls: list[int] = []
+    hook = model.model.embed_tokens.register_forward_hook(
+        lambda _m, args, _out: calls.append(args[0].shape[0])
+    )
+    with torch.inference_mode():
+        together = DecodeBatch(model, slots=6, max_len=32)
+        got = [together.add(rows), *(together.step() for _ in range(4))]
+        assert calls[0] == 3  # one prefill row per distinct prompt
+        alone = []
+        for row in rows:
+            batch = DecodeBatch(model, slots=1, max_len=32)
+            alone.append([batch.add([row]), *(batch.step() for _ in range(4))])
+    hook.remove()
+    for step, (tok, lp) in enumerate(got):
+        assert tok.tolist() == [x[step][0].item() for x in alone]
+        want = torch.cat([x[step][1] for x in alone])
+        assert torch.allclose(lp, want, atol=1e-5), (step, (lp - want).abs().max())
+
+
 # -- the engine --
 
 
