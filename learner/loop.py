@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rlfleet.heap import freeze_startup_objects
 from rlfleet.learner import follow
 from rlfleet.learner.algorithms import LossFn, make_advantages, make_loss
 from rlfleet.learner.broadcast import BroadcastPusher
@@ -486,6 +487,7 @@ class Trainer:
         last = time.monotonic()
         try:
             await self.begin(start)
+            freeze_startup_objects()
             for step in range(start, steps):
                 launch(step + ahead)
                 t0 = time.monotonic()

@@ -26,6 +26,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from rlfleet.heap import freeze_startup_objects
+
 log = logging.getLogger(__name__)
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -337,6 +339,7 @@ async def run_until_signalled(
             opened.append(door)
             if announce is not None:
                 announce(line)
+        freeze_startup_objects()
         if announce is not None:
             announce(f"listening on {config.host}:{srv.port}")
         await stop.wait()

@@ -348,7 +348,7 @@ class TorchEngine:
                 f"(max_seq_len {self.config.max_seq_len})"
             )
         vocab = self._batch.vocab_size
-        if any(not 0 <= t < vocab for t in request.prompt_token_ids):
+        if min(request.prompt_token_ids) < 0 or max(request.prompt_token_ids) >= vocab:
             raise ValueError(f"{request.key}: prompt token ids must be in [0, {vocab})")
         sampling = request.sampling
         stream = _Stream(
