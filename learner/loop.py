@@ -149,6 +149,13 @@ class StepRecord:
         return out
 
 
+def to_launch(launched: int, upto: int, steps: int) -> range:
+    """The steps whose batches start now: from ``launched`` (the first not started yet)
+    up to ``upto``, never past the last step. Each step's batch starts once: a batch
+    already taken by its step is not in flight any more, and must not start again."""
+    return range(launched, min(upto, steps - 1) + 1)
+
+
 class Trainer:
     """Holds the model, optimizer and clients of a run; ``run`` drives the loop."""
 
@@ -478,11 +485,13 @@ class Trainer:
         checkpoint) before the next step trains."""
         ahead = self.config.rollout.max_staleness
         batches: dict[int, asyncio.Task[Batch]] = {}
+        launched = start  # the first step whose batch is not started yet
 
         def launch(upto: int) -> None:
-            for j in range(start, min(upto, steps - 1) + 1):
-                if j not in batches:
-                    batches[j] = asyncio.create_task(self.produce(j), name=f"batch {j}")
+            nonlocal launched
+            for j in to_launch(launched, upto, steps):
+                batches[j] = asyncio.create_task(self.produce(j), name=f"batch {j}")
+                launched = j + 1
 
         last = time.monotonic()
         try:

@@ -18,8 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from rlfleet.learner import loop
 from rlfleet.learner.commands import read_metrics
-from rlfleet.learner.config import ConfigError, TrainConfig, load_config, write_config
+from rlfleet.learner.config import (
+    ConfigError,
+    RolloutConfig,
+    TrainConfig,
+    load_config,
+    write_config,
+)
 from rlfleet.learner.fleet import RUN_MARKER
 from rlfleet.learner.plot import reward_curve_png
 from rlfleet.learner.schedule import batch_indices, epoch_order, sample_seed
@@ -193,6 +200,44 @@ async def test_a_cancelled_verifier_stream_fails_the_waiting_groups_instead_of_h
         waiting = asyncio.gather(*(scorer.score([(t, "1")]) for t in tasks))
         with pytest.raises(RuntimeError, match="verifier stream ended with cases unanswered"):
             await asyncio.wait_for(waiting, 10)
+
+
+@pytest.mark.parametrize("ahead", [0, 1, 2])
+async def test_each_steps_batch_is_generated_once(
+    ahead: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop starts each step's batch once, ``ahead`` steps early at most: a batch its
+    step has taken is never started again (each would be a whole batch generated for
+    nothing, beside the one that counts)."""
+    produced: list[int] = []
+    trained: list[int] = []
+    trainer = object.__new__(loop.Trainer)
+    trainer.config = TrainConfig(rollout=RolloutConfig(max_staleness=ahead))
+
+    async def begin(start: int) -> None:
+        pass
+
+    async def produce(step: int) -> int:
+        produced.append(step)
+        await asyncio.sleep(0)
+        return step
+
+    async def step(batch: int, *, wait_s: float, since: float) -> int:
+        trained.append(batch)
+        # Never more than ``ahead`` batches started beyond the one trained now.
+        assert max(produced) <= batch + ahead
+        return batch
+
+    async def on_step(record: object) -> None:
+        pass
+
+    monkeypatch.setattr(trainer, "begin", begin)
+    monkeypatch.setattr(trainer, "produce", produce)
+    monkeypatch.setattr(trainer, "step", step)
+    monkeypatch.setattr(loop, "freeze_startup_objects", lambda: None)
+    await trainer.run(3, 9, on_step)
+    assert trained == list(range(3, 9))
+    assert sorted(produced) == list(range(3, 9))
 
 
 def test_the_reward_curve_is_a_png() -> None:
