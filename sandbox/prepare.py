@@ -219,7 +219,7 @@ def prepare_math() -> int:
         return 1
     _check(True, "runtime dependencies installed")
     try:
-        with MathChecker(MathCheckConfig(processes=1, timeout_s=30)) as checker:
+        with MathChecker(MathCheckConfig(processes=1, timeout_s=30, wall_limit_s=60)) as checker:
             result = checker.check(*MATH_PROBE)
     except AlgebraStartError as e:
         _check(False, "the algebra process", str(e))
