@@ -149,13 +149,6 @@ class StepRecord:
         return out
 
 
-def to_launch(launched: int, upto: int, steps: int) -> range:
-    """The steps whose batches start now: from ``launched`` (the first not started yet)
-    up to ``upto``, never past the last step. Each step's batch starts once: a batch
-    already taken by its step is not in flight any more, and must not start again."""
-    return range(launched, min(upto, steps - 1) + 1)
-
-
 class Trainer:
     """Holds the model, optimizer and clients of a run; ``run`` drives the loop."""
 
@@ -488,8 +481,10 @@ class Trainer:
         launched = start  # the first step whose batch is not started yet
 
         def launch(upto: int) -> None:
+            # Each step's batch starts once: one its step has taken is not in ``batches``
+            # any more, and must not start again.
             nonlocal launched
-            for j in to_launch(launched, upto, steps):
+            for j in range(launched, min(upto, steps - 1) + 1):
                 batches[j] = asyncio.create_task(self.produce(j), name=f"batch {j}")
                 launched = j + 1
 

@@ -248,27 +248,26 @@ class AlgebraRunner:
             return ("timeout", None, 0.0)
         start = time.monotonic()
         cpu_start = cpu_seconds(w.pid)
+
+        def spent_now() -> float:
+            now = cpu_seconds(w.pid) if cpu_start is not None else None
+            return time.monotonic() - start if cpu_start is None or now is None else now - cpu_start
+
         spent = 0.0
         try:
             w.send(answer, gold)
             while True:
-                cpu_now = cpu_seconds(w.pid) if cpu_start is not None else None
-                wall = time.monotonic() - start
-                spent = wall if cpu_start is None or cpu_now is None else cpu_now - cpu_start
+                spent = spent_now()
                 # A child cannot spend CPU faster than the clock runs: waiting for what is
                 # left of its CPU budget never waits past the point it could have overrun.
-                left = min(cpu_s - spent, wall_s - wall)
+                left = min(cpu_s - spent, wall_s - (time.monotonic() - start))
                 if left <= 0:
                     break
                 reply = w.receive(max(left, _MIN_WAIT_S))
                 if reply is not None:
                     if len(reply) != 2:
                         break
-                    cpu_end = cpu_seconds(w.pid) if cpu_start is not None else None
-                    if cpu_start is not None and cpu_end is not None:
-                        spent = cpu_end - cpu_start
-                    else:
-                        spent = time.monotonic() - start
+                    spent = spent_now()
                     self._idle.put(w)
                     return (str(reply[0]), reply[1], spent)
         except (EOFError, OSError, ValueError):
