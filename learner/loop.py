@@ -18,6 +18,7 @@ external fleet that outlived a run): the run then numbers its versions above it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import random
@@ -40,7 +41,7 @@ from rlfleet.learner.data import Task
 from rlfleet.learner.export import push_weights_each
 from rlfleet.learner.losses import LossInputs, token_logprobs
 from rlfleet.learner.optim import clip_gradients
-from rlfleet.learner.pool import NoRolloutServer, PushReport, RolloutPool
+from rlfleet.learner.pool import Group, NoRolloutServer, PushReport, RolloutPool
 from rlfleet.learner.rewards import Reward, RewardFunction, reward_input
 from rlfleet.learner.schedule import batch_indices, sample_seed
 from rlfleet.learner.scoring import BatchScorer, StreamingVerifier, VerdictCache
@@ -247,18 +248,32 @@ class Trainer:
         resent = 0
         counts = {"unique": 0, "cache_hits": 0, "verified": 0}
 
-        async def one(group: int, task: Task) -> list[Sample]:
+        async def some(first: int, tasks: list[Task]) -> list[list[Sample]]:
+            """Groups ``first ..`` of the step, for ``tasks``: asked of the servers together
+            (``RolloutPool.generate_groups``), each scored as soon as it is whole."""
             nonlocal resent
-            done = await self.pool.generate(self.request(step, group, task), oldest)
-            generated.append(time.monotonic())
-            servers.add(done.server)
-            resent += done.resent
+            requests = [self.request(step, first + i, t) for i, t in enumerate(tasks)]
+            scored: dict[int, asyncio.Task[list[Sample]]] = {}
+            try:
+                async with contextlib.aclosing(self.pool.generate_groups(requests, oldest)) as it:
+                    async for i, done in it:
+                        generated.append(time.monotonic())
+                        servers.add(done.server)
+                        resent += done.resent
+                        scored[i] = asyncio.create_task(score(first + i, tasks[i], done))
+                return [await scored[i] for i in range(len(tasks))]
+            finally:
+                for task in scored.values():
+                    task.cancel()
+                await asyncio.gather(*scored.values(), return_exceptions=True)
+
+        async def score(group: int, task: Task, done: Group) -> list[Sample]:
             samples, stats = await self.rewards(scorer, group, task, done.completions)
             for key, value in stats.items():
                 counts[key] += value
             return samples
 
-        groups = list(await asyncio.gather(*(one(g, t) for g, t in enumerate(batch))))
+        groups = await some(0, batch)
         trained = groups
         refills: list[Task] = []
         if self.config.algorithm.resolved_dynamic_sampling:
@@ -273,7 +288,7 @@ class Trainer:
                 extra = self.refill(step, round_, per - len(trained))
                 first = len(batch) + len(refills)
                 refills += extra
-                more = await asyncio.gather(*(one(first + i, t) for i, t in enumerate(extra)))
+                more = await some(first, extra)
                 groups += more
                 trained += [g for g in more if _varied(g)]
             trained = trained[:per]

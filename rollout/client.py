@@ -27,7 +27,7 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -298,7 +298,7 @@ class RolloutClient:
             raise RolloutUnavailable(self.target, self.config.attempts, e) from e
         return True
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[Completion]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[Completion, None]:
         """Completions as they finish (any order; ``prompt_id`` and ``sample`` identify
         them). Closing the iterator cancels the call, and with it the server's work."""
         message = request_to_pb(request)

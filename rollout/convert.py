@@ -148,7 +148,10 @@ def prompt_from_pb(p: pb.Prompt, where: str) -> Prompt:
     verification = None
     if p.HasField("verification"):
         verification = verification_from_pb(p.verification, p.id, f"{where}verification.")
-    return Prompt(id=p.id, text=text, token_ids=token_ids, n=p.n, verification=verification)
+    seed = p.seed if p.HasField("seed") else None
+    return Prompt(
+        id=p.id, text=text, token_ids=token_ids, n=p.n, verification=verification, seed=seed
+    )
 
 
 def request_from_pb(req: pb.GenerateRequest) -> GenerateRequest:
@@ -194,6 +197,8 @@ def request_to_pb(req: GenerateRequest) -> pb.GenerateRequest:
     out = pb.GenerateRequest(sampling=sampling)
     for p in req.prompts:
         prompt = out.prompts.add(id=p.id, n=p.n)
+        if p.seed is not None:
+            prompt.seed = p.seed % UINT64
         if p.text is not None:
             prompt.text = p.text
         else:

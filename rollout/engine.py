@@ -59,6 +59,16 @@ class Engine(Protocol):
         next decode step."""
         ...
 
+    def generate_many(
+        self, requests: Sequence[SampleRequest]
+    ) -> Sequence[AsyncIterator[TokenChunk]]:
+        """``generate`` for each request (a call's samples), in order. An engine that
+        batches them itself takes them in together: none is started before all are queued,
+        so the same requests sent to an idle engine are decoded in the same batches every
+        time (the torch engine; a run is then reproducible to the bit). Each iterator must
+        be closed (``aclose``) if the caller stops reading it before its end."""
+        ...
+
     def check_manifest(self, manifest: WeightManifest) -> None:
         """Raise ``WeightMismatch`` unless every tensor names a parameter of the model with
         the same shape and dtype (checked before the update's bytes are received)."""

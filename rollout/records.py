@@ -75,6 +75,8 @@ class Prompt:
     n: int = 1
     """Samples of this prompt (the group size)."""
     verification: Verification | None = None
+    seed: int | None = None
+    """Sample i of this prompt uses seed + i; None: the call's ``sampling.seed``."""
 
     def __post_init__(self) -> None:
         if not self.id:

@@ -40,7 +40,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -77,8 +77,8 @@ from rlfleet.rollout.records import (
     FinishReason,
     Prompt,
     SampleRequest,
-    SamplingParams,
     Timings,
+    TokenChunk,
     VersionSpan,
     WeightUpdateResult,
 )
@@ -235,25 +235,35 @@ class RolloutService(pb_grpc.RolloutServicer):
             )
         prompt_ids = [self._prompt_tokens(p, f"prompts[{i}].") for i, p in enumerate(req.prompts)]
         call = next(self._calls)
+        samples_of: list[tuple[Prompt, int, SampleRequest]] = []
+        for prompt, ids in zip(req.prompts, prompt_ids, strict=True):
+            base = req.sampling.seed if prompt.seed is None else prompt.seed
+            if base is None:
+                base = secrets.randbits(SEED_BITS)
+            for i in range(prompt.n):
+                sampling = dataclasses.replace(req.sampling, seed=(base + i) % (1 << 64))
+                key = f"{call}/{prompt.id}/{i}"
+                samples_of.append(
+                    (prompt, i, SampleRequest(key=key, prompt_token_ids=ids, sampling=sampling))
+                )
         out: asyncio.Queue[Completion | BaseException] = asyncio.Queue()
-        tasks: list[asyncio.Task[None]] = []
 
-        async def run(prompt: Prompt, ids: tuple[int, ...], sample: int, seed: int) -> None:
+        async def run(
+            prompt: Prompt, sample: int, request: SampleRequest, chunks: AsyncIterator[TokenChunk]
+        ) -> None:
             try:
-                sampling = dataclasses.replace(req.sampling, seed=seed)
-                out.put_nowait(await self._sample(call, prompt, ids, sample, sampling, arrival))
+                out.put_nowait(await self._sample(prompt, sample, request, chunks, arrival))
             except Exception as e:  # the call fails with it (its status), not a hang
                 out.put_nowait(e)
 
         self.metrics.requests.inc()
+        streams: Sequence[AsyncIterator[TokenChunk]] = ()
+        tasks: list[asyncio.Task[None]] = []
         try:
-            for prompt, ids in zip(req.prompts, prompt_ids, strict=True):
-                base = req.sampling.seed
-                if base is None:
-                    base = secrets.randbits(SEED_BITS)
-                for i in range(prompt.n):
-                    seed = (base + i) % (1 << 64)
-                    tasks.append(asyncio.create_task(run(prompt, ids, i, seed)))
+            # All the call's samples reach the engine together (``Engine.generate_many``).
+            streams = self.engine.generate_many([r for *_, r in samples_of])
+            for (prompt, i, request_), chunks in zip(samples_of, streams, strict=True):
+                tasks.append(asyncio.create_task(run(prompt, i, request_, chunks)))
             for _ in range(len(tasks)):
                 item = await out.get()
                 if isinstance(item, BaseException):
@@ -263,28 +273,27 @@ class RolloutService(pb_grpc.RolloutServicer):
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            # (A sample whose task never ran still has its stream open in the engine.)
+            await asyncio.gather(*(_aclose(c) for c in streams))
             self.metrics.requests.dec()
 
     async def _sample(
         self,
-        call: int,
         prompt: Prompt,
-        prompt_ids: tuple[int, ...],
         sample: int,
-        sampling: SamplingParams,
+        request: SampleRequest,
+        chunks: AsyncIterator[TokenChunk],
         arrival: float,
     ) -> Completion:
-        assert sampling.seed is not None
-        request = SampleRequest(
-            key=f"{call}/{prompt.id}/{sample}", prompt_token_ids=prompt_ids, sampling=sampling
-        )
+        sampling = request.sampling
+        assert sampling.seed is not None  # (Generate gives every sample its own)
+        prompt_ids = request.prompt_token_ids
         tokens: list[int] = []
         logprobs: list[float] = []
         spans: list[VersionSpan] = []
         finish: FinishReason | None = None
         started = time.perf_counter()
         first: float | None = None
-        chunks = self.engine.generate(request)
         try:
             async for chunk in chunks:
                 if chunk.token_ids:
@@ -306,9 +315,7 @@ class RolloutService(pb_grpc.RolloutServicer):
         finally:
             # Closing the iterator is how the engine learns the sample is not wanted any
             # more (cancelled call), and frees its slot.
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await _aclose(chunks)
         done = time.perf_counter()
         if finish is None:
             log.error("engine ended sample %s without a finish reason", request.key)
@@ -681,3 +688,9 @@ def _register(servicer: RolloutService, server: grpc.aio.Server) -> None:
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+
+
+async def _aclose(chunks: AsyncIterator[TokenChunk]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -28,7 +28,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -286,6 +286,12 @@ class SglangEngine:
         # SGLang refuses a request id already in flight; a key reused across calls stays
         # unique with the counter.
         return f"{request.key}#{next(self._ids)}"
+
+    def generate_many(
+        self, requests: Sequence[SampleRequest]
+    ) -> Sequence[AsyncIterator[TokenChunk]]:
+        # (SGLang's scheduler batches the requests as they reach it.)
+        return [self.generate(r) for r in requests]
 
     async def generate(self, request: SampleRequest) -> AsyncGenerator[TokenChunk, None]:
         if self._closed:

@@ -31,7 +31,8 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -156,6 +157,47 @@ class _Stream:
     generated: list[int] = field(default_factory=list)
 
 
+class TokenStream:
+    """One sequence's chunks as the loop decodes them (an ``AsyncIterator[TokenChunk]``);
+    the last carries the finish reason. ``aclose`` before that (or dropping the stream)
+    frees its row at the next step."""
+
+    def __init__(self, engine: TorchEngine, stream: _Stream) -> None:
+        self._engine = engine
+        self._stream = stream
+        self._ready: deque[TokenChunk] = deque()
+        self._finished = False
+
+    def __aiter__(self) -> TokenStream:
+        return self
+
+    async def __anext__(self) -> TokenChunk:
+        queue = self._stream.queue
+        while not self._ready:
+            if self._finished:
+                raise StopAsyncIteration
+            items = await queue.get()
+            while not queue.empty():
+                items += queue.get_nowait()
+            self._ready.extend(_chunks(items, self._engine.version))
+        chunk = self._ready.popleft()
+        if chunk.finish_reason is not None:
+            self._finished = True
+            self._ready.clear()
+        return chunk
+
+    async def aclose(self) -> None:
+        self._drop()
+
+    def __del__(self) -> None:
+        self._drop()
+
+    def _drop(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self._engine._cancel(self._stream)
+
+
 class TorchEngine:
     """``Engine`` over transformers (see the module docstring)."""
 
@@ -215,20 +257,12 @@ class TorchEngine:
     def vocab_size(self) -> int:
         return self._batch.vocab_size
 
-    async def generate(self, request: SampleRequest) -> AsyncGenerator[TokenChunk, None]:
-        stream = self._submit(request)
-        finished = False
-        try:
-            while not finished:
-                items = await stream.queue.get()
-                while not stream.queue.empty():
-                    items += stream.queue.get_nowait()
-                for chunk in _chunks(items, self._version):
-                    finished = chunk.finish_reason is not None
-                    yield chunk
-        finally:
-            if not finished:
-                self._cancel(stream)
+    def generate(self, request: SampleRequest) -> TokenStream:
+        return self.generate_many([request])[0]
+
+    def generate_many(self, requests: Sequence[SampleRequest]) -> list[TokenStream]:
+        """The requests join the queue at once, in order (see ``Engine.generate_many``)."""
+        return [TokenStream(self, s) for s in self._submit(requests)]
 
     def check_manifest(self, manifest: WeightManifest) -> None:
         for spec in manifest.tensors:
@@ -336,8 +370,18 @@ class TorchEngine:
         if self._stopping:
             raise EngineError("the torch engine is closed")
 
-    def _submit(self, request: SampleRequest) -> _Stream:
+    def _submit(self, requests: Sequence[SampleRequest]) -> list[_Stream]:
+        """Every request checked, then all queued under one hold of the lock: the loop
+        admits none of them before all are in the queue."""
         self._bind_loop()
+        streams = [self._stream(r) for r in requests]
+        with self._wake:
+            self._raise_if_unusable()
+            self._queued += streams
+            self._wake.notify()
+        return streams
+
+    def _stream(self, request: SampleRequest) -> _Stream:
         prompt_len = len(request.prompt_token_ids)
         room = self.config.max_seq_len - prompt_len
         if prompt_len == 0:
@@ -351,7 +395,7 @@ class TorchEngine:
         if min(request.prompt_token_ids) < 0 or max(request.prompt_token_ids) >= vocab:
             raise ValueError(f"{request.key}: prompt token ids must be in [0, {vocab})")
         sampling = request.sampling
-        stream = _Stream(
+        return _Stream(
             request=request,
             queue=asyncio.Queue(),
             stop_ids=self._eos_ids | frozenset(sampling.stop_token_ids),
@@ -359,11 +403,6 @@ class TorchEngine:
             stops=StopMatcher(sampling.stop) if sampling.stop else None,
             seed=secrets.randbits(63) if sampling.seed is None else sampling.seed,
         )
-        with self._wake:
-            self._raise_if_unusable()
-            self._queued.append(stream)
-            self._wake.notify()
-        return stream
 
     def _cancel(self, stream: _Stream) -> None:
         with self._wake:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,8 @@ class FakeEngine:
         self.version = 0
         self.weights = {t.name: bytes(t.nbytes) for t in PARAMS}
         self.started: list[SampleRequest] = []
+        self.together: list[list[str]] = []
+        """Keys of each ``generate_many`` call's requests."""
         self.finished: list[str] = []
         self.cancelled: list[str] = []
         self.updates: list[WeightManifest] = []
@@ -102,6 +104,12 @@ class FakeEngine:
     @property
     def tokenizer(self) -> ByteTokenizer:
         return ByteTokenizer()
+
+    def generate_many(
+        self, requests: Sequence[SampleRequest]
+    ) -> Sequence[AsyncIterator[TokenChunk]]:
+        self.together.append([r.key for r in requests])
+        return [self.generate(r) for r in requests]
 
     async def generate(self, request: SampleRequest) -> AsyncIterator[TokenChunk]:
         assert request.sampling.seed is not None, "the service gives every sample a seed"

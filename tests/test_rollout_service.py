@@ -95,6 +95,31 @@ async def test_samples_get_distinct_seeds_and_a_seed_reproduces_its_sample() -> 
         assert s.engine.started[-1].sampling.seed == again.seed
 
 
+async def test_a_calls_samples_reach_the_engine_together_each_prompt_with_its_seed() -> None:
+    """One ``generate_many`` per call, prompt by prompt, sample by sample; a prompt's own
+    seed overrides the call's (a learner sends a step's groups, each seeded, in one call)."""
+    async with Running(FakeEngine()) as s:
+        a, b, c = math_prompt("a", n=2), math_prompt("b", n=3), math_prompt("c", n=2)
+        b.seed, c.seed = 100, 2**64 - 1
+        out = await collect(s, generate_request(a, b, c, seed=7))
+        (keys,) = s.engine.together
+        assert [k.split("/", 1)[1] for k in keys] == [
+            *(f"a/{i}" for i in range(2)),
+            *(f"b/{i}" for i in range(3)),
+            *(f"c/{i}" for i in range(2)),
+        ]
+        seeds = {(c.prompt_id, c.sample): c.seed for c in out}
+        assert seeds == {
+            ("a", 0): 7,
+            ("a", 1): 8,
+            ("b", 0): 100,
+            ("b", 1): 101,
+            ("b", 2): 102,
+            ("c", 0): 2**64 - 1,
+            ("c", 1): 0,
+        }
+
+
 async def test_completions_stream_as_they_finish_not_batched() -> None:
     slow = asyncio.Event()
     engine = FakeEngine(gates={"slow": slow})

@@ -9,6 +9,7 @@ equals that of an engine started on the new weights.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -315,6 +316,66 @@ async def test_joining_mid_generation_changes_nothing(qwen: TorchEngine) -> None
     rest = await collect(stream)
     assert tokens([first, *rest]) == tokens(alone)
     assert len(tokens(joiner)) >= 1
+
+
+async def test_requests_sent_together_are_admitted_together(qwen_dir: Path) -> None:
+    """``generate_many`` queues its requests under one hold of the lock: the loop, busy
+    decoding another sequence meanwhile, prefills all of them in one batch, every time;
+    and the same requests on an idle engine give the same tokens and logprobs to the bit
+    (what makes a seeded training run reproducible)."""
+    engine = make_engine(qwen_dir, max_batch=16)
+    added: list[int] = []
+    add = engine._batch.add
+
+    def counting(rows: Sequence[object]) -> object:
+        added.append(len(rows))
+        return add(rows)  # type: ignore[arg-type]
+
+    engine._batch.add = counting  # type: ignore[method-assign]
+    try:
+        for round_ in range(5):
+            busy = engine.generate(request(engine, PROMPTS[2], f"busy{round_}", max_new_tokens=60))
+            await asyncio.wait_for(anext(busy), TIMEOUT)
+            added.clear()
+            many = [
+                request(engine, PROMPTS[i % 3], f"{round_}/{i}", seed=i, max_new_tokens=8)
+                for i in range(12)
+            ]
+            # The interpreter switches threads as often as it can here: requests queued one
+            # by one would be split between two of the loop's turns.
+            interval = sys.getswitchinterval()
+            sys.setswitchinterval(1e-6)
+            try:
+                streams = engine.generate_many(many)
+            finally:
+                sys.setswitchinterval(interval)
+            outs = await asyncio.gather(*(collect(s) for s in streams))
+            assert added[0] == 12, added
+            assert all(o[-1].finish_reason is not None for o in outs)
+            await busy.aclose()
+        many = [request(engine, PROMPTS[i % 3], f"x{i}", seed=i) for i in range(12)]
+        runs = []
+        for _ in range(2):
+            outs = await asyncio.gather(*(collect(s) for s in engine.generate_many(many)))
+            runs.append([(tokens(o), logprobs(o)) for o in outs])
+        assert runs[0] == runs[1]
+    finally:
+        await engine.close()
+
+
+async def test_a_stream_closed_unread_frees_its_row(qwen_dir: Path) -> None:
+    engine = make_engine(qwen_dir, max_batch=4)
+    try:
+        reqs = [request(engine, PROMPTS[0], f"r{i}", max_new_tokens=200) for i in range(6)]
+        streams = engine.generate_many(reqs)
+        for s in streams:
+            await s.aclose()  # (never read)
+        deadline = asyncio.get_running_loop().time() + TIMEOUT
+        while engine.status().running or engine.status().queued:
+            assert asyncio.get_running_loop().time() < deadline, engine.status()
+            await asyncio.sleep(0.01)
+    finally:
+        await engine.close()
 
 
 async def test_stop_token_ids_and_max_new_tokens(qwen: TorchEngine) -> None:

@@ -383,6 +383,30 @@ def test_resume_after_kill_9_takes_the_same_batches(tmp_path: Path, require_root
     assert run_processes(cut) == []
 
 
+def test_a_seed_reproduces_the_run(tmp_path: Path, require_root: None) -> None:
+    """Two runs with the same seed, at the same time (so their requests reach their rollout
+    servers at different moments): every step's rewards, loss metrics (the engine's
+    logprobs among them, through the learner/engine mismatch) and gradient norm are equal
+    to the bit."""
+    args = ["--steps", "5", "--seed", "3", *SMALL, "rollout.prompts_per_step=8"]
+    runs = [tmp_path / "a", tmp_path / "b"]
+    procs = [start_train("--run-dir", str(d), *args) for d in runs]
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=240)
+            assert proc.returncode == 0, err
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    a, b = (records(d) for d in runs)
+    assert len(a) == len(b) == 5
+    for x, y in zip(a, b, strict=True):
+        for key in ("prompt_ids", "reward_mean", "tokens", "grad_norm", "train"):
+            assert x[key] == y[key], (x["step"], key, x[key], y[key])
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # the run may take up to its 10 minutes (the suite's default is 300 s)
 def test_the_default_learns_within_ten_minutes(tmp_path: Path, require_root: None) -> None:

@@ -56,13 +56,15 @@ def completion(prompt: str, sample: int, server: str, reason: FinishReason) -> C
 
 
 class FakeClient:
-    """Answers Generate with ``good`` samples, then fails as told."""
+    """Answers Generate with ``good`` samples (over the call's prompts in order), then fails
+    as told; records each call's request."""
 
     def __init__(
         self, name: str, good: int | None, fail: str = "unavailable", up: bool = True
     ) -> None:
         self.name, self.good, self.fail, self.up = name, good, fail, up
         self.calls = 0
+        self.requests: list[GenerateRequest] = []
 
     async def status(self) -> Any:
         if not self.up:
@@ -73,18 +75,22 @@ class FakeClient:
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Completion]:
         self.calls += 1
-        (prompt,) = request.prompts
-        count = prompt.n if self.good is None else self.good
-        for i in range(count):
-            yield completion(prompt.id, i, self.name, FinishReason.STOP)
-        if self.good is None:
-            return
-        if self.fail == "abort":
-            yield completion(prompt.id, count, self.name, FinishReason.ABORT)
-            return
-        raise grpc.aio.AioRpcError(
-            grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "gone"
-        )
+        self.requests.append(request)
+        given = 0
+        for prompt in request.prompts:
+            for i in range(prompt.n):
+                if given == self.good:
+                    if self.fail == "abort":
+                        yield completion(prompt.id, i, self.name, FinishReason.ABORT)
+                        return
+                    raise grpc.aio.AioRpcError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        grpc.aio.Metadata(),
+                        grpc.aio.Metadata(),
+                        "gone",
+                    )
+                yield completion(prompt.id, i, self.name, FinishReason.STOP)
+                given += 1
 
     async def close(self) -> None:
         pass
@@ -117,6 +123,60 @@ async def test_a_group_cut_off_is_re_sent_whole_to_another_server(fail: str) -> 
         assert [c.sample for c in group.completions] == [0, 1, 2, 3]
         assert {c.text for c in group.completions} == {"good"}
     assert sorted(g.resent for g in got) == [0, 0, 1]
+
+
+def requests(ids: Sequence[str], n: int = 2) -> list[GenerateRequest]:
+    return [
+        GenerateRequest(
+            prompts=(Prompt(id=pid, text="x", n=n),),
+            sampling=SamplingParams(max_new_tokens=1, seed=100 * k),
+        )
+        for k, pid in enumerate(ids)
+    ]
+
+
+async def test_groups_asked_together_go_out_as_one_call_per_server() -> None:
+    """A step's groups reach each server in one call (its engine takes them in together),
+    dealt to the servers in turn, each prompt with its own request's seed; duplicate
+    prompt ids are told apart in the call and given back as they were."""
+    a, b = FakeClient("a", good=None), FakeClient("b", good=None)
+    pool = pool_of({"10.0.0.1:1": a, "10.0.0.2:1": b})
+    asked = requests(["p0", "p1", "p2", "p1", "p4"], n=3)
+    got = [x async for x in pool.generate_groups(asked, version=3)]
+    assert sorted(i for i, _ in got) == [0, 1, 2, 3, 4]
+    assert a.calls == 1 and b.calls == 1
+    calls = {c.name: c.requests[0] for c in (a, b)}
+    ids = sorted(p.id for call in calls.values() for p in call.prompts)
+    assert ids == ["p0", "p1", "p1#1", "p2", "p4"]
+    for call in calls.values():
+        assert call.sampling.seed is None
+        for p in call.prompts:
+            assert p.seed == {"p0": 0, "p1": 100, "p2": 200, "p1#1": 300, "p4": 400}[p.id]
+    for i, group in got:
+        assert [c.sample for c in group.completions] == [0, 1, 2]
+        assert {c.prompt_id for c in group.completions} == {asked[i].prompts[0].id}
+        assert group.resent == 0
+
+
+@pytest.mark.parametrize("fail", ["unavailable", "abort"])
+async def test_a_failed_call_keeps_its_whole_groups_and_re_sends_the_rest(fail: str) -> None:
+    """Each server gets two of the four groups; one fails in its second group (one sample
+    of it came): its first group, whole, is kept; its second goes again to the other
+    server. Every group comes back once."""
+    bad = FakeClient("bad", good=3 + 1, fail=fail)
+    good = FakeClient("good", good=None)
+    pool = pool_of({"10.0.0.1:1": bad, "10.0.0.2:1": good})
+    asked = requests(["p0", "p1", "p2", "p3"], n=3)
+    got = [x async for x in pool.generate_groups(asked, version=3)]
+    assert sorted(i for i, _ in got) == [0, 1, 2, 3]
+    first, second = (p.id for p in bad.requests[0].prompts)
+    assert bad.calls == 1 and pool.servers["10.0.0.1:1"].version is None
+    assert good.calls == 2 and [second] in ([p.id for p in r.prompts] for r in good.requests)
+    by_id = {asked[i].prompts[0].id: group for i, group in got}
+    assert by_id[first].server == "10.0.0.1:1" and by_id[first].resent == 0
+    assert by_id[second].server == "10.0.0.2:1" and by_id[second].resent == 1
+    for group in by_id.values():
+        assert [c.sample for c in group.completions] == [0, 1, 2]
 
 
 async def test_only_servers_on_a_recent_enough_version_get_prompts() -> None:

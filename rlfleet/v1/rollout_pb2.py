@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from rlfleet.v1 import verifier_pb2 as rlfleet_dot_v1_dot_verifier__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18rlfleet/v1/rollout.proto\x12\nrlfleet.v1\x1a\x19rlfleet/v1/verifier.proto\"\xbb\x01\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\x05\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x02\x88\x01\x01\x42\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"b\n\x0cVerification\x12$\n\x04\x63ode\x18\x01 \x01(\x0b\x32\x14.rlfleet.v1.CodeCaseH\x00\x12$\n\x04math\x18\x02 \x01(\x0b\x32\x14.rlfleet.v1.MathCaseH\x00\x42\x06\n\x04kind\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\x93\x01\n\x06Prompt\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12)\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x14.rlfleet.v1.TokenIdsH\x00\x12\t\n\x01n\x18\x04 \x01(\x05\x12.\n\x0cverification\x18\x05 \x01(\x0b\x32\x18.rlfleet.v1.VerificationB\x07\n\x05input\"d\n\x0fGenerateRequest\x12#\n\x07prompts\x18\x01 \x03(\x0b\x32\x12.rlfleet.v1.Prompt\x12,\n\x08sampling\x18\x02 \x01(\x0b\x32\x1a.rlfleet.v1.SamplingParams\":\n\x0bVersionSpan\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x05\"X\n\x07Timings\x12\x10\n\x08queued_s\x18\x01 \x01(\x01\x12\x15\n\rfirst_token_s\x18\x02 \x01(\x01\x12\x12\n\ngenerate_s\x18\x03 \x01(\x01\x12\x10\n\x08verify_s\x18\x04 \x01(\x01\"\xe7\x02\n\nCompletion\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\x0e\n\x06sample\x18\x02 \x01(\x05\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\x05\x12\x11\n\ttoken_ids\x18\x04 \x03(\x05\x12\x10\n\x08logprobs\x18\x05 \x03(\x02\x12/\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x18.rlfleet.v1.FinishReason\x12)\n\x08versions\x18\x07 \x03(\x0b\x32\x17.rlfleet.v1.VersionSpan\x12\x0c\n\x04text\x18\x08 \x01(\t\x12\x0c\n\x04seed\x18\t \x01(\x04\x12\x0e\n\x06scored\x18\n \x01(\x08\x12\x30\n\x0cverification\x18\x0b \x01(\x0b\x32\x1a.rlfleet.v1.VerifyResponse\x12\x17\n\x0funscored_reason\x18\x0c \x01(\t\x12$\n\x07timings\x18\r \x01(\x0b\x32\x13.rlfleet.v1.Timings\"Q\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x05\x64type\x18\x02 \x01(\x0e\x32\x17.rlfleet.v1.TensorDType\x12\r\n\x05shape\x18\x03 \x03(\x03\"s\n\x11WeightUpdateBegin\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\'\n\x07tensors\x18\x02 \x03(\x0b\x32\x16.rlfleet.v1.TensorSpec\x12\x12\n\ndata_plane\x18\x03 \x01(\x08\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\t\"o\n\x0bWeightChunk\x12,\n\x05\x62\x65gin\x18\x01 \x01(\x0b\x32\x1d.rlfleet.v1.WeightUpdateBegin\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\t\x12\x12\n\x06sha256\x18\x03 \x01(\tB\x02\x18\x01\"X\n\x12WeightUpdateResult\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x12\x11\n\treceive_s\x18\x03 \x01(\x01\x12\x0f\n\x07\x61pply_s\x18\x04 \x01(\x01\"\x0f\n\rStatusRequest\"\x8a\x01\n\x0eStatusResponse\x12\x0e\n\x06\x65ngine\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x0e\n\x06queued\x18\x05 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x17\n\x0f\x62roadcast_ranks\x18\x07 \x01(\x05\"\x88\x01\n\x0bWeightGroup\x12\x16\n\x0emaster_address\x18\x01 \x01(\t\x12\x13\n\x0bmaster_port\x18\x02 \x01(\x05\x12\x12\n\ngroup_name\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x12\n\nworld_size\x18\x05 \x01(\x05\x12\x13\n\x0brank_offset\x18\x06 \x01(\x05\"&\n\x15JoinWeightGroupResult\x12\r\n\x05ranks\x18\x01 \x01(\x05\"g\n\x17\x42roadcastWeightsRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\'\n\x07tensors\x18\x02 \x03(\x0b\x32\x16.rlfleet.v1.TensorSpec\x12\x12\n\ngroup_name\x18\x03 \x01(\t*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03*z\n\x0bTensorDType\x12\x1c\n\x18TENSOR_DTYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14TENSOR_DTYPE_FLOAT32\x10\x01\x12\x18\n\x14TENSOR_DTYPE_FLOAT16\x10\x02\x12\x19\n\x15TENSOR_DTYPE_BFLOAT16\x10\x03\x32\x81\x03\n\x07Rollout\x12\x41\n\x08Generate\x12\x1b.rlfleet.v1.GenerateRequest\x1a\x16.rlfleet.v1.Completion0\x01\x12J\n\rUpdateWeights\x12\x17.rlfleet.v1.WeightChunk\x1a\x1e.rlfleet.v1.WeightUpdateResult(\x01\x12?\n\x06Status\x12\x19.rlfleet.v1.StatusRequest\x1a\x1a.rlfleet.v1.StatusResponse\x12M\n\x0fJoinWeightGroup\x12\x17.rlfleet.v1.WeightGroup\x1a!.rlfleet.v1.JoinWeightGroupResult\x12W\n\x10\x42roadcastWeights\x12#.rlfleet.v1.BroadcastWeightsRequest\x1a\x1e.rlfleet.v1.WeightUpdateResultb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18rlfleet/v1/rollout.proto\x12\nrlfleet.v1\x1a\x19rlfleet/v1/verifier.proto\"\xbb\x01\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\x05\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x02\x88\x01\x01\x42\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"b\n\x0cVerification\x12$\n\x04\x63ode\x18\x01 \x01(\x0b\x32\x14.rlfleet.v1.CodeCaseH\x00\x12$\n\x04math\x18\x02 \x01(\x0b\x32\x14.rlfleet.v1.MathCaseH\x00\x42\x06\n\x04kind\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\xaf\x01\n\x06Prompt\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12)\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x14.rlfleet.v1.TokenIdsH\x00\x12\t\n\x01n\x18\x04 \x01(\x05\x12.\n\x0cverification\x18\x05 \x01(\x0b\x32\x18.rlfleet.v1.Verification\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x01\x88\x01\x01\x42\x07\n\x05inputB\x07\n\x05_seed\"d\n\x0fGenerateRequest\x12#\n\x07prompts\x18\x01 \x03(\x0b\x32\x12.rlfleet.v1.Prompt\x12,\n\x08sampling\x18\x02 \x01(\x0b\x32\x1a.rlfleet.v1.SamplingParams\":\n\x0bVersionSpan\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x05\"X\n\x07Timings\x12\x10\n\x08queued_s\x18\x01 \x01(\x01\x12\x15\n\rfirst_token_s\x18\x02 \x01(\x01\x12\x12\n\ngenerate_s\x18\x03 \x01(\x01\x12\x10\n\x08verify_s\x18\x04 \x01(\x01\"\xe7\x02\n\nCompletion\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\x0e\n\x06sample\x18\x02 \x01(\x05\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\x05\x12\x11\n\ttoken_ids\x18\x04 \x03(\x05\x12\x10\n\x08logprobs\x18\x05 \x03(\x02\x12/\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x18.rlfleet.v1.FinishReason\x12)\n\x08versions\x18\x07 \x03(\x0b\x32\x17.rlfleet.v1.VersionSpan\x12\x0c\n\x04text\x18\x08 \x01(\t\x12\x0c\n\x04seed\x18\t \x01(\x04\x12\x0e\n\x06scored\x18\n \x01(\x08\x12\x30\n\x0cverification\x18\x0b \x01(\x0b\x32\x1a.rlfleet.v1.VerifyResponse\x12\x17\n\x0funscored_reason\x18\x0c \x01(\t\x12$\n\x07timings\x18\r \x01(\x0b\x32\x13.rlfleet.v1.Timings\"Q\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x05\x64type\x18\x02 \x01(\x0e\x32\x17.rlfleet.v1.TensorDType\x12\r\n\x05shape\x18\x03 \x03(\x03\"s\n\x11WeightUpdateBegin\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\'\n\x07tensors\x18\x02 \x03(\x0b\x32\x16.rlfleet.v1.TensorSpec\x12\x12\n\ndata_plane\x18\x03 \x01(\x08\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\t\"o\n\x0bWeightChunk\x12,\n\x05\x62\x65gin\x18\x01 \x01(\x0b\x32\x1d.rlfleet.v1.WeightUpdateBegin\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\t\x12\x12\n\x06sha256\x18\x03 \x01(\tB\x02\x18\x01\"X\n\x12WeightUpdateResult\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x12\x11\n\treceive_s\x18\x03 \x01(\x01\x12\x0f\n\x07\x61pply_s\x18\x04 \x01(\x01\"\x0f\n\rStatusRequest\"\x8a\x01\n\x0eStatusResponse\x12\x0e\n\x06\x65ngine\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x0e\n\x06queued\x18\x05 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x17\n\x0f\x62roadcast_ranks\x18\x07 \x01(\x05\"\x88\x01\n\x0bWeightGroup\x12\x16\n\x0emaster_address\x18\x01 \x01(\t\x12\x13\n\x0bmaster_port\x18\x02 \x01(\x05\x12\x12\n\ngroup_name\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x12\n\nworld_size\x18\x05 \x01(\x05\x12\x13\n\x0brank_offset\x18\x06 \x01(\x05\"&\n\x15JoinWeightGroupResult\x12\r\n\x05ranks\x18\x01 \x01(\x05\"g\n\x17\x42roadcastWeightsRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\'\n\x07tensors\x18\x02 \x03(\x0b\x32\x16.rlfleet.v1.TensorSpec\x12\x12\n\ngroup_name\x18\x03 \x01(\t*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03*z\n\x0bTensorDType\x12\x1c\n\x18TENSOR_DTYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14TENSOR_DTYPE_FLOAT32\x10\x01\x12\x18\n\x14TENSOR_DTYPE_FLOAT16\x10\x02\x12\x19\n\x15TENSOR_DTYPE_BFLOAT16\x10\x03\x32\x81\x03\n\x07Rollout\x12\x41\n\x08Generate\x12\x1b.rlfleet.v1.GenerateRequest\x1a\x16.rlfleet.v1.Completion0\x01\x12J\n\rUpdateWeights\x12\x17.rlfleet.v1.WeightChunk\x1a\x1e.rlfleet.v1.WeightUpdateResult(\x01\x12?\n\x06Status\x12\x19.rlfleet.v1.StatusRequest\x1a\x1a.rlfleet.v1.StatusResponse\x12M\n\x0fJoinWeightGroup\x12\x17.rlfleet.v1.WeightGroup\x1a!.rlfleet.v1.JoinWeightGroupResult\x12W\n\x10\x42roadcastWeights\x12#.rlfleet.v1.BroadcastWeightsRequest\x1a\x1e.rlfleet.v1.WeightUpdateResultb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,10 +34,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WEIGHTCHUNK'].fields_by_name['sha256']._loaded_options = None
   _globals['_WEIGHTCHUNK'].fields_by_name['sha256']._serialized_options = b'\030\001'
-  _globals['_FINISHREASON']._serialized_start=1991
-  _globals['_FINISHREASON']._serialized_end=2111
-  _globals['_TENSORDTYPE']._serialized_start=2113
-  _globals['_TENSORDTYPE']._serialized_end=2235
+  _globals['_FINISHREASON']._serialized_start=2019
+  _globals['_FINISHREASON']._serialized_end=2139
+  _globals['_TENSORDTYPE']._serialized_start=2141
+  _globals['_TENSORDTYPE']._serialized_end=2263
   _globals['_SAMPLINGPARAMS']._serialized_start=68
   _globals['_SAMPLINGPARAMS']._serialized_end=255
   _globals['_VERIFICATION']._serialized_start=257
@@ -45,33 +45,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENIDS']._serialized_start=357
   _globals['_TOKENIDS']._serialized_end=380
   _globals['_PROMPT']._serialized_start=383
-  _globals['_PROMPT']._serialized_end=530
-  _globals['_GENERATEREQUEST']._serialized_start=532
-  _globals['_GENERATEREQUEST']._serialized_end=632
-  _globals['_VERSIONSPAN']._serialized_start=634
-  _globals['_VERSIONSPAN']._serialized_end=692
-  _globals['_TIMINGS']._serialized_start=694
-  _globals['_TIMINGS']._serialized_end=782
-  _globals['_COMPLETION']._serialized_start=785
-  _globals['_COMPLETION']._serialized_end=1144
-  _globals['_TENSORSPEC']._serialized_start=1146
-  _globals['_TENSORSPEC']._serialized_end=1227
-  _globals['_WEIGHTUPDATEBEGIN']._serialized_start=1229
-  _globals['_WEIGHTUPDATEBEGIN']._serialized_end=1344
-  _globals['_WEIGHTCHUNK']._serialized_start=1346
-  _globals['_WEIGHTCHUNK']._serialized_end=1457
-  _globals['_WEIGHTUPDATERESULT']._serialized_start=1459
-  _globals['_WEIGHTUPDATERESULT']._serialized_end=1547
-  _globals['_STATUSREQUEST']._serialized_start=1549
-  _globals['_STATUSREQUEST']._serialized_end=1564
-  _globals['_STATUSRESPONSE']._serialized_start=1567
-  _globals['_STATUSRESPONSE']._serialized_end=1705
-  _globals['_WEIGHTGROUP']._serialized_start=1708
-  _globals['_WEIGHTGROUP']._serialized_end=1844
-  _globals['_JOINWEIGHTGROUPRESULT']._serialized_start=1846
-  _globals['_JOINWEIGHTGROUPRESULT']._serialized_end=1884
-  _globals['_BROADCASTWEIGHTSREQUEST']._serialized_start=1886
-  _globals['_BROADCASTWEIGHTSREQUEST']._serialized_end=1989
-  _globals['_ROLLOUT']._serialized_start=2238
-  _globals['_ROLLOUT']._serialized_end=2623
+  _globals['_PROMPT']._serialized_end=558
+  _globals['_GENERATEREQUEST']._serialized_start=560
+  _globals['_GENERATEREQUEST']._serialized_end=660
+  _globals['_VERSIONSPAN']._serialized_start=662
+  _globals['_VERSIONSPAN']._serialized_end=720
+  _globals['_TIMINGS']._serialized_start=722
+  _globals['_TIMINGS']._serialized_end=810
+  _globals['_COMPLETION']._serialized_start=813
+  _globals['_COMPLETION']._serialized_end=1172
+  _globals['_TENSORSPEC']._serialized_start=1174
+  _globals['_TENSORSPEC']._serialized_end=1255
+  _globals['_WEIGHTUPDATEBEGIN']._serialized_start=1257
+  _globals['_WEIGHTUPDATEBEGIN']._serialized_end=1372
+  _globals['_WEIGHTCHUNK']._serialized_start=1374
+  _globals['_WEIGHTCHUNK']._serialized_end=1485
+  _globals['_WEIGHTUPDATERESULT']._serialized_start=1487
+  _globals['_WEIGHTUPDATERESULT']._serialized_end=1575
+  _globals['_STATUSREQUEST']._serialized_start=1577
+  _globals['_STATUSREQUEST']._serialized_end=1592
+  _globals['_STATUSRESPONSE']._serialized_start=1595
+  _globals['_STATUSRESPONSE']._serialized_end=1733
+  _globals['_WEIGHTGROUP']._serialized_start=1736
+  _globals['_WEIGHTGROUP']._serialized_end=1872
+  _globals['_JOINWEIGHTGROUPRESULT']._serialized_start=1874
+  _globals['_JOINWEIGHTGROUPRESULT']._serialized_end=1912
+  _globals['_BROADCASTWEIGHTSREQUEST']._serialized_start=1914
+  _globals['_BROADCASTWEIGHTSREQUEST']._serialized_end=2017
+  _globals['_ROLLOUT']._serialized_start=2266
+  _globals['_ROLLOUT']._serialized_end=2651
 # @@protoc_insertion_point(module_scope)
