@@ -305,7 +305,7 @@ class RolloutPool:
         shares = [list(range(k, len(requests), len(live))) for k in range(len(live))]
         tasks = [
             asyncio.create_task(part(share, server, set(), 0))
-            for share, server in zip(shares, live, strict=False)
+            for share, server in zip(shares, live, strict=True)
             if share
         ]
         try:
