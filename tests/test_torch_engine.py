@@ -318,7 +318,9 @@ async def test_joining_mid_generation_changes_nothing(qwen: TorchEngine) -> None
     assert len(tokens(joiner)) >= 1
 
 
-async def test_requests_sent_together_are_admitted_together(qwen_dir: Path) -> None:
+async def test_requests_sent_together_are_admitted_together(
+    qwen_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``generate_many`` queues its requests under one hold of the lock: the loop, busy
     decoding another sequence meanwhile, prefills all of them in one batch, every time;
     and the same requests on an idle engine give the same tokens and logprobs to the bit
@@ -331,7 +333,7 @@ async def test_requests_sent_together_are_admitted_together(qwen_dir: Path) -> N
         added.append(len(rows))
         return add(rows)  # type: ignore[arg-type]
 
-    engine._batch.add = counting  # type: ignore[method-assign]
+    monkeypatch.setattr(engine._batch, "add", counting)
     try:
         for round_ in range(5):
             busy = engine.generate(request(engine, PROMPTS[2], f"busy{round_}", max_new_tokens=60))
