@@ -303,8 +303,9 @@ def test_the_screen_lets_ordinary_answers_through(text: str) -> None:
     assert pathological(text) is None
 
 
-# Needs sympy's simplify: tens of milliseconds, far over a 1 ms budget.
-SLOW = ("\\boxed{\\sin^2 x + \\cos^2 x}", "1")
+# Needs latex2sympy (\\cosh: not the fast parser's) and sympy's simplify: tens of
+# milliseconds, far over a 1 ms budget.
+SLOW = ("\\boxed{\\cosh^2 x - \\sinh^2 x}", "1")
 
 
 def test_timeout_kills_and_replaces_the_worker() -> None:

@@ -1,11 +1,17 @@
 """A small exact parser for the LaTeX most answers use; runs inside the workers.
 
-latex2sympy (an ANTLR grammar) takes 5-20 ms per answer; this recursive-descent parser takes
-a fraction of a millisecond for numbers, letters, ``+ - * / ^``, brackets, ``\\frac``,
-``\\sqrt`` and ``\\pi``. Anything else (a command it does not know, subscripts, ``!``,
-``|``, commas, relations, a division followed by an implicit product whose reading differs
-between conventions) raises ``Unsupported`` and the caller falls back to latex2sympy, so
-this parser never has to guess. Decimals become exact rationals.
+latex2sympy (an ANTLR grammar) takes 5-50 ms per answer; this recursive-descent parser takes
+a fraction of a millisecond for numbers, letters, Greek letters, subscripts (``x_1``,
+``\\omega_{n}``), ``+ - * / ^``, brackets, ``\\frac``, ``\\sqrt``, ``\\pi``,
+``\\infty`` and the functions ``\\sin \\cos \\tan \\exp \\ln \\log``. It builds
+exactly the expression latex2sympy builds for the same text (the same symbol names, its
+unevaluated ``log(x, E)`` for ``\\ln x``; ``tests/test_math_rules.py`` compares the two on
+every form it reads), so an answer read here and a gold read there still compare as they
+would. Anything else (a command it does not know, ``!``, ``|``, commas, relations, a
+division followed by an implicit product whose reading differs between conventions, a
+function's argument it cannot delimit as latex2sympy does) raises ``Unsupported`` and the
+caller falls back to latex2sympy, so this parser never has to guess. Decimals become exact
+rationals.
 """
 
 from __future__ import annotations
@@ -13,8 +19,52 @@ from __future__ import annotations
 import re
 from typing import Any
 
-_TOKEN = re.compile(r"\s*(\\[a-zA-Z]+|\d+\.\d+|\d+|\.\d+|[a-zA-Z]|[-+*/^(){}\[\]])")
-_STARTS_FACTOR = re.compile(r"\d|\.|[a-zA-Z]|[({]|\\(?:frac|sqrt|pi)$")
+_TOKEN = re.compile(r"\s*(\\[a-zA-Z]+|\d+\.\d+|\d+|\.\d+|[a-zA-Z]|[-+*/^(){}\[\]_])")
+_STARTS_FACTOR = re.compile(r"\d|\.|[a-zA-Z]|[({\[]|\\[a-zA-Z]+$")
+
+GREEK = frozenset(
+    {
+        "alpha",
+        "beta",
+        "delta",
+        "epsilon",
+        "varepsilon",
+        "zeta",
+        "eta",
+        "theta",
+        "vartheta",
+        "iota",
+        "kappa",
+        "lambda",
+        "mu",
+        "nu",
+        "xi",
+        "rho",
+        "varrho",
+        "sigma",
+        "tau",
+        "upsilon",
+        "phi",
+        "varphi",
+        "chi",
+        "psi",
+        "omega",
+        "Delta",
+        "Theta",
+        "Lambda",
+        "Xi",
+        "Pi",
+        "Sigma",
+        "Upsilon",
+        "Phi",
+        "Psi",
+        "Omega",
+    }
+)
+"""Greek letters latex2sympy reads as the symbol of their name (not ``\\gamma``: to it
+that is Euler's constant)."""
+_FUNCTIONS = ("\\sin", "\\cos", "\\tan", "\\exp", "\\ln", "\\log")
+_BRACKETS = {"(": ")", "[": "]"}
 
 
 _WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}")
@@ -35,7 +85,15 @@ def _tokens(text: str) -> list[str]:
             raise Unsupported(text[pos : pos + 10])
         out.append(m.group(1))
         pos = m.end()
-    return out
+    # \left( x \right): the sizing commands before a bracket change nothing.
+    kept = []
+    for i, token in enumerate(out):
+        if token in ("\\left", "\\right"):
+            if i + 1 == len(out) or out[i + 1] not in "()[]":
+                raise Unsupported(token)
+            continue
+        kept.append(token)
+    return kept
 
 
 class _Parser:
@@ -77,6 +135,8 @@ class _Parser:
         divided = False
         while True:
             token = self.peek()
+            if token in ("\\cdot", "\\times"):
+                token = "*"
             if token in ("*", "/"):
                 self.take()
                 right = self.unary()
@@ -130,7 +190,70 @@ class _Parser:
         return value
 
     def letter(self, token: str) -> Any:
+        """A letter or a Greek letter's name, with its subscript if it has one."""
+        if self.peek() == "_":
+            if token == "e":
+                raise Unsupported("e_1")  # (latex2sympy refuses it)
+            self.take()
+            return self.sympy.Symbol(f"{token}_{self.subscript()}")
         return self.sympy.E if token == "e" else self.sympy.Symbol(token)
+
+    def subscript(self) -> str:
+        """x_1, x_{1} -> "1"; x_{12} -> "{12}" (latex2sympy's names); x_n -> "n"."""
+        token = self.take()
+        if token == "{":
+            token = self.take()
+            self.take("}")
+            if len(token) > 1 and token.isdigit():
+                return "{" + token + "}"
+        if len(token) == 1 and token.isalnum():
+            return token
+        raise Unsupported(f"subscript {token!r}")
+
+    def function(self, name: str) -> Any:
+        """\\sin x, \\cos(2t), \\sin^2 x, \\log_2 8, \\exp{t}."""
+        sympy = self.sympy
+        base: Any = sympy.E if name == "\\ln" else sympy.Integer(10)
+        if name == "\\log" and self.peek() == "_":
+            self.take()
+            digits = self.subscript().strip("{}")
+            if not digits.isdigit():
+                raise Unsupported("a log's base")
+            base = sympy.Integer(digits)
+        power = None
+        if self.peek() == "^":
+            self.take()
+            power = self.group() if self.peek() == "{" else self.single()
+            if not (power.is_Integer and power > 0):
+                raise Unsupported("sin^{-1}: a function's power other than 1, 2, 3, ...")
+        if self.peek() in ("(", "{"):
+            closing = ")" if self.take() == "(" else "}"
+            argument = self.expr()
+            self.take(closing)
+            if closing == "}" and self.peek() == "^":
+                raise Unsupported("\\sin{x}^2")  # (latex2sympy: sin(x^2))
+        else:
+            argument = self.bare_argument()
+        if name in ("\\ln", "\\log"):
+            value = sympy.log(argument, base, evaluate=False)  # (as latex2sympy leaves it)
+        else:
+            value = getattr(sympy, name[1:])(argument)
+        if power is not None:
+            if self.peek() == "^":
+                raise Unsupported("a function's power twice")
+            value = sympy.Pow(value, power)
+        return value
+
+    def bare_argument(self) -> Any:
+        """\\sin 2x, \\cos\\omega t, \\sin x^2: the product of the letters and numbers
+        that follow, which latex2sympy takes as the argument; unless something else comes
+        before a ``+``, ``-`` or closing bracket (then the argument's end is its guess)."""
+        value = self.power()
+        while (token := self.peek()) is not None and _simple_factor(token):
+            value = value * self.power()
+        if token is not None and token not in ("+", "-", ")", "}", "]") and token not in _FUNCTIONS:
+            raise Unsupported(f"where the argument of a function ends ({token!r})")
+        return value
 
     def atom(self) -> Any:
         sympy = self.sympy
@@ -139,11 +262,17 @@ class _Parser:
             if len(token) > 1 and token[0] == "0" and token[1].isdigit():
                 raise Unsupported("leading zero")
             return sympy.Rational(token) if "." in token else sympy.Integer(token)
+        if token == "I":
+            raise Unsupported("I")  # (latex2sympy: the imaginary unit, but i a symbol)
         if len(token) == 1 and token.isalpha():
             return self.letter(token)
-        if token == "(":
+        if token[1:] in GREEK and token[0] == "\\":
+            return self.letter(token[1:])
+        if token in _FUNCTIONS:
+            return self.function(token)
+        if token in _BRACKETS:
             value = self.expr()
-            self.take(")")
+            self.take(_BRACKETS[token])
             return value
         if token == "{":
             value = self.expr()
@@ -151,6 +280,10 @@ class _Parser:
             return value
         if token == "\\pi":
             return sympy.pi
+        if token == "\\infty":
+            if self.peek() == "^":
+                raise Unsupported("a power of infinity")
+            return sympy.oo
         if token == "\\frac":
             numerator = self.group()
             denominator = self.group()
@@ -163,6 +296,15 @@ class _Parser:
                 return sympy.root(self.group(), index)
             return sympy.sqrt(self.group())
         raise Unsupported(token)
+
+
+def _simple_factor(token: str) -> bool:
+    """A number, a letter or a Greek letter (``\\pi`` included)."""
+    return (
+        token[0].isdigit()
+        or (len(token) == 1 and token.isalpha())
+        or (token[0] == "\\" and (token[1:] in GREEK or token == "\\pi"))
+    )
 
 
 def parse_simple(text: str) -> Any:
