@@ -159,8 +159,10 @@ class _Stream:
 
 class TokenStream:
     """One sequence's chunks as the loop decodes them (an ``AsyncIterator[TokenChunk]``);
-    the last carries the finish reason. ``aclose`` before that (or dropping the stream)
-    frees its row at the next step."""
+    the last carries the finish reason. ``aclose`` before that frees its row at the next
+    step (a stream dropped unclosed is decoded to its end, and its tokens dropped: no
+    finaliser reaches into the loop's lists, which a collection could run in the middle of
+    the loop's own work on them)."""
 
     def __init__(self, engine: TorchEngine, stream: _Stream) -> None:
         self._engine = engine
@@ -187,12 +189,6 @@ class TokenStream:
         return chunk
 
     async def aclose(self) -> None:
-        self._drop()
-
-    def __del__(self) -> None:
-        self._drop()
-
-    def _drop(self) -> None:
         if not self._finished:
             self._finished = True
             self._engine._cancel(self._stream)
