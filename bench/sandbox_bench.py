@@ -9,8 +9,9 @@ against math-verify on the same corpus.
 Then the same one-test cases where users meet them, with the same number of workers on the
 same cores: through ``rlfleet serve sandbox`` (a server process) and ``VerifierClient``
 (``verify_many``, here), and through ``rlfleet verify`` (a process reading a JSONL file; its
-start-up and shutdown are left out: timed from its first results to its last ones). Each is
-printed as a ratio of the pool's own rate in the same run, and as CPU time per case (every
+start-up and shutdown are left out: timed from its first results to its last ones). The
+three are measured in turn, in several rounds; each is printed as a ratio of the pool's rate
+in the same round (the median over the rounds, and their range), and as CPU time per case (every
 process involved, read from ``/proc``: the pool's driver and workers; the server's tree and
 the client; the verify process's tree) with the pool's CPU per case over it: on a machine
 shared with other work the wall-clock rates move with the load, the CPU per case much less.
@@ -22,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -351,38 +353,58 @@ async def judge_runs(pool: WorkerPool, n: int) -> float:
     return n / elapsed
 
 
-async def bench_backend(backend: str, workers: int, n: int, runtime: str = "") -> dict[str, float]:
+PATHS = ("pool", "service", "verify")
+
+
+async def bench_backend(
+    backend: str, workers: int, n: int, runtime: str = "", rounds: int = 3
+) -> dict[str, float]:
+    """One backend's figures. The pool, service and verify paths are measured ``rounds``
+    times, one after the other in each round, and each path's rate is taken as a ratio of
+    the pool's rate in its own round: on a shared machine the rates move with the load by
+    more than the paths differ, a round's three runs much less. Rates, CPU and ratios are
+    the medians over the rounds; ``*_x_low`` and ``*_x_high`` the ratios' range."""
     config = EngineConfig(
         backend=backend, pool=PoolConfig(workers=workers), docker=DockerConfig(runtime=runtime)
     )
-    pool = WorkerPool(make_worker_factory(config), config.pool)
-    await pool.start()
-    try:
-        ours = await pool_runs(pool, n, workers)
-        judged = await judge_runs(pool, max(n // 2, 1))
-    finally:
-        await pool.close()
-    # The pool's processes are gone: the paths below start their own, with as many workers.
-    service = await service_runs(backend, workers, n)
-    verified = await asyncio.to_thread(verify_runs, backend, workers, n)
+    by_round: list[dict[str, Timing]] = []
+    judged = 0.0
+    for i in range(rounds):
+        pool = WorkerPool(make_worker_factory(config), config.pool)
+        await pool.start()
+        try:
+            ours = await pool_runs(pool, n, workers)
+            if i == 0:
+                judged = await judge_runs(pool, max(n // 2, 1))
+        finally:
+            await pool.close()
+        # The pool's processes are gone: the paths below start their own, as many workers.
+        service = await service_runs(backend, workers, n)
+        verified = await asyncio.to_thread(verify_runs, backend, workers, n)
+        by_round.append({"pool": ours, "service": service, "verify": verified})
     bare = await asyncio.to_thread(bare_python, n, workers)
+
+    def median(values: Iterator[float]) -> float:
+        return statistics.median(list(values))
+
+    row: dict[str, float] = {"rounds": rounds, "judge_cases_per_s": judged}
+    for path in PATHS:
+        row[f"{path}_per_s"] = median(r[path].tests_per_s for r in by_round)
+        row[f"{path}_front_ms"] = median(r[path].front_cpu_ms for r in by_round)
+        row[f"{path}_sandbox_ms"] = median(r[path].sandbox_cpu_ms for r in by_round)
+        ratios = [r[path].tests_per_s / r["pool"].tests_per_s for r in by_round]
+        row[f"{path}_x"] = statistics.median(ratios)
+        row[f"{path}_x_low"], row[f"{path}_x_high"] = min(ratios), max(ratios)
+    per_test_ms = median(r["pool"].per_test_ms for r in by_round)
+    verify_ms = median(r["verify"].per_test_ms for r in by_round)
     return {
-        "per_test_ms": ours.per_test_ms,
+        **row,
+        "per_test_ms": per_test_ms,
         "bare_per_test_ms": bare.per_test_ms,
-        "ratio": ours.per_test_ms / bare.per_test_ms,
-        "tests_per_s": ours.tests_per_s,
+        "ratio": per_test_ms / bare.per_test_ms,
+        "tests_per_s": row["pool_per_s"],
         "bare_tests_per_s": bare.tests_per_s,
-        "judge_cases_per_s": judged,
-        "pool_per_s": ours.tests_per_s,
-        "pool_front_ms": ours.front_cpu_ms,
-        "pool_sandbox_ms": ours.sandbox_cpu_ms,
-        "service_per_s": service.tests_per_s,
-        "service_front_ms": service.front_cpu_ms,
-        "service_sandbox_ms": service.sandbox_cpu_ms,
-        "verify_per_s": verified.tests_per_s,
-        "verify_front_ms": verified.front_cpu_ms,
-        "verify_sandbox_ms": verified.sandbox_cpu_ms,
-        "verify_bare_ratio": verified.per_test_ms / bare.per_test_ms,
+        "verify_bare_ratio": verify_ms / bare.per_test_ms,
     }
 
 
@@ -398,16 +420,13 @@ def print_table(rows: dict[str, dict[str, float]]) -> None:
         )
 
 
-PATHS = ("pool", "service", "verify")
-
-
 def print_paths(rows: dict[str, dict[str, float]]) -> None:
     """Each path's rate and CPU per case against the pool's. The CPU ratio charges every
     path the same sandbox CPU per case (the mean of the three measured: the same runs, so
     the differences between them are the machine's load), and its own front CPU."""
     print(
-        f"{'backend':8} {'path':8} {'cases/s':>8} {'x pool':>7} {'front ms':>9} "
-        f"{'sandbox ms':>11} {'x pool (CPU)':>13}"
+        f"{'backend':8} {'path':8} {'cases/s':>8} {'x pool':>7} {'(range)':>11} "
+        f"{'front ms':>9} {'sandbox ms':>11} {'x pool (CPU)':>13}"
     )
     for name, r in rows.items():
         sandbox = sum(r[f"{p}_sandbox_ms"] for p in PATHS) / len(PATHS)
@@ -416,9 +435,10 @@ def print_paths(rows: dict[str, dict[str, float]]) -> None:
             rate, front = r[f"{path}_per_s"], r[f"{path}_front_ms"]
             cpu_ratio = f"{pool_cpu / (front + sandbox):13.2f}" if sandbox else f"{'-':>13}"
             measured = f"{r[f'{path}_sandbox_ms']:11.2f}" if sandbox else f"{'-':>11}"
+            spread = f"{r[f'{path}_x_low']:.2f}-{r[f'{path}_x_high']:.2f}"
             print(
-                f"{name:8} {path:8} {rate:8.1f} {rate / r['pool_per_s']:7.2f} {front:9.2f} "
-                f"{measured} {cpu_ratio}"
+                f"{name:8} {path:8} {rate:8.1f} {r[f'{path}_x']:7.2f} {spread:>11} "
+                f"{front:9.2f} {measured} {cpu_ratio}"
             )
         print(
             f"{name:8} verify: {r['verify_bare_ratio']:.2f}x a bare `python3 -c` per test "
@@ -438,6 +458,7 @@ async def run_sandbox_bench(
     math_pairs: int | None,
     runtimes: Sequence[str] = ("runc",),
     language_tests: int = 0,
+    rounds: int = 3,
 ) -> int:
     """Print the sandbox figures of each backend (the docker backend once per OCI runtime
     in ``runtimes``: ``docker`` under runc, ``docker/runsc`` under gVisor), then each
@@ -457,7 +478,7 @@ async def run_sandbox_bench(
             file=sys.stderr,
         )
         try:
-            rows[name] = await bench_backend(backend, workers, tests, runtime)
+            rows[name] = await bench_backend(backend, workers, tests, runtime, rounds)
         except BackendUnavailable as e:
             raise CommandError(str(e)) from e  # (it names the backend and what to do)
         except (WorkerError, CgroupError) as e:
@@ -470,9 +491,11 @@ async def run_sandbox_bench(
     print(
         f"# where users meet it: one-test cases through `rlfleet serve sandbox` + VerifierClient "
         f"(service) and through `rlfleet verify` without its start-up (verify), {workers} "
-        "workers each, against the pool driven directly (same run). x pool: rate / the pool's "
-        "rate. CPU per case: front = the processes driving the workers (the pool's driver; "
-        "server and client; verify), sandbox = the local backend's workers and their runs. "
+        f"workers each, against the pool driven directly, in {rounds} rounds (pool, service, "
+        "verify each). x pool: rate / the pool's rate in the same round, the median over the "
+        "rounds (range: lowest-highest); rates and CPU: medians. CPU per case: front = the "
+        "processes driving the workers (the pool's driver; server and client; verify), "
+        "sandbox = the local backend's workers and their runs. "
         "x pool (CPU): (the pool's front + S) / (the path's front + S), S = the mean sandbox "
         "CPU per case of the three"
     )

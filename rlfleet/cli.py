@@ -225,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--tests", type=_positive_int, default=400, help="trivial tests per measurement"
     )
     bsand.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=3,
+        help="pool, service and verify measured this many times each, in turn (default: 3)",
+    )
+    bsand.add_argument(
         "--language-tests",
         type=_count,
         default=40,
@@ -673,7 +679,13 @@ def _bench_sandbox(args: argparse.Namespace) -> int:
         )
     return _run(
         run_sandbox_bench(
-            backends, args.workers, args.tests, args.math, runtimes, args.language_tests
+            backends,
+            args.workers,
+            args.tests,
+            args.math,
+            runtimes,
+            args.language_tests,
+            args.rounds,
         )
     )
 

@@ -120,10 +120,13 @@ def test_prepare_passes_on_a_plain_install(installed: Path, require_root: None) 
 
 def test_bench_says_what_the_math_comparison_needs(installed: Path, require_root: None) -> None:
     args = ("--backends", "local", "--tests", "20", "--math", "20", "--language-tests", "2")
-    proc = run(installed, "bench", "sandbox", *args)
+    proc = run(installed, "bench", "sandbox", *args, "--rounds", "2")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     assert "# sandbox" in proc.stdout and "local" in proc.stdout  # the sandbox figures
+    assert "in 2 rounds" in proc.stdout
+    paths = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("local  ")]
+    assert paths[:3] == ["pool", "service", "verify"]
     assert "# languages" in proc.stdout and "local    rust" in proc.stdout
     assert "ours_checks_per_s" in proc.stdout
     assert "math_verify" in proc.stdout and "rlfleet[dev]" in proc.stdout
