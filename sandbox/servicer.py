@@ -16,6 +16,7 @@ cancellation cancel the engine's work, which frees the sandbox worker at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -77,10 +78,20 @@ class ServiceConfig:
     keep_inline_tests: int = 8
     """Inline suites with at least this many tests are stored too, so that a client that
     got NOT_FOUND for a ref and resent the suite inline can use the ref again."""
-    batch_wait_s: float = 0.005
-    """A VerifyBatches response waits this long for more results while cases of its stream
-    are still running: fewer, fuller messages (each costs far more CPU, on both sides, than
-    a small case), each result late by this much at most. 0: send as soon as one is ready."""
+    batch_wait_s: float = 0.025
+    """A VerifyBatches response waits up to this long for more results while cases of its
+    stream are still running: fewer, fuller messages (each costs far more CPU, on both sides,
+    than a small case), each result late by this much at most. The wait ends early once the
+    stream has nothing left running (its last result is never held) or ``batch_max``
+    results are ready. 0: send as soon as one is ready."""
+    batch_max: int = 64
+    """Results ready that end a VerifyBatches response's wait (the client's batch size)."""
+
+    def __post_init__(self) -> None:
+        if self.batch_wait_s < 0:
+            raise ValueError("batch_wait_s: must be >= 0")
+        if self.batch_max < 1:
+            raise ValueError("batch_max: must be >= 1")
 
 
 class ProblemStore:
@@ -344,6 +355,7 @@ class VerifierService(pb_grpc.VerifierServicer):
         tasks: set[asyncio.Task[None]] = set()
         held = 0
         running = 0  # cases of this stream without a response yet
+        full = asyncio.Event()  # ends a batch wait: nothing running, or a batch's worth ready
 
         async def run(case: Case) -> None:
             nonlocal running
@@ -354,6 +366,8 @@ class VerifierService(pb_grpc.VerifierServicer):
                 resp = _error_response(case.id, e)
             running -= 1
             out.put_nowait(resp)
+            if not running or out.qsize() >= self.config.batch_max:
+                full.set()
 
         async def read() -> None:
             nonlocal held, running
@@ -386,8 +400,10 @@ class VerifierService(pb_grpc.VerifierServicer):
         try:
             while reading or tasks or not out.empty():
                 got = [await out.get()]
-                if wait_s > 0 and running and out.empty():
-                    await asyncio.sleep(wait_s)
+                if wait_s > 0 and running and out.qsize() + 1 < self.config.batch_max:
+                    full.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(full.wait(), wait_s)
                 while not out.empty():
                     got.append(out.get_nowait())
                 ready = [r for r in got if r is not None]

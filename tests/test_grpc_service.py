@@ -32,7 +32,7 @@ from test_grpc_fakes import (
 from rlfleet.grpc_server import NotFound, ResourceExhausted, ServerConfig, start_metrics
 from rlfleet.sandbox.client import ClientConfig, VerifierClient
 from rlfleet.sandbox.records import Verdict
-from rlfleet.sandbox.servicer import ProblemStore
+from rlfleet.sandbox.servicer import ProblemStore, ServiceConfig
 from rlfleet.v1 import verifier_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -605,6 +605,46 @@ async def test_a_batch_stream_deadline_cancels_the_engine_tasks() -> None:
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         await until(lambda: sorted(engine.cancelled) == ["a", "b"], "both cancelled")
         await until(lambda: s.service.pending == 0, "pending back to zero")
+
+
+async def test_the_last_result_of_a_stream_ends_the_batch_wait() -> None:
+    # The first result waits for company; once the second (the stream's last) is ready,
+    # both go at once, not after the rest of the wait.
+    gates = {"later": asyncio.Event()}
+    async with Running(FakeEngine(gates=gates), batch_wait_s=30) as s:
+        call = s.stub.VerifyBatches(
+            iter(batches([code_request("first"), code_request("later")], 2)), timeout=10
+        )
+        messages = asyncio.ensure_future(_collect(call))
+        await asyncio.sleep(0.2)
+        assert not messages.done()  # "first" is held for the batch wait
+        gates["later"].set()
+        assert [[r.id for r in m.responses] for m in await messages] == [["first", "later"]]
+
+
+async def test_a_full_batch_ends_the_batch_wait() -> None:
+    # batch_max results ready go at once while other cases of the stream still run.
+    gates = {"slow": asyncio.Event()}
+    async with Running(FakeEngine(gates=gates), batch_wait_s=30, batch_max=3) as s:
+        requests = [*(code_request(f"q{i}") for i in range(3)), code_request("slow")]
+        call = s.stub.VerifyBatches(iter(batches(requests, 4)), timeout=10)
+        first = await asyncio.wait_for(call.read(), 5)
+        assert sorted(r.id for r in first.responses) == ["q0", "q1", "q2"]
+        gates["slow"].set()
+        second = await asyncio.wait_for(call.read(), 5)
+        assert [r.id for r in second.responses] == ["slow"]
+        assert await call.read() == grpc.aio.EOF
+
+
+async def _collect(call: Any) -> list[pb.VerifyBatchResponse]:
+    return [m async for m in call]
+
+
+def test_the_batch_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="batch_max"):
+        ServiceConfig(batch_max=0)
+    with pytest.raises(ValueError, match="batch_wait_s"):
+        ServiceConfig(batch_wait_s=-1)
 
 
 async def test_a_lone_result_is_not_held_for_the_batch_wait() -> None:
