@@ -195,4 +195,10 @@ async def run_train_bench(steps: int, warmup: int, overrides: Sequence[str]) -> 
         f"({ahead.cpu_bound_s:.3f} s: {sum(ahead.cpu.values()):.3f} CPU s over {ahead.cores} "
         f"core{'s' if ahead.cores != 1 else ''})"
     )
+    if ahead.cpu_bound_s > longer:
+        print(
+            f"(on these cores no step can be as short as max(generate, train): the CPU bound "
+            f"is {ahead.cpu_bound_s / longer:.2f}x it, the sandbox server's share "
+            f"{ahead.cpu.get('sandbox server', 0.0) / sum(ahead.cpu.values()):.0%} of the CPU)"
+        )
     return 0
