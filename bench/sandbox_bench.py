@@ -3,8 +3,8 @@
 For each backend: trivial Python tests (read a number, print it plus one) through the worker
 pool at parallelism P, and the same program as bare ``/usr/bin/python3 -c`` subprocesses at
 the same P, in the same run. Printed: per-test time of each and their ratio, tests/s through
-the pool and through the whole judge (syntax check + test + verdict), and the math checker
-against math-verify on the same corpus.
+the pool and through the whole judge (a source of its own per case: syntax check, test,
+verdict), and the math checker against math-verify on the same corpus.
 
 Then the same one-test cases where users meet them, with the same number of workers on the
 same cores: through ``rlfleet serve sandbox`` (a server process) and ``VerifierClient``
@@ -333,13 +333,14 @@ def verify_runs(backend: str, workers: int, n: int, settle_s: float = 60.0) -> T
 
 
 async def judge_runs(pool: WorkerPool, n: int) -> float:
-    """Cases/s through the judge: one-test Python cases, all in flight."""
+    """Cases/s through the judge: one-test Python cases, all in flight, each source its
+    own (as RL's samples are: no case finds its syntax check cached)."""
     judge = Judge(pool.run)
     cases = [
         CodeCase(
             id=str(i),
             language="python",
-            code=PROGRAM,
+            code=f"{PROGRAM}  # {i}",
             tests=(StdioTest(stdin=f"{i}\n", stdout=f"{i + 1}\n"),),
         )
         for i in range(n)

@@ -1,5 +1,8 @@
 """Judge a code submission: compile (or syntax-check) once, run every test, decide verdicts.
 
+A Python case whose tests run one at a time checks its syntax in its first run instead
+(``_checks_syntax_in_run``): one run fewer per submission.
+
 Verdicts are decided here, from the facts the worker measured, with the expected output in
 this process only. Order of precedence follows what was actually hit: our own failure (SE)
 first, then the output cap (OLE: a program stuck writing past it may also run out of time
@@ -100,18 +103,36 @@ class Judge:
         lang = get_language(case.language)
         if lang is None:
             raise ValueError(f"language: unknown {case.language!r}")
-        prepared = await self._prepare(case, lang)
+        key = (lang.name, hashlib.sha256(case.code.encode("utf-8", "surrogatepass")).digest())
+        if key not in self._compiled and _checks_syntax_in_run(case, lang):
+            results = await self._run_tests(case, lang, b"", report_syntax=True)
+            return self._folded(case, key, results)
+        prepared = await self._prepare(case, lang, key)
         if isinstance(prepared, CaseResult):
             return prepared
         results = await self._run_tests(case, lang, prepared)
         return self._summarise(case, results)
 
-    async def _prepare(self, case: CodeCase, lang: Language) -> bytes | CaseResult:
+    def _folded(
+        self, case: CodeCase, key: tuple[str, bytes], results: list[tuple[TestResult, bytes]]
+    ) -> CaseResult:
+        """A case whose first run checked the syntax itself: CE if it said the source does
+        not compile, judged on its tests otherwise; the outcome cached as a syntax check's."""
+        failed = next((r for r, _ in results if r.verdict is Verdict.CE), None)
+        if failed is not None:
+            self._remember(key, (False, failed.message.encode()))
+            return self._case_error(case, Verdict.CE, failed.message)
+        if all(r.verdict is not Verdict.SE for r, _ in results):
+            self._remember(key, (True, b""))
+        return self._summarise(case, results)
+
+    async def _prepare(
+        self, case: CodeCase, lang: Language, key: tuple[str, bytes]
+    ) -> bytes | CaseResult:
         """Compile or syntax-check once per submission; CE/SE ends the case here.
 
         Outcomes are cached by source hash: identical samples (common in RL) compile once.
         """
-        key = (lang.name, hashlib.sha256(case.code.encode("utf-8", "surrogatepass")).digest())
         cached = self._compiled.get(key)
         if cached is not None:
             self._compiled.move_to_end(key)
@@ -185,7 +206,13 @@ class Judge:
         )
 
     def _request(
-        self, case: CodeCase, lang: Language, artifact: bytes, test: object, unit: str
+        self,
+        case: CodeCase,
+        lang: Language,
+        artifact: bytes,
+        test: object,
+        unit: str,
+        report_syntax: bool = False,
     ) -> RunRequest:
         limits = self._limits(case.time_limit_s, case.memory_limit_mb)
         if isinstance(test, CodeTest):
@@ -206,11 +233,16 @@ class Judge:
                 fn_name=case.fn_name or "",
                 stdin=payload,
                 limits=limits,
+                report_syntax=report_syntax,
             )
         assert isinstance(test, StdioTest)
         if lang.in_process_python:
             return RunRequest(
-                kind="python", code=case.code, stdin=test.stdin.encode(), limits=limits
+                kind="python",
+                code=case.code,
+                stdin=test.stdin.encode(),
+                limits=limits,
+                report_syntax=report_syntax,
             )
         command = lang.run_command(case.code, case.memory_limit_mb)
         return RunRequest(
@@ -223,10 +255,10 @@ class Judge:
         )
 
     async def _run_tests(
-        self, case: CodeCase, lang: Language, artifact: bytes
+        self, case: CodeCase, lang: Language, artifact: bytes, report_syntax: bool = False
     ) -> list[tuple[TestResult, bytes]]:
         async def one(test: object, unit: str) -> tuple[TestResult, bytes]:
-            req = self._request(case, lang, artifact, test, unit)
+            req = self._request(case, lang, artifact, test, unit, report_syntax)
             facts = await self._run_retrying(req)
             verdict = await self._verdict(case, lang, test, req.limits, facts)
             result = TestResult(
@@ -262,6 +294,8 @@ class Judge:
     ) -> Verdict:
         if facts.system_error:
             return Verdict.SE
+        if facts.extra.get("syntax_error"):
+            return Verdict.CE  # (a run that checked the syntax itself: _checks_syntax_in_run)
         # Past the output cap first: a runtime that ignores SIGXFSZ (Node) may keep what it
         # could not write in memory until the OOM killer ends it, and the output itself is
         # charged to the run's memory.
@@ -350,6 +384,15 @@ class Judge:
             tests=tests,
             message=message,
         )
+
+
+def _checks_syntax_in_run(case: CodeCase, lang: Language) -> bool:
+    """Whether a Python case's first run checks its syntax instead of a run of its own:
+    when the runs go one after the other anyway (one test, or ``early_stop``), so the
+    check costs no run and delays nothing. Test-code cases keep their own check."""
+    if not lang.in_process_python or any(isinstance(t, CodeTest) for t in case.tests):
+        return False
+    return len(case.tests) == 1 or (case.early_stop and len(case.tests) > 1)
 
 
 def _peak_mb(facts: RunFacts) -> float:

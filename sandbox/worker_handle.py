@@ -79,6 +79,10 @@ class RunRequest:
     """(path under /tmp, content, mode) placed before the run."""
     capture: str = ""
     """A path under /tmp returned as ``artifact`` when the run exits 0 (a compiled binary)."""
+    report_syntax: bool = False
+    """python ``stdio``/``call``: the run checks the source's syntax itself. A source that
+    does not compile ends the run as a ``syntax`` run would, with ``syntax_error`` in the
+    facts' ``extra``, said on a channel the submission never holds (``worker/program.py``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -164,6 +168,8 @@ class WorkerHandle:
             if req.mode == "test":
                 header["test_method"] = req.test_method
                 blobs.append(req.test_code.encode("utf-8", "surrogatepass"))
+            if req.report_syntax:
+                header["report_syntax"] = True
         else:
             header["argv"] = list(req.argv)
             if req.env:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pytest
 from harness import Harness
@@ -187,7 +188,7 @@ def test_se_is_retried_then_reported(sandbox: Harness) -> None:
         }
     )
     r = sandbox.call(judge.judge(case))  # type: ignore[arg-type]
-    assert r.verdict is Verdict.AC  # two SEs on the syntax check, retried, then fine
+    assert r.verdict is Verdict.AC  # two SEs on its run (which checks the syntax), retried
     calls.clear()
 
     async def broken(req: RunRequest) -> RunFacts:
@@ -379,3 +380,71 @@ def test_non_daemon_threads_finish_before_exit(sandbox: Harness) -> None:
     )
     r = sandbox.judge(code_case("python", code, [{"stdin": "", "stdout": "early\nlate\n"}]))
     assert r.verdict is Verdict.AC, r
+
+
+def _counting(sandbox: Harness) -> tuple[list[Any], Any]:
+    from rlfleet.sandbox.judge import Judge
+    from rlfleet.sandbox.worker_handle import RunFacts, RunRequest
+
+    calls: list[RunRequest] = []
+
+    async def run(req: RunRequest) -> RunFacts:
+        calls.append(req)
+        return await sandbox.pool.run(req)
+
+    return calls, Judge(run)
+
+
+def _parsed(code: str, tests: Sequence[Mapping[str, object]], **kw: object) -> Any:
+    from rlfleet.sandbox.cases import parse_case
+
+    return parse_case({"id": "c", "kind": "code", **code_case("python", code, tests, **kw)})
+
+
+def test_a_python_case_run_in_turn_checks_its_syntax_in_its_first_run(sandbox: Harness) -> None:
+    calls, judge = _counting(sandbox)
+    one = [{"stdin": "1 2\n", "stdout": "3\n"}]
+    r = sandbox.call(judge.judge(_parsed(ECHO_SUM_PY, one)))
+    assert r.verdict is Verdict.AC, r
+    assert [(c.mode, c.report_syntax) for c in calls] == [("stdio", True)]  # no run of its own
+
+    calls.clear()
+    r = sandbox.call(judge.judge(_parsed("def f(:\n", one)))
+    assert (r.verdict, r.passed, r.total) == (Verdict.CE, 0, 1), r
+    assert "SyntaxError" in r.message and not r.tests
+    assert len(calls) == 1
+    calls.clear()
+    again = sandbox.call(judge.judge(_parsed("def f(:\n", one)))  # the outcome is cached
+    assert (again.verdict, again.message, calls) == (Verdict.CE, r.message, [])
+
+    # Tests run one after the other (early_stop): the first run checks; a CE stops there.
+    r = sandbox.call(judge.judge(_parsed("print(", SUM_TESTS, early_stop=True)))
+    assert r.verdict is Verdict.CE and len(calls) == 1, r
+    calls.clear()
+    r = sandbox.call(judge.judge(_parsed(ECHO_SUM_PY + "\n", SUM_TESTS, early_stop=True)))
+    assert r.verdict is Verdict.AC and [c.mode for c in calls] == ["stdio", "stdio"], r
+
+    # Tests run side by side: a syntax check first, as for a compiled language.
+    calls.clear()
+    r = sandbox.call(judge.judge(_parsed(ECHO_SUM_PY + "\n\n", SUM_TESTS)))
+    assert r.verdict is Verdict.AC, r
+    assert [c.mode for c in calls] == ["syntax", "stdio", "stdio"]
+    assert not any(c.report_syntax for c in calls)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        # Everything a program can do to look like a source that did not compile.
+        "import sys\nsys.stderr.write('SyntaxError: invalid syntax\\n')\nsys.exit(3)\n",
+        "raise SyntaxError('invalid syntax')\n",
+        "exec('def f(:')\n",
+        "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'S')\n"
+        "    except OSError:\n        pass\nos._exit(3)\n",
+    ],
+)
+def test_a_program_cannot_pass_for_a_syntax_error(sandbox: Harness, code: str) -> None:
+    calls, judge = _counting(sandbox)
+    r = sandbox.call(judge.judge(_parsed(code, [{"stdin": "", "stdout": "x"}])))
+    assert calls and all(c.report_syntax for c in calls)
+    assert r.verdict is Verdict.RE, r  # its own failure, not a CE

@@ -57,7 +57,12 @@ def become_program(job, stdio_fds, ready_w):
         for signum in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(signum, signal.SIG_DFL)
     os.write(ready_w, b"R")
-    if job["kind"] == "python":
+    if job["kind"] == "python" and job.get("report_syntax"):
+        # Every worker fd but ready_w, which run_python closes once the submission has
+        # compiled (or says it did not), before any of its code runs.
+        os.closerange(len(stdio_fds), ready_w)
+        os.closerange(ready_w + 1, 1 << 16)
+    elif job["kind"] == "python":
         # ready_w and every worker fd: only 0-2 reach the program (and, for a test-code
         # run, the test code on fd 3, which the program's own process closes first).
         os.closerange(len(stdio_fds), 1 << 16)
@@ -69,8 +74,12 @@ def become_program(job, stdio_fds, ready_w):
         os.closerange(ready_w + 1, 1 << 16)
 
 
-def run_python(job):
-    """Execute the submission in this (sandboxed) process, as `python3 main.py` would."""
+def run_python(job, ready_w=None):
+    """Execute the submission in this (sandboxed) process, as `python3 main.py` would.
+
+    With `ready_w` (a run that checks the syntax itself, `report_syntax`), a source that
+    does not compile is said there (`S`) and the run ends as a `syntax` run would; the fd
+    is closed before any submitted code runs, so nothing the program does can say it."""
     import builtins
     import io
     import types
@@ -92,32 +101,21 @@ def run_python(job):
     code = job["code"]
     mode = job["mode"]
     status = 0
+    compiled = None
     try:
         compiled = compile(code, "main.py", "exec")
-        if mode == "syntax":
-            os._exit(0)
-        if mode == "call":
-            call_args = json.loads(sys.stdin.read())
-            sys.stdout = sys.stderr  # the submission's prints must not mix with the result
-            # run_call returns only when the run failed, once stdout is sealed: what the
-            # failure runs from here on (tracebacks, exit codes) can no longer add a result.
-            raise run_call(compiled, main.__dict__, job["fn_name"], call_args)
-        exec(compiled, main.__dict__)
-    except SyntaxError as e:
-        if mode == "syntax":
+    except (SyntaxError, ValueError) as e:  # (ValueError: a NUL byte, before Python 3.12)
+        if mode == "syntax" or ready_w is not None:
+            if ready_w is not None:
+                os.write(ready_w, b"S")
             err.write(f"{type(e).__name__}: {e}\n")
             os._exit(3)
         _print_exception(err, e)
         status = 1
-    except SystemExit as e:
-        if e.code is None or isinstance(e.code, int):
-            status = e.code or 0
-        else:
-            err.write(f"{e.code}\n")
-            status = 1
-    except BaseException as e:
-        _print_exception(err, e)
-        status = 1
+    if ready_w is not None:
+        os.close(ready_w)
+    if compiled is not None:
+        status = _execute(compiled, main, mode, job, err)
     if mode == "call":
         # The submission's threads are not waited for: the result is the returned value,
         # and they end with the process, as daemon threads do.
@@ -133,6 +131,31 @@ def run_python(job):
     except BaseException:
         status = status or 120
     os._exit(status & 0xFF)
+
+
+def _execute(compiled, main, mode, job, err):
+    """Run the compiled submission; its exit status."""
+    status = 0
+    try:
+        if mode == "syntax":
+            os._exit(0)
+        if mode == "call":
+            call_args = json.loads(sys.stdin.read())
+            sys.stdout = sys.stderr  # the submission's prints must not mix with the result
+            # run_call returns only when the run failed, once stdout is sealed: what the
+            # failure runs from here on (tracebacks, exit codes) can no longer add a result.
+            raise run_call(compiled, main.__dict__, job["fn_name"], call_args)
+        exec(compiled, main.__dict__)
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            status = e.code or 0
+        else:
+            err.write(f"{e.code}\n")
+            status = 1
+    except BaseException as e:
+        _print_exception(err, e)
+        status = 1
+    return status
 
 
 def _print_exception(err, exc):
@@ -343,7 +366,7 @@ def program_main(job, cg_fds, stdio_fds, ready_w):
     if job["kind"] == "python" and job["mode"] == "test":
         run_test(job)
     elif job["kind"] == "python":
-        run_python(job)
+        run_python(job, ready_w if job.get("report_syntax") else None)
     else:
         run_exec(job, ready_w)
     os._exit(73)

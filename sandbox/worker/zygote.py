@@ -265,6 +265,8 @@ class Worker:
         elif status_bytes[1:2] == b"E":
             err = int(status_bytes[2:] or 0)
             facts["system_error"] = f"cannot execute {job['argv'][0]}: {os.strerror(err)}"
+        elif status_bytes[1:2] == b"S":
+            facts["syntax_error"] = True  # (said before any submitted code ran)
         return facts
 
 
