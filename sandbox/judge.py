@@ -122,7 +122,8 @@ class Judge:
         if failed is not None:
             self._remember(key, (False, failed.message.encode()))
             return self._case_error(case, Verdict.CE, failed.message)
-        if all(r.verdict is not Verdict.SE for r, _ in results):
+        # A run stopped by a limit may have stopped while compiling: nothing is known then.
+        if not any(r.verdict in (Verdict.SE, Verdict.TLE, Verdict.MLE) for r, _ in results):
             self._remember(key, (True, b""))
         return self._summarise(case, results)
 

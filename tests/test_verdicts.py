@@ -448,3 +448,11 @@ def test_a_program_cannot_pass_for_a_syntax_error(sandbox: Harness, code: str) -
     r = sandbox.call(judge.judge(_parsed(code, [{"stdin": "", "stdout": "x"}])))
     assert calls and all(c.report_syntax for c in calls)
     assert r.verdict is Verdict.RE, r  # its own failure, not a CE
+
+
+def test_a_source_too_deep_to_compile_is_ce_in_either_check(sandbox: Harness) -> None:
+    # The compiler's own recursion limit, not a SyntaxError: CE whichever run checks it.
+    deep = "x = " + "-" * 200_000 + "1\n"
+    for tests in ([{"stdin": "", "stdout": ""}], [{"stdin": "", "stdout": ""}] * 2):
+        r = sandbox.judge(code_case("python", deep, tests))
+        assert r.verdict is Verdict.CE, r

@@ -104,7 +104,7 @@ def run_python(job, ready_w=None):
     compiled = None
     try:
         compiled = compile(code, "main.py", "exec")
-    except (SyntaxError, ValueError) as e:  # (ValueError: a NUL byte, before Python 3.12)
+    except BaseException as e:  # SyntaxError; ValueError (a NUL byte), RecursionError, ...
         if mode == "syntax" or ready_w is not None:
             if ready_w is not None:
                 os.write(ready_w, b"S")
