@@ -284,8 +284,8 @@ async def test_a_run_survives_losing_a_rollout_and_a_sandbox_server(
                 "--seed", "4", "--rollout", rollout, "--verifier", verifier,
                 f"model={json.dumps(str(model))}", f"rollout.prompts_per_step={per}",
                 f"rollout.n={n}", "rollout.max_staleness=1", "log_every=1",
-                # (long enough that the next batch is still generating at the kill)
-                "rollout.max_new_tokens=48",
+                # (generation the longest phase: a batch is generating at the kill)
+                "rollout.max_new_tokens=128",
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
