@@ -10,7 +10,8 @@ Then the same one-test cases where users meet them, with the same number of work
 same cores: through ``rlfleet serve sandbox`` (a server process) and ``VerifierClient``
 (``verify_many``, here), and through ``rlfleet verify`` (a process reading a JSONL file; its
 start-up and shutdown are left out: timed from its first results to its last ones). The
-three are measured in turn, in several rounds; each is printed as a ratio of the pool's rate
+three are measured in turn, in several rounds (every other one in reverse order: a drifting
+load favours no path); each is printed as a ratio of the pool's rate
 in the same round (the median over the rounds, and their range), and as CPU time per case (every
 process involved, read from ``/proc``: the pool's driver and workers; the server's tree and
 the client; the verify process's tree) with the pool's CPU per case over it: on a machine
@@ -358,10 +359,11 @@ PATHS = ("pool", "service", "verify")
 
 
 async def bench_backend(
-    backend: str, workers: int, n: int, runtime: str = "", rounds: int = 3
+    backend: str, workers: int, n: int, runtime: str = "", rounds: int = 4
 ) -> dict[str, float]:
     """One backend's figures. The pool, service and verify paths are measured ``rounds``
-    times, one after the other in each round, and each path's rate is taken as a ratio of
+    times, one after the other in each round (every other round in reverse order), and each
+    path's rate is taken as a ratio of
     the pool's rate in its own round: on a shared machine the rates move with the load by
     more than the paths differ, a round's three runs much less. Rates, CPU and ratios are
     the medians over the rounds; ``*_x_low`` and ``*_x_high`` the ratios' range."""
@@ -370,19 +372,29 @@ async def bench_backend(
     )
     by_round: list[dict[str, Timing]] = []
     judged = 0.0
-    for i in range(rounds):
+
+    async def pool_path() -> Timing:
+        nonlocal judged
         pool = WorkerPool(make_worker_factory(config), config.pool)
         await pool.start()
         try:
             ours = await pool_runs(pool, n, workers)
-            if i == 0:
+            if not judged:
                 judged = await judge_runs(pool, max(n // 2, 1))
         finally:
-            await pool.close()
-        # The pool's processes are gone: the paths below start their own, as many workers.
-        service = await service_runs(backend, workers, n)
-        verified = await asyncio.to_thread(verify_runs, backend, workers, n)
-        by_round.append({"pool": ours, "service": service, "verify": verified})
+            await pool.close()  # (each path starts its own processes, as many workers)
+        return ours
+
+    measure = {
+        "pool": pool_path,
+        "service": lambda: service_runs(backend, workers, n),
+        "verify": lambda: asyncio.to_thread(verify_runs, backend, workers, n),
+    }
+    for i in range(rounds):
+        # Every other round in reverse (pool, service, verify; verify, service, pool): a
+        # load that drifts during a pair of rounds favours no path over the pair.
+        order = PATHS if i % 2 == 0 else PATHS[::-1]
+        by_round.append({path: await measure[path]() for path in order})
     bare = await asyncio.to_thread(bare_python, n, workers)
 
     def median(values: Iterator[float]) -> float:
@@ -459,7 +471,7 @@ async def run_sandbox_bench(
     math_pairs: int | None,
     runtimes: Sequence[str] = ("runc",),
     language_tests: int = 0,
-    rounds: int = 3,
+    rounds: int = 4,
 ) -> int:
     """Print the sandbox figures of each backend (the docker backend once per OCI runtime
     in ``runtimes``: ``docker`` under runc, ``docker/runsc`` under gVisor), then each
@@ -493,9 +505,10 @@ async def run_sandbox_bench(
         f"# where users meet it: one-test cases through `rlfleet serve sandbox` + VerifierClient "
         f"(service) and through `rlfleet verify` without its start-up (verify), {workers} "
         f"workers each, against the pool driven directly, in {rounds} rounds (pool, service, "
-        "verify each). x pool: rate / the pool's rate in the same round, the median over the "
-        "rounds (range: lowest-highest); rates and CPU: medians. CPU per case: front = the "
-        "processes driving the workers (the pool's driver; server and client; verify), "
+        "verify; the next round in reverse). x pool: rate / the pool's rate in the same "
+        "round, the median over the rounds (range: lowest-highest); rates and CPU: medians. "
+        "CPU per case: front = the processes driving the workers (the pool's driver; server "
+        "and client; verify), "
         "sandbox = the local backend's workers and their runs. "
         "x pool (CPU): (the pool's front + S) / (the path's front + S), S = the mean sandbox "
         "CPU per case of the three"

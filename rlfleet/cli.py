@@ -227,8 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     bsand.add_argument(
         "--rounds",
         type=_positive_int,
-        default=3,
-        help="pool, service and verify measured this many times each, in turn (default: 3)",
+        default=4,
+        help="pool, service and verify measured this many times each, in turn, every other "
+        "round in reverse order (default: 4)",
     )
     bsand.add_argument(
         "--language-tests",
