@@ -140,6 +140,9 @@ class DockerWorker(WorkerHandle):
             )
             self._sock: socket.socket = getattr(raw, "_sock", raw)
             rfd, wfd = os.pipe()
+            # The read end is owned by this object, and closed by close() or with the object
+            # (see kill()).
+            self._reader = os.fdopen(rfd, "rb", buffering=0)
             self._rfd = rfd
             self._wfd = self._sock.fileno()
             self._demux = _Demux(self._sock, wfd)
@@ -158,14 +161,22 @@ class DockerWorker(WorkerHandle):
         with contextlib.suppress(Exception):
             self.container.wait(timeout=2)
         self.kill()
-
-    def kill(self) -> None:
-        with contextlib.suppress(Exception):
-            self.container.remove(force=True)
-        with contextlib.suppress(OSError):
+        # No run is using the channel (the pool closes idle workers only): close it.
+        with contextlib.suppress(OSError, AttributeError):
             self._sock.close()
         with contextlib.suppress(OSError, AttributeError):
-            os.close(self._rfd)
+            self._reader.close()
+
+    def kill(self) -> None:
+        # The channel is shut, not closed: a run's thread may still be writing the request
+        # or reading the reply by fd number, which must not be given to another worker's
+        # channel meanwhile. The writes fail, the reader sees EOF (the demux thread closes
+        # the pipe's write end), and both fds close with this object (close(), or when the
+        # last thread using the handle lets go of it).
+        with contextlib.suppress(Exception):
+            self.container.remove(force=True)
+        with contextlib.suppress(OSError, AttributeError):
+            self._sock.shutdown(socket.SHUT_RDWR)
 
 
 def cgroup_spec_in_container_for(client: Any, runtime: str = "") -> dict[str, Any]:
