@@ -185,6 +185,7 @@ async def train(cmd: TrainCommand) -> int:
                     verifier=fleet.verifier,
                     sandbox_workers=fleet.sandbox_workers,
                     start_timeout_s=fleet.start_timeout_s,
+                    rollout_threads=fleet.rollout_threads,
                 )
             )
             if fleet.rollout is None or fleet.verifier is None:

@@ -91,6 +91,10 @@ class FleetConfig:
     """Verifier servers, as ``rollout``; None: start ``rlfleet serve sandbox`` as a child."""
     sandbox_workers: int = 2
     """Workers of the embedded sandbox server."""
+    rollout_threads: int = 1
+    """CPU threads of the embedded rollout server's torch engine (``--threads``). It shares
+    the machine's cores with the learner and the sandbox: on 2 cores one thread generated
+    faster than torch's default of one per core (docs/learner.md); 0: torch's default."""
     start_timeout_s: float = 120.0
     """How long an embedded server may take to listen."""
     push_timeout_s: float = 300.0
@@ -103,6 +107,8 @@ class FleetConfig:
     def __post_init__(self) -> None:
         if self.sandbox_workers < 1:
             raise ValueError("sandbox_workers: must be >= 1")
+        if self.rollout_threads < 0:
+            raise ValueError("rollout_threads: must be >= 0 (0: torch's default)")
         if self.start_timeout_s <= 0:
             raise ValueError("start_timeout_s: must be > 0")
         if self.push_timeout_s <= 0:

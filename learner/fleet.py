@@ -125,6 +125,7 @@ async def embedded_fleet(
     verifier: str | None,
     sandbox_workers: int,
     start_timeout_s: float,
+    rollout_threads: int = 0,
 ) -> AsyncIterator[Targets]:
     """Targets of the fleet: the given ones, and children started for those that are None;
     the children are stopped on the way out, whatever ends the block (cancellation too)."""
@@ -137,6 +138,8 @@ async def embedded_fleet(
             children.append(start_child("sandbox", args, logs / "sandbox.log", run_dir))
         if rollout is None:
             args = ["serve", "rollout", "--engine", "torch", "--model", str(model)]
+            if rollout_threads:
+                args += ["--threads", str(rollout_threads)]
             children.append(start_child("rollout", args, logs / "rollout.log", run_dir))
         for child in children:
             await wait_listening(child, start_timeout_s)

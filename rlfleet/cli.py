@@ -371,6 +371,13 @@ def _add_rollout_commands(
         help="torch engine: compile its decode step with torch.compile at start (a longer "
         "start, faster steps)",
     )
+    rollout.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch engine: CPU threads of its decode loop (default: torch's, one per core; "
+        "1 where the cores are shared with other work, as in `rlfleet train`'s own fleet)",
+    )
 
     gen = _command(sub, "generate", _generate, "sample scored completions from a rollout server")
     gen.add_argument("--server", required=True, help="a running `rlfleet serve rollout`")
@@ -764,6 +771,7 @@ def _serve_rollout(args: argparse.Namespace) -> int:
                 dtype=args.dtype,
                 sglang_surface=args.sglang_surface,
                 compile=args.compile,
+                threads=args.threads,
             ),
             verifier=args.verifier,
         )

@@ -51,10 +51,17 @@ class RolloutEngineConfig:
     compile: bool = False
     """torch engine: compile its decode step when it starts (``TorchEngineConfig.compile``:
     faster steps for a longer start)."""
+    threads: int | None = None
+    """torch engine: intra-op CPU threads of its decode loop (``TorchEngineConfig.threads``);
+    None: torch's default (one per core)."""
 
     def __post_init__(self) -> None:
         if self.compile and self.kind != "torch":
             raise ValueError("--compile: an option of the torch engine only")
+        if self.threads is not None and self.kind != "torch":
+            raise ValueError("--threads: an option of the torch engine only")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("--threads: must be >= 1")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,6 +100,7 @@ async def start_engine(config: RolloutEngineConfig) -> Engine:
                     device=config.device,
                     dtype=config.dtype,
                     compile=config.compile,
+                    threads=config.threads,
                 ),
             )
         from rlfleet.rollout.sglang_engine import SglangEngine, SglangEngineConfig

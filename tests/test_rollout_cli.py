@@ -274,3 +274,28 @@ async def test_serve_rollout_starts_sglang_on_the_surface_asked_for(
         )
         await commands.start_engine(engine)
         assert started[-1].surface == surface
+
+
+async def test_serve_rollout_threads_reach_the_torch_engine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from rlfleet.cli import build_parser
+    from rlfleet.rollout import torch_engine
+
+    made: list[torch_engine.TorchEngineConfig] = []
+
+    def engine(config: torch_engine.TorchEngineConfig) -> Any:
+        made.append(config)
+        return FakeEngine()
+
+    monkeypatch.setattr(torch_engine, "TorchEngine", engine)
+    for argv, threads in (([], None), (["--threads", "1"], 1), (["--threads", "3"], 3)):
+        args = build_parser().parse_args(["serve", "rollout", "--model", str(tmp_path), *argv])
+        await commands.start_engine(
+            commands.RolloutEngineConfig(model=args.model, threads=args.threads)
+        )
+        assert made[-1].threads == threads
+    with pytest.raises(ValueError, match="--threads: an option of the torch engine only"):
+        commands.RolloutEngineConfig(kind="sglang", model=tmp_path, threads=1)
+    with pytest.raises(ValueError, match="--threads: must be >= 1"):
+        commands.RolloutEngineConfig(model=tmp_path, threads=0)

@@ -96,6 +96,7 @@ def test_config_from_toml_overrides_and_round_trip(tmp_path: Path) -> None:
         ("[optim]\nlr = -1\n", "lr: must be > 0"),
         ('[algorithm]\nalgorithm = "ppo"\n', "'ppo' is not one of"),
         ("steps = 1.5\n", "steps: expected int"),
+        ("[fleet]\nrollout_threads = -1\n", "rollout_threads: must be >= 0"),
         ("[optim\n", "not valid toml"),
     ],
 )
@@ -344,6 +345,13 @@ def test_sigterm_stops_the_run_and_its_servers(tmp_path: Path, require_root: Non
     try:
         wait_steps(proc, run_dir, 1)
         assert run_processes(run_dir), "the servers should be running"
+        # The embedded rollout server shares the cores: one decode thread (fleet.rollout_threads).
+        argvs = [
+            Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in run_processes(run_dir)
+        ]
+        rollout = [a for a in argvs if b"rollout" in a and b"serve" in a]
+        assert len(rollout) == 1, argvs
+        assert rollout[0][rollout[0].index(b"--threads") + 1] == b"1", rollout
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err
