@@ -30,7 +30,10 @@ from fractions import Fraction
 from typing import Any
 
 import sympy
-from latex2sympy2_extended import latex2sympy
+from antlr4 import InputStream, Token
+from antlr4.error.ErrorListener import ErrorListener
+from latex2sympy2_extended import NormalizationConfig, latex2sympy, normalize_latex
+from latex2sympy2_extended.antlr_parser import PSLexer
 from latex2sympy2_extended.latex2sympy2 import ConversionConfig
 from sympy.parsing.sympy_parser import (
     convert_xor,
@@ -119,10 +122,49 @@ def _plain_parse(text: str) -> Any:
     return sympy_parse_expr(text, local_dict=local, transformations=transformations)
 
 
+_NORMALIZATION = NormalizationConfig()
+"""latex2sympy's own default: the text its parser reads is ``normalize_latex`` of this."""
+
+
+class _Unlexable(Exception):
+    pass
+
+
+class _StopAtError(ErrorListener):
+    def syntaxError(self, *args: Any) -> None:
+        raise _Unlexable
+
+
+def _lexes(text: str) -> bool:
+    """Whether latex2sympy's lexer reads all of ``text`` (already normalised).
+
+    Where it cannot, latex2sympy fails: its grammar's start rule ends at end of input, so
+    every token is read, and its error listener raises at the first error of the lexer as
+    of the parser. Lexing alone costs a fifth of a failing parse (whose prediction explores
+    the grammar before it gives up): 0.15 against 0.8 ms for the answers of a model that
+    writes no mathematics yet."""
+    lexer = PSLexer(InputStream(text))
+    lexer.removeErrorListeners()
+    lexer.addErrorListener(_StopAtError())
+    try:
+        while lexer.nextToken().type != Token.EOF:
+            pass
+    except _Unlexable:
+        return False
+    return True
+
+
 def _latex_parse(text: str) -> Any:
     try:
+        normalized = normalize_latex(text, _NORMALIZATION)
+        if not _lexes(normalized):
+            raise ParseError(f"a character latex2sympy's lexer does not read: {text!r}"[:200])
         # Case matters in mathematics (X and x are different answers).
-        return latex2sympy(text, conversion_config=ConversionConfig(lowercase_symbols=False))
+        return latex2sympy(
+            normalized,
+            normalization_config=None,  # (done above, with latex2sympy's default)
+            conversion_config=ConversionConfig(lowercase_symbols=False),
+        )
     except Exception as e:
         # latex2sympy reports text it cannot read with plain ``Exception``s; anything of
         # another type is a fault of ours and must not pass for an unreadable answer.
