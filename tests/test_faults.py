@@ -8,12 +8,16 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from harness import Harness, wait_for_sandboxed
 
 from rlfleet.sandbox import cgroups
 from rlfleet.sandbox.cases import parse_case
 from rlfleet.sandbox.records import CaseResult, CodeCase, Verdict
+from rlfleet.sandbox.worker_handle import RunLimits, RunRequest, WorkerError
 
 
 def case(code: str, stdout: str) -> CodeCase:
@@ -72,3 +76,25 @@ def test_workers_killed_mid_run_are_retried_and_replaced(clean_after: Harness) -
 
     results = sandbox.call(all_of())
     assert [r.verdict for r in results] == [Verdict.AC] * 4
+
+
+def test_a_worker_killed_mid_run_keeps_its_channel_until_closed(clean_after: Harness) -> None:
+    """The pool kills a worker whose run was cancelled while the run's thread still reads
+    its channel by fd number: kill() must not free those numbers, which the next worker's
+    channel could be given at once (that thread would then read another worker's reply)."""
+    worker = clean_after._factory()(90)
+    request = RunRequest(
+        kind="python", code="import time; time.sleep(30)", limits=RunLimits(cpu_s=5, wall_s=40)
+    )
+    try:
+        with ThreadPoolExecutor(1) as thread:
+            run = thread.submit(worker.run, request)
+            time.sleep(1.0)  # (the request is written by then; if not, its write fails)
+            numbers = (worker._rfd, worker._wfd)
+            worker.kill()
+            with pytest.raises(WorkerError, match="worker channel broke"):
+                run.result(timeout=30)
+            for fd in numbers:
+                os.fstat(fd)  # still this worker's: no other channel can have them
+    finally:
+        worker.close()
