@@ -8,6 +8,7 @@ The typed records of one run (``RunRequest``, ``RunLimits``, ``RunFacts``) live 
 
 from __future__ import annotations
 
+import os
 import select
 import threading
 from dataclasses import asdict, dataclass, field
@@ -146,13 +147,13 @@ class WorkerHandle:
         try:
             ready, _, _ = select.select([self._rfd], [], [], timeout_s)
         except (OSError, ValueError) as e:
-            raise WorkerError(f"worker channel broke: {e!r}") from e
+            raise WorkerError(f"worker channel broke: {e!r}{self._fds()}") from e
         if not ready:
             raise WorkerError(f"worker did not answer within {timeout_s:.1f}s")
         try:
             return frames.read_frame(self._rfd)
         except (EOFError, ValueError, OSError) as e:
-            raise WorkerError(f"worker channel broke: {e!r}") from e
+            raise WorkerError(f"worker channel broke: {e!r}{self._fds()}") from e
 
     def run(self, req: RunRequest) -> RunFacts:
         header: dict[str, Any] = {
@@ -183,7 +184,7 @@ class WorkerHandle:
             try:
                 frames.write_frame(self._wfd, header, blobs)
             except OSError as e:
-                raise WorkerError(f"worker channel broke: {e!r}") from e
+                raise WorkerError(f"worker channel broke: {e!r}{self._fds()}") from e
             # The worker kills the run at wall_s; allow it time to report before giving up.
             reply, out = self._read_reply(req.limits.wall_s + 10.0)
             self.runs += 1
@@ -196,6 +197,20 @@ class WorkerHandle:
         extra = {k: v for k, v in reply.items() if k not in known and k != "ok"}
         facts.setdefault("system_error", "")
         return RunFacts(stdout=stdout, stderr=stderr, artifact=artifact, extra=extra, **facts)
+
+    def _fds(self) -> str:
+        """What the channel's fds are now, for an error that may be theirs (EBADF)."""
+        if not isinstance(self._rfd, int) or self._rfd < 0:
+            return ""
+
+        def target(fd: int) -> str:
+            try:
+                return os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                return "closed"
+
+        read, write = target(self._rfd), target(self._wfd)
+        return f" (read fd {self._rfd}: {read}; write fd {self._wfd}: {write})"
 
     def close(self) -> None:
         """Stop the worker gracefully and everything it started; safe to call twice."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import threading
 
 import pytest
@@ -137,3 +138,17 @@ async def test_start_failure_is_raised_and_nothing_left() -> None:
         await pool.start()
     assert [w.index for w in made] == [0]  # worker 0 started before worker 1 failed
     assert made[0].closed
+
+
+def test_a_broken_channel_says_what_its_fds_are() -> None:
+    """An fd closed under a worker (EBADF) is named in the error, with what the other is."""
+    handle = WorkerHandle()
+    handle._rfd, handle._wfd = os.pipe()
+    read_fd = handle._rfd
+    os.close(read_fd)
+    try:
+        with pytest.raises(WorkerError) as e:
+            handle._read_reply(0.1)
+        assert f"read fd {read_fd}: closed; write fd {handle._wfd}: pipe:[" in str(e.value)
+    finally:
+        os.close(handle._wfd)
