@@ -102,6 +102,28 @@ class _Demux(threading.Thread):
                 os.close(self._wfd)
 
 
+def _own_socket(raw: Any) -> socket.socket:
+    """The attached stream as a socket this worker alone owns, docker-py's objects closed.
+
+    docker-py hands out the attach request's socket, but its response object (kept alive by
+    a reference cycle) still holds the connection, and closes its socket whenever the cycle
+    is collected, if the response is finalised before its own reader: a worker's channel
+    closed under it at a moment set by the garbage collector (seen as EBADF on a worker's
+    first runs, and its fd number free for the next file to take). The worker's socket is a
+    duplicate of that one; docker-py's are closed here, which leaves the connection open."""
+    attached = getattr(raw, "_sock", raw)
+    own = socket.socket(fileno=os.dup(attached.fileno()))
+    response = getattr(raw, "_response", None)
+    with contextlib.suppress(Exception):
+        if response is not None:
+            response.close()
+    with contextlib.suppress(Exception):
+        raw.close()
+    with contextlib.suppress(OSError):
+        attached.close()
+    return own
+
+
 class DockerWorker(WorkerHandle):
     def __init__(self, client: Any, index: int, config: DockerConfig, image: str) -> None:
         super().__init__()
@@ -138,7 +160,7 @@ class DockerWorker(WorkerHandle):
             raw = self.container.attach_socket(
                 params={"stdin": 1, "stdout": 1, "stderr": 0, "stream": 1}
             )
-            self._sock: socket.socket = getattr(raw, "_sock", raw)
+            self._sock: socket.socket = _own_socket(raw)
             rfd, wfd = os.pipe()
             # The read end is owned by this object, and closed by close() or with the object
             # (see kill()).

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import time
@@ -96,5 +97,26 @@ def test_a_worker_killed_mid_run_keeps_its_channel_until_closed(clean_after: Har
                 run.result(timeout=30)
             for fd in numbers:
                 os.fstat(fd)  # still this worker's: no other channel can have them
+    finally:
+        worker.close()
+
+
+def test_a_docker_workers_channel_outlives_the_attach_requests_objects() -> None:
+    """docker-py's response to the attach request closes its connection when it is closed or
+    collected (in an order the garbage collector picks): the worker's channel must not be
+    that socket. Closing every such response, then collecting, leaves the worker working."""
+    import urllib3
+
+    from rlfleet.sandbox.docker_backend import DockerConfig, DockerWorkerFactory
+
+    worker = DockerWorkerFactory(DockerConfig())(0)
+    try:
+        for obj in gc.get_objects():
+            if isinstance(obj, urllib3.response.HTTPResponse) and obj.status == 101:
+                obj.close()
+        gc.collect()
+        request = RunRequest(kind="python", code="print(6 * 7)", limits=RunLimits())
+        facts = worker.run(request)
+        assert (facts.exit_code, facts.stdout, facts.system_error) == (0, b"42\n", "")
     finally:
         worker.close()
