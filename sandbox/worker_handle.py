@@ -147,13 +147,13 @@ class WorkerHandle:
         try:
             ready, _, _ = select.select([self._rfd], [], [], timeout_s)
         except (OSError, ValueError) as e:
-            raise WorkerError(f"worker channel broke: {e!r}{self._fds()}") from e
+            raise self._broke(e) from e
         if not ready:
             raise WorkerError(f"worker did not answer within {timeout_s:.1f}s")
         try:
             return frames.read_frame(self._rfd)
         except (EOFError, ValueError, OSError) as e:
-            raise WorkerError(f"worker channel broke: {e!r}{self._fds()}") from e
+            raise self._broke(e) from e
 
     def run(self, req: RunRequest) -> RunFacts:
         header: dict[str, Any] = {
@@ -184,7 +184,7 @@ class WorkerHandle:
             try:
                 frames.write_frame(self._wfd, header, blobs)
             except OSError as e:
-                raise WorkerError(f"worker channel broke: {e!r}{self._fds()}") from e
+                raise self._broke(e) from e
             # The worker kills the run at wall_s; allow it time to report before giving up.
             reply, out = self._read_reply(req.limits.wall_s + 10.0)
             self.runs += 1
@@ -198,10 +198,8 @@ class WorkerHandle:
         facts.setdefault("system_error", "")
         return RunFacts(stdout=stdout, stderr=stderr, artifact=artifact, extra=extra, **facts)
 
-    def _fds(self) -> str:
-        """What the channel's fds are now, for an error that may be theirs (EBADF)."""
-        if not isinstance(self._rfd, int) or self._rfd < 0:
-            return ""
+    def _broke(self, e: BaseException) -> WorkerError:
+        """The channel failed: the error, with what its fds are now (EBADF may be theirs)."""
 
         def target(fd: int) -> str:
             try:
@@ -209,8 +207,11 @@ class WorkerHandle:
             except OSError:
                 return "closed"
 
-        read, write = target(self._rfd), target(self._wfd)
-        return f" (read fd {self._rfd}: {read}; write fd {self._wfd}: {write})"
+        fds = ""
+        if self._rfd >= 0:
+            read, write = target(self._rfd), target(self._wfd)
+            fds = f" (read fd {self._rfd}: {read}; write fd {self._wfd}: {write})"
+        return WorkerError(f"worker channel broke: {e!r}{fds}")
 
     def close(self) -> None:
         """Stop the worker gracefully and everything it started; safe to call twice."""
